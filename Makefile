@@ -1,0 +1,41 @@
+# KEEP — every target has a one-line help; `make help` lists them.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DEMO_DIR ?= .keep/demo
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv demo test test-slow bench protos protos-check lint
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sort
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP) ## create .venv and install the project with all extras
+
+demo: $(STAMP) ## run the whole pipeline on tiny synthetic data and print a GAUC table
+	$(VENV)/bin/keep demo --out $(DEMO_DIR)
+
+test: $(STAMP) ## run the test suite (everything not marked slow)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP) ## run the slow tests (experiments, cluster, long fault scenarios)
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+bench: $(STAMP) ## benchmarks, one JSON object per line on stdout
+	$(VENV)/bin/keep bench metrics
+
+protos: $(STAMP) ## regenerate the committed gRPC/protobuf code from protos/*.proto
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. protos/*.proto
+
+lint: $(STAMP) ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check services gkc ranker trainer tests loadtests
+	$(VENV)/bin/mypy

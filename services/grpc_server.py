@@ -1,0 +1,103 @@
+"""gRPC server bootstrap shared by GKC and the ranker (grpc.aio).
+
+What every server gets: the standard health service (``grpc.health.v1``), reflection, an interceptor
+that maps :class:`services.errors.KeepError` to its status code (and anything else to INTERNAL with a
+log line, never a dead server), message size limits and a graceful stop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.errors import KeepError
+
+log = logging.getLogger(__name__)
+
+#: Default message cap (bytes) both ways; a 1,000-candidate request is ~20 KB, a response < 1 MB.
+DEFAULT_MAX_MESSAGE = 8 * 1024 * 1024
+
+
+def status_code(error: KeepError) -> grpc.StatusCode:
+    return getattr(grpc.StatusCode, error.grpc_code, grpc.StatusCode.INTERNAL)
+
+
+class ErrorInterceptor(aio.ServerInterceptor):
+    """Turns domain errors into status codes for unary-unary handlers."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        method = handler_call_details.method
+
+        async def wrapped(request: Any, context: aio.ServicerContext) -> Any:
+            try:
+                return await inner(request, context)
+            except KeepError as err:
+                await context.abort(status_code(err), err.message)
+            except (aio.AbortError, aio.BaseError):
+                raise
+            except Exception:
+                log.exception("unhandled error in %s", method)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error; see server log")
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def build_server(
+    register: Sequence[Callable[[aio.Server], None]],
+    service_names: Iterable[str],
+    *,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+    extra_interceptors: Sequence[aio.ServerInterceptor] = (),
+    so_reuseport: bool = False,
+) -> tuple[aio.Server, health.aio.HealthServicer]:
+    """An aio server with health, reflection and the error interceptor. Ports are added by the caller.
+
+    ``register`` holds callables like ``lambda s: gkc_pb2_grpc.add_GkcServicer_to_server(impl, s)``.
+    """
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 1 if so_reuseport else 0),
+    ]
+    server = aio.server(interceptors=[ErrorInterceptor(), *extra_interceptors], options=options)
+    for add in register:
+        add(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = list(service_names)
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    return server, health_servicer
+
+
+async def mark_serving(health_servicer: health.aio.HealthServicer, names: Iterable[str]) -> None:
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+async def graceful_stop(
+    server: aio.Server, health_servicer: health.aio.HealthServicer, grace_s: float = 5.0
+) -> None:
+    """Report NOT_SERVING first (so balancers drain), then let in-flight calls finish."""
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace_s)

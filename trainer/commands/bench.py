@@ -1,0 +1,36 @@
+"""``keep bench gkc|ranker|train|metrics``: one JSON object on stdout per run (DESIGN §4).
+
+Each target lives beside the code it measures; this module only dispatches (lazy imports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Any
+
+#: target → "module:function"; the function takes the parsed args and returns a JSON-able dict.
+TARGETS: dict[str, str] = {}
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("bench", help="run a benchmark and print one JSON object")
+    parser.add_argument("target", choices=sorted(TARGETS) or ["none"], help="what to measure")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for tests and CI")
+    parser.add_argument("--out", default=None, help="also write the JSON to this file")
+    parser.add_argument("--cluster", action="store_true", help="(gkc) run against a local Redis Cluster")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    module, _, func = TARGETS[args.target].partition(":")
+    result = getattr(importlib.import_module(module), func)(args)
+    text = json.dumps(result, sort_keys=True)
+    print(text)
+    sys.stdout.flush()
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(text + "\n")
+    return 0

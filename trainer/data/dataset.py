@@ -1,0 +1,139 @@
+"""A log encoded for training: vocabulary indices, labels, pairing keys and a history index.
+
+Shared by Stage 1 (extractor) and Stage 2 (downstream). Numpy only; the model packages turn a batch
+of row indices into tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from trainer.data.ordering import day_order
+from trainer.data.schema import OPTIONAL_LABEL_COLUMNS, day_of
+from trainer.data.sequences import HistoryIndex
+from trainer.data.vocab import Vocab
+
+DEFAULT_MAX_LEN = 50
+
+
+@dataclass(frozen=True)
+class Vocabs:
+    user: Vocab
+    item: Vocab
+    category: Vocab
+    shop: Vocab | None
+
+    @classmethod
+    def build(cls, df: pd.DataFrame) -> Vocabs:
+        return cls(
+            user=Vocab.build(df["user_id"].to_numpy()),
+            item=Vocab.build(df["item_id"].to_numpy()),
+            category=Vocab.build(df["category_id"].to_numpy()),
+            shop=Vocab.build(df["shop_id"].to_numpy()) if "shop_id" in df.columns else None,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: getattr(self, k).to_json() for k in ("user", "item", "category")}
+        out["shop"] = self.shop.to_json() if self.shop is not None else None
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Vocabs:
+        return cls(
+            user=Vocab.from_json(data["user"]),
+            item=Vocab.from_json(data["item"]),
+            category=Vocab.from_json(data["category"]),
+            shop=Vocab.from_json(data["shop"]) if data.get("shop") else None,
+        )
+
+
+@dataclass(frozen=True)
+class EncodedLog:
+    user: np.ndarray
+    item: np.ndarray
+    category: np.ndarray
+    shop: np.ndarray
+    ts: np.ndarray
+    labels: dict[str, np.ndarray]
+    #: Rows sharing a key form the pairs of the pairwise loss (session, else user x day).
+    pair_key: np.ndarray
+    history: HistoryIndex
+    raw: pd.DataFrame = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    @property
+    def day(self) -> np.ndarray:
+        return day_of(self.ts)
+
+    @classmethod
+    def encode(
+        cls,
+        df: pd.DataFrame,
+        vocabs: Vocabs,
+        *,
+        history_from: pd.DataFrame | None = None,
+        max_len: int = DEFAULT_MAX_LEN,
+    ) -> EncodedLog:
+        """Encode ``df``; histories come from the clicks of ``history_from`` (default: ``df`` itself).
+
+        For a test day pass ``history_from=concat(train, test)``: histories still stop strictly before
+        each row's ``ts``, so nothing leaks.
+        """
+        user = vocabs.user.lookup(df["user_id"].to_numpy())
+        item = vocabs.item.lookup(df["item_id"].to_numpy())
+        category = vocabs.category.lookup(df["category_id"].to_numpy())
+        shop = (
+            vocabs.shop.lookup(df["shop_id"].to_numpy())
+            if vocabs.shop is not None and "shop_id" in df.columns
+            else np.zeros(len(df), dtype=np.int64)
+        )
+        ts = df["ts"].to_numpy(np.int64)
+        src = df if history_from is None else history_from
+        if history_from is None:
+            h_user, h_item, h_cat = user, item, category
+        else:
+            h_user = vocabs.user.lookup(src["user_id"].to_numpy())
+            h_item = vocabs.item.lookup(src["item_id"].to_numpy())
+            h_cat = vocabs.category.lookup(src["category_id"].to_numpy())
+        history = HistoryIndex.build(
+            h_user,
+            src["ts"].to_numpy(np.int64),
+            src["click"].to_numpy(),
+            {"item": h_item, "category": h_cat},
+            max_len=max_len,
+            rows_user=None if history_from is None else user,
+            rows_ts=None if history_from is None else ts,
+        )
+        labels = {"click": df["click"].to_numpy(np.int8)}
+        for col in OPTIONAL_LABEL_COLUMNS:
+            if col in df.columns:
+                labels[col] = df[col].to_numpy(np.int8)
+        if "session_id" in df.columns:
+            pair_key = pd.factorize(df["session_id"].astype(str))[0].astype(np.int64)
+        else:
+            pair_key = pd.factorize(pd.Series(user).astype(str) + ":" + pd.Series(day_of(ts)).astype(str))[0]
+            pair_key = pair_key.astype(np.int64)
+        return cls(
+            user=user,
+            item=item,
+            category=category,
+            shop=shop,
+            ts=ts,
+            labels=labels,
+            pair_key=pair_key,
+            history=history,
+            raw=df,
+        )
+
+    def batches(self, batch_size: int, seed: int, shuffle: bool = True) -> Iterator[np.ndarray]:
+        """Row-index batches: days ascending, shuffled within a day (or in file order)."""
+        order = day_order(self.ts, seed) if shuffle else np.arange(len(self))
+        for start in range(0, len(order), batch_size):
+            yield order[start : start + batch_size]
