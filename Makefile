@@ -7,7 +7,7 @@ DEMO_DIR ?= .keep/demo
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-slow bench protos protos-check lint
+.PHONY: help venv demo test test-slow bench protos protos-check lint up down deploy-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sort
@@ -29,8 +29,13 @@ test: $(STAMP) ## run the test suite (everything not marked slow)
 test-slow: $(STAMP) ## run the slow tests (experiments, cluster, long fault scenarios)
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
-bench: $(STAMP) ## benchmarks, one JSON object per line on stdout
-	$(VENV)/bin/keep bench metrics
+BENCH_TARGETS ?= metrics train gkc ranker
+BENCH_DIR ?= results/bench
+
+bench: $(STAMP) ## benchmarks (GAUC, training, GKC, ranker): one JSON object each, also under results/bench/
+	$(PY) -m pip install -q -e '.[bench]'
+	mkdir -p $(BENCH_DIR)
+	for t in $(BENCH_TARGETS); do $(VENV)/bin/keep bench $$t --out $(BENCH_DIR)/$$t.json || exit 1; done
 
 protos: $(STAMP) ## regenerate the committed gRPC/protobuf code from protos/*.proto
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. protos/*.proto
@@ -39,3 +44,14 @@ lint: $(STAMP) ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check services gkc ranker trainer tests loadtests
 	$(VENV)/bin/mypy
+
+UP_ARGS ?=
+
+up: $(STAMP) ## run the compose topology as local processes (redis, gkc, trainer job, ranker); Ctrl-C stops it
+	$(PY) deploy/up.py $(UP_ARGS)
+
+down: $(STAMP) ## stop a running `make up`
+	$(PY) deploy/up.py --down $(UP_ARGS)
+
+deploy-check: $(STAMP) ## validate Dockerfiles (hadolint), compose files (docker-compose config) and k8s manifests
+	$(PY) -m pytest -q tests/unit/test_deploy_images.py tests/unit/test_deploy_compose.py tests/unit/test_deploy_k8s.py tests/unit/test_deploy_dashboard.py

@@ -12,7 +12,10 @@ import sys
 from typing import Any
 
 #: target → "module:function"; the function takes the parsed args and returns a JSON-able dict.
-TARGETS: dict[str, str] = {}
+TARGETS: dict[str, str] = {
+    "train": "trainer.bench_train:run",
+    "metrics": "trainer.bench_metrics:run",
+}
 
 
 def register(sub: Any) -> None:

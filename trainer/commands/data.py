@@ -1,0 +1,90 @@
+"""``keep data synth | taobao | check``: make and validate impression logs (DESIGN §3, §4)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("data", help="generate, convert and check impression logs")
+    data_sub = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+
+    synth = data_sub.add_parser("synth", help="generate a synthetic super/sub-domain world")
+    synth.add_argument("--out", required=True, help="output folder (super/train/test.parquet, truth.json)")
+    synth.add_argument("--scale", default="small", choices=("tiny", "small", "medium"))
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=run_synth)
+
+    taobao = data_sub.add_parser("taobao", help="convert the Taobao ad sample (Tianchi data set 56)")
+    taobao.add_argument(
+        "--src",
+        default=None,
+        help="folder with ad_impressions.csv (default: $KEEP_TAOBAO_DIR, else ../shared/data/taobao)",
+    )
+    taobao.add_argument("--out", required=True, help="output folder (super/train/test.parquet, truth.json)")
+    taobao.set_defaults(func=run_taobao)
+
+    check = data_sub.add_parser("check", help="validate a log and print a one-line JSON summary")
+    check.add_argument("file", help="a .parquet or .csv impression log")
+    check.set_defaults(func=run_check)
+
+
+def _print_written(paths: dict[str, Path], truth: dict[str, Any]) -> None:
+    summary = {
+        "out": str(paths["truth"].parent),
+        "files": {k: str(v) for k, v in sorted(paths.items())},
+        "rows": {k: truth["sizes"][k]["rows"] for k in ("super", "train", "test")},
+    }
+    print(json.dumps(summary, sort_keys=True))
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from trainer.data.synth import generate, write_world
+
+    world = generate(args.scale, args.seed)
+    _print_written(write_world(world, args.out), world.truth)
+    return 0
+
+
+def default_taobao_dir() -> Path:
+    """``$KEEP_TAOBAO_DIR``, else the ``shared/data/taobao`` folder next to the repository."""
+    env = os.environ.get("KEEP_TAOBAO_DIR")
+    if env:
+        return Path(env)
+    repo_root = Path(__file__).resolve().parents[2]
+    return repo_root.parent / "shared" / "data" / "taobao"
+
+
+def run_taobao(args: argparse.Namespace) -> int:
+    from trainer.data.taobao import convert
+
+    src = Path(args.src) if args.src else default_taobao_dir()
+    paths, truth = convert(src, args.out)
+    _print_written(paths, truth)
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from trainer.data.readers import read_log
+    from trainer.data.schema import day_of, tasks_present
+
+    df = read_log(args.file)
+    days = day_of(df["ts"].to_numpy())
+    summary = {
+        "file": str(args.file),
+        "rows": len(df),
+        "users": int(df["user_id"].nunique()),
+        "items": int(df["item_id"].nunique()),
+        "categories": int(df["category_id"].nunique()),
+        "days": len(set(days.tolist())),
+        "first_day": int(days.min()),
+        "last_day": int(days.max()),
+        "click_rate": round(float(df["click"].mean()), 6),
+        "tasks": tasks_present(df),
+    }
+    print(json.dumps(summary, sort_keys=True))
+    return 0
