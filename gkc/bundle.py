@@ -138,6 +138,8 @@ class Bundle:
 def canonical_ids(values: Any) -> np.ndarray:
     """Raw ids (ints or strings) as a unicode array, the one spelling used for keys and the wire."""
     arr = np.asarray(values)
+    if arr.size == 0:  # ``[]`` arrives as float64; an empty block is legal
+        return arr.astype(str).reshape(0)
     if arr.dtype.kind in "iu":
         return arr.astype(np.int64).astype(str)
     if arr.dtype.kind == "f":

@@ -7,7 +7,7 @@ import importlib
 from typing import Any
 
 #: service → "module:function"; the function takes the parsed args and blocks until stopped.
-SERVICES: dict[str, str] = {}
+SERVICES: dict[str, str] = {"gkc": "gkc.server:serve", "ranker": "ranker.server:serve"}
 
 
 def register(sub: Any) -> None:

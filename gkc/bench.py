@@ -1,0 +1,303 @@
+"""``keep bench gkc``: GKC BatchGet over gRPC vs the raw Redis floor, one JSON object.
+
+Setup: a private redis-server (or a 3-master cluster with ``--cluster``), a random bundle published
+through the REST API (``medium``: 10k users x 50 categories = 500k K̂_uc, 200k items, all 64-d float32 =
+256 B per vector; ``--quick``: 1k users, 10k items), and a GKC process with ``GKC_BENCH_WORKERS`` gRPC
+processes (default 2; with 1 or 3 the results were within the noise of this shared 2-core machine). Each
+request is 1 user x 500 candidates from 50 categories; 80% of the candidates come from a hot 10% of the
+items (retrieval output is popularity-skewed).
+
+Measured: p50/p99/rps at concurrency 1 and 16 (load generator: 2 processes x 8 threads, on the same
+machine) for (a) ``GkcClient.batch_get`` (request → numpy ``Lookup``) and (b) the raw floor: redis-py +
+hiredis fetching the same vectors in one pipeline (HMGET of the user hash + MGET of the items) and
+decoding with numpy. Also the float16 wire format's byte saving and its effect on a dot-product score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gkc import bundle as gkc_bundle
+
+DIM = 64
+CANDIDATES = 500
+CATEGORIES = 50
+SIZES = {
+    "quick": {"users": 1_000, "items": 10_000, "requests": 300, "seconds": 2.0},
+    "medium": {"users": 10_000, "items": 200_000, "requests": 2_000, "seconds": 6.0},
+}
+
+
+def make_bundle(out: Path, users: int, items: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    uc_users = np.repeat(np.arange(users), CATEGORIES)
+    uc_cats = np.tile(np.arange(CATEGORIES), users)
+    built = gkc_bundle.build(
+        user_ids=np.arange(users),
+        user_vectors=rng.standard_normal((users, DIM), dtype=np.float32),
+        item_ids=np.arange(items),
+        item_vectors=rng.standard_normal((items, DIM), dtype=np.float32),
+        uc_user_ids=uc_users,
+        uc_category_ids=uc_cats,
+        uc_vectors=rng.standard_normal((len(uc_users), DIM), dtype=np.float32),
+        source={"bench": True},
+    )
+    return gkc_bundle.save(built, out)
+
+
+def make_requests(users: int, items: int, n: int, seed: int = 1) -> list[tuple[str, list[str], list[str]]]:
+    rng = np.random.default_rng(seed)
+    hot = max(1, items // 10)
+    out = []
+    for _ in range(n):
+        pick_hot = rng.random(CANDIDATES) < 0.8
+        ids = np.where(pick_hot, rng.integers(0, hot, CANDIDATES), rng.integers(0, items, CANDIDATES))
+        cats = rng.integers(0, CATEGORIES, CANDIDATES)
+        out.append((str(rng.integers(users)), ids.astype(str).tolist(), cats.astype(str).tolist()))
+    return out
+
+
+class RawFloor:
+    """What a hand-written reader does: one pipeline round trip, numpy decode, no service."""
+
+    def __init__(self, url: str, version: int, cluster: bool) -> None:
+        import redis
+        from redis.cluster import RedisCluster
+
+        self.client: Any = RedisCluster.from_url(url) if cluster else redis.Redis.from_url(url)
+        self.cluster = cluster
+        self.version = version
+        self.zero = bytes(4 * DIM)
+
+    def get(self, user: str, items: list[str], cats: list[str]) -> np.ndarray:
+        v = self.version
+        uitems = list(dict.fromkeys(items))
+        ucats = list(dict.fromkeys(cats))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(f"gkc:v{v}:u:{user}", ["u", *[f"c:{c}" for c in ucats]])
+        keys = [f"gkc:v{v}:i:{i}" for i in uitems]
+        if self.cluster:
+            for key in keys:
+                pipe.get(key)
+            replies = pipe.execute()
+            item_vals = replies[1:]
+        else:
+            pipe.mget(keys)
+            replies = pipe.execute()
+            item_vals = replies[1]
+        z = self.zero
+        blob = b"".join([*(x or z for x in replies[0]), *(x or z for x in item_vals)])
+        return np.frombuffer(blob, dtype="<f4").reshape(-1, DIM)
+
+
+def _caller(kind: str, target: str, version: int, cluster: bool) -> Any:
+    if kind == "gkc":
+        from gkc.client import GkcClient
+
+        client = GkcClient(target, timeout_s=5.0)
+        return lambda u, i, c: client.batch_get(u, i, c, version)
+    raw = RawFloor(target, version, cluster)
+    return raw.get
+
+
+def _load_worker(
+    kind: str, target: str, version: int, cluster: bool, threads: int, seconds: float, reqs: list[Any], q: Any
+) -> None:
+    lat: list[float] = []
+    lock = threading.Lock()
+    start_at = time.monotonic() + 0.5
+    stop_at = start_at + seconds
+
+    def loop(offset: int) -> None:
+        call = _caller(kind, target, version, cluster)
+        mine: list[float] = []
+        n = offset
+        for _ in range(20):  # warm up this connection
+            call(*reqs[n % len(reqs)])
+            n += 1
+        while time.monotonic() < start_at:
+            time.sleep(0.001)
+        while (now := time.monotonic()) < stop_at:
+            call(*reqs[n % len(reqs)])
+            mine.append(time.monotonic() - now)
+            n += 7
+        with lock:
+            lat.extend(mine)
+
+    workers = [threading.Thread(target=loop, args=(t * 131,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    q.put(lat)
+
+
+def _stats(lat: list[float], seconds: float | None = None) -> dict[str, float]:
+    arr = np.asarray(lat) * 1000
+    total = seconds if seconds is not None else float(arr.sum() / 1000)
+    return {
+        "p50_ms": round(float(np.percentile(arr, 50)), 3),
+        "p99_ms": round(float(np.percentile(arr, 99)), 3),
+        "rps": round(len(arr) / total, 1),
+        "requests": len(arr),
+    }
+
+
+def measure(kind: str, target: str, version: int, cluster: bool, reqs: list[Any], n: int) -> dict[str, float]:
+    """Concurrency 1: sequential calls in this process."""
+    call = _caller(kind, target, version, cluster)
+    for r in reqs[:50]:
+        call(*r)
+    lat = []
+    for k in range(n):
+        t0 = time.perf_counter()
+        call(*reqs[k % len(reqs)])
+        lat.append(time.perf_counter() - t0)
+    return _stats(lat)
+
+
+def measure_concurrent(
+    kind: str, target: str, version: int, cluster: bool, reqs: list[Any], seconds: float
+) -> dict[str, float]:
+    """Concurrency 16: 2 processes x 8 threads, each calling in a closed loop for ``seconds``."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [
+        ctx.Process(target=_load_worker, args=(kind, target, version, cluster, 8, seconds, reqs[:400], q))
+        for _ in range(2)
+    ]
+    for p in procs:
+        p.start()
+    lat = [x for _ in procs for x in q.get()]
+    for p in procs:
+        p.join()
+    return {**_stats(lat, seconds), "concurrency": 16}
+
+
+def float16_effect(target: str, version: int, reqs: list[Any]) -> dict[str, float]:
+    from gkc.client import GkcClient
+
+    f32, f16 = GkcClient(target), GkcClient(target, float16=True)
+    errs, rel = [], []
+    ratio = 0.0
+    for user, items, cats in reqs[:50]:
+        a, b = f32.batch_get(user, items, cats, version), f16.batch_get(user, items, cats, version)
+        score_a = a.items[a.item_index] @ a.user + (a.ucs[a.uc_index] * a.user).sum(1)
+        score_b = b.items[b.item_index] @ b.user + (b.ucs[b.uc_index] * b.user).sum(1)
+        errs.append(float(np.abs(a.items - b.items).max()))
+        rel.append(float(np.abs(score_a - score_b).max() / np.abs(score_a).max()))
+        ratio = len(f16.batch_get_raw(user, items, cats, version).SerializeToString()) / len(
+            f32.batch_get_raw(user, items, cats, version).SerializeToString()
+        )
+    return {
+        "response_bytes_ratio": round(ratio, 3),
+        "max_abs_vector_error": round(max(errs), 6),
+        "max_rel_score_error": round(max(rel), 6),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from gkc.client import GkcOpsClient
+    from gkc.local_redis import EmbeddedRedis, LocalCluster, free_port
+
+    size = "quick" if getattr(args, "quick", False) else "medium"
+    cfg = SIZES[size]
+    cluster = bool(getattr(args, "cluster", False))
+    workers = int(os.environ.get("GKC_BENCH_WORKERS", "2"))
+    tmp = Path(tempfile.mkdtemp(prefix="gkc-bench-"))
+    redis: Any = (
+        LocalCluster(3, tmp / "cluster") if cluster else EmbeddedRedis(tmp / "redis", persistent=False)
+    )
+    redis.start()
+    gkc = None
+    try:
+        t0 = time.monotonic()
+        path = make_bundle(tmp / "bundle", int(cfg["users"]), int(cfg["items"]))
+        build_s = time.monotonic() - t0
+        grpc_port, http_port = free_port(), free_port()
+        token = "bench-token-" + os.urandom(8).hex()
+        env = {
+            **os.environ,
+            "GKC_REDIS_URL": redis.url,
+            "GKC_REDIS_CLUSTER": str(cluster).lower(),
+            "GKC_GRPC_PORT": str(grpc_port),
+            "GKC_HTTP_PORT": str(http_port),
+            "GKC_API_TOKEN": token,
+            "GKC_WORKERS": str(workers),
+            "GKC_LOG_LEVEL": "WARNING",
+        }
+        gkc = subprocess.Popen([sys.executable, "-m", "gkc"], env=env, stderr=subprocess.DEVNULL)
+        ops = GkcOpsClient(f"http://127.0.0.1:{http_port}", token)
+        _wait_healthy(ops, gkc)
+        t0 = time.monotonic()
+        version = int(ops.publish(path, progress=sys.stderr.isatty())["version"])
+        publish_s = time.monotonic() - t0
+        target = f"127.0.0.1:{grpc_port}"
+        reqs = make_requests(int(cfg["users"]), int(cfg["items"]), 1000)
+        n = int(cfg["requests"])
+        result: dict[str, Any] = {
+            "size": size,
+            "cluster": cluster,
+            "bundle": {
+                "users": cfg["users"],
+                "items": cfg["items"],
+                "user_categories": int(cfg["users"]) * CATEGORIES,
+                "dim": DIM,
+                "build_s": round(build_s, 2),
+                "publish_s": round(publish_s, 2),
+            },
+            "request": {"candidates": CANDIDATES, "categories": CATEGORIES, "hot_item_share": 0.8},
+            "gkc_workers": workers,
+            "gkc_c1": measure("gkc", target, version, cluster, reqs, n),
+            "raw_c1": measure("raw", redis.url, version, cluster, reqs, n),
+            "gkc_c16": measure_concurrent("gkc", target, version, cluster, reqs, float(cfg["seconds"])),
+            "raw_c16": measure_concurrent("raw", redis.url, version, cluster, reqs, float(cfg["seconds"])),
+            "float16": float16_effect(target, version, reqs),
+            "cpus": os.cpu_count(),
+            "note": "load generator, GKC and Redis share this machine's CPUs (with other users' jobs)",
+        }
+        result["ratio"] = {
+            "p50_c1": round(result["gkc_c1"]["p50_ms"] / result["raw_c1"]["p50_ms"], 2),
+            "p99_c1": round(result["gkc_c1"]["p99_ms"] / result["raw_c1"]["p99_ms"], 2),
+            "rps_c16": round(result["gkc_c16"]["rps"] / result["raw_c16"]["rps"], 2),
+        }
+        result["targets_met"] = {
+            "p99_c1_le_2x_raw": result["ratio"]["p99_c1"] <= 2.0,
+            "p99_c1_lt_3ms": result["gkc_c1"]["p99_ms"] < 3.0,
+            "rps_c16_ge_800": result["gkc_c16"]["rps"] >= 800,
+        }
+        return result
+    finally:
+        if gkc is not None:
+            gkc.send_signal(signal.SIGTERM)
+            gkc.wait(30)
+        redis.stop()
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _wait_healthy(ops: Any, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"GKC exited with {proc.returncode}")
+        try:
+            if ops.http.get("/healthz").status_code == 200:
+                time.sleep(0.5)  # let the extra gRPC workers bind
+                return
+        except Exception:
+            time.sleep(0.1)
+    raise RuntimeError("GKC did not become healthy in 30 s")

@@ -1,0 +1,198 @@
+"""Clients: :class:`GkcClient` (gRPC reads → :class:`gkc.lookup.Lookup`) and :class:`GkcOpsClient` (REST).
+
+numpy + grpc + httpx only. Status codes come back as the matching :mod:`services.errors` class, so a
+caller handles ``NotFound`` / ``Unavailable`` / ``InvalidArgument`` without importing grpc.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+
+from gkc.core import Dims, unpack
+from gkc.lookup import Lookup
+from protos import gkc_pb2, gkc_pb2_grpc
+from services.errors import (
+    Conflict,
+    DeadlineExceeded,
+    InvalidArgument,
+    KeepError,
+    NotFound,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+
+_BY_CODE: dict[grpc.StatusCode, type[KeepError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.FAILED_PRECONDITION: Conflict,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+}
+_BY_HTTP: dict[int, type[KeepError]] = {
+    401: Unauthenticated,
+    404: NotFound,
+    409: Conflict,
+    413: ResourceExhausted,
+    422: InvalidArgument,
+    503: Unavailable,
+}
+
+
+def from_rpc_error(err: grpc.RpcError) -> KeepError:
+    code = err.code()
+    cls = _BY_CODE.get(code, KeepError)
+    return cls(f"GKC {code.name}: {err.details()}")
+
+
+def lookup_from_proto(resp: gkc_pb2.BatchGetResponse) -> Lookup:
+    dims = Dims(user=resp.user_dim, item=resp.items.dim, uc=resp.user_categories.dim)
+    it, uc = resp.items, resp.user_categories
+    return unpack(
+        resp.version,
+        resp.format == gkc_pb2.WIRE_FORMAT_FLOAT16,
+        dims,
+        (resp.user, resp.user_found),
+        (it.data, it.rows, it.found, it.index),
+        (uc.data, uc.rows, uc.found, uc.index),
+    )
+
+
+class GkcClient:
+    """Blocking gRPC client. Thread-safe; one channel per instance."""
+
+    def __init__(self, addr: str, timeout_s: float = 1.0, *, float16: bool = False) -> None:
+        self.addr = addr
+        self.timeout_s = timeout_s
+        self.float16 = float16
+        self.channel = grpc.insecure_channel(
+            addr,
+            options=[
+                ("grpc.max_receive_message_length", 64 << 20),
+                ("grpc.max_send_message_length", 64 << 20),
+            ],
+        )
+        self._call = gkc_pb2_grpc.GkcStub(self.channel).BatchGet
+
+    def batch_get_raw(
+        self, user_id: str, item_ids: Sequence[str], category_ids: Sequence[str], version: int = 0
+    ) -> gkc_pb2.BatchGetResponse:
+        """The response message as received (benchmarks, byte-level tests)."""
+        request = gkc_pb2.BatchGetRequest(
+            user_id=user_id,
+            item_ids=item_ids,
+            category_ids=category_ids,
+            version=version,
+            format=gkc_pb2.WIRE_FORMAT_FLOAT16 if self.float16 else gkc_pb2.WIRE_FORMAT_FLOAT32,
+        )
+        try:
+            return self._call(request, timeout=self.timeout_s)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+    def batch_get(
+        self, user_id: str, item_ids: Sequence[str], category_ids: Sequence[str], version: int = 0
+    ) -> Lookup:
+        """K̂_u, K̂_i, K̂_uc for one user's candidates. Repeated items/categories come back once
+        (``Lookup.item_index`` / ``uc_index`` map candidates to rows); the server does the dedupe."""
+        return lookup_from_proto(self.batch_get_raw(user_id, list(item_ids), list(category_ids), version))
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> GkcClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def tar_bundle(bundle_dir: str | os.PathLike[str], out: Path) -> Path:
+    """The bundle directory as an uncompressed tar (the ``POST /v1/versions`` body)."""
+    root = Path(bundle_dir)
+    if not (root / "manifest.json").is_file():
+        raise InvalidArgument(f"{root} is not a bundle directory (no manifest.json)")
+    with tarfile.open(out, "w") as tar:
+        for file in sorted(root.iterdir()):
+            if file.is_file():
+                tar.add(file, arcname=file.name)
+    return out
+
+
+class GkcOpsClient:
+    """REST ops: publish / list / get / activate / delete. ``token`` defaults to ``GKC_API_TOKEN``."""
+
+    def __init__(self, base_url: str, token: str | None = None, timeout_s: float = 600.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        token = token if token is not None else os.environ.get("GKC_API_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_s)
+
+    def _check(self, response: httpx.Response) -> Any:
+        if response.is_success:
+            return response.json()
+        try:
+            reason = response.json().get("error", response.text)
+        except ValueError:
+            reason = response.text
+        cls = _BY_HTTP.get(response.status_code, KeepError)
+        raise cls(f"GKC HTTP {response.status_code}: {reason}")
+
+    def publish(self, bundle_dir: str | os.PathLike[str], *, progress: bool = True) -> dict[str, Any]:
+        """Upload the bundle (streamed, with a progress bar) and return ``{"version": N, ...}``."""
+        from tqdm import tqdm
+
+        with tempfile.TemporaryDirectory(prefix="gkc-publish-") as tmp:
+            tar_path = tar_bundle(bundle_dir, Path(tmp) / "bundle.tar")
+            size = tar_path.stat().st_size
+            bar = tqdm(total=size, unit="B", unit_scale=True, desc="upload", disable=not progress)
+
+            def chunks() -> Iterator[bytes]:
+                with tar_path.open("rb") as fh:
+                    while chunk := fh.read(1 << 20):
+                        bar.update(len(chunk))
+                        yield chunk
+                bar.set_description("publishing (server side)")
+
+            try:
+                response = self.http.post(
+                    "/v1/versions",
+                    content=chunks(),
+                    headers={"Content-Type": "application/x-tar", "Content-Length": str(size)},
+                )
+            except httpx.TransportError as err:
+                raise Unavailable(f"GKC at {self.base_url} unreachable: {err}") from err
+            finally:
+                bar.close()
+        return dict(self._check(response))
+
+    def _request(self, method: str, path: str) -> Any:
+        try:
+            return self._check(self.http.request(method, path))
+        except httpx.TransportError as err:
+            raise Unavailable(f"GKC at {self.base_url} unreachable: {err}") from err
+
+    def versions(self, include_all: bool = False) -> list[dict[str, Any]]:
+        return list(self._request("GET", f"/v1/versions?all={str(include_all).lower()}")["versions"])
+
+    def version(self, version: int) -> dict[str, Any]:
+        return dict(self._request("GET", f"/v1/versions/{version}"))
+
+    def activate(self, version: int) -> dict[str, Any]:
+        return dict(self._request("POST", f"/v1/versions/{version}/activate"))
+
+    def delete(self, version: int) -> dict[str, Any]:
+        return dict(self._request("DELETE", f"/v1/versions/{version}"))
+
+    def close(self) -> None:
+        self.http.close()

@@ -1,0 +1,56 @@
+"""GKC settings (env prefix ``GKC_``, DESIGN §4). Built by the CLI / ``__main__`` and passed in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from services.errors import InvalidArgument
+from services.settings import ServiceSettings, is_placeholder
+
+
+class GkcSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="GKC_", extra="ignore")
+
+    grpc_port: int = 50051
+    http_port: int = 8081
+    #: Unset: start a private redis-server under ``data_dir`` (the embedded default).
+    redis_url: str | None = None
+    #: Treat ``redis_url`` as a Redis Cluster seed node.
+    redis_cluster: bool = False
+    data_dir: Path = Path(".keep/gkc")
+    api_token: SecretStr | None = None
+    #: Candidates per BatchGet; more is INVALID_ARGUMENT.
+    max_candidates: int = 1000
+    #: Largest accepted bundle upload (bytes); more is 413.
+    max_upload_bytes: int = 4 * 1024**3
+    #: Item vectors kept in process per worker (LRU entries, all versions together).
+    cache_items: int = 200_000
+    #: gRPC server processes sharing the port with SO_REUSEPORT (the first one also serves REST).
+    workers: int = 1
+    #: Redis socket timeout: a dead or stuck Redis gives UNAVAILABLE after about this long.
+    redis_timeout_s: float = 0.5
+    #: How long a cached view of the version registry is trusted (other processes may activate).
+    registry_ttl_s: float = 1.0
+    #: A staging version whose publisher has not written for this long is abandoned and cleaned up.
+    publish_lease_s: float = 120.0
+    #: Entries per pipelined write batch when publishing.
+    publish_batch: int = 2000
+    #: Ready versions kept; publishing one more retires the oldest non-active one.
+    max_ready_versions: int = 5
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    def check(self) -> None:
+        """Refuse to run with settings that are unsafe outside dev mode."""
+        if is_placeholder(self.api_token) and not self.dev_mode:
+            raise InvalidArgument(
+                "GKC_API_TOKEN is unset or a placeholder; "
+                "set a real token (or GKC_DEV_MODE=true for local use)"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidArgument("set both GKC_TLS_CERT and GKC_TLS_KEY, or neither")
+        if self.workers < 1 or self.max_candidates < 1 or self.max_ready_versions < 1:
+            raise InvalidArgument("GKC_WORKERS, GKC_MAX_CANDIDATES and GKC_MAX_READY_VERSIONS must be >= 1")

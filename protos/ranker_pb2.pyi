@@ -1,0 +1,37 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable
+from typing import ClassVar as _ClassVar, Optional as _Optional
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RankRequest(_message.Message):
+    __slots__ = ("user_id", "item_ids", "category_ids", "shop_ids", "model")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_IDS_FIELD_NUMBER: _ClassVar[int]
+    SHOP_IDS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    category_ids: _containers.RepeatedScalarFieldContainer[str]
+    shop_ids: _containers.RepeatedScalarFieldContainer[str]
+    model: str
+    def __init__(self, user_id: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ..., category_ids: _Optional[_Iterable[str]] = ..., shop_ids: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ...) -> None: ...
+
+class RankResponse(_message.Message):
+    __slots__ = ("scores", "model", "model_revision", "knowledge_version", "degraded", "degraded_reason")
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_REVISION_FIELD_NUMBER: _ClassVar[int]
+    KNOWLEDGE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_REASON_FIELD_NUMBER: _ClassVar[int]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    model: str
+    model_revision: str
+    knowledge_version: int
+    degraded: bool
+    degraded_reason: str
+    def __init__(self, scores: _Optional[_Iterable[float]] = ..., model: _Optional[str] = ..., model_revision: _Optional[str] = ..., knowledge_version: _Optional[int] = ..., degraded: _Optional[bool] = ..., degraded_reason: _Optional[str] = ...) -> None: ...

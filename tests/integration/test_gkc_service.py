@@ -1,0 +1,286 @@
+"""A real GKC process (gRPC + REST on free ports) against real private Redis servers."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+
+from gkc.bundle_reader import BundleReader
+from gkc.client import GkcClient, GkcOpsClient, tar_bundle
+from gkc.local_redis import EmbeddedRedis
+from protos import gkc_pb2, gkc_pb2_grpc
+from services.errors import Conflict, InvalidArgument, NotFound, Unauthenticated, Unavailable
+
+
+def _tar_bytes(path: Path, tmp: Path) -> bytes:
+    return tar_bundle(path, tmp / "upload.tar").read_bytes()
+
+
+def test_publish_then_batch_get_matches_bundle_bytes(
+    gkc_service, make_bundle: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = make_bundle(tmp_path / "b", seed=11)
+    ops = GkcOpsClient(gkc_service.http_url, gkc_service.token)
+    version = ops.publish(path, progress=False)["version"]
+    reader = BundleReader.open(path, version=version)
+    b = reader.bundle
+    with GkcClient(gkc_service.grpc_addr, timeout_s=5) as client:
+        items = [str(i) for i in b.item_ids[:40]] * 2 + ["missing-item"]
+        cats = [f"c{n % 7}" for n in range(len(items))]
+        for user in [str(b.user_ids[3]), "cold-user"]:
+            got = client.batch_get(user, items, cats, version)
+            want = reader.batch_get(user, items, cats, version)
+            assert got.version == version
+            for name in ("user", "items", "item_found", "item_index", "ucs", "uc_found", "uc_index"):
+                assert getattr(got, name).tobytes() == getattr(want, name).tobytes(), name
+            assert got.user_found == want.user_found
+        raw = client.batch_get_raw(str(b.user_ids[3]), items, cats, version)
+        assert raw.items.rows == 41  # repeats travel once
+        assert raw.items.data[: 40 * 4 * b.manifest.dims.item] == b.item_vectors[:40].tobytes()
+    listed = {v["version"]: v for v in ops.versions()}
+    assert listed[version]["state"] == "ready"
+    assert listed[version]["manifest"]["counts"]["items"] == len(b.item_ids)
+
+
+def test_float16_wire_halves_bytes_and_stays_close(
+    gkc_service, make_bundle: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = make_bundle(tmp_path / "b", seed=12)
+    version = GkcOpsClient(gkc_service.http_url, gkc_service.token).publish(path, progress=False)["version"]
+    reader = BundleReader.open(path, version=version)
+    items = [str(i) for i in reader.bundle.item_ids[:50]]
+    cats = ["c1"] * 50
+    full = GkcClient(gkc_service.grpc_addr).batch_get_raw("u1", items, cats, version)
+    half = GkcClient(gkc_service.grpc_addr, float16=True)
+    assert len(half.batch_get_raw("u1", items, cats, version).items.data) * 2 == len(full.items.data)
+    got = half.batch_get("u1", items, cats, version)
+    want = reader.batch_get("u1", items, cats, version)
+    np.testing.assert_allclose(got.items, want.items, rtol=2e-3, atol=2e-3)
+
+
+def test_bad_requests_have_the_right_codes(
+    gkc_service, make_bundle: Callable[..., Path], tmp_path: Path
+) -> None:
+    GkcOpsClient(gkc_service.http_url, gkc_service.token).publish(make_bundle(tmp_path / "b"), progress=False)
+    client = GkcClient(gkc_service.grpc_addr)
+    with pytest.raises(NotFound):
+        client.batch_get("u1", ["i1"], ["c1"], version=987654)
+    with pytest.raises(InvalidArgument):
+        client.batch_get("u1", [], [])
+    with pytest.raises(InvalidArgument, match="limit"):
+        client.batch_get("u1", [f"i{n}" for n in range(1001)], ["c1"] * 1001)
+    with pytest.raises(InvalidArgument, match="parallel"):
+        client.batch_get_raw("u1", ["i1", "i2"], ["c1"])
+    # the standard health service and reflection are there
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(gkc_service.grpc_addr) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="keep.gkc.v1.Gkc")
+        )
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        stub = gkc_pb2_grpc.GkcStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.BatchGet(gkc_pb2.BatchGetRequest(user_id="", item_ids=["i1"], category_ids=["c1"]))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_writes_need_the_token(gkc_service, make_bundle: Callable[..., Path], tmp_path: Path) -> None:
+    body = _tar_bytes(make_bundle(tmp_path / "b"), tmp_path)
+    url = gkc_service.http_url
+    for headers in ({}, {"Authorization": "Bearer wrong-token-value"}, {"Authorization": gkc_service.token}):
+        assert httpx.post(f"{url}/v1/versions", content=body, headers=headers).status_code == 401
+        assert httpx.post(f"{url}/v1/versions/1/activate", headers=headers).status_code == 401
+        assert httpx.delete(f"{url}/v1/versions/1", headers=headers).status_code == 401
+    with pytest.raises(Unauthenticated):
+        GkcOpsClient(url, "wrong-token-value").publish(tmp_path / "b", progress=False)
+    assert httpx.get(f"{url}/v1/versions").status_code == 200
+    assert gkc_service.token not in gkc_service.log()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "dims", "dtype", "not-a-tar", "missing-file"])
+def test_corrupt_bundle_is_refused_with_422(
+    gkc_service, make_bundle: Callable[..., Path], tmp_path: Path, damage: str
+) -> None:
+    path = make_bundle(tmp_path / "b", seed=5)
+    if damage == "truncate":
+        data = (path / "item_vectors.npy").read_bytes()
+        (path / "item_vectors.npy").write_bytes(data[: len(data) // 2])
+    elif damage == "dims":
+        manifest = json.loads((path / "manifest.json").read_text())
+        manifest["dims"]["uc"] += 1
+        (path / "manifest.json").write_text(json.dumps(manifest))
+    elif damage == "dtype":
+        np.save(path / "uc_vectors.npy", np.load(path / "uc_vectors.npy").astype(np.float64))
+    elif damage == "missing-file":
+        (path / "uc_vectors.npy").unlink()
+    body = b"this is not a tar file" * 100 if damage == "not-a-tar" else _tar_bytes(path, tmp_path)
+    ops = GkcOpsClient(gkc_service.http_url, gkc_service.token)
+    before = ops.versions(include_all=True)
+    response = httpx.post(
+        f"{gkc_service.http_url}/v1/versions",
+        content=body,
+        headers={"Authorization": f"Bearer {gkc_service.token}"},
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]
+    assert ops.versions(include_all=True) == before
+
+
+def test_activate_and_delete(gkc_service, make_bundle: Callable[..., Path], tmp_path: Path) -> None:
+    ops = GkcOpsClient(gkc_service.http_url, gkc_service.token)
+    a = ops.publish(make_bundle(tmp_path / "a", seed=1), progress=False)["version"]
+    b = ops.publish(make_bundle(tmp_path / "b", seed=2), progress=False)["version"]
+    assert ops.activate(b)["active"] is True
+    client = GkcClient(gkc_service.grpc_addr)
+    deadline = time.monotonic() + 10  # other worker processes see the pointer within GKC_REGISTRY_TTL_S
+    while client.batch_get("u1", ["i1"], ["c1"]).version != b and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.batch_get("u1", ["i1"], ["c1"]).version == b
+    with pytest.raises(Conflict):
+        ops.delete(b)
+    assert ops.delete(a)["state"] == "retiring"
+    while time.monotonic() < deadline:  # other workers drop it within GKC_REGISTRY_TTL_S
+        try:
+            client.batch_get("u1", ["i1"], ["c1"], version=a)
+        except NotFound:
+            break
+        time.sleep(0.05)
+    with pytest.raises(NotFound):
+        client.batch_get("u1", ["i1"], ["c1"], version=a)
+    with pytest.raises(NotFound):
+        ops.activate(10**6)
+    while any(v["version"] == a for v in ops.versions(include_all=True)) and time.monotonic() < deadline + 10:
+        time.sleep(0.05)  # the janitor deletes the data in the background, then forgets the version
+    assert all(v["version"] != a for v in ops.versions(include_all=True))
+    text = httpx.get(f"{gkc_service.http_url}/metrics").text
+    assert 'gkc_request_seconds_count{method="BatchGet",status="OK"}' in text
+    assert 'gkc_versions{state="ready"}' in text
+
+
+def test_redis_down_gives_unavailable_then_recovers(
+    start_gkc, make_bundle: Callable[..., Path], tmp_path: Path
+) -> None:
+    redis = EmbeddedRedis(tmp_path / "redis").start()
+    try:
+        svc = start_gkc(redis.url, GKC_REDIS_TIMEOUT_S="0.3")
+        version = GkcOpsClient(svc.http_url, svc.token).publish(make_bundle(tmp_path / "b"), progress=False)[
+            "version"
+        ]
+        client = GkcClient(svc.grpc_addr, timeout_s=3.0)
+        assert client.batch_get("u1", ["i1", "i2"], ["c1", "c2"]).version == version
+        redis.stop()
+        # UNAVAILABLE, not DEADLINE_EXCEEDED: the server answered within the client's 3 s deadline.
+        with pytest.raises(Unavailable):
+            client.batch_get("u1", ["i3"], ["c1"])
+        assert httpx.get(f"{svc.http_url}/healthz").status_code == 503
+        redis.start()
+        got = None
+        for _ in range(50):
+            try:
+                got = client.batch_get("u1", ["i3"], ["c1"])
+                break
+            except Unavailable:
+                time.sleep(0.1)
+        assert got is not None and got.version == version
+    finally:
+        redis.stop()
+
+
+def test_embedded_redis_keeps_data_across_restart(
+    start_gkc, make_bundle: Callable[..., Path], tmp_path: Path
+) -> None:
+    data_dir = str(tmp_path / "gkc-data")
+    svc = start_gkc(GKC_DATA_DIR=data_dir)
+    version = GkcOpsClient(svc.http_url, svc.token).publish(make_bundle(tmp_path / "b"), progress=False)[
+        "version"
+    ]
+    assert svc.stop() == 0  # SIGTERM: graceful
+    again = start_gkc(GKC_DATA_DIR=data_dir)
+    assert [v["version"] for v in GkcOpsClient(again.http_url).versions()] == [version]
+    reader = BundleReader.open(tmp_path / "b", version=version)
+    got = GkcClient(again.grpc_addr).batch_get("u2", ["i5"], ["c0"])
+    assert (
+        got.version == version
+        and got.items.tobytes() == reader.batch_get("u2", ["i5"], ["c0"]).items.tobytes()
+    )
+
+
+def test_placeholder_token_is_refused(start_gkc) -> None:
+    with pytest.raises(RuntimeError, match="GKC_API_TOKEN"):
+        start_gkc(GKC_API_TOKEN="changeme")
+
+
+def test_upload_size_limit(start_gkc, make_bundle: Callable[..., Path], tmp_path: Path) -> None:
+    svc = start_gkc(GKC_MAX_UPLOAD_BYTES="1000")
+    body = _tar_bytes(make_bundle(tmp_path / "b"), tmp_path)
+    r = httpx.post(
+        f"{svc.http_url}/v1/versions", content=body, headers={"Authorization": f"Bearer {svc.token}"}
+    )
+    assert r.status_code == 413
+    chunked = httpx.post(
+        f"{svc.http_url}/v1/versions",
+        content=iter([body[i : i + 500] for i in range(0, len(body), 500)]),
+        headers={"Authorization": f"Bearer {svc.token}"},
+    )
+    assert chunked.status_code == 413
+
+
+def test_cli_publish_and_versions(gkc_service, make_bundle: Callable[..., Path], tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "GKC_API_TOKEN": gkc_service.token}
+    cmd = [sys.executable, "-m", "trainer"]
+    out = subprocess.run(
+        [*cmd, "publish", str(make_bundle(tmp_path / "b")), "--gkc", gkc_service.http_url, "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    version = int(out.stdout.strip())
+    listed = subprocess.run(
+        [*cmd, "versions", "list", "--gkc", gkc_service.http_url], capture_output=True, text=True, check=True
+    )
+    assert version in [v["version"] for v in json.loads(listed.stdout)]
+    refused = subprocess.run(
+        [*cmd, "versions", "activate", str(version), "--gkc", gkc_service.http_url, "--token", "bad-token-x"],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "GKC_API_TOKEN"},
+    )
+    assert refused.returncode != 0 and "401" in refused.stderr
+
+
+def test_client_deadline_is_honoured_when_redis_hangs(
+    start_gkc, make_bundle: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A stuck (SIGSTOPped) Redis: the call ends at the client's deadline or with UNAVAILABLE, never hangs."""
+    import os
+    import signal
+
+    from services.errors import DeadlineExceeded
+
+    redis = EmbeddedRedis(tmp_path / "redis", persistent=False).start()
+    try:
+        svc = start_gkc(redis.url, GKC_REDIS_TIMEOUT_S="2.0")
+        GkcOpsClient(svc.http_url, svc.token).publish(make_bundle(tmp_path / "b"), progress=False)
+        assert redis.proc is not None
+        os.kill(redis.proc.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(DeadlineExceeded):
+                GkcClient(svc.grpc_addr, timeout_s=0.3).batch_get("u1", ["i7"], ["c1"])
+        finally:
+            os.kill(redis.proc.pid, signal.SIGCONT)
+        assert GkcClient(svc.grpc_addr, timeout_s=5).batch_get("u1", ["i7"], ["c1"]).user_found
+    finally:
+        redis.stop()

@@ -1,0 +1,90 @@
+"""BundleReader (the offline reader) and the byte packing shared by GKC's server and client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gkc import bundle as B
+from gkc.bundle_reader import BundleReader
+from gkc.core import Dims, ItemCache, unpack
+from gkc.settings import GkcSettings
+from services.errors import InvalidArgument, NotFound
+
+
+@pytest.fixture
+def reader(tmp_path: Path) -> BundleReader:
+    rng = np.random.default_rng(3)
+    built = B.build(
+        user_ids=["a", "b"],
+        user_vectors=rng.normal(size=(2, 4)),
+        item_ids=["x", "y", "z"],
+        item_vectors=rng.normal(size=(3, 4)),
+        uc_user_ids=["a", "a", "b"],
+        uc_category_ids=["c1", "c2", "c1"],
+        uc_vectors=rng.normal(size=(3, 2)),
+    )
+    return BundleReader.open(B.save(built, tmp_path / "b"), version=7)
+
+
+def test_reader_dedupes_and_marks_missing(reader: BundleReader) -> None:
+    b = reader.bundle
+    got = reader.batch_get("a", ["y", "nope", "y", "x"], ["c2", "c9", "c2", "c1"])
+    assert got.version == 7 and got.user_found
+    assert np.array_equal(got.user, b.user_vectors[0])
+    assert got.item_index.tolist() == [0, 1, 0, 2]
+    assert got.item_found.tolist() == [True, False, True]
+    assert np.array_equal(got.items[0], b.item_vectors[1]) and not got.items[1].any()
+    assert got.uc_index.tolist() == [0, 1, 0, 2]
+    assert got.uc_found.tolist() == [True, False, True]
+    assert np.array_equal(got.ucs[0], b.uc_vectors[1]) and np.array_equal(got.ucs[2], b.uc_vectors[0])
+
+
+def test_reader_cold_user_and_errors(reader: BundleReader) -> None:
+    got = reader.batch_get("ghost", ["x"], ["c1"])
+    assert not got.user_found and not got.user.any() and got.uc_found.tolist() == [False]
+    with pytest.raises(NotFound):
+        reader.batch_get("a", ["x"], ["c1"], version=3)
+    with pytest.raises(InvalidArgument):
+        reader.batch_get("a", ["x", "y"], ["c1"])
+
+
+def test_unpack_float16_is_close_not_identical() -> None:
+    rng = np.random.default_rng(0)
+    vec = rng.normal(size=(2, 3)).astype(np.float32)
+    f16 = vec.astype("<f2").tobytes()
+    got = unpack(
+        1, True, Dims(3, 3, 3), (f16[:6], True), (f16, 2, b"\1\1", b"\0\0\0\0"), (f16, 2, b"\1\0", b"")
+    )
+    assert got.items.dtype == np.float32
+    np.testing.assert_allclose(got.items, vec, rtol=1e-3, atol=1e-3)
+    assert got.uc_found.tolist() == [True, False]
+
+
+def test_item_cache_is_bounded_and_per_version() -> None:
+    cache = ItemCache(2)
+    cache.put_many(1, ["a", "b"], [b"A", None])
+    vals, todo = cache.get_many(1, ["a", "b", "c"])
+    assert vals == [b"A", None, None] and todo == [2]  # "b" is cached as known-missing
+    cache.put_many(1, ["c"], [b"C"])  # full: the oldest entry ("a") goes
+    vals, todo = cache.get_many(1, ["a", "b", "c"])
+    assert todo == [0] and vals[1:] == [None, b"C"]
+    _, todo = cache.get_many(2, ["b"])  # versions never share entries
+    assert todo == [0]
+    cache.drop(1)
+    assert cache.get_many(1, ["c"])[1] == [0]
+
+
+def test_settings_refuse_placeholder_token_outside_dev_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GKC_API_TOKEN", "changeme")
+    with pytest.raises(InvalidArgument, match="GKC_API_TOKEN"):
+        GkcSettings().check()
+    monkeypatch.setenv("GKC_DEV_MODE", "true")
+    GkcSettings().check()
+    monkeypatch.setenv("GKC_DEV_MODE", "false")
+    monkeypatch.setenv("GKC_API_TOKEN", "a-real-long-token-value")
+    settings = GkcSettings()
+    settings.check()
+    assert (settings.grpc_port, settings.http_port, settings.host) == (50051, 8081, "127.0.0.1")
