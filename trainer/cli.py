@@ -15,7 +15,13 @@ from collections.abc import Sequence
 from services.errors import KeepError
 
 #: One line per command group; each module defines ``register(subparsers)``.
-COMMAND_MODULES = ("trainer.commands.data",)
+COMMAND_MODULES = (
+    "trainer.commands.data",
+    "trainer.commands.bench",
+    "trainer.commands.demo",
+    "trainer.commands.serve",
+    "gkc.commands",
+)
 
 
 class CommandError(Exception):
