@@ -7,7 +7,7 @@ DEMO_DIR ?= .keep/demo
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-slow bench protos protos-check lint up down deploy-check
+.PHONY: help venv demo test test-slow bench protos protos-check lint up down deploy-check load reliability
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sort
@@ -28,6 +28,15 @@ test: $(STAMP) ## run the test suite (everything not marked slow)
 
 test-slow: $(STAMP) ## run the slow tests (experiments, cluster, long fault scenarios)
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+reliability: $(STAMP) ## fault, bad-input and security proofs, the slow ones included (tests/reliability)
+	$(PY) -m pytest -m reliability tests/reliability $(PYTEST_ARGS)
+
+LOAD_ARGS ?=
+
+load: $(STAMP) ## Locust load test against a local suite (127.0.0.1); report under results/load/, fails over thresholds
+	$(PY) -m pip install -q -e '.[load]'
+	$(PY) loadtests/run.py $(LOAD_ARGS)
 
 BENCH_TARGETS ?= metrics train gkc ranker
 BENCH_DIR ?= results/bench
@@ -54,4 +63,4 @@ down: $(STAMP) ## stop a running `make up`
 	$(PY) deploy/up.py --down $(UP_ARGS)
 
 deploy-check: $(STAMP) ## validate Dockerfiles (hadolint), compose files (docker-compose config) and k8s manifests
-	$(PY) -m pytest -q tests/unit/test_deploy_images.py tests/unit/test_deploy_compose.py tests/unit/test_deploy_k8s.py tests/unit/test_deploy_dashboard.py
+	$(PY) -m pytest -q tests/unit/test_deploy_images.py tests/unit/test_deploy_compose.py tests/unit/test_deploy_k8s.py tests/unit/test_deploy_dashboard.py tests/unit/test_deploy_up.py

@@ -20,6 +20,8 @@ COMMAND_MODULES = (
     "trainer.commands.bench",
     "trainer.commands.demo",
     "trainer.commands.serve",
+    "trainer.commands.stage1",
+    "trainer.commands.stage2",
     "gkc.commands",
 )
 

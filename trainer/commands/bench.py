@@ -15,6 +15,8 @@ from typing import Any
 TARGETS: dict[str, str] = {
     "train": "trainer.bench_train:run",
     "metrics": "trainer.bench_metrics:run",
+    "gkc": "gkc.bench:run",
+    "ranker": "ranker.bench:run",
 }
 
 

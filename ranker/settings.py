@@ -1,0 +1,68 @@
+"""Ranker settings (env prefix ``RANKER_``, DESIGN §4). Built by the CLI / ``__main__`` and passed in."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from services.errors import InvalidArgument
+from services.settings import ServiceSettings
+
+
+class RankerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="RANKER_", extra="ignore")
+
+    grpc_port: int = 50052
+    http_port: int = 8082
+    gkc_addr: str = "127.0.0.1:50051"
+    #: Either one model artifact (``artifact.json`` inside; the model is named after its task) or a
+    #: directory of artifacts / symlinks to artifacts (each model is named after its entry).
+    model_dir: Path = Path(".keep/models")
+    #: Model used when a request names none; "" = ``click`` if loaded, else the first name in order.
+    default_model: str = ""
+    #: Behaviour sequences for artifacts without their own ``features.npz``: a ``features.npz`` store
+    #: or an impression log (Parquet/CSV; its last clicks per user). Unset: empty histories.
+    features_path: Path | None = None
+    #: Clicks kept per user when the store is built from a log here.
+    features_max_len: int = 50
+    #: Candidates per request; more is INVALID_ARGUMENT.
+    max_candidates: int = 1000
+    #: GKC BatchGet timeout; slower answers are dropped and the request is served degraded.
+    gkc_timeout_s: float = 0.1
+    #: Whole-request budget when the caller sets no deadline (gRPC deadlines are honoured as well).
+    request_deadline_s: float = 0.25
+    #: Time kept back for the model when the GKC call is budgeted against the deadline.
+    model_reserve_s: float = 0.02
+    #: Consecutive GKC failures (unavailable, timeout) that open the circuit breaker.
+    breaker_failures: int = 5
+    #: How long an open breaker waits before letting one probe request through (half-open).
+    breaker_reset_s: float = 2.0
+    #: Model directory poll interval for hot reload (0 = only ``POST /v1/models/reload``).
+    reload_poll_s: float = 2.0
+    #: torch intra-op threads per scoring worker.
+    torch_threads: int = 1
+    #: Threads running models concurrently (0 = one per CPU core).
+    model_workers: int = 0
+    #: Bearer token for ``POST /v1/models/reload``; unset = no token needed (bind to localhost then).
+    admin_token: SecretStr | None = None
+
+    def workers(self) -> int:
+        return self.model_workers if self.model_workers > 0 else max(1, os.cpu_count() or 1)
+
+    def check(self) -> None:
+        """Refuse settings that cannot work, with the variable's name in the message."""
+        if self.max_candidates < 1:
+            raise InvalidArgument("RANKER_MAX_CANDIDATES must be >= 1")
+        if self.gkc_timeout_s <= 0 or self.request_deadline_s <= 0:
+            raise InvalidArgument("RANKER_GKC_TIMEOUT_S and RANKER_REQUEST_DEADLINE_S must be > 0")
+        if self.model_reserve_s < 0 or self.model_reserve_s >= self.request_deadline_s:
+            raise InvalidArgument("RANKER_MODEL_RESERVE_S must be in [0, RANKER_REQUEST_DEADLINE_S)")
+        if self.breaker_failures < 1 or self.breaker_reset_s <= 0:
+            raise InvalidArgument("RANKER_BREAKER_FAILURES must be >= 1 and RANKER_BREAKER_RESET_S > 0")
+        if self.torch_threads < 1 or self.model_workers < 0 or self.features_max_len < 1:
+            raise InvalidArgument(
+                "RANKER_TORCH_THREADS and RANKER_FEATURES_MAX_LEN must be >= 1, RANKER_MODEL_WORKERS >= 0"
+            )

@@ -1,0 +1,130 @@
+"""A synthetic serving world for the ranker's benchmark and tests (numpy + torch, no trainer).
+
+:func:`make_log` draws an impression log (ids ``u3``, ``i17``, ``c2``, ``s5``), :func:`make_bundle` a
+knowledge bundle over the same ids, and :func:`make_artifact` a downstream model artifact with random
+weights, pinned to a knowledge version, with the log's behaviour sequences beside it (``features.npz``).
+The plug-in's output layer is randomised too (a fresh one is zero), so knowledge changes the scores.
+Vocabularies are written in the trainer's JSON form (sorted keys), so ``keep evaluate`` reads them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gkc import bundle as gkc_bundle
+from ranker import artifact as artifact_mod
+from ranker.features import FEATURES_FILE, SequenceStore
+from ranker.knowledge import KnowledgeSchema
+from ranker.model import DownstreamConfig, DownstreamModel
+
+Log = dict[str, np.ndarray]
+
+
+def item_category(items: np.ndarray, categories: int) -> np.ndarray:
+    return items % categories
+
+
+def make_log(
+    users: int = 50, items: int = 400, categories: int = 12, rows_per_user: int = 30, seed: int = 0
+) -> Log:
+    """Columns of the data contract; every user's rows are at increasing ``ts`` on one day."""
+    rng = np.random.default_rng(seed)
+    n = users * rows_per_user
+    user = np.repeat(np.arange(users), rows_per_user)
+    item = rng.integers(0, items, n)
+    ts = 1_700_000_000 + np.tile(np.arange(rows_per_user) * 60, users) + rng.integers(0, 30, n)
+    return {
+        "user_id": np.char.add("u", user.astype(str)),
+        "item_id": np.char.add("i", item.astype(str)),
+        "category_id": np.char.add("c", item_category(item, categories).astype(str)),
+        "shop_id": np.char.add("s", (item % 7).astype(str)),
+        "ts": ts.astype(np.int64),
+        "click": (rng.random(n) < 0.35).astype(np.int8),
+    }
+
+
+def make_bundle(
+    out: Path,
+    users: int = 50,
+    items: int = 400,
+    categories: int = 12,
+    dim: int = 16,
+    uc_dim: int = 8,
+    seed: int = 0,
+    missing: float = 0.1,
+) -> Path:
+    """K̂ for most users/items (a ``missing`` share is absent, as cold ids are) and half the (u, c) pairs."""
+    rng = np.random.default_rng(seed + 1)
+    keep_u = np.flatnonzero(rng.random(users) >= missing)
+    keep_i = np.flatnonzero(rng.random(items) >= missing)
+    pairs = [(u, c) for u in range(users) for c in range(categories) if rng.random() < 0.5]
+    built = gkc_bundle.build(
+        user_ids=[f"u{u}" for u in keep_u],
+        user_vectors=rng.normal(size=(len(keep_u), dim)).astype(np.float32),
+        item_ids=[f"i{i}" for i in keep_i],
+        item_vectors=rng.normal(size=(len(keep_i), dim)).astype(np.float32),
+        uc_user_ids=[f"u{u}" for u, _ in pairs],
+        uc_category_ids=[f"c{c}" for _, c in pairs],
+        uc_vectors=rng.normal(size=(len(pairs), uc_dim)).astype(np.float32),
+        source={"synthetic": seed},
+    )
+    return gkc_bundle.save(built, out)
+
+
+def _vocab(values: np.ndarray) -> dict[str, object]:
+    return {"kind": "str", "keys": np.unique(values.astype(str)).tolist()}
+
+
+def make_artifact(
+    out: Path,
+    log: Log,
+    bundle_dir: Path | None,
+    version: int,
+    *,
+    task: str = "click",
+    seed: int = 0,
+    max_len: int = 50,
+    mlp: tuple[int, ...] = (200, 80),
+) -> Path:
+    """A random-weight model over ``log``'s vocabularies; with ``bundle_dir``, a GKC plug-in pinned to
+    ``version``. Writes ``features.npz`` (the log's last ``max_len`` clicks per user) beside it."""
+    vocabs = {
+        "user": _vocab(log["user_id"]),
+        "item": _vocab(log["item_id"]),
+        "category": _vocab(log["category_id"]),
+        "shop": _vocab(log["shop_id"]),
+    }
+    cfg = DownstreamConfig(
+        n_users=len(vocabs["user"]["keys"]) + 2,  # type: ignore[arg-type]
+        n_items=len(vocabs["item"]["keys"]) + 2,  # type: ignore[arg-type]
+        n_categories=len(vocabs["category"]["keys"]) + 2,  # type: ignore[arg-type]
+        n_shops=len(vocabs["shop"]["keys"]) + 2,  # type: ignore[arg-type]
+        mlp=mlp,
+    )
+    knowledge = {}
+    if bundle_dir is not None:
+        schema = KnowledgeSchema.from_manifest(gkc_bundle.load(bundle_dir).manifest)
+        cfg = cfg.with_plugin("gkc", schema.dim)
+        knowledge["gkc"] = artifact_mod.KnowledgeSpec(schema=schema, version=version, source={"synthetic": 1})
+    torch.manual_seed(seed)
+    model = DownstreamModel(cfg)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.startswith("plugins.") and name.endswith(".out.weight"):
+                torch.nn.init.normal_(param, std=0.2)
+    art = artifact_mod.Artifact(
+        config=cfg,
+        task=task,
+        vocabs=vocabs,
+        state={k: v.detach().clone() for k, v in model.state_dict().items()},
+        knowledge=knowledge,
+        info={"max_len": max_len, "synthetic": True},
+    )
+    path = artifact_mod.save(art, out)
+    SequenceStore.from_clicks(
+        log["user_id"], log["item_id"], log["category_id"], log["ts"], log["click"], max_len=max_len
+    ).save(path / FEATURES_FILE)
+    return path

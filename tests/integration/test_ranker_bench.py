@@ -1,0 +1,32 @@
+"""``keep bench ranker --quick`` starts Redis, GKC and a ranker privately and prints one JSON object."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_quick_bench_prints_one_json_object() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "trainer", "bench", "ranker", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    lines = [line for line in out.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stdout
+    result = json.loads(lines[0])
+    for key in ("c1", "c16"):
+        run = result[key]
+        assert run["requests"] > 0 and run["rps"] > 0
+        assert 0 < run["p50_ms"] <= run["p99_ms"]
+        assert 0.0 <= run["gkc_share"] <= 1.0
+        assert 0 <= run["degraded"] <= run["requests"]
+    assert result["candidates"] == 500
+    assert result["model_alone"]["samples_per_s"] > 0
+    assert set(result["targets_met"]) == {"p99_c1_le_20ms", "rps_c16_ge_150"}

@@ -1,0 +1,234 @@
+"""Helpers for the reliability proofs (faults, bad input, security); fixtures live in conftest.py.
+
+The GKC fixtures of ``tests/integration/conftest.py`` are reused (loaded by path: ``tests`` is not a
+package), plus what only these tests need:
+
+- :func:`tagged_bundle`: a bundle whose every value is one number (the *tag*), so a response's blocks
+  tell which version they came from (torn-read checks).
+- :class:`ReadLoad`: threads that hammer ``BatchGet`` and record every status code and answer.
+- :class:`LatencyProxy`: a tiny TCP proxy that delays every chunk (slow Redis / slow GKC), the one
+  fault real parts cannot give.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import random
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from gkc import bundle as gkc_bundle
+from protos import gkc_pb2, gkc_pb2_grpc
+
+_spec = importlib.util.spec_from_file_location(
+    "keep_integration_fixtures", Path(__file__).resolve().parents[1] / "integration" / "conftest.py"
+)
+assert _spec is not None and _spec.loader is not None
+integration = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = integration
+_spec.loader.exec_module(integration)
+
+GkcService = integration.GkcService
+TEST_TOKEN = integration.TEST_TOKEN
+ROOT = integration.ROOT
+launch_gkc = integration.launch_gkc
+make_bundle = integration.make_bundle
+
+USERS, ITEMS, CATEGORIES = 30, 200, 5
+
+
+def tagged_bundle(path: Path, tag: float, *, users: int = USERS, items: int = ITEMS, dim: int = 4) -> Path:
+    """Every K̂_u, K̂_i and K̂_uc value is ``tag``; every user has all categories; ids like ``u3``."""
+    uc_u = [f"u{u}" for u in range(users) for _ in range(CATEGORIES)]
+    uc_c = [f"c{c}" for _ in range(users) for c in range(CATEGORIES)]
+    built = gkc_bundle.build(
+        user_ids=[f"u{u}" for u in range(users)],
+        user_vectors=np.full((users, dim), tag),
+        item_ids=[f"i{i}" for i in range(items)],
+        item_vectors=np.full((items, dim), tag),
+        uc_user_ids=uc_u,
+        uc_category_ids=uc_c,
+        uc_vectors=np.full((len(uc_u), dim), tag),
+        source={"tag": tag},
+    )
+    return gkc_bundle.save(built, path)
+
+
+def response_tags(resp: gkc_pb2.BatchGetResponse) -> tuple[set[float], int]:
+    """The distinct values in every found row of every block, and the count of rows answered missing."""
+    tags: set[float] = set()
+    missing = 0
+    if resp.user_found:
+        tags.update(np.frombuffer(resp.user, dtype="<f4").tolist())
+    else:
+        missing += 1
+    for block in (resp.items, resp.user_categories):
+        rows = np.frombuffer(block.data, dtype="<f4").reshape(block.rows, block.dim)
+        found = np.frombuffer(block.found, dtype=np.uint8).astype(bool)
+        tags.update(np.unique(rows[found]).tolist())
+        missing += int((~found).sum())
+    return tags, missing
+
+
+def random_request(rng: random.Random, version: int, n: int = 20) -> gkc_pb2.BatchGetRequest:
+    """A request for known ids only (every row must be found in a ready version)."""
+    return gkc_pb2.BatchGetRequest(
+        user_id=f"u{rng.randrange(USERS)}",
+        item_ids=[f"i{rng.randrange(ITEMS)}" for _ in range(n)],
+        category_ids=[f"c{rng.randrange(CATEGORIES)}" for _ in range(n)],
+        version=version,
+    )
+
+
+@dataclass
+class ReadLoad:
+    """``threads`` readers sending :func:`random_request` for a version chosen by ``pick_version``.
+
+    Records every status code, the latency of every failed call, and hands each OK response to
+    ``check`` (which raises on a bad answer; the first such error is kept in ``errors``).
+    """
+
+    addr: str
+    pick_version: Callable[[random.Random], int]
+    check: Callable[[gkc_pb2.BatchGetRequest, gkc_pb2.BatchGetResponse], None] | None = None
+    threads: int = 3
+    timeout_s: float = 3.0
+    codes: Counter[str] = field(default_factory=Counter)
+    failed_latency_s: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _workers: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __enter__(self) -> ReadLoad:
+        for n in range(self.threads):
+            t = threading.Thread(target=self._run, args=(n,), daemon=True)
+            t.start()
+            self._workers.append(t)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._workers:
+            t.join(10)
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.codes.values())
+
+    def wait_for(self, code: str, count: int = 1, timeout_s: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self.codes[code] >= count:
+                    return True
+            time.sleep(0.02)
+        return False
+
+    def _run(self, seed: int) -> None:
+        rng = random.Random(seed)
+        with grpc.insecure_channel(self.addr) as channel:
+            call = gkc_pb2_grpc.GkcStub(channel).BatchGet
+            while not self._stop.is_set():
+                request = random_request(rng, self.pick_version(rng))
+                start = time.perf_counter()
+                try:
+                    resp = call(request, timeout=self.timeout_s)
+                    code = "OK"
+                except grpc.RpcError as err:
+                    code = err.code().name
+                    resp = None
+                elapsed = time.perf_counter() - start
+                with self._lock:
+                    self.codes[code] += 1
+                    if resp is None:
+                        self.failed_latency_s.append(elapsed)
+                if resp is not None and self.check is not None:
+                    try:
+                        self.check(request, resp)
+                    except AssertionError as err:
+                        with self._lock:
+                            self.errors.append(str(err))
+                if resp is None:
+                    time.sleep(0.01)  # a down dependency: do not spin
+
+
+class LatencyProxy:
+    """TCP proxy on a free loopback port that forwards to ``target`` and sleeps ``delay_s`` per chunk.
+
+    ``delay_s`` can be changed while running (e.g. slow, then fast again).
+    """
+
+    def __init__(self, target: tuple[str, int], delay_s: float = 0.0) -> None:
+        self.target = target
+        self.delay_s = delay_s
+        self._server = socket.socket()
+        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(64)
+        self.port = int(self._server.getsockname()[1])
+        self._stop = threading.Event()
+        self._conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                if self.delay_s:
+                    time.sleep(self.delay_s)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._server.close()
+        for s in self._conns:
+            s.close()
+
+
+def publish_tagged(svc: Any, tmp: Path, tags: Sequence[float]) -> dict[float, int]:
+    """Publish one tagged bundle per tag; returns tag -> version."""
+    from gkc.client import GkcOpsClient
+
+    ops = GkcOpsClient(svc.http_url, svc.token)
+    out = {}
+    for tag in tags:
+        out[tag] = int(ops.publish(tagged_bundle(tmp / f"tag-{tag}", tag), progress=False)["version"])
+    ops.close()
+    return out

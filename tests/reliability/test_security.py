@@ -1,0 +1,211 @@
+"""Security proofs for GKC: constant-time token check, tokens never logged, TLS read path, size limits."""
+
+from __future__ import annotations
+
+import ast
+import datetime
+import inspect
+import ipaddress
+import os
+import random
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from faultkit import ROOT, launch_gkc, random_request, response_tags, tagged_bundle
+
+import gkc.rest
+from gkc.client import GkcOpsClient, tar_bundle
+from gkc.local_redis import free_port
+from protos import gkc_pb2_grpc
+
+pytestmark = pytest.mark.reliability
+SECRET = "s3cr3t-Token-for-log-checks-7f2c9a"
+
+
+def test_token_check_uses_constant_time_compare() -> None:
+    """The bearer token is compared with hmac.compare_digest, and never with == / != / in."""
+    tree = ast.parse(inspect.getsource(gkc.rest))
+    calls = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "compare_digest"
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "hmac"
+    ]
+    assert calls, "gkc/rest.py does not use hmac.compare_digest"
+    compared = [ast.unparse(arg) for call in calls for arg in call.args]
+    assert any("token" in c for c in compared), compared
+    plain = [
+        ast.unparse(node)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Compare)
+        and any(isinstance(op, ast.Eq | ast.NotEq | ast.In | ast.NotIn) for op in node.ops)
+        and any(name in ast.unparse(node) for name in ("token", "given", "authorization"))
+    ]
+    assert not plain, f"token compared with a plain operator: {plain}"
+
+
+def test_wrong_tokens_are_refused_and_never_logged(start_gkc, tmp_path: Path) -> None:
+    svc = start_gkc(None, GKC_API_TOKEN=SECRET, GKC_LOG_LEVEL="DEBUG")
+    bundle = tagged_bundle(tmp_path / "b", 1.0)
+    body = tar_bundle(bundle, tmp_path / "b.tar").read_bytes()
+    same_length = SECRET[:-1] + ("x" if SECRET[-1] != "x" else "y")
+    assert len(same_length) == len(SECRET)
+    wrong: list[dict[str, str] | dict[bytes, bytes]] = [
+        {"Authorization": f"Bearer {same_length}"},
+        {"Authorization": f"Bearer {SECRET[:-1]}"},  # a prefix
+        {"Authorization": f"Bearer {SECRET}x"},  # an extension
+        {"Authorization": f"Token {SECRET}"},  # right secret, wrong scheme
+        {"Authorization": SECRET},
+        {b"Authorization": b"Bearer \xff\xfe-not-utf8"},
+        {},
+    ]
+    for headers in wrong:
+        for method, path, content in (
+            ("POST", "/v1/versions", body),
+            ("POST", "/v1/versions/1/activate", None),
+            ("DELETE", "/v1/versions/1", None),
+        ):
+            r = httpx.request(method, svc.http_url + path, content=content, headers=headers, timeout=30)
+            assert r.status_code == 401, (headers, path, r.status_code, r.text)
+    ops = GkcOpsClient(svc.http_url, SECRET)
+    version = ops.publish(bundle, progress=False)["version"]
+    ops.activate(version)
+    second = ops.publish(tagged_bundle(tmp_path / "c", 2.0), progress=False)["version"]
+    ops.delete(second)
+    assert ops.versions() != []
+    ops.close()
+    svc.stop()
+    log = svc.log()
+    assert "publishing version" in log  # the log did capture the publish at DEBUG level
+    for secret in (SECRET, same_length, SECRET[:-1]):
+        assert secret not in log
+    redis_log = tmp_path / "svc0" / "data" / "redis.log"
+    assert SECRET not in redis_log.read_text(errors="replace")
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+def test_read_path_behind_tls_with_a_self_signed_cert(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    grpc_port, http_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "GKC_HOST": "127.0.0.1",
+        "GKC_GRPC_PORT": str(grpc_port),
+        "GKC_HTTP_PORT": str(http_port),
+        "GKC_API_TOKEN": SECRET,
+        "GKC_DATA_DIR": str(tmp_path / "data"),
+        "GKC_TLS_CERT": str(cert),
+        "GKC_TLS_KEY": str(key),
+    }
+    env.pop("GKC_REDIS_URL", None)
+    log_path = tmp_path / "gkc.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gkc"], env=env, cwd=ROOT, stdout=log, stderr=log)
+    tls = ssl.create_default_context(cafile=str(cert))
+    base = f"https://127.0.0.1:{http_port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log_path.read_text()
+            try:
+                if httpx.get(f"{base}/healthz", verify=tls, timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        body = tar_bundle(tagged_bundle(tmp_path / "b", 8.0), tmp_path / "b.tar").read_bytes()
+        r = httpx.post(
+            f"{base}/v1/versions",
+            content=body,
+            headers={"Authorization": f"Bearer {SECRET}"},
+            verify=tls,
+            timeout=60,
+        )
+        assert r.status_code == 201, r.text
+        with pytest.raises(httpx.TransportError):  # plain HTTP is not served
+            httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=2)
+
+        creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        request = random_request(random.Random(0), 0)
+        with grpc.secure_channel(f"127.0.0.1:{grpc_port}", creds) as channel:
+            resp = gkc_pb2_grpc.GkcStub(channel).BatchGet(request, timeout=10)
+        assert response_tags(resp) == ({8.0}, 0)
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel, pytest.raises(grpc.RpcError) as err:
+            gkc_pb2_grpc.GkcStub(channel).BatchGet(request, timeout=3)
+        assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        other = ssl.create_default_context()  # a client that does not trust the cert refuses the server
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{base}/healthz", verify=other, timeout=2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_upload_size_limits_refuse_before_anything_is_written(tmp_path: Path) -> None:
+    svc = launch_gkc(tmp_path / "gkc", None, GKC_MAX_UPLOAD_BYTES="40000")
+    try:
+        small = tagged_bundle(tmp_path / "small", 1.0, users=2, items=3)
+        ops = GkcOpsClient(svc.http_url, svc.token)
+        version = ops.publish(small, progress=False)["version"]
+        before = ops.versions(True)
+        big = tar_bundle(tagged_bundle(tmp_path / "big", 2.0, items=2000), tmp_path / "big.tar").read_bytes()
+        assert len(big) > 40000
+        auth = {"Authorization": f"Bearer {svc.token}"}
+        declared = httpx.post(f"{svc.http_url}/v1/versions", content=big, headers=auth, timeout=30)
+        chunks = iter([big[i : i + 4096] for i in range(0, len(big), 4096)])
+        streamed = httpx.post(f"{svc.http_url}/v1/versions", content=chunks, headers=auth, timeout=30)
+        assert (declared.status_code, streamed.status_code) == (413, 413), (declared.text, streamed.text)
+        assert declared.json()["error"] and streamed.json()["error"]
+        assert ops.versions(True) == before
+        assert [v["version"] for v in ops.versions()] == [version]
+        ops.close()
+    finally:
+        svc.stop()

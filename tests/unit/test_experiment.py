@@ -1,0 +1,92 @@
+"""``keep experiment``: writes results.json (DESIGN §4), report.md and the plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trainer.cli import main
+from trainer.data.synth import generate, write_world
+from trainer.experiment import METHOD_NAMES, user_groups
+
+
+def _world(root: Path, scale: str) -> Path:
+    write_world(generate(scale, seed=1, progress=False), root / "data")
+    return root / "data"
+
+
+def _check_outputs(out: Path, methods: list[str], seeds: int) -> dict:
+    result = json.loads((out / "results.json").read_text())
+    assert set(result) >= {"dataset", "methods", "groups"}
+    assert set(result["methods"]) == set(methods)
+    for name in methods:
+        m = result["methods"][name]
+        assert len(m["gauc"]["runs"]) == seeds and len(m["auc"]["runs"]) == seeds
+        assert 0.0 < m["gauc"]["mean"] < 1.0 and m["gauc"]["std"] >= 0.0
+        assert set(result["groups"][name]) == set(result["group_edges"]["labels"])
+    report = (out / "report.md").read_text()
+    for name in methods:
+        assert f"| {name} |" in report
+    for png in ("gauc_by_method.png", "gauc_lift_by_group.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return result
+
+
+def test_experiment_on_tiny_writes_the_three_outputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _world(tmp_path, "tiny")
+    out = tmp_path / "exp"
+    code = main(
+        [
+            "experiment", "--super", str(data / "super.parquet"), "--train", str(data / "train.parquet"),
+            "--test", str(data / "test.parquet"), "--out", str(out), "--methods", "base,keep_ku",
+            "--seeds", "2", "--max-epochs", "2", "--reuse-extractors", "--no-progress", "--threads", "1",
+        ]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "[seed 2/2] keep_ku" in captured.err  # progress per method
+    result = _check_outputs(out, ["base", "keep_ku"], seeds=2)
+    assert result["dataset"]["train"]["rows"] > 0
+    assert "Table 2" in (out / "report.md").read_text()
+
+
+def test_unknown_method_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _world(tmp_path, "tiny")
+    code = main(
+        [
+            "experiment", "--super", str(data / "super.parquet"), "--train", str(data / "train.parquet"),
+            "--test", str(data / "test.parquet"), "--out", str(tmp_path / "x"), "--methods", "base,conet",
+        ]
+    )  # fmt: skip
+    assert code == 2 and "conet" in capsys.readouterr().err
+
+
+def test_groups_keep_paper_edges_when_they_fit_and_scale_when_not() -> None:
+    import numpy as np
+    import pandas as pd
+
+    heavy = pd.DataFrame({"user_id": np.repeat([1, 2, 3, 4], [10, 80, 200, 400]), "click": 1})
+    mapping, info = user_groups(heavy, np.array([1, 2, 3, 4, 5]))
+    assert info["scale"] == 1.0
+    assert [mapping[str(u)] for u in (1, 2, 3, 4, 5)] == ["0-50", "50-150", "150-300", ">300", "0-50"]
+    light = pd.DataFrame({"user_id": np.repeat([1, 2, 3, 4], [2, 5, 10, 40]), "click": 1})
+    mapping, info = user_groups(light, np.array([1, 2, 3, 4]))
+    assert info["scale"] < 1.0 and len(set(mapping.values())) > 1
+
+
+@pytest.mark.slow
+def test_all_methods_on_small(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _world(tmp_path, "small")
+    out = tmp_path / "exp"
+    code = main(
+        [
+            "experiment", "--super", str(data / "super.parquet"), "--train", str(data / "train.parquet"),
+            "--test", str(data / "test.parquet"), "--out", str(out), "--seeds", "1", "--no-progress",
+        ]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    _check_outputs(out, list(METHOD_NAMES), seeds=1)

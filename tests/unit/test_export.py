@@ -1,0 +1,104 @@
+"""``keep export``: bundle contents, manifest, consistency with the offline knowledge function."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from stage1_data import DAY, write_tiny
+
+from gkc import bundle as gkc_bundle
+from services.errors import InvalidArgument
+from trainer.cli import main
+from trainer.data.readers import read_log
+from trainer.data.schema import day_of
+from trainer.export import export
+from trainer.knowledge_fn import KnowledgeFn
+from trainer.pretrain import PretrainConfig, pretrain
+
+SIZE = {"users": 40, "items": 60, "categories": 5, "days": 4, "rows_per_day": 800}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("export")
+    path = write_tiny(root / "super.parquet", **SIZE)
+    pretrain(
+        PretrainConfig(
+            super_path=path, out=root / "serving", strategy="serving", batch_size=200, progress=False
+        )
+    )
+    return path, root / "serving"
+
+
+def test_bundle_manifest_matches_its_arrays(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    super_path, ckpt = trained
+    path, stats = export(ckpt, tmp_path / "bundle", batch_size=16, progress=False)
+    b = gkc_bundle.load(path)
+    m = b.manifest
+    df = read_log(super_path)
+    days = day_of(df["ts"].to_numpy())
+    window = df[days < days.max()]  # the last day is held out
+    assert m.counts.users == len(b.user_ids) == window["user_id"].nunique() == stats.users
+    assert m.counts.items == len(b.item_ids) == window["item_id"].nunique()
+    pairs = window[["user_id", "category_id"]].drop_duplicates()
+    assert m.counts.user_categories == len(b.uc_vectors) == len(pairs)
+    got = set(zip(b.uc_user_ids.tolist(), b.uc_category_ids.tolist(), strict=True))
+    assert got == {(str(u), str(c)) for u, c in pairs.itertuples(index=False)}
+    assert (m.dims.user, m.dims.item, m.dims.uc) == (32, 32, 192)
+    assert b.user_vectors.shape == (m.counts.users, m.dims.user)
+    assert m.interaction and m.strategy == "serving"
+    assert m.source["window"] == {"first_day": int(days.min()), "last_day": int(days.max()) - 1}
+    assert m.metrics["click"]["gauc"] == json.loads((ckpt / "metrics.json").read_text())["click"]["gauc"]
+    assert len(np.unique(b.user_vectors, axis=0)) > 1
+
+
+def test_bundle_equals_the_offline_knowledge_for_rows_after_the_window(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    super_path, ckpt = trained
+    path, _ = export(ckpt, tmp_path / "bundle", progress=False)
+    b = gkc_bundle.load(path)
+    df = read_log(super_path)
+    # Downstream rows on a later day: their knowledge uses histories up to the end of the window.
+    later = df.sample(50, random_state=0).assign(ts=lambda d: d["ts"] + 10 * DAY).reset_index(drop=True)
+    kfn = KnowledgeFn.load(ckpt)
+    log = kfn.encode(later, df)
+    k = kfn.matrix(log, ["ku_hat", "ki_hat", "ku_hat*ki_hat", "kuc_hat"])
+    user_row = pd.Index(b.user_ids).get_indexer(later["user_id"].astype(str))
+    item_row = pd.Index(b.item_ids).get_indexer(later["item_id"].astype(str))
+    pair_keys = pd.Index(np.char.add(np.char.add(b.uc_user_ids, "|"), b.uc_category_ids))
+    uc_row = pair_keys.get_indexer(
+        pd.Index(later["user_id"].astype(str) + "|" + later["category_id"].astype(str))
+    )
+    seen = (user_row >= 0) & (item_row >= 0) & (uc_row >= 0)
+    assert seen.sum() > 10
+    np.testing.assert_allclose(k[seen, :32], b.user_vectors[user_row[seen]], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(k[seen, 32:64], b.item_vectors[item_row[seen]], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(k[seen, 64:96], k[seen, :32] * k[seen, 32:64], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(k[seen, 96:], b.uc_vectors[uc_row[seen]], rtol=1e-4, atol=1e-5)
+
+
+def test_export_needs_the_serving_strategy(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    super_path, _ = trained
+    pretrain(PretrainConfig(super_path=super_path, out=tmp_path / "full", batch_size=400, progress=False))
+    with pytest.raises(InvalidArgument, match="--strategy serving"):
+        export(tmp_path / "full", tmp_path / "bundle", progress=False)
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_cli_pretrain_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_tiny(tmp_path / "s.parquet", **{**SIZE, "days": 3})
+    ckpt, out = tmp_path / "ckpt", tmp_path / "bundle"
+    args = ["pretrain", "--super", str(path), "--out", str(ckpt), "--strategy", "serving"]
+    assert main([*args, "--batch-size", "300", "--no-progress", "--tasks", "click,cart"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary["metrics"]) == {"click", "cart"}
+    assert main(["export", "--extractor", str(ckpt), "--out", str(out), "--no-progress"]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert gkc_bundle.load(out).manifest.counts.users == exported["users"]
+    assert main(["export", "--extractor", str(tmp_path / "nope"), "--out", str(tmp_path / "b2")]) == 2
+    assert "no such extractor checkpoint" in capsys.readouterr().err

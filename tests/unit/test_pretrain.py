@@ -1,0 +1,157 @@
+"""Pre-training loop: learning, resume, --init continuation, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from stage1_data import tiny_log, write_tiny
+
+from services.errors import Conflict, InvalidArgument
+from trainer.data.dataset import EncodedLog
+from trainer.data.readers import read_log, write_log
+from trainer.data.schema import day_of
+from trainer.losses import pointwise_loss
+from trainer.models.batch import make_batch
+from trainer.models.checkpoint import load_extractor, load_state
+from trainer.models.extractor import build_extractor
+from trainer.pretrain import PretrainConfig, day_batches, pretrain
+
+SMALL = {"users": 30, "items": 40, "categories": 5, "days": 5, "rows_per_day": 1200}
+
+
+def cfg(super_path: Path, out: Path, **kw: object) -> PretrainConfig:
+    base: dict[str, object] = {"batch_size": 250, "progress": False, "checkpoint_every": 2}
+    base.update(kw)
+    return PretrainConfig(super_path=super_path, out=out, **base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def log_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny(tmp_path_factory.mktemp("s1") / "super.parquet", **SMALL)
+
+
+def assert_same_state(a: Path, b: Path) -> None:
+    sa, sb = load_state(a), load_state(b)
+    assert sa["model"].keys() == sb["model"].keys()
+    for name in sa["model"]:
+        assert torch.equal(sa["model"][name], sb["model"][name]), name
+    for pa, pb in zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values(), strict=True):
+        assert torch.equal(pa["exp_avg"], pb["exp_avg"])
+
+
+def holdout_click_loss(model: torch.nn.Module, path: Path, vocabs: object) -> float:
+    df = read_log(path)
+    days = day_of(df["ts"].to_numpy())
+    test = df[days == days.max()].reset_index(drop=True)
+    log = EncodedLog.encode(test, vocabs, history_from=df)  # type: ignore[arg-type]
+    batch = make_batch(log, np.arange(len(log)), ["click"])
+    model.eval()
+    with torch.no_grad():
+        return pointwise_loss(model(batch)["click"], batch.labels["click"]).item()
+
+
+def test_loss_decreases_and_checkpoint_is_complete(log_file: Path, tmp_path: Path) -> None:
+    result = pretrain(cfg(log_file, tmp_path / "x", batch_size=100))
+    assert result.completed and result.trained_days == sorted(result.trained_days)
+    assert len(result.trained_days) == 4  # the fifth day is held out
+    ext = load_extractor(tmp_path / "x")
+    assert ext.progress["state"] == "done"
+    assert ext.progress["batches_done"] == ext.progress["batches_total"] == result.batches
+    torch.manual_seed(0)
+    untrained = build_extractor(ext.model.cfg)
+    before = holdout_click_loss(untrained, log_file, ext.vocabs)
+    after = holdout_click_loss(ext.model, log_file, ext.vocabs)
+    assert after < before - 0.02
+    assert set(ext.metrics) == {"click", "conversion", "cart"}
+    assert ext.metrics["click"]["gauc"] > 0.5
+
+
+def test_batches_follow_days_and_never_cross_them() -> None:
+    days = np.array([3, 1, 1, 2, 3, 1, 2, 2, 2])
+    batches = day_batches(days, seed=5, batch_size=2)
+    seen = [days[b].tolist() for b in batches]
+    assert all(len(set(s)) == 1 for s in seen)
+    assert [s[0] for s in seen] == sorted(s[0] for s in seen)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(days)))
+    again = day_batches(days, seed=5, batch_size=2)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))
+
+
+@pytest.mark.parametrize("strategy", ["full", "serving"])
+def test_resume_after_a_kill_equals_one_uninterrupted_run(
+    log_file: Path, tmp_path: Path, strategy: str
+) -> None:
+    pretrain(cfg(log_file, tmp_path / "one", strategy=strategy))
+    partial = pretrain(cfg(log_file, tmp_path / "two", strategy=strategy), stop_after_batches=5)
+    assert not partial.completed
+    # Killed after 5 batches; the last checkpoint holds 4 (checkpoint_every=2).
+    assert load_extractor(tmp_path / "two").progress["batches_done"] == 4
+    resumed = pretrain(cfg(log_file, tmp_path / "two", strategy=strategy))
+    assert resumed.completed
+    assert_same_state(tmp_path / "one", tmp_path / "two")
+
+
+def test_init_continuation_equals_one_uninterrupted_run(log_file: Path, tmp_path: Path) -> None:
+    df = read_log(log_file)
+    days = day_of(df["ts"].to_numpy())
+    first = write_log(df[days <= days.min() + 2], tmp_path / "first.parquet")  # trains days 0-1
+    pretrain(cfg(log_file, tmp_path / "all"))  # trains days 0-3, holds out 4
+    pretrain(cfg(first, tmp_path / "a"))
+    cont = pretrain(cfg(log_file, tmp_path / "b", init=tmp_path / "a"))
+    assert cont.trained_days == [int(days.min()) + 2, int(days.min()) + 3]
+    assert cont.window == (int(days.min()), int(days.min()) + 3)
+    # Same vocabulary in both (every id of days 2-3 already occurs in days 0-1 here) ...
+    assert (
+        load_extractor(tmp_path / "b").vocabs.to_json() == load_extractor(tmp_path / "all").vocabs.to_json()
+    )
+    # ... so the continued run must land on exactly the uninterrupted run's parameters.
+    assert_same_state(tmp_path / "all", tmp_path / "b")
+
+
+def test_continuation_keeps_the_vocabulary_and_maps_new_ids_to_oov(tmp_path: Path) -> None:
+    df = tiny_log(users=30, items=40, categories=5, days=4, rows_per_day=1200)
+    days = day_of(df["ts"].to_numpy())
+    df.loc[days == days.max() - 1, "user_id"] = 999_999  # a user seen only in the new day
+    path = write_log(df, tmp_path / "super.parquet")
+    first = write_log(df[days <= days.min() + 1], tmp_path / "first.parquet")
+    pretrain(cfg(first, tmp_path / "a"))
+    pretrain(cfg(path, tmp_path / "b", init=tmp_path / "a"))
+    a, b = load_extractor(tmp_path / "a"), load_extractor(tmp_path / "b")
+    assert a.vocabs.to_json() == b.vocabs.to_json()
+    assert b.vocabs.user.lookup(np.array([999_999]))[0] == 1  # OOV
+
+
+def test_rerunning_a_completed_run_or_continuing_without_new_days_is_refused(
+    log_file: Path, tmp_path: Path
+) -> None:
+    pretrain(cfg(log_file, tmp_path / "a"))
+    with pytest.raises(Conflict, match="already completed"):
+        pretrain(cfg(log_file, tmp_path / "a"))
+    with pytest.raises(InvalidArgument, match="no training day after"):
+        pretrain(cfg(log_file, tmp_path / "b", init=tmp_path / "a"))
+
+
+def test_resume_with_other_settings_is_refused(log_file: Path, tmp_path: Path) -> None:
+    pretrain(cfg(log_file, tmp_path / "a"), stop_after_batches=3)
+    with pytest.raises(InvalidArgument, match="cannot resume"):
+        pretrain(cfg(log_file, tmp_path / "a", seed=7))
+
+
+def test_missing_label_column_skips_the_task(tmp_path: Path) -> None:
+    path = write_tiny(tmp_path / "s.parquet", **{**SMALL, "days": 3}, labels=("conversion",))
+    result = pretrain(cfg(path, tmp_path / "x", tasks=("click", "conversion", "cart")))
+    ext = load_extractor(tmp_path / "x")
+    assert ext.model.cfg.tasks == ("click", "conversion")
+    assert set(result.metrics) == {"click", "conversion"}
+
+
+def test_bad_arguments_are_clear_errors(log_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="leaves nothing to train"):
+        pretrain(cfg(log_file, tmp_path / "x", holdout_days=5))
+    with pytest.raises(InvalidArgument, match="unknown task"):
+        pretrain(cfg(log_file, tmp_path / "x", tasks=("click", "like")))
+    with pytest.raises(InvalidArgument, match="click task is required"):
+        pretrain(cfg(log_file, tmp_path / "x", tasks=("conversion",)))

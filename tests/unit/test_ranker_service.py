@@ -1,0 +1,205 @@
+"""The ranker core without a network: offline parity, degraded answers, the breaker, validation.
+
+Knowledge comes from the real bundle reader (same bytes as GKC); faults that a bundle cannot give
+(GKC down, slow, a retired version) come from a small wrapper around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gkc.bundle_reader import BundleReader
+from gkc.lookup import Lookup
+from ranker import artifact as artifact_mod
+from ranker import synthetic
+from ranker.breaker import CircuitBreaker
+from ranker.knowledge import KnowledgeSchema
+from ranker.metrics import RankerMetrics
+from ranker.registry import ModelRegistry
+from ranker.service import Budget, RankerService, Ranking, RankQuery
+from services.errors import InvalidArgument, NotFound, Unavailable
+from trainer.evaluate import predict
+from trainer.train import GkcKnowledge
+
+VERSION = 4
+
+
+class Source:
+    """The bundle reader as an async knowledge source, with switchable faults."""
+
+    def __init__(self, reader: BundleReader) -> None:
+        self.reader = reader
+        self.fault: Exception | None = None
+        self.delay_s = 0.0
+        self.calls = 0
+
+    async def batch_get(
+        self,
+        user_id: str,
+        item_ids: Sequence[str],
+        category_ids: Sequence[str],
+        version: int,
+        timeout_s: float,
+    ) -> Lookup:
+        self.calls += 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fault is not None:
+            raise self.fault
+        return self.reader.batch_get(user_id, item_ids, category_ids, version)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("ranker-world")
+    log = synthetic.make_log(users=30, items=200, categories=8, rows_per_user=25)
+    bundle = synthetic.make_bundle(root / "bundle", users=30, items=200, categories=8)
+    path = synthetic.make_artifact(root / "models" / "ctr", log, bundle, VERSION)
+    return {"root": root, "log": pd.DataFrame(log), "bundle": bundle, "artifact": path}
+
+
+def service(world: dict, **kw: object) -> tuple[RankerService, Source]:
+    registry = ModelRegistry(world["root"] / "models")
+    registry.reload()
+    source = Source(BundleReader.open(world["bundle"], version=VERSION))
+    return RankerService(registry, source, **kw), source  # type: ignore[arg-type]
+
+
+def later_rows(log: pd.DataFrame, users: list[str], items: int = 60, seed: int = 0) -> pd.DataFrame:
+    """Candidate rows for ``users`` after the log's last click (so histories are the whole log)."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for u in users:
+        item = rng.choice(200, items, replace=False)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "user_id": u,
+                    "item_id": [f"i{i}" for i in item],
+                    "category_id": [f"c{c}" for c in synthetic.item_category(item, 8)],
+                    "shop_id": [f"s{i % 7}" for i in item],
+                    "ts": int(log["ts"].max()) + 10,
+                    "click": 0,
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def rank(svc: RankerService, rows: pd.DataFrame, **kw: object) -> Ranking:
+    q = RankQuery(
+        user_id=str(rows["user_id"].iloc[0]),
+        item_ids=rows["item_id"].tolist(),
+        category_ids=rows["category_id"].tolist(),
+        shop_ids=rows["shop_id"].tolist(),
+        **kw,  # type: ignore[arg-type]
+    )
+    return asyncio.run(svc.rank(q))
+
+
+def offline(world: dict, rows: pd.DataFrame, artifact: artifact_mod.Artifact | None = None) -> np.ndarray:
+    art = artifact or artifact_mod.load(world["artifact"])
+    reader = BundleReader.open(world["bundle"], version=VERSION)
+    schema = art.knowledge["gkc"].schema
+    return predict(art, rows, [GkcKnowledge(reader, VERSION, schema)], history_from=world["log"])
+
+
+def test_scores_equal_offline_predict(world: dict) -> None:
+    svc, _ = service(world)
+    rows = later_rows(world["log"], ["u1", "u7", "u29", "unknown-user"])
+    expected = offline(world, rows)
+    for user, part in rows.groupby("user_id", sort=False):
+        got = rank(svc, part)
+        assert not got.degraded and got.knowledge_version == VERSION and got.model == "ctr"
+        np.testing.assert_allclose(got.scores, expected[part.index], rtol=0, atol=1e-6, err_msg=str(user))
+
+
+def test_unavailable_gkc_gives_the_base_model(world: dict) -> None:
+    """Degraded = plug-in output zeroed: the same as the artifact with its plug-in's last layer at 0."""
+    metrics = RankerMetrics()
+    svc, source = service(world, metrics=metrics)
+    source.fault = Unavailable("GKC down")
+    rows = later_rows(world["log"], ["u3"], seed=1)
+    got = rank(svc, rows)
+    assert got.degraded and got.reason == "gkc_unavailable"
+    art = artifact_mod.load(world["artifact"])
+    for key in ("plugins.gkc.out.weight", "plugins.gkc.out.bias"):
+        art.state[key] = art.state[key] * 0
+    np.testing.assert_allclose(got.scores, offline(world, rows, art), rtol=0, atol=1e-6)
+    assert not np.allclose(got.scores, offline(world, rows), atol=1e-4)  # knowledge does matter here
+    assert metrics.degraded.labels("gkc_unavailable", "ctr")._value.get() == 1
+
+
+def test_slow_gkc_is_abandoned_at_its_timeout(world: dict) -> None:
+    svc, source = service(world, budget=Budget(gkc_timeout_s=0.02, request_deadline_s=0.5))
+    source.delay_s = 5.0
+    got = rank(svc, later_rows(world["log"], ["u2"]))
+    assert got.degraded and got.reason == "gkc_timeout"
+    assert got.gkc_s < 1.0  # abandoned, not waited out (a loose bound: this is not a speed test)
+
+
+def test_breaker_stops_calling_a_dead_gkc(world: dict) -> None:
+    svc, source = service(world, breaker=CircuitBreaker(3, 60.0))
+    source.fault = Unavailable("GKC down")
+    rows = later_rows(world["log"], ["u2"], items=5)
+    reasons = [rank(svc, rows).reason for _ in range(6)]
+    assert reasons == ["gkc_unavailable"] * 3 + ["breaker_open"] * 3
+    assert source.calls == 3
+
+
+def test_retired_version_is_degraded_and_loud(world: dict, caplog: pytest.LogCaptureFixture) -> None:
+    svc, source = service(world)
+    source.fault = NotFound("unknown version 4")
+    with caplog.at_level(logging.ERROR, logger="ranker.service"):
+        got = rank(svc, later_rows(world["log"], ["u2"], items=3))
+    assert got.degraded and got.reason == "version_not_found"
+    assert any("DEGRADED" in r.getMessage() and "version 4" in r.getMessage() for r in caplog.records)
+    assert svc.breaker.allow()  # GKC answered: not a health failure
+
+
+def test_no_time_left_skips_gkc(world: dict) -> None:
+    svc, source = service(world)
+    rows = later_rows(world["log"], ["u2"], items=3)
+    q = RankQuery("u2", rows["item_id"].tolist(), rows["category_id"].tolist())
+    got = asyncio.run(svc.rank(q, deadline=svc.clock() - 1))
+    assert got.reason == "deadline" and source.calls == 0 and len(got.scores) == 3
+
+
+@pytest.mark.parametrize(
+    ("query", "match"),
+    [
+        (RankQuery("", ["i1"], ["c1"]), "user_id"),
+        (RankQuery("u1", [], []), "at least one candidate"),
+        (RankQuery("u1", ["i1"] * 1001, ["c1"] * 1001), "at most 1000"),
+        (RankQuery("u1", ["i1", "i2"], ["c1"]), "one per candidate"),
+        (RankQuery("u1", ["i1"], ["c1"], shop_ids=["s1", "s2"]), "shop ids"),
+        (RankQuery("u1", ["i1", ""], ["c1", "c1"]), "non-empty"),
+    ],
+)
+def test_invalid_requests(world: dict, query: RankQuery, match: str) -> None:
+    svc, source = service(world)
+    with pytest.raises(InvalidArgument, match=match):
+        asyncio.run(svc.rank(query))
+    assert source.calls == 0
+
+
+def test_unknown_model_is_not_found(world: dict) -> None:
+    svc, _ = service(world)
+    with pytest.raises(NotFound, match="unknown model 'cvr'; loaded: ctr"):
+        asyncio.run(svc.rank(RankQuery("u1", ["i1"], ["c1"], model="cvr")))
+
+
+def test_schema_mismatch_degrades_instead_of_crashing(world: dict, tmp_path: Path) -> None:
+    other = synthetic.make_bundle(tmp_path / "other", users=30, items=200, categories=8, dim=4, uc_dim=2)
+    svc, source = service(world)
+    source.reader = BundleReader.open(other, version=VERSION)
+    got = rank(svc, later_rows(world["log"], ["u2"], items=4))
+    assert got.degraded and got.reason == "knowledge_error"
+    assert KnowledgeSchema.from_manifest(source.reader.bundle.manifest).dim != 56  # really another schema

@@ -1,0 +1,114 @@
+"""``keep pretrain`` and ``keep export`` (Stage 1: knowledge extraction, paper §4.2 and §5.2)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+STRATEGY_CHOICES = ("full", "decomposition", "degeneration", "serving")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="pre-train the knowledge extractor on a super-domain log (resumes an interrupted run)",
+    )
+    p.add_argument("--super", required=True, dest="super_path", help="super-domain impression log")
+    p.add_argument("--out", required=True, help="checkpoint directory (rerun the same command to resume)")
+    p.add_argument("--tasks", default="click,conversion,cart", help="comma-separated (default: all three)")
+    p.add_argument("--alpha", type=float, default=0.25, help="weight of the pairwise loss (default 0.25)")
+    p.add_argument("--strategy", choices=STRATEGY_CHOICES, default="full", help="extractor form")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=2000)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--init", default=None, help="previous checkpoint: continue on the days after its window")
+    p.add_argument("--holdout-days", type=int, default=1, help="last days kept for the GAUC (default 1)")
+    p.add_argument("--checkpoint-every", type=int, default=200, help="batches between checkpoints")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_pretrain)
+
+    e = sub.add_parser("export", help="write the knowledge bundle (K̂_u, K̂_i, K̂_uc) of a serving extractor")
+    e.add_argument(
+        "--extractor", required=True, help="checkpoint directory of keep pretrain --strategy serving"
+    )
+    e.add_argument("--out", required=True, help="bundle directory to create")
+    e.add_argument("--super", default=None, dest="super_path", help="log for histories (default: as trained)")
+    e.add_argument("--batch-size", type=int, default=4096)
+    e.add_argument("--threads", type=int, default=0)
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=run_export)
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n if n > 0 else os.cpu_count() or 1)
+
+
+def _positive(name: str, value: int) -> None:
+    from trainer.cli import CommandError
+
+    if value <= 0:
+        raise CommandError(f"{name} must be positive, got {value}")
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    _positive("--batch-size", args.batch_size)
+    _positive("--checkpoint-every", args.checkpoint_every)
+    _threads(args.threads)
+    from trainer.pretrain import PretrainConfig, pretrain
+
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    result = pretrain(
+        PretrainConfig(
+            super_path=Path(args.super_path),
+            out=Path(args.out),
+            tasks=tasks,
+            alpha=args.alpha,
+            strategy=args.strategy,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            init=Path(args.init) if args.init else None,
+            holdout_days=args.holdout_days,
+            checkpoint_every=args.checkpoint_every,
+            progress=not args.no_progress,
+        )
+    )
+    summary = {
+        "out": str(result.out),
+        "window": list(result.window),
+        "trained_days": result.trained_days,
+        "rows": result.rows,
+        "seconds": round(result.seconds, 2),
+        "metrics": result.metrics,
+    }
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    _positive("--batch-size", args.batch_size)
+    _threads(args.threads)
+    from trainer.export import export
+
+    path, stats = export(
+        args.extractor,
+        args.out,
+        super_path=args.super_path,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    summary = {
+        "bundle": str(path),
+        "users": stats.users,
+        "items": stats.items,
+        "user_categories": stats.user_categories,
+        "seconds": {k: round(v, 3) for k, v in stats.seconds.items()},
+    }
+    print(json.dumps(summary, sort_keys=True))
+    return 0

@@ -1,0 +1,129 @@
+"""The extractor checkpoint directory: what ``keep pretrain`` writes and everything else reads.
+
+Layout::
+
+    config.json      {"format", "extractor": ExtractorConfig, "train": {...}, "data": {...}}
+    vocabs.json      Vocabs.to_json() — raw id → index for user, item, category, shop
+    checkpoint.pt    {"model": state dict, "optimizer": state dict, "progress": {...}}
+    progress.json    the same progress pointer, readable: state, days, batches done / total
+    metrics.json     per-task GAUC on the held-out day(s) (written when the run completes)
+
+``checkpoint.pt`` holds the weights, the optimizer state and the progress pointer in one file that is
+replaced atomically (write to a temporary name, then ``os.replace``), so a run killed at any moment
+leaves either the previous consistent checkpoint or the new one, never a model from one step with
+the pointer of another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from services.errors import InvalidArgument, NotFound
+from trainer.data.dataset import Vocabs
+from trainer.models.extractor import Extractor, ExtractorConfig, build_extractor
+
+FORMAT = 1
+CONFIG = "config.json"
+VOCABS = "vocabs.json"
+STATE = "checkpoint.pt"
+PROGRESS = "progress.json"
+METRICS = "metrics.json"
+
+
+class CheckpointError(InvalidArgument):
+    """A checkpoint directory that is missing, incomplete or does not fit the request."""
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_jsonable))
+    os.replace(tmp, path)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise NotFound(f"{path}: missing (not an extractor checkpoint?)") from err
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: not JSON ({err})") from err
+
+
+def save_state(
+    out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, progress: dict[str, Any]
+) -> None:
+    tmp = out / f".{STATE}.tmp-{os.getpid()}"
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "progress": progress}, tmp)
+    os.replace(tmp, out / STATE)
+    write_json(out / PROGRESS, progress)
+
+
+def load_state(out: Path) -> dict[str, Any]:
+    file = out / STATE
+    if not file.is_file():
+        raise NotFound(f"{file}: missing (the run never reached its first checkpoint?)")
+    try:
+        state: dict[str, Any] = torch.load(file, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError) as err:
+        raise CheckpointError(f"{file}: unreadable ({err})") from err
+    return state
+
+
+@dataclass
+class LoadedExtractor:
+    """An extractor restored for inference: the module (eval mode), its vocabularies and config."""
+
+    path: Path
+    model: Extractor
+    vocabs: Vocabs
+    config: dict[str, Any]
+    progress: dict[str, Any]
+    metrics: dict[str, Any]
+
+    @property
+    def strategy(self) -> str:
+        return self.model.cfg.strategy
+
+    @property
+    def window(self) -> tuple[int, int]:
+        """First and last super-domain day the extractor has been trained on (inclusive)."""
+        w = self.config["data"]["window"]
+        return int(w["first_day"]), int(w["last_day"])
+
+
+def load_extractor(path: str | os.PathLike[str]) -> LoadedExtractor:
+    """Load a checkpoint directory written by ``keep pretrain`` (complete or not)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise NotFound(f"{root}: no such extractor checkpoint directory")
+    config = read_json(root / CONFIG)
+    if config.get("format") != FORMAT:
+        raise CheckpointError(f"{root / CONFIG}: format {config.get('format')!r} is not {FORMAT}")
+    model = build_extractor(ExtractorConfig.from_json(config["extractor"]))
+    state = load_state(root)
+    model.load_state_dict(state["model"])
+    model.eval()
+    metrics_file = root / METRICS
+    metrics = read_json(metrics_file) if metrics_file.is_file() else {}
+    return LoadedExtractor(
+        path=root,
+        model=model,
+        vocabs=Vocabs.from_json(read_json(root / VOCABS)),
+        config=config,
+        progress=dict(state["progress"]),
+        metrics=metrics,
+    )

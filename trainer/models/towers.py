@@ -1,0 +1,155 @@
+"""Serving forms of the extractor (paper §5.2): what can be cached per user, item and (user, category).
+
+- **Decomposition**: a two-tower model. The user tower sees the user id and the behaviour sequence
+  (mean-pooled: no candidate to attend with), the item tower the item, shop and category. Their outputs
+  K̂_u and K̂_i (d = 32) interact only through K̂_u ⊙ K̂_i, which feeds a small per-task head. Cached:
+  K̂_u per user, K̂_i per item; K̂_u ⊙ K̂_i is derived at read time.
+- **Degeneration**: DIN with the item features replaced by the category: [user, category, behaviour
+  sequence attended by the category]. K̂_uc is the concatenation of every task's 64-d last hidden
+  layer. Cached per (user, category) pair that occurs.
+- **Serving**: both on one shared embedding layer, trained jointly (the sum of both forms' losses);
+  this is what GKC caches: [K̂_u, K̂_i, K̂_u ⊙ K̂_i, K̂_uc].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from trainer.models.batch import FeatureBatch
+from trainer.models.din import TargetAttention
+from trainer.models.extractor import EmbeddingArch, Extractor, ExtractorConfig, TaskTowers
+from trainer.models.layers import MLP, packed_mean
+
+
+class DecompositionArch(nn.Module):
+    def __init__(self, emb: EmbeddingArch, cfg: ExtractorConfig) -> None:
+        super().__init__()
+        d = cfg.two_tower_dim
+        user_in = emb.user_dim + emb.behaviour_dim
+        self.user_tower = nn.Sequential(
+            MLP(user_in, cfg.two_tower_hidden), nn.Linear(cfg.two_tower_hidden[-1], d)
+        )
+        self.item_tower = nn.Sequential(
+            MLP(emb.item_side_dim, cfg.two_tower_hidden), nn.Linear(cfg.two_tower_hidden[-1], d)
+        )
+        self.heads = TaskTowers(d, cfg.tasks, cfg.interaction_head)
+        self.dim = d
+
+    def user_vector(self, emb: EmbeddingArch, b: FeatureBatch) -> torch.Tensor:
+        """K̂_u from the user id and the mean of the behaviour embeddings."""
+        row, h_item, h_cat = emb.behaviours(b)
+        pooled = packed_mean(torch.cat((h_item, h_cat), dim=-1), row, len(b))
+        return self.user_tower(torch.cat((emb.users(b), pooled), dim=-1))
+
+    def item_vector(self, emb: EmbeddingArch, b: FeatureBatch) -> torch.Tensor:
+        """K̂_i from the item, shop and category embeddings."""
+        return self.item_tower(emb.item_side(b))
+
+    def forward(self, emb: EmbeddingArch, b: FeatureBatch, prefix: str = "") -> dict[str, torch.Tensor]:
+        interaction = self.user_vector(emb, b) * self.item_vector(emb, b)
+        return self.heads(interaction, b, prefix)
+
+
+class DegenerationArch(nn.Module):
+    def __init__(self, emb: EmbeddingArch, cfg: ExtractorConfig) -> None:
+        super().__init__()
+        cat_dim = cfg.id_dim
+        self.attention = TargetAttention(cat_dim, cfg.attention)
+        self.towers = TaskTowers(emb.user_dim + cat_dim + emb.behaviour_dim, cfg.tasks, cfg.tower)
+        self.dim = self.towers.knowledge_dim * len(cfg.tasks)
+
+    def features(self, emb: EmbeddingArch, b: FeatureBatch) -> torch.Tensor:
+        """[user, category, behaviours attended by the category (keys: their categories)]."""
+        category = emb.category(b.category)
+        row, h_item, h_cat = emb.behaviours(b)
+        interest = self.attention(category, h_cat, row, torch.cat((h_item, h_cat), dim=-1))
+        return torch.cat((emb.users(b), category, interest), dim=-1)
+
+    def forward(self, emb: EmbeddingArch, b: FeatureBatch, prefix: str = "") -> dict[str, torch.Tensor]:
+        return self.towers(self.features(emb, b), b, prefix)
+
+    def uc_vector(self, emb: EmbeddingArch, b: FeatureBatch) -> torch.Tensor:
+        """K̂_uc: every task's last hidden layer, concatenated in task order."""
+        hidden = self.towers.hidden(self.features(emb, b))
+        return torch.cat(list(hidden.values()), dim=-1)
+
+
+class _ServingForms(Extractor):
+    """Shared plumbing: optional decomposition and degeneration arches on one embedding layer."""
+
+    forms: tuple[str, ...] = ()
+
+    def __init__(self, cfg: ExtractorConfig) -> None:
+        super().__init__(cfg)
+        self.decomposition = (
+            DecompositionArch(self.embeddings, cfg) if "decomposition" in self.forms else None
+        )
+        self.degeneration = DegenerationArch(self.embeddings, cfg) if "degeneration" in self.forms else None
+
+    def _prefix(self, form: str) -> str:
+        return f"{form}:" if len(self.forms) > 1 else ""
+
+    def forward(self, b: FeatureBatch) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        if self.decomposition is not None:
+            out.update(self.decomposition(self.embeddings, b, self._prefix("decomposition")))
+        if self.degeneration is not None:
+            out.update(self.degeneration(self.embeddings, b, self._prefix("degeneration")))
+        return out
+
+    def heads(self) -> list[str]:
+        return [self._prefix(form) + t for form in self.forms for t in self.cfg.tasks]
+
+    def block_dims(self) -> dict[str, int]:
+        dims = {}
+        if self.decomposition is not None:
+            d = self.decomposition.dim
+            dims.update({"ku_hat": d, "ki_hat": d, "ku_hat*ki_hat": d})
+        if self.degeneration is not None:
+            dims["kuc_hat"] = self.degeneration.dim
+        return dims
+
+    def user_vector(self, b: FeatureBatch) -> torch.Tensor:
+        return self._need_decomposition().user_vector(self.embeddings, b)
+
+    def item_vector(self, b: FeatureBatch) -> torch.Tensor:
+        return self._need_decomposition().item_vector(self.embeddings, b)
+
+    def uc_vector(self, b: FeatureBatch) -> torch.Tensor:
+        if self.degeneration is None:
+            raise KeyError(f"strategy {self.cfg.strategy!r} has no degeneration form")
+        return self.degeneration.uc_vector(self.embeddings, b)
+
+    def _need_decomposition(self) -> DecompositionArch:
+        if self.decomposition is None:
+            raise KeyError(f"strategy {self.cfg.strategy!r} has no decomposition form")
+        return self.decomposition
+
+    def knowledge(self, b: FeatureBatch, blocks: Sequence[str]) -> dict[str, torch.Tensor]:
+        self.check_blocks(blocks)
+        out: dict[str, torch.Tensor] = {}
+        wanted = set(blocks)
+        if wanted & {"ku_hat", "ku_hat*ki_hat"}:
+            out["ku_hat"] = self.user_vector(b)
+        if wanted & {"ki_hat", "ku_hat*ki_hat"}:
+            out["ki_hat"] = self.item_vector(b)
+        if "ku_hat*ki_hat" in wanted:
+            out["ku_hat*ki_hat"] = out["ku_hat"] * out["ki_hat"]
+        if "kuc_hat" in wanted:
+            out["kuc_hat"] = self.uc_vector(b)
+        return {name: out[name] for name in blocks}
+
+
+class DecompositionExtractor(_ServingForms):
+    forms = ("decomposition",)
+
+
+class DegenerationExtractor(_ServingForms):
+    forms = ("degeneration",)
+
+
+class ServingExtractor(_ServingForms):
+    forms = ("decomposition", "degeneration")

@@ -1,0 +1,398 @@
+"""Stage 1 pre-training loop (paper §4.2, §6.1): one pass, days ascending, shuffled within a day.
+
+Order and batches are a pure function of (rows of each day, seed): each day is permuted by its own
+generator seeded with ``(seed, day)`` and cut into batches that never cross a day boundary. Hence a
+run over days 1-4 and a run over days 1-2 continued with ``--init`` over days 3-4 see exactly the same
+batches, and a resumed run skips exactly the batches its checkpoint already holds: both give the
+parameters of one uninterrupted run (tested).
+
+Vocabulary on continuation: the previous vocabulary is kept and ids first seen in the new days map to
+the OOV row. Growing the tables would change every downstream consumer's id → row mapping between
+versions and would break the equality above; a fresh ``keep pretrain`` (no ``--init``) rebuilds it.
+
+Hold-out: the last ``holdout_days`` days of the super-domain file are not trained on; the extractor's
+per-task GAUC on them is stored in ``metrics.json`` (and later in the bundle manifest).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from services.errors import Conflict, InvalidArgument
+from trainer.data.dataset import DEFAULT_MAX_LEN, EncodedLog, Vocabs
+from trainer.data.readers import read_log
+from trainer.data.schema import day_of, tasks_present
+from trainer.losses import hybrid_loss
+from trainer.metrics import gauc
+from trainer.models.batch import make_batch
+from trainer.models.checkpoint import (
+    CONFIG,
+    FORMAT,
+    METRICS,
+    STATE,
+    VOCABS,
+    CheckpointError,
+    load_extractor,
+    load_state,
+    save_state,
+    write_json,
+)
+from trainer.models.extractor import ALL_TASKS, Extractor, ExtractorConfig, build_extractor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    super_path: Path
+    out: Path
+    tasks: tuple[str, ...] = ALL_TASKS
+    alpha: float = 0.25
+    strategy: str = "full"
+    seed: int = 0
+    batch_size: int = 2000
+    lr: float = 1e-3
+    init: Path | None = None
+    holdout_days: int = 1
+    #: Save the resumable state every this many batches (and at the end of the run).
+    checkpoint_every: int = 200
+    max_len: int = DEFAULT_MAX_LEN
+    progress: bool = True
+
+
+@dataclass
+class PretrainResult:
+    out: Path
+    window: tuple[int, int]
+    trained_days: list[int]
+    rows: int
+    batches: int
+    seconds: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+    completed: bool = True
+
+
+def day_batches(days: np.ndarray, seed: int, batch_size: int) -> list[np.ndarray]:
+    """Row-index batches: days ascending, each day permuted by ``rng(seed, day)``, cut per day."""
+    out: list[np.ndarray] = []
+    order = np.argsort(days, kind="stable")
+    bounds = np.flatnonzero(np.diff(days[order])) + 1
+    for chunk in np.split(order, bounds):
+        if len(chunk) == 0:
+            continue
+        rng = np.random.default_rng([seed, int(days[chunk[0]])])
+        chunk = chunk[rng.permutation(len(chunk))]
+        out += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return out
+
+
+def split_days(df: pd.DataFrame, holdout_days: int, source: str) -> tuple[list[int], list[int]]:
+    days = sorted(int(d) for d in np.unique(day_of(df["ts"].to_numpy())))
+    if holdout_days < 0:
+        raise InvalidArgument("--holdout-days must be >= 0")
+    if holdout_days >= len(days):
+        raise InvalidArgument(
+            f"{source}: {len(days)} day(s) of data; holding out {holdout_days} leaves nothing to train on"
+        )
+    cut = len(days) - holdout_days
+    return days[:cut], days[cut:]
+
+
+def _train_tasks(requested: Sequence[str], df: pd.DataFrame, source: str) -> tuple[str, ...]:
+    unknown = [t for t in requested if t not in ALL_TASKS]
+    if unknown:
+        raise InvalidArgument(f"unknown task(s) {unknown}; expected a subset of {', '.join(ALL_TASKS)}")
+    present = tasks_present(df)
+    skipped = [t for t in requested if t not in present]
+    if skipped:
+        log.warning("%s: no %s column; skipping task(s) %s", source, "/".join(skipped), skipped)
+    return tuple(t for t in ALL_TASKS if t in requested and t in present)
+
+
+def _model_config(vocabs: Vocabs, strategy: str, tasks: tuple[str, ...], max_len: int) -> ExtractorConfig:
+    return ExtractorConfig(
+        n_users=len(vocabs.user),
+        n_items=len(vocabs.item),
+        n_shops=len(vocabs.shop) if vocabs.shop is not None else 2,
+        n_categories=len(vocabs.category),
+        strategy=strategy,
+        tasks=tasks,
+        max_len=max_len,
+    )
+
+
+def train_step(
+    model: Extractor, optimizer: torch.optim.Optimizer, batch: Any, tasks: Sequence[str], alpha: float
+) -> dict[str, float]:
+    """One Adam step on the sum of every head's hybrid loss; returns each head's loss."""
+    outputs = model(batch)
+    losses: dict[str, torch.Tensor] = {}
+    for head, logits in outputs.items():
+        task = head.rsplit(":", 1)[-1]
+        if task not in tasks or logits.numel() == 0:
+            continue
+        losses[head] = hybrid_loss(logits, batch.task_labels(task), batch.pairs.get(task), alpha)
+    if not losses:
+        return {}
+    total = torch.stack(list(losses.values())).sum()
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    return {head: float(v.detach()) for head, v in losses.items()}
+
+
+def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Adam on every parameter (dense updates, as the paper's Adam). ``fused``: one pass per tensor
+    instead of ~6 foreach passes; the embedding tables make the update ~40% of a step otherwise."""
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+
+
+@dataclass
+class _Plan:
+    """What this invocation trains: fresh, resumed, or continued from a previous checkpoint."""
+
+    model: Extractor
+    optimizer: torch.optim.Optimizer
+    vocabs: Vocabs
+    config: dict[str, Any]
+    run_days: list[int]
+    done: int = 0
+
+
+def _plan(cfg: PretrainConfig, df: pd.DataFrame, train_days: list[int], holdout: list[int]) -> _Plan:
+    source = str(cfg.super_path)
+    tasks = _train_tasks(cfg.tasks, df, source)
+    if "click" not in tasks:
+        raise InvalidArgument("the click task is required (--tasks must include click)")
+    out = cfg.out
+    if (out / STATE).is_file():
+        return _resume_plan(cfg, tasks)
+    if cfg.init is not None:
+        prev = load_extractor(cfg.init)
+        if prev.progress.get("state") != "done":
+            raise Conflict(f"{cfg.init}: that run has not completed; resume it first")
+        first, last = prev.window
+        run_days = [d for d in train_days if d > last]
+        if not run_days:
+            raise InvalidArgument(f"{source}: no training day after day {last} (the end of {cfg.init})")
+        vocabs = prev.vocabs
+        model = prev.model
+        model.train()
+        optimizer = make_optimizer(model, cfg.lr)
+        optimizer.load_state_dict(load_state(prev.path)["optimizer"])
+        model_tasks = model.cfg.tasks
+        if model.cfg.strategy != cfg.strategy:
+            raise InvalidArgument(
+                f"--strategy {cfg.strategy} does not match {cfg.init} (strategy {model.cfg.strategy})"
+            )
+        window_first = first
+    else:
+        run_days = train_days
+        mask = np.isin(day_of(df["ts"].to_numpy()), run_days)
+        vocabs = Vocabs.build(df[mask])
+        torch.manual_seed(cfg.seed)
+        model = build_extractor(_model_config(vocabs, cfg.strategy, tasks, cfg.max_len))
+        optimizer = make_optimizer(model, cfg.lr)
+        model_tasks = tasks
+        window_first = run_days[0]
+    config = {
+        "format": FORMAT,
+        "extractor": model.cfg.to_json(),
+        "train": {
+            "tasks": list(tasks),
+            "alpha": cfg.alpha,
+            "seed": cfg.seed,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "strategy": cfg.strategy,
+            "model_tasks": list(model_tasks),
+        },
+        "data": {
+            "super": str(cfg.super_path.resolve()),
+            "run_days": run_days,
+            "holdout_days": holdout,
+            "window": {"first_day": window_first, "last_day": run_days[-1]},
+            "init_from": str(cfg.init.resolve()) if cfg.init else None,
+        },
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / CONFIG, config)
+    write_json(out / VOCABS, vocabs.to_json())
+    return _Plan(model, optimizer, vocabs, config, run_days)
+
+
+def _resume_plan(cfg: PretrainConfig, tasks: tuple[str, ...]) -> _Plan:
+    prev = load_extractor(cfg.out)
+    if prev.progress.get("state") == "done":
+        raise Conflict(f"{cfg.out}: this run already completed; use --init {cfg.out} --out NEW to continue")
+    saved = prev.config["train"]
+    asked = {"tasks": list(tasks), "alpha": cfg.alpha, "seed": cfg.seed, "batch_size": cfg.batch_size}
+    diff = [k for k, v in asked.items() if saved.get(k) != v]
+    if diff or saved.get("strategy") != cfg.strategy:
+        raise CheckpointError(f"{cfg.out}: cannot resume with different {diff or ['strategy']}")
+    model = prev.model
+    model.train()
+    optimizer = make_optimizer(model, cfg.lr)
+    optimizer.load_state_dict(load_state(cfg.out)["optimizer"])
+    run_days = [int(d) for d in prev.config["data"]["run_days"]]
+    return _Plan(model, optimizer, prev.vocabs, prev.config, run_days, int(prev.progress["batches_done"]))
+
+
+def pretrain(cfg: PretrainConfig, *, stop_after_batches: int | None = None) -> PretrainResult:
+    """Train (or resume, or continue with ``cfg.init``) an extractor and write its checkpoint dir.
+
+    ``stop_after_batches`` ends the call after that many batches without a final checkpoint, like a
+    process killed mid-run (for tests); rerunning with the same arguments resumes.
+    """
+    started = time.perf_counter()
+    df = read_log(cfg.super_path)
+    train_days, holdout = split_days(df, cfg.holdout_days, str(cfg.super_path))
+    plan = _plan(cfg, df, train_days, holdout)
+    tasks = tuple(plan.config["train"]["tasks"])
+    all_days = day_of(df["ts"].to_numpy())
+    window = df[np.isin(all_days, plan.run_days)].reset_index(drop=True)
+    history = df[all_days <= plan.run_days[-1]]
+    encoded = EncodedLog.encode(window, plan.vocabs, history_from=history, max_len=cfg.max_len)
+    batches = day_batches(encoded.day, cfg.seed, cfg.batch_size)
+    progress: dict[str, Any] = {
+        "state": "running",
+        "run_days": plan.run_days,
+        "batches_done": plan.done,
+        "batches_total": len(batches),
+        "rows_done": int(sum(len(b) for b in batches[: plan.done])),
+    }
+    rows_left = len(encoded) - progress["rows_done"]
+    bar = tqdm(
+        total=rows_left,
+        unit="rows",
+        unit_scale=True,
+        desc=f"pretrain {cfg.strategy} days {plan.run_days[0]}-{plan.run_days[-1]}",
+        file=sys.stderr,
+        disable=not cfg.progress,
+        dynamic_ncols=True,
+    )
+    model, optimizer = plan.model, plan.optimizer
+    model.train()
+    ema: dict[str, float] = {}
+    ran = 0
+    try:
+        for index in range(plan.done, len(batches)):
+            if stop_after_batches is not None and ran >= stop_after_batches:
+                bar.close()
+                return PretrainResult(
+                    cfg.out,
+                    _window(plan),
+                    plan.run_days,
+                    progress["rows_done"],
+                    ran,
+                    time.perf_counter() - started,
+                    completed=False,
+                )
+            rows = batches[index]
+            batch = make_batch(encoded, rows, tasks, with_pairs=cfg.alpha > 0)
+            losses = train_step(model, optimizer, batch, tasks, cfg.alpha)
+            ran += 1
+            progress["batches_done"] = index + 1
+            progress["rows_done"] += len(rows)
+            for head, value in losses.items():
+                ema[head] = value if head not in ema else 0.9 * ema[head] + 0.1 * value
+            bar.update(len(rows))
+            if index % 10 == 0:
+                bar.set_postfix({h: f"{v:.4f}" for h, v in ema.items()}, refresh=False)
+            if (index + 1) % cfg.checkpoint_every == 0:
+                save_state(cfg.out, model, optimizer, progress)
+    except KeyboardInterrupt:
+        save_state(cfg.out, model, optimizer, progress)
+        raise
+    finally:
+        bar.close()
+    progress["state"] = "done"
+    progress["final_loss"] = ema
+    save_state(cfg.out, model, optimizer, progress)
+    metrics = evaluate_holdout(model, df, plan.vocabs, holdout, tasks, cfg.max_len) if holdout else {}
+    write_json(cfg.out / METRICS, metrics)
+    return PretrainResult(
+        cfg.out,
+        _window(plan),
+        plan.run_days,
+        progress["rows_done"],
+        ran,
+        time.perf_counter() - started,
+        metrics,
+    )
+
+
+def _window(plan: _Plan) -> tuple[int, int]:
+    w = plan.config["data"]["window"]
+    return int(w["first_day"]), int(w["last_day"])
+
+
+def iter_scores(
+    model: Extractor, log: EncodedLog, tasks: Sequence[str], batch_size: int = 8192
+) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """(rows, {head: logits}) in file order; non-click heads scored on the clicked rows only."""
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(log), batch_size):
+            rows = np.arange(start, min(start + batch_size, len(log)))
+            batch = make_batch(log, rows, tasks)
+            yield rows, {h: v.numpy() for h, v in model(batch).items()}
+
+
+def evaluate_holdout(
+    model: Extractor,
+    df: pd.DataFrame,
+    vocabs: Vocabs,
+    holdout_days: Sequence[int],
+    tasks: Sequence[str],
+    max_len: int = DEFAULT_MAX_LEN,
+) -> dict[str, Any]:
+    """Per-task GAUC on the held-out days (histories: every earlier click in ``df``, strictly before).
+
+    For ``serving`` every form gets its own ``gauc_<form>``; ``gauc`` scores the mean of their logits.
+    Click also gets ``gauc_popularity``: the items' click rate over the training rows, as a baseline.
+    """
+    days = day_of(df["ts"].to_numpy())
+    test = df[np.isin(days, holdout_days)].reset_index(drop=True)
+    log = EncodedLog.encode(test, vocabs, history_from=df, max_len=max_len)
+    scores: dict[str, list[np.ndarray]] = {}
+    for _, out in iter_scores(model, log, tasks):
+        for head, s in out.items():
+            scores.setdefault(head, []).append(s)
+    clicked = log.labels["click"] == 1
+    metrics: dict[str, Any] = {}
+    for task in tasks:
+        heads = [h for h in scores if h.rsplit(":", 1)[-1] == task]
+        if not heads:
+            continue
+        sel = np.ones(len(log), bool) if task == "click" else clicked
+        users, labels = log.user[sel], log.labels[task][sel]
+        per_head = {h: np.concatenate(scores[h]) for h in heads}
+        entry: dict[str, Any] = {"rows": int(sel.sum()), "positives": int(labels.sum())}
+        entry["gauc"] = _safe_gauc(users, labels, np.mean(list(per_head.values()), axis=0))
+        if len(heads) > 1:
+            for h, s in per_head.items():
+                entry[f"gauc_{h.split(':')[0]}"] = _safe_gauc(users, labels, s)
+        metrics[task] = entry
+    if "click" in metrics:
+        train = df[days < min(holdout_days)]
+        rate = train.groupby("item_id")["click"].mean()
+        pop = test["item_id"].map(rate).fillna(0.0).to_numpy(np.float64)
+        metrics["click"]["gauc_popularity"] = _safe_gauc(log.user, log.labels["click"], pop)
+    return metrics
+
+
+def _safe_gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float | None:
+    value = float(gauc(users, labels, scores)) if len(labels) else float("nan")
+    return None if np.isnan(value) else round(value, 6)

@@ -1,0 +1,183 @@
+"""report.md and PNG plots for ``keep experiment``: our numbers beside the paper's (Tables 2, 3, 4, 7, 8)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+#: GAUC reported in the paper (CIKM'22). Tables 2-4 share the base 0.6310; Tables 7-8 the production base.
+PAPER: dict[str, dict[str, float]] = {
+    "2": {"base": 0.6310, "sample_merging": 0.6185, "keep_c": 0.6348, "keep": 0.6380},
+    "3": {"base": 0.6310, "keep_ku": 0.6332, "keep_ku_ki": 0.6347, "keep": 0.6380},
+    "4": {"base": 0.6310, "keep_click": 0.6368, "keep_click_cv": 0.6374, "keep": 0.6380},
+    "8": {
+        "keep": 0.6703,
+        "keep_decomposition": 0.6691,
+        "keep_degeneration": 0.6683,
+        "keep_decomposition_degeneration": 0.6698,
+    },
+}
+PAPER_TABLE7 = {
+    "0-50": (0.6573, 0.6627),
+    "50-150": (0.6628, 0.6668),
+    "150-300": (0.6669, 0.6703),
+    ">300": (0.6687, 0.6718),
+}
+ORDER = (
+    "base", "sample_merging", "keep_c", "keep", "keep_ku", "keep_ku_ki", "keep_click", "keep_click_cv",
+    "keep_decomposition", "keep_degeneration", "keep_decomposition_degeneration",
+)  # fmt: skip
+TITLES = {
+    "2": "Table 2 — overall (CTR)",
+    "3": "Table 3 — K_u, K_i, K_ui",
+    "4": "Table 4 — pre-training tasks",
+    "8": "Table 8 — serving forms (lift vs keep)",
+}
+
+
+def _fmt(x: float | None, sign: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:+.4f}" if sign else f"{x:.4f}"
+
+
+def _table(result: dict[str, Any], table: str) -> list[str]:
+    methods = result["methods"]
+    paper = PAPER[table]
+    ref = "keep" if table == "8" else "base"
+    ours_ref = methods.get(ref, {}).get("gauc", {}).get("mean")
+    lines = [
+        f"### {TITLES[table]}",
+        "",
+        f"| method | GAUC (mean ± std) | lift vs {ref} | paper GAUC | paper lift |",
+        "|---|---|---|---|---|",
+    ]
+    for name, p in paper.items():
+        m = methods.get(name)
+        if m is None:
+            ours, std, lift = None, None, None
+        else:
+            ours, std = m["gauc"]["mean"], m["gauc"]["std"]
+            lift = None if ours_ref is None or name == ref else ours - ours_ref
+        plift = None if name == ref else p - paper[ref]
+        cell = "not run" if ours is None else f"{_fmt(ours)} ± {_fmt(std)}"
+        lines.append(f"| {name} | {cell} | {_fmt(lift, True)} | {p:.4f} | {_fmt(plift, True)} |")
+    return [*lines, ""]
+
+
+def _groups_table(result: dict[str, Any], key: str = "groups", title: str = "super-domain") -> list[str]:
+    groups = result.get(key, {})
+    if "base" not in groups or "keep" not in groups:
+        return ["### Table 7 — user groups", "", "(needs `base` and `keep`)", ""]
+    info = result.get(key.replace("groups", "group_edges"), {})
+    labels = info.get("labels", list(groups["base"]))
+    lines = [f"### Table 7 — GAUC by {title} clicks of the test user", ""]
+    if info.get("scale", 1.0) != 1.0:
+        lines += [
+            f"Edges scaled by {info['scale']:.3f} (median user / 50): the paper's 50/150/300 would put "
+            "almost every user of this data in the first group.",
+            "",
+        ]
+    lines += [
+        "| group | users | base | keep | lift | paper group | paper lift |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for lab, (paper_name, (pb, pk)) in zip(labels, PAPER_TABLE7.items(), strict=False):
+        b, k = groups["base"].get(lab), groups["keep"].get(lab)
+        lift = None if b is None or k is None else k - b
+        n = info.get("users", {}).get(lab, "")
+        lines.append(
+            f"| {lab} | {n} | {_fmt(b)} | {_fmt(k)} | {_fmt(lift, True)} | {paper_name} | {pk - pb:+.4f} |"
+        )
+    return [*lines, ""]
+
+
+def render(result: dict[str, Any]) -> str:
+    ds = result["dataset"]
+    lines = [
+        "# KEEP experiment",
+        "",
+        f"Data: super {ds['super']['rows']} rows / {ds['super']['users']} users; train {ds['train']['rows']} "
+        f"rows; test {ds['test']['rows']} rows / {ds['test']['users']} users. Seeds: {result['seeds']}. "
+        f"Wall time: {result.get('wall_seconds', 0):.0f} s.",
+        "",
+        "Epochs per method are picked on the last training day (validation), never on the test day.",
+        "",
+        "## All methods",
+        "",
+        "| method | GAUC mean | std | AUC mean | runs | epochs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in sorted(result["methods"], key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER)):
+        m = result["methods"][name]
+        runs = ", ".join(f"{x:.4f}" for x in m["gauc"]["runs"])
+        lines.append(
+            f"| {name} | {m['gauc']['mean']:.4f} | {m['gauc']['std']:.4f} | {m['auc']['mean']:.4f} | "
+            f"{runs} | {m.get('epochs', '')} |"
+        )
+    lines += ["", "## Side by side with the paper", ""]
+    for table in ("2", "3", "4"):
+        lines += _table(result, table)
+    lines += _groups_table(result)
+    lines += _groups_table(result, "groups_sub", "downstream (sub-domain) training-log")
+    lines += _table(result, "8")
+    lines += [
+        "![GAUC per method](gauc_by_method.png)",
+        "",
+        "![GAUC lift per user group](gauc_lift_by_group.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    methods = result["methods"]
+    names = sorted(methods, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))
+    means = [methods[n]["gauc"]["mean"] for n in names]
+    stds = [methods[n]["gauc"]["std"] for n in names]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(names)), 4.0))
+    ax.bar(range(len(names)), means, yerr=stds, capsize=3, color="#4c72b0")
+    ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
+    low = min(m - s for m, s in zip(means, stds, strict=True))
+    high = max(m + s for m, s in zip(means, stds, strict=True))
+    pad = max(0.005, 0.1 * (high - low))
+    ax.set_ylim(low - pad, high + pad)
+    ax.set_ylabel("test GAUC (mean ± std over seeds)")
+    fig.tight_layout()
+    paths.append(out / "gauc_by_method.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    groups = result.get("groups", {})
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    if "base" in groups:
+        labels = result.get("group_edges", {}).get("labels") or list(groups["base"])
+        others = [n for n in groups if n != "base"]
+        width = 0.8 / max(1, len(others))
+        for j, name in enumerate(others):
+            lifts = [groups[name].get(g, math.nan) - groups["base"].get(g, math.nan) for g in labels]
+            ax.bar([i + j * width for i in range(len(labels))], lifts, width=width, label=name)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))], labels)
+        ax.axhline(0, color="black", lw=0.6)
+        ax.legend(fontsize=6, ncol=2)
+    ax.set_xlabel("test users by super-domain clicks")
+    ax.set_ylabel("GAUC lift over base")
+    fig.tight_layout()
+    paths.append(out / "gauc_lift_by_group.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def write_report(result: dict[str, Any], out: Path) -> Path:
+    plot(result, out)
+    path = out / "report.md"
+    path.write_text(render(result))
+    return path

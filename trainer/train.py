@@ -1,0 +1,294 @@
+"""Stage 2 training: the downstream model, day by day, with knowledge plugged in (paper §3.2, §4.3).
+
+One pass per epoch, days ascending, shuffled within a day (``EncodedLog.batches``). Knowledge comes from
+:class:`KnowledgeProvider` objects, computed once per log before the loop:
+
+- :class:`GkcKnowledge`: through a reader with ``batch_get`` (the GKC client for a pinned version, or a
+  local bundle reader) and :func:`ranker.knowledge.knowledge_for_rows` — the same assembly serving uses.
+- the experiment's offline extractor knowledge (full ``K(u,i)``), see ``trainer.experiment``.
+
+``--init`` warm-starts from a previous artifact: every base parameter is copied; ids new today grow the
+vocabularies (old rows keep their values at their new positions); new plug-ins start at zero output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from ranker.artifact import Artifact, KnowledgeSpec
+from ranker.knowledge import KnowledgeReader, KnowledgeSchema, knowledge_for_rows
+from ranker.model import Batch, DownstreamConfig, DownstreamModel, load_base_into
+from services.errors import InvalidArgument
+from trainer.data.dataset import EncodedLog, Vocabs
+from trainer.data.vocab import RESERVED, Vocab
+
+TASKS = ("click", "conversion", "cart")
+#: Which embedding table each id-indexed parameter belongs to (rows are remapped when vocabularies grow).
+EMBEDDING_VOCAB = {
+    "sparse.user.weight": "user",
+    "sparse.item.weight": "item",
+    "sparse.category.weight": "category",
+    "sparse.shop.weight": "shop",
+    "coaction.weights.weight": "item",
+    "coaction.inputs.weight": "item",
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    task: str = "click"
+    epochs: int = 1
+    batch_size: int = 256
+    lr: float = 1e-3
+    seed: int = 0
+    max_len: int = 50
+    emb_dim: int = 16
+    mlp: tuple[int, ...] = (200, 80)
+    plugin_layer: int = 1
+    use_user_id: bool = False
+    progress: bool = True
+
+
+class KnowledgeProvider(Protocol):
+    """Knowledge for a plug-in: its name, spec (schema, version) and a matrix per log row."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def spec(self) -> KnowledgeSpec: ...
+
+    def rows(self, df: pd.DataFrame) -> np.ndarray: ...
+
+
+@dataclass
+class GkcKnowledge:
+    """K̂ through a GKC-style reader for one pinned version (the serving path)."""
+
+    reader: KnowledgeReader
+    version: int
+    schema: KnowledgeSchema
+    name: str = "gkc"
+    progress: bool = False
+
+    @property
+    def spec(self) -> KnowledgeSpec:
+        return KnowledgeSpec(schema=self.schema, version=self.version, source={"reader": "gkc"})
+
+    def rows(self, df: pd.DataFrame) -> np.ndarray:
+        return knowledge_for_rows(
+            self.reader,
+            self.version,
+            self.schema,
+            df["user_id"].to_numpy(),
+            df["item_id"].to_numpy(),
+            df["category_id"].to_numpy(),
+            progress=self.progress,
+        )
+
+
+def task_rows(df: pd.DataFrame, task: str) -> pd.DataFrame:
+    """The rows a task learns from: all impressions for click; clicked rows for conversion and cart."""
+    if task not in TASKS:
+        raise InvalidArgument(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    if task not in df.columns:
+        raise InvalidArgument(f"task {task!r} needs a '{task}' column, which the log does not have")
+    if task == "click":
+        return df
+    return df[df["click"] == 1].reset_index(drop=True)
+
+
+def make_batch(
+    log: EncodedLog, rows: np.ndarray, knowledge: dict[str, np.ndarray], task: str | None = None
+) -> Batch:
+    return Batch(
+        user=torch.from_numpy(log.user[rows]),
+        item=torch.from_numpy(log.item[rows]),
+        category=torch.from_numpy(log.category[rows]),
+        shop=torch.from_numpy(log.shop[rows]),
+        hist_item=torch.from_numpy(log.history.gather(rows, "item")),
+        hist_category=torch.from_numpy(log.history.gather(rows, "category")),
+        knowledge={k: torch.from_numpy(v[rows]) for k, v in knowledge.items()},
+        label=torch.from_numpy(log.labels[task][rows].astype(np.float32)) if task else None,
+    )
+
+
+def grow_vocab(old: Vocab | None, values: np.ndarray) -> Vocab:
+    if old is None:
+        return Vocab.build(values)
+    new = np.asarray(values)
+    if (new.dtype.kind in "iu") != (old.keys.dtype.kind in "iu"):
+        return Vocab.build(np.concatenate([old.strings(), new.astype(str)]))
+    return Vocab.build(np.concatenate([old.keys, new]))
+
+
+def build_vocabs(df: pd.DataFrame, init: Vocabs | None) -> Vocabs:
+    if init is None:
+        return Vocabs.build(df)
+    shop = None
+    if "shop_id" in df.columns or init.shop is not None:
+        shop_values = df["shop_id"].to_numpy() if "shop_id" in df.columns else np.array([], dtype=np.int64)
+        shop = grow_vocab(init.shop, shop_values)
+    return Vocabs(
+        user=grow_vocab(init.user, df["user_id"].to_numpy()),
+        item=grow_vocab(init.item, df["item_id"].to_numpy()),
+        category=grow_vocab(init.category, df["category_id"].to_numpy()),
+        shop=shop,
+    )
+
+
+def remap_state(
+    state: dict[str, torch.Tensor], old: Vocabs, new: Vocabs, fresh: DownstreamModel
+) -> dict[str, torch.Tensor]:
+    """Embedding rows of ``old`` ids moved to their ``new`` positions; new ids keep ``fresh``'s init."""
+    out = dict(state)
+    own = fresh.state_dict()
+    for key, vocab_name in EMBEDDING_VOCAB.items():
+        if key not in state:
+            continue
+        old_vocab, new_vocab = getattr(old, vocab_name), getattr(new, vocab_name)
+        table = own[key].clone()
+        table[:RESERVED] = state[key][:RESERVED]
+        if old_vocab is not None and new_vocab is not None and len(old_vocab.keys):
+            dest = torch.from_numpy(new_vocab.lookup(old_vocab.keys))
+            table[dest] = state[key][RESERVED : RESERVED + len(old_vocab.keys)]
+        out[key] = table
+    return out
+
+
+def model_config(vocabs: Vocabs, cfg: TrainConfig) -> DownstreamConfig:
+    return DownstreamConfig(
+        n_users=len(vocabs.user),
+        n_items=len(vocabs.item),
+        n_categories=len(vocabs.category),
+        n_shops=len(vocabs.shop) if vocabs.shop is not None else RESERVED,
+        emb_dim=cfg.emb_dim,
+        use_user_id=cfg.use_user_id,
+        mlp=cfg.mlp,
+        plugin_layer=cfg.plugin_layer,
+    )
+
+
+def prepare_model(
+    vocabs: Vocabs,
+    cfg: TrainConfig,
+    providers: Sequence[KnowledgeProvider],
+    init: Artifact | None,
+) -> tuple[DownstreamModel, list[str]]:
+    """A model for ``vocabs`` with one plug-in per provider; warm-started from ``init`` if given.
+
+    Returns the model and the plug-ins that start fresh (they need their normaliser fitted).
+    """
+    if init is not None:
+        base = replace(
+            init.config,
+            n_users=len(vocabs.user),
+            n_items=len(vocabs.item),
+            n_categories=len(vocabs.category),
+            n_shops=len(vocabs.shop) if vocabs.shop is not None else init.config.n_shops,
+        )
+    else:
+        base = model_config(vocabs, cfg)
+    mcfg = replace(base, plugins={})
+    for p in providers:
+        if init is not None and p.name in init.knowledge:
+            init.knowledge[p.name].schema.require(p.spec.schema, what=f"knowledge {p.name!r} of --init")
+        mcfg = mcfg.with_plugin(p.name, p.spec.schema.dim)
+    if init is not None:
+        dropped = set(init.config.plugins) - set(mcfg.plugins)
+        if dropped:
+            raise InvalidArgument(f"--init model has plug-ins {sorted(dropped)} that this run does not feed")
+    torch.manual_seed(cfg.seed)
+    model = DownstreamModel(mcfg)
+    if init is None:
+        return model, list(mcfg.plugins)
+    old_vocabs = Vocabs.from_json(init.vocabs)
+    fresh_keys = load_base_into(model, remap_state(init.state, old_vocabs, vocabs, model))
+    return model, sorted({k.split(".")[1] for k in fresh_keys})
+
+
+def fit_normalisers(model: DownstreamModel, names: list[str], knowledge: dict[str, np.ndarray]) -> None:
+    rng = np.random.default_rng(0)
+    for name in names:
+        matrix = knowledge[name]
+        sample = matrix[rng.choice(len(matrix), size=min(len(matrix), 50_000), replace=False)]
+        model.plugins[name].fit_normaliser(torch.from_numpy(sample))  # type: ignore[operator]
+
+
+def train(
+    df: pd.DataFrame,
+    cfg: TrainConfig,
+    providers: Sequence[KnowledgeProvider] = (),
+    init: Artifact | None = None,
+    *,
+    knowledge: dict[str, np.ndarray] | None = None,
+    on_epoch: Callable[[int, DownstreamModel, Vocabs], None] | None = None,
+    info: dict[str, Any] | None = None,
+) -> Artifact:
+    """Train on ``df`` (a contract log) and return the artifact.
+
+    ``knowledge`` may hold precomputed matrices per provider name (rows aligned with the task rows of
+    ``df``); otherwise each provider computes them. ``on_epoch(epoch, model, vocabs)`` runs after every pass.
+    """
+    rows_df = task_rows(df, cfg.task)
+    if len(rows_df) == 0:
+        raise InvalidArgument(f"no training rows for task {cfg.task!r}")
+    init_vocabs = Vocabs.from_json(init.vocabs) if init is not None else None
+    vocabs = build_vocabs(df, init_vocabs)
+    log = EncodedLog.encode(rows_df, vocabs, history_from=df, max_len=cfg.max_len)
+    matrices = dict(knowledge or {})
+    for p in providers:
+        if p.name not in matrices:
+            matrices[p.name] = p.rows(rows_df)
+        if matrices[p.name].shape != (len(rows_df), p.spec.schema.dim):
+            raise InvalidArgument(f"knowledge {p.name!r} has shape {matrices[p.name].shape}")
+    model, fresh = prepare_model(vocabs, cfg, providers, init)
+    fit_normalisers(model, fresh, matrices)
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    n_batches = -(-len(log) // cfg.batch_size)
+    for epoch in range(cfg.epochs):
+        model.train()
+        bar = tqdm(
+            log.batches(cfg.batch_size, seed=cfg.seed * 1000 + epoch),
+            total=n_batches,
+            desc=f"train {cfg.task} epoch {epoch + 1}/{cfg.epochs}",
+            disable=not cfg.progress,
+            leave=False,
+        )
+        for rows in bar:
+            batch = make_batch(log, rows, matrices, cfg.task)
+            assert batch.label is not None
+            loss = loss_fn(model(batch), batch.label)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+        if on_epoch is not None:
+            model.eval()
+            on_epoch(epoch + 1, model, vocabs)
+    model.eval()
+    return Artifact(
+        config=model.cfg,
+        task=cfg.task,
+        vocabs=vocabs.to_json(),
+        state={k: v.detach().clone() for k, v in model.state_dict().items()},
+        knowledge={p.name: p.spec for p in providers},
+        info={
+            **(info or {}),
+            "rows": len(rows_df),
+            "epochs": cfg.epochs,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "seed": cfg.seed,
+            "max_len": cfg.max_len,
+            "warm_start": init is not None,
+            "days": sorted({int(d) for d in np.unique(log.day)}),
+        },
+    )
