@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -28,6 +29,9 @@ def status_code(error: KeepError) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, error.grpc_code, grpc.StatusCode.INTERNAL)
 
 
+_UNDECODABLE = object()
+
+
 class ErrorInterceptor(aio.ServerInterceptor):
     """Turns domain errors into status codes for unary-unary handlers."""
 
@@ -42,7 +46,21 @@ class ErrorInterceptor(aio.ServerInterceptor):
         inner = handler.unary_unary
         method = handler_call_details.method
 
+        deserialize = handler.request_deserializer
+
+        def safe_deserialize(data: bytes) -> Any:
+            # A frame that is not the declared message fails here, before any handler runs; mark it
+            # so the handler below answers INVALID_ARGUMENT instead of grpc's UNKNOWN + traceback.
+            try:
+                return deserialize(data) if deserialize is not None else data
+            except DecodeError:
+                return _UNDECODABLE
+
         async def wrapped(request: Any, context: aio.ServicerContext) -> Any:
+            if request is _UNDECODABLE:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid protobuf message"
+                )
             try:
                 return await inner(request, context)
             except KeepError as err:
@@ -55,7 +73,7 @@ class ErrorInterceptor(aio.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=safe_deserialize,
             response_serializer=handler.response_serializer,
         )
 

@@ -128,11 +128,6 @@ def test_log_has_no_traceback_so_far(campaign_gkc) -> None:
     assert "Traceback" not in campaign_gkc[0].log()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (reported): an undecodable frame fails in grpc-aio's deserializer before the "
-    "error interceptor runs, so it gets UNKNOWN and a logged traceback instead of INVALID_ARGUMENT",
-)
 def test_garbage_bytes_on_the_wire_are_invalid_argument(campaign_gkc, stub) -> None:
     """A frame that is not a BatchGetRequest at all: INVALID_ARGUMENT, and the server keeps answering.
 
