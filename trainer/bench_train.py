@@ -39,8 +39,8 @@ from trainer.data.dataset import EncodedLog, Vocabs
 from trainer.data.schema import day_of
 from trainer.models.batch import make_batch
 from trainer.models.checkpoint import LoadedExtractor
-from trainer.models.extractor import ExtractorConfig, build_extractor
-from trainer.pretrain import day_batches, make_optimizer, train_step
+from trainer.models.extractor import build_extractor
+from trainer.pretrain import day_batches, make_optimizer, model_config, train_step
 
 BATCH = 2000
 
@@ -92,20 +92,9 @@ def _interleaved(contestants: dict[str, _Contestant], seconds: float, slices: in
     return {name: c.result() for name, c in contestants.items()}
 
 
-def _model_config(vocabs: Vocabs, tasks: tuple[str, ...], strategy: str = "full") -> ExtractorConfig:
-    return ExtractorConfig(
-        n_users=len(vocabs.user),
-        n_items=len(vocabs.item),
-        n_shops=len(vocabs.shop) if vocabs.shop is not None else 2,
-        n_categories=len(vocabs.category),
-        strategy=strategy,
-        tasks=tasks,
-    )
-
-
 def _ours(log: EncodedLog, vocabs: Vocabs, batches: list[np.ndarray], tasks: tuple[str, ...]) -> _Contestant:
     torch.manual_seed(0)
-    model = build_extractor(_model_config(vocabs, tasks))
+    model = build_extractor(model_config(vocabs, "full", tasks))
     optimizer = make_optimizer(model, 1e-3)
     model.train()
 
@@ -139,7 +128,7 @@ def _deepctr(log: EncodedLog, vocabs: Vocabs, batches: list[np.ndarray]) -> _Con
             models = importlib.import_module("deepctr_torch.models")
     except ImportError as err:
         return f"deepctr-torch not installed ({err}); pip install -e '.[bench]'"
-    sizes = _model_config(vocabs, ("click",))
+    sizes = model_config(vocabs, "full", ("click",))
     sparse, varlen = inputs.SparseFeat, inputs.VarLenSparseFeat
     columns = [
         sparse("user", sizes.n_users, embedding_dim=48),
@@ -201,7 +190,7 @@ def _export_rate(df: pd.DataFrame, vocabs: Vocabs, last_day: int) -> dict[str, A
     from trainer.models.towers import ServingExtractor
 
     torch.manual_seed(0)
-    model = build_extractor(_model_config(vocabs, ("click", "conversion", "cart"), "serving"))
+    model = build_extractor(model_config(vocabs, "serving", ("click", "conversion", "cart")))
     assert isinstance(model, ServingExtractor)
     ext = LoadedExtractor(
         path=Path("bench"),

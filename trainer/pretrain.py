@@ -120,7 +120,8 @@ def _train_tasks(requested: Sequence[str], df: pd.DataFrame, source: str) -> tup
     return tuple(t for t in ALL_TASKS if t in requested and t in present)
 
 
-def _model_config(vocabs: Vocabs, strategy: str, tasks: tuple[str, ...], max_len: int) -> ExtractorConfig:
+def model_config(vocabs: Vocabs, strategy: str, tasks: tuple[str, ...], max_len: int = 50) -> ExtractorConfig:
+    """The extractor's shape for these vocabularies (shared by pre-training and the training bench)."""
     return ExtractorConfig(
         n_users=len(vocabs.user),
         n_items=len(vocabs.item),
@@ -202,7 +203,7 @@ def _plan(cfg: PretrainConfig, df: pd.DataFrame, train_days: list[int], holdout:
         mask = np.isin(day_of(df["ts"].to_numpy()), run_days)
         vocabs = Vocabs.build(df[mask])
         torch.manual_seed(cfg.seed)
-        model = build_extractor(_model_config(vocabs, cfg.strategy, tasks, cfg.max_len))
+        model = build_extractor(model_config(vocabs, cfg.strategy, tasks, cfg.max_len))
         optimizer = make_optimizer(model, cfg.lr)
         model_tasks = tasks
         window_first = run_days[0]
