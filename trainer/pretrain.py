@@ -33,6 +33,7 @@ from services.errors import Conflict, InvalidArgument
 from trainer.data.dataset import DEFAULT_MAX_LEN, EncodedLog, Vocabs
 from trainer.data.readers import read_log
 from trainer.data.schema import day_of, tasks_present
+from trainer.distributed import DataParallel
 from trainer.losses import hybrid_loss
 from trainer.metrics import gauc
 from trainer.models.batch import make_batch
@@ -134,9 +135,17 @@ def model_config(vocabs: Vocabs, strategy: str, tasks: tuple[str, ...], max_len:
 
 
 def train_step(
-    model: Extractor, optimizer: torch.optim.Optimizer, batch: Any, tasks: Sequence[str], alpha: float
+    model: Extractor,
+    optimizer: torch.optim.Optimizer,
+    batch: Any,
+    tasks: Sequence[str],
+    alpha: float,
+    group: DataParallel | None = None,
 ) -> dict[str, float]:
-    """One Adam step on the sum of every head's hybrid loss; returns each head's loss."""
+    """One Adam step on the sum of every head's hybrid loss; returns each head's loss.
+
+    With a data-parallel ``group`` the gradients are averaged over the ranks before the step (every
+    rank must reach the all-reduce, so a rank whose shard has no loss still takes part)."""
     outputs = model(batch)
     losses: dict[str, torch.Tensor] = {}
     for head, logits in outputs.items():
@@ -144,11 +153,13 @@ def train_step(
         if task not in tasks or logits.numel() == 0:
             continue
         losses[head] = hybrid_loss(logits, batch.task_labels(task), batch.pairs.get(task), alpha)
-    if not losses:
+    if not losses and not (group and group.enabled):
         return {}
-    total = torch.stack(list(losses.values())).sum()
     optimizer.zero_grad(set_to_none=True)
-    total.backward()
+    if losses:
+        torch.stack(list(losses.values())).sum().backward()
+    if group is not None:
+        group.average_gradients(model)
     optimizer.step()
     return {head: float(v.detach()) for head, v in losses.items()}
 
@@ -171,7 +182,9 @@ class _Plan:
     done: int = 0
 
 
-def _plan(cfg: PretrainConfig, df: pd.DataFrame, train_days: list[int], holdout: list[int]) -> _Plan:
+def _plan(
+    cfg: PretrainConfig, df: pd.DataFrame, train_days: list[int], holdout: list[int], writer: bool = True
+) -> _Plan:
     source = str(cfg.super_path)
     tasks = _train_tasks(cfg.tasks, df, source)
     if "click" not in tasks:
@@ -227,9 +240,10 @@ def _plan(cfg: PretrainConfig, df: pd.DataFrame, train_days: list[int], holdout:
             "init_from": str(cfg.init.resolve()) if cfg.init else None,
         },
     }
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / CONFIG, config)
-    write_json(out / VOCABS, vocabs.to_json())
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / CONFIG, config)
+        write_json(out / VOCABS, vocabs.to_json())
     return _Plan(model, optimizer, vocabs, config, run_days)
 
 
@@ -250,16 +264,23 @@ def _resume_plan(cfg: PretrainConfig, tasks: tuple[str, ...]) -> _Plan:
     return _Plan(model, optimizer, prev.vocabs, prev.config, run_days, int(prev.progress["batches_done"]))
 
 
-def pretrain(cfg: PretrainConfig, *, stop_after_batches: int | None = None) -> PretrainResult:
+def pretrain(
+    cfg: PretrainConfig, *, stop_after_batches: int | None = None, group: DataParallel | None = None
+) -> PretrainResult:
     """Train (or resume, or continue with ``cfg.init``) an extractor and write its checkpoint dir.
 
     ``stop_after_batches`` ends the call after that many batches without a final checkpoint, like a
     process killed mid-run (for tests); rerunning with the same arguments resumes.
+    ``group`` (under torchrun, see ``trainer.distributed``): each rank trains on its shard of every
+    batch with averaged gradients; only rank 0 writes the checkpoint, metrics and progress bar.
     """
+    group = group or DataParallel()
     started = time.perf_counter()
     df = read_log(cfg.super_path)
     train_days, holdout = split_days(df, cfg.holdout_days, str(cfg.super_path))
-    plan = _plan(cfg, df, train_days, holdout)
+    plan = _plan(cfg, df, train_days, holdout, writer=group.is_writer)
+    group.barrier()  # every rank has read the resume state before rank 0 writes a new one
+    group.broadcast_parameters(plan.model)
     tasks = tuple(plan.config["train"]["tasks"])
     all_days = day_of(df["ts"].to_numpy())
     window = df[np.isin(all_days, plan.run_days)].reset_index(drop=True)
@@ -280,7 +301,7 @@ def pretrain(cfg: PretrainConfig, *, stop_after_batches: int | None = None) -> P
         unit_scale=True,
         desc=f"pretrain {cfg.strategy} days {plan.run_days[0]}-{plan.run_days[-1]}",
         file=sys.stderr,
-        disable=not cfg.progress,
+        disable=not (cfg.progress and group.is_writer),
         dynamic_ncols=True,
     )
     model, optimizer = plan.model, plan.optimizer
@@ -301,8 +322,8 @@ def pretrain(cfg: PretrainConfig, *, stop_after_batches: int | None = None) -> P
                     completed=False,
                 )
             rows = batches[index]
-            batch = make_batch(encoded, rows, tasks, with_pairs=cfg.alpha > 0)
-            losses = train_step(model, optimizer, batch, tasks, cfg.alpha)
+            batch = make_batch(encoded, group.shard(rows), tasks, with_pairs=cfg.alpha > 0)
+            losses = train_step(model, optimizer, batch, tasks, cfg.alpha, group)
             ran += 1
             progress["batches_done"] = index + 1
             progress["rows_done"] += len(rows)
@@ -311,18 +332,22 @@ def pretrain(cfg: PretrainConfig, *, stop_after_batches: int | None = None) -> P
             bar.update(len(rows))
             if index % 10 == 0:
                 bar.set_postfix({h: f"{v:.4f}" for h, v in ema.items()}, refresh=False)
-            if (index + 1) % cfg.checkpoint_every == 0:
+            if (index + 1) % cfg.checkpoint_every == 0 and group.is_writer:
                 save_state(cfg.out, model, optimizer, progress)
     except KeyboardInterrupt:
-        save_state(cfg.out, model, optimizer, progress)
+        if group.is_writer:
+            save_state(cfg.out, model, optimizer, progress)
         raise
     finally:
         bar.close()
     progress["state"] = "done"
     progress["final_loss"] = ema
-    save_state(cfg.out, model, optimizer, progress)
-    metrics = evaluate_holdout(model, df, plan.vocabs, holdout, tasks, cfg.max_len) if holdout else {}
-    write_json(cfg.out / METRICS, metrics)
+    metrics: dict[str, Any] = {}
+    if group.is_writer:
+        save_state(cfg.out, model, optimizer, progress)
+        metrics = evaluate_holdout(model, df, plan.vocabs, holdout, tasks, cfg.max_len) if holdout else {}
+        write_json(cfg.out / METRICS, metrics)
+    group.barrier()  # the others wait for rank 0's checkpoint before they exit
     return PretrainResult(
         cfg.out,
         _window(plan),

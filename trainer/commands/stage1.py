@@ -59,26 +59,33 @@ def _positive(name: str, value: int) -> None:
 def run_pretrain(args: argparse.Namespace) -> int:
     _positive("--batch-size", args.batch_size)
     _positive("--checkpoint-every", args.checkpoint_every)
-    _threads(args.threads)
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun: share the cores between ranks
+    _threads(args.threads or max(1, (os.cpu_count() or 1) // world))
+    from trainer.distributed import from_env, shutdown
     from trainer.pretrain import PretrainConfig, pretrain
 
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
-    result = pretrain(
-        PretrainConfig(
-            super_path=Path(args.super_path),
-            out=Path(args.out),
-            tasks=tasks,
-            alpha=args.alpha,
-            strategy=args.strategy,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            init=Path(args.init) if args.init else None,
-            holdout_days=args.holdout_days,
-            checkpoint_every=args.checkpoint_every,
-            progress=not args.no_progress,
-        )
+    config = PretrainConfig(
+        super_path=Path(args.super_path),
+        out=Path(args.out),
+        tasks=tasks,
+        alpha=args.alpha,
+        strategy=args.strategy,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        init=Path(args.init) if args.init else None,
+        holdout_days=args.holdout_days,
+        checkpoint_every=args.checkpoint_every,
+        progress=not args.no_progress,
     )
+    group = from_env()  # a no-op outside torchrun
+    try:
+        result = pretrain(config, group=group)
+    finally:
+        shutdown(group)
+    if not group.is_writer:
+        return 0
     summary = {
         "out": str(result.out),
         "window": list(result.window),
@@ -86,6 +93,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
         "rows": result.rows,
         "seconds": round(result.seconds, 2),
         "metrics": result.metrics,
+        "world_size": group.world,
     }
     print(json.dumps(summary, sort_keys=True))
     return 0
