@@ -5,6 +5,11 @@ Steps: start ``python -m gkc`` on free loopback ports (embedded Redis unless ``-
 ``loadtests/locustfile_gkc.py``, write the CSV + HTML report under ``--out`` (default
 ``results/load/``), print one JSON summary and exit 1 when any request failed or a p99 is above its
 threshold in :data:`P99_THRESHOLDS_MS`. Only loopback targets: this never load-tests another machine.
+
+With ``--ranker`` it also starts ``python -m ranker`` serving a ``ranker.synthetic.make_artifact`` model
+pinned to the last published version (through that GKC), and runs the ``ranker.Rank`` user of
+``loadtests/locustfile_ranker.py`` instead of the GKC users; the summary adds the degraded answers
+counted by the ranker's ``keep_ranker_degraded_total``.
 """
 
 from __future__ import annotations
@@ -95,6 +100,63 @@ def start_gkc(workdir: Path, redis_url: str | None, token: str, workers: int) ->
     raise SystemExit("GKC did not become healthy within 60 s")
 
 
+def start_ranker(
+    workdir: Path, gkc_grpc: str, bundle_dir: Path, version: int, args: Any
+) -> tuple[Any, str, str]:
+    """A synthetic model (random weights, GKC plug-in pinned to ``version``) served by a real ranker."""
+    from ranker import synthetic
+
+    rows_per_user = max(1, min(10, 50_000 // max(1, args.id_users)))
+    log = synthetic.make_log(args.id_users, args.id_items, args.id_categories, rows_per_user, seed=0)
+    synthetic.make_artifact(workdir / "models" / "ctr", log, bundle_dir, version, seed=0)
+    grpc_port, http_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "RANKER_HOST": "127.0.0.1",
+        "RANKER_GRPC_PORT": str(grpc_port),
+        "RANKER_HTTP_PORT": str(http_port),
+        "RANKER_GKC_ADDR": gkc_grpc,
+        "RANKER_MODEL_DIR": str(workdir / "models"),
+        "RANKER_LOG_LEVEL": "WARNING",
+    }
+    log_file = (workdir / "ranker.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ranker"], env=env, cwd=ROOT, stdout=log_file, stderr=log_file
+    )
+    http_url = f"http://127.0.0.1:{http_port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"ranker exited with {proc.returncode}: {(workdir / 'ranker.log').read_text()}")
+        try:
+            if httpx.get(f"{http_url}/healthz", timeout=1).status_code == 200:
+                return proc, f"127.0.0.1:{grpc_port}", http_url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("ranker did not become healthy within 120 s")
+
+
+def degraded_counts(metrics_text: str) -> dict[str, float]:
+    """``keep_ranker_degraded_total`` by reason, from the ranker's Prometheus text."""
+    out: dict[str, float] = {}
+    for line in metrics_text.splitlines():
+        if line.startswith("keep_ranker_degraded_total{"):
+            labels, value = line.rsplit(" ", 1)
+            reason = labels.split('reason="', 1)[1].split('"', 1)[0]
+            out[reason] = out.get(reason, 0.0) + float(value)
+    return out
+
+
+def stop(proc: Any) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def read_stats(csv_path: Path) -> list[dict[str, Any]]:
     rows = []
     with csv_path.open() as fh:
@@ -141,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=16)
     p.add_argument("--workers", type=int, default=1, help="GKC gRPC worker processes")
     p.add_argument("--redis-url", default=None, help="use this Redis instead of the embedded one")
+    p.add_argument("--ranker", action="store_true", help="also start a ranker and load ranker.Rank")
+    p.add_argument("--max-candidates", type=int, default=1000, help="top of the Rank candidate range")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "load")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -148,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="keep-load-") as tmp:
         work = Path(tmp)
         proc, grpc_addr, http_url = start_gkc(work, args.redis_url, token, args.workers)
+        ranker_proc = None
+        degraded: dict[str, float] = {}
+        target = "ranker" if args.ranker else "gkc"
         try:
             ops = GkcOpsClient(http_url, token)
             versions = []
@@ -156,6 +223,17 @@ def main(argv: list[str] | None = None) -> int:
                     work / f"bundle{seed}", seed, args.id_users, args.id_items, args.id_categories, args.dim
                 )
                 versions.append(int(ops.publish(path, progress=False)["version"]))
+            locustfile = HERE / "locustfile_gkc.py"
+            ranker_env: dict[str, str] = {}
+            if args.ranker:
+                ranker_proc, ranker_grpc, ranker_http = start_ranker(
+                    work, grpc_addr, work / f"bundle{args.versions - 1}", versions[-1], args
+                )
+                locustfile = HERE / "locustfile_ranker.py"
+                ranker_env = {
+                    "KEEP_LOAD_RANKER_GRPC": ranker_grpc,
+                    "KEEP_LOAD_MAX_CANDIDATES": str(args.max_candidates),
+                }
             print(f"published versions {versions}; {args.duration} s of load", file=sys.stderr)
             env = {
                 **os.environ,
@@ -164,14 +242,15 @@ def main(argv: list[str] | None = None) -> int:
                 "KEEP_LOAD_USERS": str(args.id_users),
                 "KEEP_LOAD_ITEMS": str(args.id_items),
                 "KEEP_LOAD_CATEGORIES": str(args.id_categories),
+                **ranker_env,
             }
-            prefix = args.out / "gkc"
+            prefix = args.out / target
             cmd = [
                 sys.executable,
                 "-m",
                 "locust",
                 "-f",
-                str(HERE / "locustfile_gkc.py"),
+                str(locustfile),
                 "--headless",
                 "--only-summary",
                 "-u",
@@ -185,26 +264,26 @@ def main(argv: list[str] | None = None) -> int:
                 "--csv",
                 str(prefix),
                 "--html",
-                str(args.out / "gkc.html"),
+                str(args.out / f"{target}.html"),
                 "--exit-code-on-error",
                 "0",
             ]
             subprocess.run(cmd, env=env, cwd=ROOT, check=True, timeout=args.duration + 120)
+            if args.ranker:
+                degraded = degraded_counts(httpx.get(f"{ranker_http}/metrics", timeout=10).text)
             after = [v["version"] for v in ops.versions()]
             ops.close()
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            if ranker_proc is not None:
+                stop(ranker_proc)
+            stop(proc)
     rows = read_stats(Path(f"{prefix}_stats.csv"))
     problems = verdict(rows)
     lost = sorted(set(versions) - set(after))
     if lost:
         problems.append(f"versions lost during the run: {lost}")
     summary = {
-        "target": "gkc",
+        "target": target,
         "duration_s": args.duration,
         "users": args.users,
         "gkc_workers": args.workers,
@@ -212,12 +291,15 @@ def main(argv: list[str] | None = None) -> int:
         "versions_lost": len(lost),
         "requests": sum(r["requests"] for r in rows),
         "errors": sum(r["failures"] for r in rows),
+        **({"degraded_by_reason": degraded} if args.ranker else {}),
         "by_name": rows,
         "thresholds_p99_ms": P99_THRESHOLDS_MS,
         "problems": problems,
-        "report": str(args.out / "gkc.html"),
+        "report": str(args.out / f"{target}.html"),
     }
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (args.out / ("summary.json" if target == "gkc" else f"{target}-summary.json")).write_text(
+        json.dumps(summary, indent=2)
+    )
     print(json.dumps(summary))
     return 1 if problems else 0
 
