@@ -7,7 +7,7 @@ DEMO_DIR ?= .keep/demo
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-slow bench protos protos-check lint up down deploy-check load reliability
+.PHONY: help venv demo test test-slow bench protos lint up down deploy-check load reliability
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sort
