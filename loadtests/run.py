@@ -68,6 +68,22 @@ def random_bundle(path: Path, seed: int, users: int, items: int, categories: int
     return gkc_bundle.save(built, path)
 
 
+def wait_healthy(proc: Any, name: str, log_path: Path, http_url: str, *, timeout_s: float) -> None:
+    """Poll ``/healthz`` until 200; exit with the service's log if it dies or stays unhealthy."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{name} exited with {proc.returncode}: {log_path.read_text()}")
+        try:
+            if httpx.get(f"{http_url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"{name} did not become healthy within {timeout_s:.0f} s")
+
+
 def start_gkc(workdir: Path, redis_url: str | None, token: str, workers: int) -> tuple[Any, str, str]:
     grpc_port, http_port = free_port(), free_port()
     env = {
@@ -86,18 +102,8 @@ def start_gkc(workdir: Path, redis_url: str | None, token: str, workers: int) ->
     log = (workdir / "gkc.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "gkc"], env=env, cwd=ROOT, stdout=log, stderr=log)
     http_url = f"http://127.0.0.1:{http_port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"GKC exited with {proc.returncode}: {(workdir / 'gkc.log').read_text()}")
-        try:
-            if httpx.get(f"{http_url}/healthz", timeout=1).status_code == 200:
-                return proc, f"127.0.0.1:{grpc_port}", http_url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("GKC did not become healthy within 60 s")
+    wait_healthy(proc, "GKC", workdir / "gkc.log", http_url, timeout_s=60)
+    return proc, f"127.0.0.1:{grpc_port}", http_url
 
 
 def start_ranker(
@@ -124,18 +130,8 @@ def start_ranker(
         [sys.executable, "-m", "ranker"], env=env, cwd=ROOT, stdout=log_file, stderr=log_file
     )
     http_url = f"http://127.0.0.1:{http_port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"ranker exited with {proc.returncode}: {(workdir / 'ranker.log').read_text()}")
-        try:
-            if httpx.get(f"{http_url}/healthz", timeout=1).status_code == 200:
-                return proc, f"127.0.0.1:{grpc_port}", http_url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("ranker did not become healthy within 120 s")
+    wait_healthy(proc, "ranker", workdir / "ranker.log", http_url, timeout_s=120)
+    return proc, f"127.0.0.1:{grpc_port}", http_url
 
 
 def degraded_counts(metrics_text: str) -> dict[str, float]:
