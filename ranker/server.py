@@ -29,6 +29,7 @@ from ranker.registry import ModelRegistry
 from ranker.rest_app import create_app
 from ranker.service import Budget, RankerService
 from ranker.settings import RankerSettings
+from services.errors import InvalidArgument
 from services.grpc_server import build_server, graceful_stop, mark_serving
 from services.logging import setup_logging
 
@@ -171,9 +172,21 @@ async def _main(settings: RankerSettings) -> None:
     log.info("ranker stopped")
 
 
+def settings_from_args(args: argparse.Namespace | None = None) -> RankerSettings:
+    """``RANKER_*`` settings; ``--workers N`` sets the model worker threads (``RANKER_MODEL_WORKERS``).
+
+    The ranker is one process: torch releases the GIL, so threads already use the cores, and one
+    process keeps one copy of every model and of the feature store in memory.
+    """
+    workers = getattr(args, "workers", None)
+    if workers is not None and workers < 1:
+        raise InvalidArgument(f"--workers must be >= 1, got {workers}")
+    return RankerSettings(**({"model_workers": workers} if workers else {}))
+
+
 def serve(args: argparse.Namespace | None = None) -> int:
     """Entry point for ``keep serve ranker`` (settings from ``RANKER_*``)."""
-    settings = RankerSettings()
+    settings = settings_from_args(args)
     setup_logging(settings.log_level, settings.log_json)
     asyncio.run(_main(settings))
     return 0

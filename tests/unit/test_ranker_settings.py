@@ -47,3 +47,17 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 def test_check_refuses_unworkable_settings(field: str, value: float, match: str) -> None:
     with pytest.raises(InvalidArgument, match=match):
         RankerSettings.model_validate({field: value}).check()
+
+
+def test_serve_workers_flag_sets_model_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from ranker.server import settings_from_args
+
+    monkeypatch.delenv("RANKER_MODEL_WORKERS", raising=False)
+    monkeypatch.setenv("RANKER_MODEL_WORKERS", "5")
+    assert settings_from_args(argparse.Namespace(workers=None)).workers() == 5
+    assert settings_from_args(argparse.Namespace(workers=3)).workers() == 3
+    assert settings_from_args(None).workers() == 5
+    with pytest.raises(InvalidArgument, match="--workers"):
+        settings_from_args(argparse.Namespace(workers=0))

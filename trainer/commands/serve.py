@@ -13,7 +13,12 @@ SERVICES: dict[str, str] = {"gkc": "gkc.server:serve", "ranker": "ranker.server:
 def register(sub: Any) -> None:
     parser = sub.add_parser("serve", help="run a service (settings from GKC_* / RANKER_* env)")
     parser.add_argument("service", choices=sorted(SERVICES) or ["none"], help="which service")
-    parser.add_argument("--workers", type=int, default=None, help="server processes (default: setting)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="gkc: gRPC server processes (GKC_WORKERS); ranker: model threads (RANKER_MODEL_WORKERS)",
+    )
     parser.set_defaults(func=run)
 
 
