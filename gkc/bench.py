@@ -113,12 +113,18 @@ def _caller(kind: str, target: str, version: int, cluster: bool) -> Any:
 
 
 def _load_worker(
-    kind: str, target: str, version: int, cluster: bool, threads: int, seconds: float, reqs: list[Any], q: Any
+    kind: str,
+    target: str,
+    version: int,
+    cluster: bool,
+    threads: int,
+    seconds: float,
+    reqs: list[Any],
+    q: Any,
+    barrier: Any,
 ) -> None:
     lat: list[float] = []
     lock = threading.Lock()
-    start_at = time.monotonic() + 0.5
-    stop_at = start_at + seconds
 
     def loop(offset: int) -> None:
         call = _caller(kind, target, version, cluster)
@@ -127,8 +133,8 @@ def _load_worker(
         for _ in range(20):  # warm up this connection
             call(*reqs[n % len(reqs)])
             n += 1
-        while time.monotonic() < start_at:
-            time.sleep(0.001)
+        barrier.wait()  # all 16 callers (both processes) start measuring together, after warm-up
+        stop_at = time.monotonic() + seconds
         while (now := time.monotonic()) < stop_at:
             call(*reqs[n % len(reqs)])
             mine.append(time.monotonic() - now)
@@ -174,8 +180,11 @@ def measure_concurrent(
     """Concurrency 16: 2 processes x 8 threads, each calling in a closed loop for ``seconds``."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
+    barrier = ctx.Barrier(16)
     procs = [
-        ctx.Process(target=_load_worker, args=(kind, target, version, cluster, 8, seconds, reqs[:400], q))
+        ctx.Process(
+            target=_load_worker, args=(kind, target, version, cluster, 8, seconds, reqs[:400], q, barrier)
+        )
         for _ in range(2)
     ]
     for p in procs:
@@ -250,6 +259,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result: dict[str, Any] = {
             "size": size,
             "cluster": cluster,
+            "redis_masters": _masters(redis.url) if cluster else 1,
             "bundle": {
                 "users": cfg["users"],
                 "items": cfg["items"],
@@ -287,6 +297,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _masters(url: str) -> int:
+    """Primaries as the cluster itself reports them (CLUSTER SLOTS via redis-py)."""
+    from redis.cluster import RedisCluster
+
+    client: Any = RedisCluster.from_url(url)
+    try:
+        return len(client.get_primaries())
+    finally:
+        client.close()
 
 
 def _wait_healthy(ops: Any, proc: subprocess.Popen[bytes]) -> None:

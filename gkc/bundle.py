@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -140,8 +141,10 @@ def canonical_ids(values: Any) -> np.ndarray:
     arr = np.asarray(values)
     if arr.size == 0:  # ``[]`` arrives as float64; an empty block is legal
         return arr.astype(str).reshape(0)
-    if arr.dtype.kind in "iu":
-        return arr.astype(np.int64).astype(str)
+    if arr.dtype.kind in "iu":  # as narrow as the longest id (``astype(str)`` would give <U21)
+        ints = arr.astype(np.int64)
+        width = max(len(str(int(ints.min()))), len(str(int(ints.max()))))
+        return ints.astype(f"<U{width}")
     if arr.dtype.kind == "f":
         raise BundleError("ids must be integers or strings, not floats")
     return arr.astype(str)
@@ -205,59 +208,166 @@ def validate(bundle: Bundle) -> None:
     """Shapes, dtypes, counts and uniqueness agree with the manifest; raises :class:`BundleError`."""
     m = bundle.manifest
     blocks = (
-        ("user", bundle.user_ids, bundle.user_vectors, m.dims.user, m.counts.users),
-        ("item", bundle.item_ids, bundle.item_vectors, m.dims.item, m.counts.items),
-        ("uc", bundle.uc_user_ids, bundle.uc_vectors, m.dims.uc, m.counts.user_categories),
+        ("user", bundle.user_vectors, m.dims.user, m.counts.users),
+        ("item", bundle.item_vectors, m.dims.item, m.counts.items),
+        ("uc", bundle.uc_vectors, m.dims.uc, m.counts.user_categories),
     )
-    if m.dtype != "float32":
-        raise BundleError(f"manifest dtype is {m.dtype!r}; only float32 is supported")
-    for name, ids, vectors, dim, count in blocks:
+    for name, vectors, dim, count in blocks:
         if vectors.dtype != FLOAT_DTYPE:
             raise BundleError(f"{name} vectors have dtype {vectors.dtype}, expected float32")
         if vectors.ndim != 2 or vectors.shape != (count, dim):
             raise BundleError(f"{name} vectors have shape {vectors.shape}, manifest says ({count}, {dim})")
+        if not _all_finite(vectors):
+            raise BundleError(f"{name} vectors contain NaN or inf")
+    _validate_ids(m, bundle.user_ids, bundle.item_ids, bundle.uc_user_ids, bundle.uc_category_ids)
+
+
+def _validate_ids(
+    m: Manifest,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    uc_user_ids: np.ndarray,
+    uc_category_ids: np.ndarray,
+) -> None:
+    if m.dtype != "float32":
+        raise BundleError(f"manifest dtype is {m.dtype!r}; only float32 is supported")
+    for name, ids, count in (
+        ("user", user_ids, m.counts.users),
+        ("item", item_ids, m.counts.items),
+        ("uc", uc_user_ids, m.counts.user_categories),
+    ):
         if ids.shape != (count,) or ids.dtype.kind != "U":
             raise BundleError(
                 f"{name} ids have shape {ids.shape} / dtype {ids.dtype}, expected ({count},) str"
             )
-        if not np.isfinite(vectors).all():
-            raise BundleError(f"{name} vectors contain NaN or inf")
-    if bundle.uc_category_ids.shape != bundle.uc_user_ids.shape or bundle.uc_category_ids.dtype.kind != "U":
+    if uc_category_ids.shape != uc_user_ids.shape or uc_category_ids.dtype.kind != "U":
         raise BundleError("uc_category_ids must match uc_user_ids in length and be strings")
-    if len(np.unique(bundle.user_ids)) != len(bundle.user_ids):
+    if len(np.unique(user_ids)) != len(user_ids):
         raise BundleError("user ids are not unique")
-    if len(np.unique(bundle.item_ids)) != len(bundle.item_ids):
+    if len(np.unique(item_ids)) != len(item_ids):
         raise BundleError("item ids are not unique")
-    pairs = np.char.add(np.char.add(bundle.uc_user_ids, "\x1f"), bundle.uc_category_ids)
+    pairs = np.char.add(np.char.add(uc_user_ids, "\x1f"), uc_category_ids)
     if len(np.unique(pairs)) != len(pairs):
         raise BundleError("(user, category) pairs are not unique")
     if m.interaction and m.dims.user != m.dims.item:
         raise BundleError("interaction block needs d_user == d_item")
 
 
-def save(bundle: Bundle, out: str | os.PathLike[str]) -> Path:
-    """Write atomically: into ``out.tmp-*`` first, then rename, so a crash leaves no half bundle."""
-    validate(bundle)
-    target = Path(out)
+def _all_finite(vectors: np.ndarray, rows: int = 65_536) -> bool:
+    """``np.isfinite(vectors).all()`` in row chunks (no full-size temporary for a big block)."""
+    return all(bool(np.isfinite(vectors[i : i + rows]).all()) for i in range(0, len(vectors), rows))
+
+
+def _tmp_dir(target: Path) -> Path:
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=False)
-    checksums = {}
-    for name, arr in bundle.arrays().items():
-        np.save(tmp / name, arr, allow_pickle=False)
-        checksums[name] = _sha256(tmp / name)
-    manifest = Manifest(
-        **{
-            **asdict(bundle.manifest),
-            "dims": bundle.manifest.dims,
-            "counts": bundle.manifest.counts,
-            "checksums": checksums,
-        }
+    return tmp
+
+
+def _seal(tmp: Path, target: Path, manifest: Manifest) -> Path:
+    """Checksum every array file in ``tmp``, write the manifest, rename ``tmp`` to ``target``."""
+    checksums = {name: _sha256(tmp / name) for name in ARRAY_FILES}
+    sealed = Manifest(
+        **{**asdict(manifest), "dims": manifest.dims, "counts": manifest.counts, "checksums": checksums}
     )
-    (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2, sort_keys=True))
+    (tmp / MANIFEST).write_text(json.dumps(sealed.to_json(), indent=2, sort_keys=True))
     if target.exists():
         raise BundleError(f"{target} already exists; refusing to overwrite a bundle")
     tmp.rename(target)
     return target
+
+
+def save(bundle: Bundle, out: str | os.PathLike[str]) -> Path:
+    """Write atomically: into ``out.tmp-*`` first, then rename, so a crash leaves no half bundle."""
+    validate(bundle)
+    target = Path(out)
+    tmp = _tmp_dir(target)
+    for name, arr in bundle.arrays().items():
+        np.save(tmp / name, arr, allow_pickle=False)
+    return _seal(tmp, target, bundle.manifest)
+
+
+VECTOR_FILES = {"users": "user_vectors.npy", "items": "item_vectors.npy", "uc": "uc_vectors.npy"}
+
+
+class BundleWriter:
+    """A bundle written batch by batch: :meth:`append` streams each block's vectors straight into its
+    ``.npy`` file (header first, rows in order), so no block, K̂_uc included, is ever held in memory.
+    :meth:`finish` writes the ids, checks counts and ids, checksums and renames as :func:`save` does;
+    :meth:`abort` removes the leftovers."""
+
+    def __init__(self, out: str | os.PathLike[str], counts: Counts, dims: Dims) -> None:
+        self.target = Path(out)
+        if self.target.exists():
+            raise BundleError(f"{self.target} already exists; refusing to overwrite a bundle")
+        self.counts, self.dims = counts, dims
+        self.shapes = {
+            "users": (counts.users, dims.user),
+            "items": (counts.items, dims.item),
+            "uc": (counts.user_categories, dims.uc),
+        }
+        self.rows = dict.fromkeys(self.shapes, 0)
+        self.tmp = _tmp_dir(self.target)
+        self._files = {}
+        for block, shape in self.shapes.items():
+            fh = (self.tmp / VECTOR_FILES[block]).open("wb")
+            header = {"descr": FLOAT_DTYPE.str, "fortran_order": False, "shape": shape}
+            np.lib.format.write_array_header_1_0(fh, header)
+            self._files[block] = fh
+
+    def append(self, block: str, vectors: np.ndarray) -> None:
+        """The next rows of ``block`` (``users``, ``items`` or ``uc``), in order."""
+        n, dim = self.shapes[block]
+        arr = np.ascontiguousarray(vectors, dtype=FLOAT_DTYPE)
+        if arr.ndim != 2 or arr.shape[1] != dim or self.rows[block] + len(arr) > n:
+            raise BundleError(f"{block}: {arr.shape} rows after {self.rows[block]} do not fit ({n}, {dim})")
+        if not _all_finite(arr):
+            raise BundleError(f"{block} vectors contain NaN or inf")
+        self._files[block].write(arr.tobytes())
+        self.rows[block] += len(arr)
+
+    def finish(
+        self,
+        *,
+        user_ids: Any,
+        item_ids: Any,
+        uc_user_ids: Any,
+        uc_category_ids: Any,
+        strategy: str = "serving",
+        source: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> Path:
+        self._close()
+        short = {b: (r, self.shapes[b][0]) for b, r in self.rows.items() if r != self.shapes[b][0]}
+        if short:
+            raise BundleError(f"blocks not complete (written, expected): {short}")
+        manifest = Manifest(
+            dims=self.dims,
+            counts=self.counts,
+            interaction=self.dims.user == self.dims.item,
+            strategy=strategy,
+            source=dict(source or {}),
+            metrics=dict(metrics or {}),
+            created=time.time(),
+        )
+        ids = {
+            "user_ids": canonical_ids(user_ids),
+            "item_ids": canonical_ids(item_ids),
+            "uc_user_ids": canonical_ids(uc_user_ids),
+            "uc_category_ids": canonical_ids(uc_category_ids),
+        }
+        _validate_ids(manifest, **ids)
+        for name, arr in ids.items():
+            np.save(self.tmp / f"{name}.npy", arr, allow_pickle=False)
+        return _seal(self.tmp, self.target, manifest)
+
+    def abort(self) -> None:
+        self._close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _close(self) -> None:
+        for fh in self._files.values():
+            fh.close()
 
 
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:

@@ -7,6 +7,7 @@ caller handles ``NotFound`` / ``Unavailable`` / ``InvalidArgument`` without impo
 from __future__ import annotations
 
 import os
+import ssl
 import tarfile
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -68,20 +69,45 @@ def lookup_from_proto(resp: gkc_pb2.BatchGetResponse) -> Lookup:
     )
 
 
-class GkcClient:
-    """Blocking gRPC client. Thread-safe; one channel per instance."""
+def channel_credentials(
+    ca_file: str | os.PathLike[str] | None = None, tls: bool = False
+) -> grpc.ChannelCredentials | None:
+    """TLS credentials for a GKC channel (sync or aio): trust ``ca_file`` (PEM), or the system roots
+    when only ``tls`` is set; ``None`` = plaintext."""
+    if ca_file is None and not tls:
+        return None
+    roots = Path(ca_file).read_bytes() if ca_file is not None else None
+    return grpc.ssl_channel_credentials(root_certificates=roots)
 
-    def __init__(self, addr: str, timeout_s: float = 1.0, *, float16: bool = False) -> None:
+
+class GkcClient:
+    """Blocking gRPC client. Thread-safe; one channel per instance.
+
+    TLS: ``ca_file`` (PEM) = trust that CA (e.g. a self-signed GKC certificate); ``tls=True`` without
+    ``ca_file`` = trust the system roots. The server is then verified against the host in ``addr``.
+    """
+
+    def __init__(
+        self,
+        addr: str,
+        timeout_s: float = 1.0,
+        *,
+        float16: bool = False,
+        ca_file: str | os.PathLike[str] | None = None,
+        tls: bool = False,
+    ) -> None:
         self.addr = addr
         self.timeout_s = timeout_s
         self.float16 = float16
-        self.channel = grpc.insecure_channel(
-            addr,
-            options=[
-                ("grpc.max_receive_message_length", 64 << 20),
-                ("grpc.max_send_message_length", 64 << 20),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_send_message_length", 64 << 20),
+        ]
+        creds = channel_credentials(ca_file, tls)
+        if creds is not None:
+            self.channel = grpc.secure_channel(addr, creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(addr, options=options)
         self._call = gkc_pb2_grpc.GkcStub(self.channel).BatchGet
 
     def batch_get_raw(
@@ -130,13 +156,26 @@ def tar_bundle(bundle_dir: str | os.PathLike[str], out: Path) -> Path:
 
 
 class GkcOpsClient:
-    """REST ops: publish / list / get / activate / delete. ``token`` defaults to ``GKC_API_TOKEN``."""
+    """REST ops: publish / list / get / activate / delete. ``token`` defaults to ``GKC_API_TOKEN``.
 
-    def __init__(self, base_url: str, token: str | None = None, timeout_s: float = 600.0) -> None:
+    ``ca_file`` (PEM): trust that CA for an ``https://`` GKC (default: the system roots).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        timeout_s: float = 600.0,
+        *,
+        ca_file: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         token = token if token is not None else os.environ.get("GKC_API_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_s)
+        verify: ssl.SSLContext | bool = True
+        if ca_file is not None:
+            verify = ssl.create_default_context(cafile=str(ca_file))
+        self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_s, verify=verify)
 
     def _check(self, response: httpx.Response) -> Any:
         if response.is_success:

@@ -27,12 +27,13 @@ def register(sub: Any) -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gkc", default=DEFAULT_URL, help=f"GKC REST base URL (default {DEFAULT_URL})")
     parser.add_argument("--token", default=None, help="bearer token (default: env GKC_API_TOKEN)")
+    parser.add_argument("--ca-file", default=None, help="PEM CA to trust for an https:// GKC (self-signed)")
 
 
 def publish_command(args: argparse.Namespace) -> int:
     from gkc.client import GkcOpsClient
 
-    ops = GkcOpsClient(args.gkc, args.token)
+    ops = GkcOpsClient(args.gkc, args.token, ca_file=args.ca_file)
     try:
         result = ops.publish(args.bundle, progress=not args.no_progress)
     finally:
@@ -47,7 +48,7 @@ def versions_command(args: argparse.Namespace) -> int:
 
     if args.action != "list" and args.version is None:
         raise InvalidArgument(f"keep versions {args.action} needs a version number")
-    ops = GkcOpsClient(args.gkc, args.token)
+    ops = GkcOpsClient(args.gkc, args.token, ca_file=args.ca_file)
     try:
         if args.action == "list":
             result: Any = ops.versions(include_all=args.all)

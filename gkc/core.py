@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from operator import is_not
 from typing import Any
 
 import numpy as np
 
+from gkc.item_cache import ItemCache
 from gkc.lookup import Lookup, dedupe
 from gkc.store import READY, KnowledgeStore, VersionRecord
 from services.errors import InvalidArgument, KeepError, NotFound
@@ -101,57 +103,6 @@ def unpack(
     )
 
 
-_ABSENT = object()
-
-
-class ItemCache:
-    """Bounded per-version cache of item_id → raw bytes or None (known missing).
-
-    One plain dict per version; reads are a dict ``get`` per id (an LRU's move-to-end per hit cost 5x
-    more here). When full, the oldest inserted entries go first (FIFO): hot items come straight back.
-    Versions are immutable, so nothing is ever invalidated; a dropped version's dict goes with :meth:`drop`.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._by_version: dict[int, dict[str, bytes | None]] = {}
-        self._order: OrderedDict[tuple[int, str], None] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def get_many(self, version: int, ids: Sequence[str]) -> tuple[list[bytes | None], list[int]]:
-        """Cached values (None where absent or missing) and the positions not in the cache."""
-        get = self._by_version.get(version, {}).get
-        vals = [get(key, _ABSENT) for key in ids]
-        todo = [pos for pos, value in enumerate(vals) if value is _ABSENT]
-        for pos in todo:
-            vals[pos] = None
-        self.hits += len(ids) - len(todo)
-        self.misses += len(todo)
-        return vals, todo  # type: ignore[return-value]
-
-    def put_many(self, version: int, ids: Sequence[str], values: Sequence[bytes | None]) -> None:
-        if self.capacity <= 0:
-            return
-        with self._lock:
-            data = self._by_version.setdefault(version, {})
-            order = self._order
-            for key, value in zip(ids, values, strict=True):
-                if key not in data:
-                    order[(version, key)] = None
-                data[key] = value
-            while len(order) > self.capacity:
-                (v, k), _ = order.popitem(last=False)
-                self._by_version[v].pop(k, None)
-
-    def drop(self, version: int) -> None:
-        with self._lock:
-            gone = self._by_version.pop(version, {})
-            for key in gone:
-                self._order.pop((version, key), None)
-
-
 class KnowledgeCenter:
     def __init__(
         self,
@@ -231,23 +182,26 @@ class KnowledgeCenter:
         items, item_index = dedupe(item_ids)
         cats, uc_index = dedupe(category_ids)
 
-        item_vals, todo = self.cache.get_many(version, items)
+        width = 4 * dims.item
+        cached = self.cache.get_many(version, items, width)
+        todo = cached.todo
         missing_ids = [items[p] for p in todo]
         raw = self.store.read(version, user_id, cats, missing_ids)
         if todo:
+            if any(value is not None and len(value) != width for value in raw.items):
+                raise CorruptData(f"stored item vectors of version {version} are not {dims.item}-d")
             for pos, value in zip(todo, raw.items, strict=True):
-                item_vals[pos] = value
-            self.cache.put_many(version, missing_ids, raw.items)
-
+                if value is not None:
+                    cached.rows[pos] = np.frombuffer(value, np.uint8)
+                    cached.found[pos] = True
+            self.cache.put_many(version, missing_ids, raw.items, width)
+        items_b, items_f = cached.rows.tobytes(), cached.found.view(np.uint8).tobytes()
+        zero_c = bytes(4 * dims.uc)
+        ucs = [zero_c if value is None else value for value in raw.ucs]
+        ucs_b, ucs_f = b"".join(ucs), bytes(map(is_not, raw.ucs, repeat(None)))
         user_found = raw.user is not None
         user = raw.user if raw.user is not None else bytes(4 * dims.user)
-        items_b, items_f = _join(item_vals, 4 * dims.item)
-        ucs_b, ucs_f = _join(raw.ucs, 4 * dims.uc)
-        if (
-            len(user) != 4 * dims.user
-            or len(items_b) != 4 * dims.item * len(items)
-            or len(ucs_b) != (4 * dims.uc * len(cats))
-        ):
+        if len(user) != 4 * dims.user or len(ucs_b) != len(zero_c) * len(cats):
             raise CorruptData(f"stored vectors of version {version} do not match its manifest dims")
         if float16:
             user, items_b, ucs_b = (_to_f16(b) for b in (user, items_b, ucs_b))
@@ -261,12 +215,12 @@ class KnowledgeCenter:
             user_found=user_found,
             items=items_b,
             item_rows=len(items),
-            item_found=bytes(items_f),
-            item_index=item_index.astype("<i4").tobytes(),
+            item_found=items_f,
+            item_index=item_index.astype("<i4", copy=False).tobytes(),
             ucs=ucs_b,
             uc_rows=len(cats),
-            uc_found=bytes(ucs_f),
-            uc_index=uc_index.astype("<i4").tobytes(),
+            uc_found=ucs_f,
+            uc_index=uc_index.astype("<i4", copy=False).tobytes(),
         )
 
     def lookup(
@@ -274,19 +228,6 @@ class KnowledgeCenter:
     ) -> Lookup:
         """In-process reader with the ``batch_get -> Lookup`` shape the trainer and ranker use."""
         return self.batch_get(user_id, item_ids, category_ids, version).to_lookup()
-
-
-def _join(values: Sequence[bytes | None], width: int) -> tuple[bytes, bytearray]:
-    zero = bytes(width)
-    found = bytearray(len(values))
-    parts: list[bytes] = []
-    for pos, value in enumerate(values):
-        if value is None:
-            parts.append(zero)
-        else:
-            parts.append(value)
-            found[pos] = 1
-    return b"".join(parts), found
 
 
 def _to_f16(data: bytes) -> bytes:

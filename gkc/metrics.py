@@ -1,12 +1,23 @@
-"""GKC's Prometheus metrics, one registry per service instance (services.metrics)."""
+"""GKC's Prometheus metrics, one registry per service instance (services.metrics).
+
+With several gRPC worker processes (``GKC_WORKERS > 1``) every process writes its counters and
+histograms to mmap files in one per-run directory (prometheus_client's multiprocess mode, see
+:func:`enable_multiprocess`) and the main process' ``/metrics`` sums them, so requests served by any
+worker are counted. Gauges (versions by state, active version) describe the shared Redis registry and
+come from the main process alone; the cache hit ratio is derived at scrape time from the summed
+counters.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import Counter, Histogram, Metric, values
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from gkc.store import STATES
@@ -16,9 +27,33 @@ if TYPE_CHECKING:
     from gkc.core import KnowledgeCenter
 
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def enable_multiprocess(path: str | os.PathLike[str], *, clean: bool) -> Path:
+    """Switch this process' metric values to mmap files under ``path`` (before any metric is made).
+
+    ``clean=True`` (the main process, once per run) deletes the directory's ``*.db`` files first so
+    that counts of an earlier run or of dead processes are not summed in. The path goes to
+    ``os.environ`` so that worker processes spawned afterwards inherit it.
+    """
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    if clean:
+        for old in root.glob("*.db"):
+            old.unlink()
+    os.environ[MULTIPROC_ENV] = str(root)
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        values.ValueClass = values.MultiProcessValue()
+    return root
+
+
 class GkcMetrics:
-    def __init__(self) -> None:
-        self.registry = new_registry()
+    """``multiprocess_dir``: set in every process of a multi-worker GKC (after
+    :func:`enable_multiprocess`); ``registry`` then exposes the sum over all processes."""
+
+    def __init__(self, multiprocess_dir: str | os.PathLike[str] | None = None) -> None:
+        own = self.registry = new_registry()
         self.latency = Histogram(
             "gkc_request_seconds",
             "Request latency by method and status code",
@@ -38,6 +73,20 @@ class GkcMetrics:
             ["block", "version", "result"],
             registry=self.registry,
         )
+        self.cache_lookups = Counter(
+            "gkc_item_cache",
+            "In-process item cache lookups by result",
+            ["result"],
+            registry=self.registry,
+        )
+        self._cache_hit, self._cache_miss = (self.cache_lookups.labels(r) for r in ("hit", "miss"))
+        self._cache: Any = None
+        self._cache_seen = (0, 0)
+        if multiprocess_dir is None:
+            own.register(_HitRatio(self.cache_lookups.collect))
+        else:
+            self.registry = new_registry()
+            self.registry.register(_Summed(Path(multiprocess_dir)))
         self._children: dict[int, dict[tuple[str, str], Any]] = {}
 
     def observe(
@@ -57,30 +106,59 @@ class GkcMetrics:
         c["item", "miss"].inc(n_items - items_found)
         c["uc", "hit"].inc(ucs_found)
         c["uc", "miss"].inc(n_ucs - ucs_found)
+        cache = self._cache
+        if cache is not None and (cache.hits, cache.misses) != self._cache_seen:
+            hits, misses = cache.hits, cache.misses
+            self._cache_hit.inc(hits - self._cache_seen[0])
+            self._cache_miss.inc(misses - self._cache_seen[1])
+            self._cache_seen = (hits, misses)
 
     def watch(self, center: KnowledgeCenter) -> None:
-        """Export the item cache counters and versions by state (read at scrape time)."""
+        """Count the centre's item cache and export versions by state (read at scrape time)."""
+        self._cache = center.cache
         self.registry.register(_CenterCollector(center))
+
+
+def _hit_ratio(families: Iterable[Metric]) -> GaugeMetricFamily:
+    counts = {"hit": 0.0, "miss": 0.0}
+    for family in families:
+        if family.name == "gkc_item_cache":
+            for sample in family.samples:
+                if sample.name == "gkc_item_cache_total":
+                    counts[sample.labels["result"]] += sample.value
+    total = counts["hit"] + counts["miss"]
+    return GaugeMetricFamily(
+        "gkc_item_cache_hit_ratio",
+        "Item cache hit ratio since start (all gRPC workers)",
+        value=counts["hit"] / total if total else 0,
+    )
+
+
+class _HitRatio(Collector):
+    def __init__(self, source: Callable[[], Iterable[Metric]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        yield _hit_ratio(self.source())
+
+
+class _Summed(Collector):
+    """Counters and histograms of every GKC process (mmap files), plus the hit ratio derived from them."""
+
+    def __init__(self, path: Path) -> None:
+        self.inner = MultiProcessCollector(None, str(path))
+
+    def collect(self) -> Iterator[Metric]:
+        families = list(self.inner.collect())
+        yield from families
+        yield _hit_ratio(families)
 
 
 class _CenterCollector(Collector):
     def __init__(self, center: KnowledgeCenter) -> None:
         self.center = center
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        cache = self.center.cache
-        c = CounterMetricFamily(
-            "gkc_item_cache", "In-process item cache lookups by result", labels=["result"]
-        )
-        c.add_metric(["hit"], cache.hits)
-        c.add_metric(["miss"], cache.misses)
-        yield c
-        total = cache.hits + cache.misses
-        yield GaugeMetricFamily(
-            "gkc_item_cache_hit_ratio",
-            "Item cache hit ratio since start",
-            value=cache.hits / total if total else 0,
-        )
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         g = GaugeMetricFamily("gkc_versions", "Knowledge versions by state", labels=["state"])
         records = self.center.records
         for state in STATES:

@@ -5,19 +5,28 @@ checks that every write created a new entry (counts match the manifest) and read
 bit-exact, then flips the version to ``ready`` in one atomic registry update. A publisher that dies
 half-way leaves a staging version that no reader can see; the janitor abandons it once its heartbeat is
 older than the lease and deletes its keys.
+
+A *sharded* publish (``keep export --gkc-redis`` under torchrun) is the same protocol split over ranks:
+one rank allocates the staging version with the full manifest (``store.begin``), every rank writes and
+checks its own slice (:func:`write_shard`: the same write loop, count check and bit-exact sample read
+back as :func:`publish`), and one rank finalises (:func:`finalise_shards`): every rank reported success,
+the slices' digests are the manifest's, the summed counts are the manifest's, a sample of every block's
+ids is present; then the one atomic ``store.finish``. Any failure retires the version instead; a rank
+that dies leaves it staging (invisible) until the janitor abandons it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm import tqdm
 
-from gkc.bundle import Bundle, iter_rows
+from gkc.bundle import Bundle, Counts, Manifest, iter_rows
 from gkc.store import RETIRING, KnowledgeStore
 from services.errors import KeepError
 
@@ -33,6 +42,47 @@ class PublishResult:
     version: int
     retired: list[int]
     entries: int
+
+
+def write_data(
+    store: KnowledgeStore,
+    version: int,
+    bundle: Bundle,
+    *,
+    batch: int = 2000,
+    progress: bool = True,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, int]:
+    """Write every row of ``bundle`` under ``version`` (a heartbeat per batch); new entries per block."""
+    m = bundle.manifest
+    total = m.counts.users + m.counts.user_categories + m.counts.items
+    bar = tqdm(total=total, desc=f"publish v{version}", unit="vec", disable=not progress, leave=False)
+    written = {"users": 0, "ucs": 0, "items": 0}
+
+    def step(kind: str, n: int, new: int) -> None:
+        written[kind] += new
+        bar.update(n)
+        store.heartbeat(version)
+        if on_batch is not None:
+            on_batch(n)
+
+    try:
+        for ids, vecs in iter_rows(bundle.user_ids, bundle.user_vectors, batch):
+            step("users", len(ids), store.write_users(version, ids, vecs, None, None))
+        for start in range(0, len(bundle.uc_user_ids), batch):
+            sl = slice(start, start + batch)
+            ids = bundle.uc_user_ids[sl]
+            new = store.write_users(version, ids, None, bundle.uc_category_ids[sl], bundle.uc_vectors[sl])
+            step("ucs", len(ids), new)
+        for ids, vecs in iter_rows(bundle.item_ids, bundle.item_vectors, batch):
+            step("items", len(ids), store.write_items(version, ids, vecs))
+    finally:
+        bar.close()
+    return written
+
+
+def expected_entries(counts: Counts) -> dict[str, int]:
+    return {"users": counts.users, "ucs": counts.user_categories, "items": counts.items}
 
 
 def publish(
@@ -51,39 +101,125 @@ def publish(
     version = store.begin(m.to_json())
     log.info("publishing version %d (%d entries)", version, total)
     try:
-        bar = tqdm(total=total, desc=f"publish v{version}", unit="vec", disable=not progress, leave=False)
-        written = {"users": 0, "ucs": 0, "items": 0}
-
-        def step(kind: str, n: int, new: int) -> None:
-            written[kind] += new
-            bar.update(n)
-            store.heartbeat(version)
-            if on_batch is not None:
-                on_batch(n)
-
-        for ids, vecs in iter_rows(bundle.user_ids, bundle.user_vectors, batch):
-            step("users", len(ids), store.write_users(version, ids, vecs, None, None))
-        for start in range(0, len(bundle.uc_user_ids), batch):
-            sl = slice(start, start + batch)
-            ids = bundle.uc_user_ids[sl]
-            new = store.write_users(version, ids, None, bundle.uc_category_ids[sl], bundle.uc_vectors[sl])
-            step("ucs", len(ids), new)
-        for ids, vecs in iter_rows(bundle.item_ids, bundle.item_vectors, batch):
-            step("items", len(ids), store.write_items(version, ids, vecs))
-        bar.close()
-        expected = {"users": m.counts.users, "ucs": m.counts.user_categories, "items": m.counts.items}
+        written = write_data(store, version, bundle, batch=batch, progress=progress, on_batch=on_batch)
+        expected = expected_entries(m.counts)
         if written != expected:
             raise PublishVerificationError(f"version {version}: wrote {written}, expected {expected}")
         verify_sample(store, version, bundle, samples)
         retired = store.finish(version, max_ready)
     except BaseException:
-        _give_up(store, version)
+        give_up(store, version)
         raise
     log.info("version %d ready; retired %s", version, retired)
     return PublishResult(version=version, retired=retired, entries=total)
 
 
-def _give_up(store: KnowledgeStore, version: int) -> None:
+@dataclass(frozen=True)
+class ShardReport:
+    """What one rank of a sharded publish did: entries written per block, digests, or its error."""
+
+    rank: int
+    written: dict[str, int] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+
+def array_digests(bundle: Bundle) -> dict[str, str]:
+    """SHA-256 of each array's raw bytes (not of its ``.npy`` file), keyed by array name.
+
+    A sharded publish has no files; these name exactly the rows and vectors each rank wrote."""
+    out = {}
+    for name, arr in bundle.arrays().items():
+        data = np.ascontiguousarray(arr)
+        digest = hashlib.sha256(f"{data.dtype.str}{data.shape}".encode())
+        for start in range(0, len(data), 65_536):  # bounded copies for big blocks
+            digest.update(data[start : start + 65_536].tobytes())
+        out[name.removesuffix(".npy")] = digest.hexdigest()
+    return out
+
+
+def shard_checksums(digests: Sequence[dict[str, str]]) -> dict[str, str]:
+    """The manifest's ``checksums`` of a sharded version: ``shard<r>/<array>`` -> SHA-256 of its bytes."""
+    return {f"shard{r}/{name}": d for r, ds in enumerate(digests) for name, d in sorted(ds.items())}
+
+
+def write_shard(
+    store: KnowledgeStore,
+    version: int,
+    shard: Bundle,
+    *,
+    rank: int,
+    batch: int = 2000,
+    samples: int = 64,
+    progress: bool = False,
+) -> ShardReport:
+    """One rank's slice of a sharded publish: write, check counts, read a sample back bit-exact.
+
+    Never raises: the report carries the error, so the finalising rank hears from every live rank."""
+    try:
+        written = write_data(store, version, shard, batch=batch, progress=progress)
+        expected = expected_entries(shard.manifest.counts)
+        if written != expected:
+            raise PublishVerificationError(f"version {version}: wrote {written}, expected {expected}")
+        verify_sample(store, version, shard, samples)
+        return ShardReport(rank=rank, written=written, digests=array_digests(shard))
+    except Exception as err:
+        log.warning("rank %d: writing its shard of version %d failed: %s", rank, version, err)
+        return ShardReport(rank=rank, error=f"{type(err).__name__}: {err}")
+
+
+def finalise_shards(
+    store: KnowledgeStore,
+    version: int,
+    manifest: Manifest,
+    reports: Sequence[ShardReport],
+    ids: Bundle,
+    *,
+    max_ready: int = 5,
+    samples: int = 64,
+) -> PublishResult:
+    """Verify a sharded version and make it ready in one atomic update; retire it on any failure.
+
+    ``ids``: a bundle whose id arrays are the whole version's (vectors are not looked at)."""
+    try:
+        failed = [f"rank {r.rank}: {r.error}" for r in reports if r.error is not None]
+        if failed:
+            raise PublishVerificationError(f"version {version}: " + "; ".join(failed))
+        got = shard_checksums([r.digests for r in reports])
+        if got != manifest.checksums:
+            raise PublishVerificationError(f"version {version}: the shards written are not the manifest's")
+        written = {k: sum(r.written[k] for r in reports) for k in ("users", "ucs", "items")}
+        expected = expected_entries(manifest.counts)
+        if written != expected:
+            raise PublishVerificationError(f"version {version}: wrote {written}, expected {expected}")
+        verify_present(store, version, ids, samples)
+        retired = store.finish(version, max_ready)
+    except BaseException:
+        give_up(store, version)
+        raise
+    log.info("sharded version %d ready (%d shards); retired %s", version, len(reports), retired)
+    return PublishResult(version=version, retired=retired, entries=sum(written.values()))
+
+
+def verify_present(store: KnowledgeStore, version: int, ids: Bundle, samples: int) -> None:
+    """A random sample of the version's users, (user, category) pairs and items all exist."""
+    rng = np.random.default_rng(version)
+    for row in rng.choice(len(ids.uc_user_ids), min(samples, len(ids.uc_user_ids)), replace=False):
+        raw = store.read(version, str(ids.uc_user_ids[row]), [str(ids.uc_category_ids[row])], [])
+        if raw.ucs[0] is None:
+            raise PublishVerificationError(f"version {version}: K̂_uc of {ids.uc_user_ids[row]!r} is missing")
+    for row in rng.choice(len(ids.user_ids), min(samples, len(ids.user_ids)), replace=False):
+        if store.read(version, str(ids.user_ids[row]), [], []).user is None:
+            raise PublishVerificationError(f"version {version}: K̂_u of {ids.user_ids[row]!r} is missing")
+    items = rng.choice(len(ids.item_ids), min(samples, len(ids.item_ids)), replace=False)
+    if len(items) and any(
+        v is None for v in store.read(version, "\x00", [], ids.item_ids[items].tolist()).items
+    ):
+        raise PublishVerificationError(f"version {version}: some K̂_i are missing")
+
+
+def give_up(store: KnowledgeStore, version: int) -> None:
+    """Best effort: a failed version → retiring (else the janitor abandons it after the lease)."""
     try:
         store.retire(version)
     except Exception:  # the janitor abandons it after the lease anyway

@@ -166,6 +166,9 @@ class RedisStore:
         prefix = f"gkc:v{version}:i:"
         keys = [prefix + i for i in item_ids]
         with _guard():
+            if not keys:  # every item came from the cache: one plain command, no pipeline overhead
+                user_side = self.client.hmget(user_key(version, user_id), fields)
+                return RawRead(user=user_side[0], ucs=user_side[1:], items=[])
             pipe = self.client.pipeline(transaction=False)
             pipe.hmget(user_key(version, user_id), fields)
             if self.cluster:
@@ -174,10 +177,9 @@ class RedisStore:
                 replies = pipe.execute()
                 items = replies[1:]
             else:
-                if keys:
-                    pipe.mget(keys)
+                pipe.mget(keys)
                 replies = pipe.execute()
-                items = replies[1] if keys else []
+                items = replies[1]
         user_side = replies[0]
         return RawRead(user=user_side[0], ucs=user_side[1:], items=items)
 

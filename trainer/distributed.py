@@ -1,23 +1,42 @@
-"""Data-parallel training under ``torchrun``: process group from the environment, gradient averaging.
+"""Data-parallel training and sharded export under ``torchrun``: process group, sharding, collectives.
 
-``torchrun`` sets ``WORLD_SIZE``/``RANK``; with ``WORLD_SIZE > 1`` every rank builds the same model
-(same seed), takes rows ``rank::world`` of each global batch, and the gradients are all-reduced and
-averaged after ``backward`` before the optimizer step. Every rank therefore applies the same update
-and the parameters stay identical without DistributedDataParallel's bucketing machinery (the
-embedding tables' dense gradients dominate either way). Only rank 0 writes files.
+``torchrun`` sets ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``; with ``WORLD_SIZE > 1`` every rank builds the
+same model (same seed, then rank 0's parameters are broadcast), takes rows ``rank::world`` of each
+global batch, and the gradients are all-reduced and averaged after ``backward`` before the optimizer
+step. Every rank therefore applies the same update and the parameters stay identical without
+DistributedDataParallel's bucketing machinery (the embedding tables' dense gradients dominate either
+way). Only rank 0 writes files.
 
-Not bit-exact with one process: each rank's loss is a mean over its own shard and the pairwise loss
-only pairs rows within a shard, so the averaged gradient differs slightly from the global batch's.
+Exactness: a loss that is a mean over the shard, scaled by :meth:`DataParallel.weight`, makes the
+averaged gradient the global batch's mean gradient (``keep train``: equal to one process up to float
+rounding). Pre-training's pairwise loss only pairs rows within a shard and its conversion/cart heads
+average over each shard's clicks, so there the result differs slightly from one process.
+
+Backends (:func:`choose_backend`): gloo by default. ``KEEP_DIST_BACKEND=nccl`` (or ``backend="nccl"``)
+on a machine with CUDA gives the mixed group ``"cpu:gloo,cuda:nccl"`` and ``device = cuda:LOCAL_RANK``
+(one GPU per rank): CUDA tensors are reduced by NCCL, CPU tensors (knowledge rows, small objects, and
+the gradients of a loop that keeps its model on the CPU, as pre-training does today) by gloo. Asking
+for NCCL without CUDA falls back to gloo with a warning. The NCCL path is not exercised by the tests
+(no GPU on the CI machine).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from services.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
+
+BACKEND_ENV = "KEEP_DIST_BACKEND"
+BACKENDS = ("gloo", "nccl")
 
 
 @dataclass(frozen=True)
@@ -26,6 +45,8 @@ class DataParallel:
 
     rank: int = 0
     world: int = 1
+    #: Where the training loop keeps the model: ``cpu``, or ``cuda:LOCAL_RANK`` under NCCL.
+    device: str = "cpu"
 
     @property
     def enabled(self) -> bool:
@@ -38,6 +59,20 @@ class DataParallel:
     def shard(self, rows: np.ndarray) -> np.ndarray:
         """This rank's rows of a global batch (interleaved, so shards differ by at most one row)."""
         return rows[self.rank :: self.world] if self.enabled else rows
+
+    def weight(self, n_local: int, n_global: int) -> float:
+        """Scale for a shard's mean loss so that averaged gradients equal the global batch's mean:
+        ``world * n_local / n_global`` (exactly 1.0 in one process)."""
+        return self.world * n_local / n_global if self.enabled else 1.0
+
+    def span(self, n: int, block: int = 1) -> tuple[int, int]:
+        """This rank's contiguous ``[lo, hi)`` of ``n`` rows, cut at multiples of ``block`` rows.
+
+        With ``block`` = the batch size every rank computes exactly the batches one process would
+        (same rows together), so per-row results are bit-identical to a single-process run."""
+        blocks = -(-n // block)
+        lo, hi = self.rank * blocks // self.world, (self.rank + 1) * blocks // self.world
+        return min(lo * block, n), min(hi * block, n)
 
     def broadcast_parameters(self, model: torch.nn.Module) -> None:
         """Start every rank from rank 0's parameters (guards against any divergence at build/load)."""
@@ -61,20 +96,62 @@ class DataParallel:
         if self.enabled:
             dist.barrier()
 
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (small, picklable objects: a version number, a result)."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
-def from_env() -> DataParallel:
-    """Join the process group ``torchrun`` describes; single process otherwise.
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank (small, picklable objects)."""
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
 
-    Gloo, also on GPU machines: the training loop keeps every tensor on the CPU today, and NCCL only
-    moves CUDA tensors (a mixed ``"cpu:gloo,cuda:nccl"`` group would also route barriers through NCCL,
-    one GPU per rank). Switch to that string when the loop moves the model to ``cuda:LOCAL_RANK``.
-    """
+    def gather_rows(self, local: np.ndarray, n: int) -> np.ndarray:
+        """Concatenate every rank's :meth:`span` of an ``[n, ...]`` array (each rank computed its own).
+
+        Chunks are padded to the longest one for gloo's equal-size ``all_gather`` and trimmed after."""
+        if not self.enabled:
+            return local
+        spans = [DataParallel(r, self.world).span(n) for r in range(self.world)]
+        longest = max(hi - lo for lo, hi in spans)
+        padded = np.zeros((longest, *local.shape[1:]), dtype=local.dtype)
+        padded[: len(local)] = local
+        mine = torch.from_numpy(padded)
+        parts = [torch.empty_like(mine) for _ in range(self.world)]
+        dist.all_gather(parts, mine)
+        return np.concatenate([p.numpy()[: hi - lo] for p, (lo, hi) in zip(parts, spans, strict=True)])
+
+
+def choose_backend(requested: str | None, *, cuda: bool, local_rank: int = 0) -> tuple[str, str]:
+    """(process-group backend, device) for ``requested`` (``None``: ``$KEEP_DIST_BACKEND`` or gloo)."""
+    name = (requested or os.environ.get(BACKEND_ENV) or "gloo").strip().lower()
+    if name not in BACKENDS:
+        raise InvalidArgument(f"unknown distributed backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    if name == "nccl":
+        if cuda:
+            return "cpu:gloo,cuda:nccl", f"cuda:{local_rank}"
+        log.warning("NCCL asked for but CUDA is not available; using gloo on the CPU")
+    return "gloo", "cpu"
+
+
+def from_env(backend: str | None = None) -> DataParallel:
+    """Join the process group ``torchrun`` describes; single process (on the CPU) otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DataParallel()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    group_backend, device = choose_backend(backend, cuda=torch.cuda.is_available(), local_rank=local_rank)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return DataParallel(rank=dist.get_rank(), world=dist.get_world_size())
+        dist.init_process_group(group_backend)
+    return DataParallel(rank=dist.get_rank(), world=dist.get_world_size(), device=device)
 
 
 def shutdown(group: DataParallel) -> None:

@@ -31,13 +31,12 @@ from ranker.knowledge import KnowledgeSchema
 from services.errors import InvalidArgument
 from trainer.data.readers import read_log
 from trainer.data.schema import day_of
+from trainer.report import user_groups
 from trainer.train import GkcKnowledge, TrainConfig, train
 
 ALL_TASKS = ("click", "conversion", "cart")
 FULL_BLOCKS = ("ku", "ki", "kui:click", "kui:conversion", "kui:cart")
 SERVING_BLOCKS = ("ku_hat", "ki_hat", "ku_hat*ki_hat", "kuc_hat")
-#: The paper's Table 7 edges on super-domain clicks.
-GROUP_EDGES = (50, 150, 300)
 
 
 @dataclass(frozen=True)
@@ -55,6 +54,8 @@ class Method:
     blocks: tuple[str, ...] = ()
     merge_super: bool = False
     via_bundle: bool = False
+    #: A control: the plug-in of ``keep`` fed all-zero knowledge (same architecture, no information).
+    zero: bool = False
 
 
 EXTRACTORS = {
@@ -75,6 +76,7 @@ def method_table(separate_extractors: bool = False) -> dict[str, Method]:
         Method("sample_merging", "2", merge_super=True),
         Method("keep_c", "2", "sub", FULL_BLOCKS),
         Method("keep", "2", "full", FULL_BLOCKS),
+        Method("keep_zero", "2", "full", FULL_BLOCKS, zero=True),
         Method("keep_ku", "3", "full", ("ku",)),
         Method("keep_ku_ki", "3", "full", ("ku", "ki")),
         Method("keep_click", "4", "click" if sep else "full", ("ku", "ki", "kui:click")),
@@ -88,7 +90,9 @@ def method_table(separate_extractors: bool = False) -> dict[str, Method]:
     return {m.name: m for m in rows}
 
 
-METHOD_NAMES = tuple(method_table())
+#: The default set: every paper method. Controls (``keep_zero``) run only when named in --methods.
+CONTROLS = ("keep_zero",)
+METHOD_NAMES = tuple(n for n in method_table() if n not in CONTROLS)
 
 
 @dataclass(frozen=True)
@@ -122,30 +126,6 @@ class Data:
 
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def user_groups(log: pd.DataFrame, users: np.ndarray) -> tuple[dict[str, str], dict[str, Any]]:
-    """Test user → Table 7 group by their clicks in ``log`` (the super-domain log for Table 7).
-
-    Edges are scaled when the paper's would leave (almost) everyone in one group.
-
-    The paper's edges (50, 150, 300 clicks over 8 days of Taobao) put almost every user of a small
-    world in the first group; then the edges are scaled by ``median / 50`` so the first edge sits at the
-    median user, keeping the ratios 1 : 3 : 6 between edges.
-    """
-    clicks = log.loc[log["click"] == 1, "user_id"].astype(str).value_counts()
-    ids = pd.Index(pd.unique(users.astype(str)))
-    counts = clicks.reindex(ids, fill_value=0).to_numpy()
-    edges: tuple[float, ...] = GROUP_EDGES
-    scale = 1.0
-    if len(counts) and np.mean(counts >= GROUP_EDGES[0]) < 0.1:
-        scale = max(float(np.median(counts)), 1.0) / GROUP_EDGES[0]
-        edges = tuple(e * scale for e in GROUP_EDGES)
-    labels = [f"0-{edges[0]:g}", f"{edges[0]:g}-{edges[1]:g}", f"{edges[1]:g}-{edges[2]:g}", f">{edges[2]:g}"]
-    which = np.searchsorted(np.asarray(edges), counts, side="right")
-    mapping = {str(u): labels[g] for u, g in zip(ids, which, strict=True)}
-    sizes = {lab: int((which == i).sum()) for i, lab in enumerate(labels)}
-    return mapping, {"edges": list(edges), "scale": scale, "labels": labels, "users": sizes}
 
 
 class Runner:
@@ -252,6 +232,9 @@ class Runner:
         elif method.extractor is not None:
             fetch = self.bundle_knowledge if method.via_bundle else self.extractor_knowledge
             spec, k_train["keep"], k_test["keep"] = fetch(method, seed)
+            if method.zero:
+                k_train["keep"] = np.zeros_like(k_train["keep"])
+                k_test["keep"] = np.zeros_like(k_test["keep"])
             providers.append(_Fixed("keep", spec))
         history = pd.concat([train_df, test], ignore_index=True)
         epochs, curve = self.select_epochs(train_df, k_train, providers, seed)
@@ -355,6 +338,14 @@ def open_bundle_reader(path: Path) -> Any:
     return BundleReader.open(path)
 
 
+def _nanmean(values: list[float]) -> float:
+    """Mean over the defined values; NaN (without numpy's empty-slice warning) when there are none,
+    e.g. a user group with no test user who has both labels (small real data)."""
+    arr = np.asarray(values, dtype=np.float64)
+    arr = arr[~np.isnan(arr)]
+    return float(arr.mean()) if len(arr) else float("nan")
+
+
 def aggregate(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     methods: dict[str, Any] = {}
     groups: dict[str, dict[str, float]] = {}
@@ -372,9 +363,9 @@ def aggregate(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         entry["seconds"] = float(sum(r["seconds"] for r in rs))
         methods[name] = entry
         names = rs[0]["groups"].keys()
-        groups[name] = {g: float(np.nanmean([r["groups"][g] for r in rs])) for g in names}
+        groups[name] = {g: _nanmean([r["groups"][g] for r in rs]) for g in names}
         names = rs[0].get("groups_sub", {}).keys()
-        groups_sub[name] = {g: float(np.nanmean([r["groups_sub"][g] for r in rs])) for g in names}
+        groups_sub[name] = {g: _nanmean([r["groups_sub"][g] for r in rs]) for g in names}
     return {"methods": methods, "groups": groups, "groups_sub": groups_sub}
 
 

@@ -9,14 +9,21 @@ training window (the held-out day is not included), the state GKC serves until t
 (user, category) pair reuses its user's window, so the history index is built once, per user.
 Users and items outside the extractor's vocabulary (first seen after an ``--init`` continuation kept
 the old vocabulary) are not exported; GKC answers "not found" for them and the plug-in sees zeros.
+
+:func:`export_to_store` writes straight into GKC's store instead of a bundle, sharded under torchrun:
+every rank prepares the same :class:`ExportPlan` (vocabularies, history index, id lists), computes its
+contiguous span of each block cut at ``batch_size`` boundaries (so every rank runs exactly the batches
+one process would, and the vectors are bit-identical), and writes it into one staging version through
+``gkc.publish``'s sharded protocol (see there); rank 0 allocates the version and finalises it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,11 +33,14 @@ import torch
 from tqdm import tqdm
 
 from gkc import bundle as gkc_bundle
-from services.errors import Conflict, InvalidArgument
+from gkc import publish as gkc_publish
+from gkc.store import KnowledgeStore
+from services.errors import Conflict, InvalidArgument, KeepError
 from trainer.data.readers import read_log
 from trainer.data.schema import SECONDS_PER_DAY, day_of
 from trainer.data.sequences import HistoryIndex
 from trainer.data.vocab import OOV, PAD, RESERVED
+from trainer.distributed import DataParallel
 from trainer.models.batch import FeatureBatch, id_batch
 from trainer.models.checkpoint import LoadedExtractor, load_extractor
 from trainer.models.towers import ServingExtractor
@@ -46,24 +56,6 @@ class ExportStats:
     @property
     def users_per_s(self) -> float:
         return self.users / max(self.seconds.get("users", 0.0), 1e-9)
-
-
-def _run_batched(
-    fn: Callable[[FeatureBatch], torch.Tensor],
-    make: Callable[[np.ndarray], FeatureBatch],
-    n: int,
-    dim: int,
-    batch_size: int,
-    bar: tqdm,
-) -> np.ndarray:
-    """``fn`` over ``n`` entries in batches, written into one preallocated ``[n, dim]`` array."""
-    out = np.empty((n, dim), dtype=np.float32)
-    with torch.inference_mode():
-        for start in range(0, n, batch_size):
-            sel = np.arange(start, min(start + batch_size, n))
-            out[sel] = fn(make(sel)).numpy()
-            bar.update(len(sel))
-    return out
 
 
 def _item_features(df: pd.DataFrame, ext: LoadedExtractor, n_items: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,14 +81,14 @@ def export(
 ) -> tuple[Path, ExportStats]:
     """Write the bundle for ``extractor`` to ``out``; returns its path and timings."""
     ext = load_extractor(extractor)
-    _check_exportable(ext)
+    check_exportable(ext)
     if Path(out).exists():
         raise InvalidArgument(f"{out} already exists; refusing to overwrite a bundle")
     source = Path(super_path or ext.config["data"]["super"])
     return export_loaded(ext, read_log(source), out, source=source, batch_size=batch_size, progress=progress)
 
 
-def _check_exportable(ext: LoadedExtractor) -> None:
+def check_exportable(ext: LoadedExtractor) -> None:
     model = ext.model
     if not isinstance(model, ServingExtractor):
         raise InvalidArgument(
@@ -107,17 +99,112 @@ def _check_exportable(ext: LoadedExtractor) -> None:
         raise Conflict(f"{ext.path}: pre-training has not completed; rerun keep pretrain to resume it")
 
 
-def export_loaded(
-    ext: LoadedExtractor,
-    df: pd.DataFrame,
-    out: str | os.PathLike[str],
-    *,
-    source: Path,
-    batch_size: int = 4096,
-    progress: bool = True,
-) -> tuple[Path, ExportStats]:
-    """:func:`export` for an extractor already in memory and its super-domain log (benchmarks)."""
-    _check_exportable(ext)
+@dataclass(frozen=True)
+class Block:
+    """One of the bundle's three blocks: its rows' ids and how to compute their vectors."""
+
+    name: str  # "users" | "items" | "user_categories"
+    n: int
+    dim: int
+    fn: Callable[[FeatureBatch], torch.Tensor]
+    make: Callable[[np.ndarray], FeatureBatch]
+
+    def compute(self, lo: int, hi: int, batch_size: int, bar: tqdm) -> np.ndarray:
+        """Rows ``[lo, hi)``, in batches of ``batch_size`` from ``lo``, as one ``[hi - lo, dim]`` array."""
+        out = np.empty((hi - lo, self.dim), dtype=np.float32)
+        for start, vectors in self.stream(lo, hi, batch_size, bar):
+            out[start - lo : start - lo + len(vectors)] = vectors
+        return out
+
+    def stream(self, lo: int, hi: int, batch_size: int, bar: tqdm) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, vectors) per batch of ``batch_size`` rows of ``[lo, hi)``, in order."""
+        with torch.inference_mode():
+            for start in range(lo, hi, batch_size):
+                sel = np.arange(start, min(start + batch_size, hi))
+                vectors = self.fn(self.make(sel)).numpy()
+                bar.update(len(sel))
+                yield start, vectors
+
+
+@dataclass
+class ExportPlan:
+    """Everything an export computes before any vector: ids, blocks, provenance (same on every rank)."""
+
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    uc_user_ids: np.ndarray
+    uc_category_ids: np.ndarray
+    blocks: dict[str, Block]
+    source: dict[str, object]
+    metrics: dict[str, object]
+    stats: ExportStats
+
+    def ids(self, name: str, lo: int, hi: int) -> dict[str, np.ndarray]:
+        if name == "users":
+            return {"user_ids": self.user_ids[lo:hi]}
+        if name == "items":
+            return {"item_ids": self.item_ids[lo:hi]}
+        return {"uc_user_ids": self.uc_user_ids[lo:hi], "uc_category_ids": self.uc_category_ids[lo:hi]}
+
+    def bundle(self, spans: dict[str, tuple[int, int]], batch_size: int, progress: bool) -> gkc_bundle.Bundle:
+        """The bundle of rows ``spans[block]`` of every block (all rows: the whole export)."""
+        total = sum(hi - lo for lo, hi in spans.values())
+        with _bar(total, progress) as bar:
+            parts: dict[str, np.ndarray] = {}
+            for name, block in self.blocks.items():
+                lo, hi = spans[name]
+                t0 = time.perf_counter()
+                vectors = block.compute(lo, hi, batch_size, bar)
+                self.stats.seconds[name] = time.perf_counter() - t0
+                parts.update(self.ids(name, lo, hi))
+                parts[VECTORS[name]] = vectors
+        return gkc_bundle.build(**parts, strategy="serving", source=self.source, metrics=self.metrics)
+
+    def id_bundle(self) -> gkc_bundle.Bundle:
+        """The whole export's ids with zero-width vectors (for the finaliser's presence checks)."""
+        return gkc_bundle.Bundle(
+            manifest=gkc_bundle.Manifest(dims=gkc_bundle.Dims(0, 0, 0), counts=self.counts()),
+            user_ids=self.user_ids,
+            user_vectors=np.empty((len(self.user_ids), 0), np.float32),
+            item_ids=self.item_ids,
+            item_vectors=np.empty((len(self.item_ids), 0), np.float32),
+            uc_user_ids=self.uc_user_ids,
+            uc_category_ids=self.uc_category_ids,
+            uc_vectors=np.empty((len(self.uc_user_ids), 0), np.float32),
+        )
+
+    def counts(self) -> gkc_bundle.Counts:
+        return gkc_bundle.Counts(self.stats.users, self.stats.items, self.stats.user_categories)
+
+    def dims(self) -> gkc_bundle.Dims:
+        b = self.blocks
+        return gkc_bundle.Dims(user=b["users"].dim, item=b["items"].dim, uc=b["user_categories"].dim)
+
+
+VECTORS = {"users": "user_vectors", "items": "item_vectors", "user_categories": "uc_vectors"}
+WRITER_BLOCK = {"users": "users", "items": "items", "user_categories": "uc"}
+
+
+@contextlib.contextmanager
+def _bar(total: int, progress: bool) -> Iterator[tqdm]:
+    bar = tqdm(
+        total=total,
+        unit="entries",
+        unit_scale=True,
+        desc="export",
+        file=sys.stderr,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def prepare(ext: LoadedExtractor, df: pd.DataFrame, *, source: Path) -> ExportPlan:
+    """The export's ids and block functions: histories up to the end of the window, item features."""
+    check_exportable(ext)
     model = ext.model
     assert isinstance(model, ServingExtractor)
     first_day, last_day = ext.window
@@ -148,18 +235,6 @@ def export_loaded(
     item_cat, item_shop = _item_features(df, ext, len(vocabs.item.keys))
     item_index = np.arange(RESERVED, RESERVED + len(vocabs.item.keys), dtype=np.int64)
 
-    stats = ExportStats(users=len(user_keys), items=len(item_index), user_categories=len(pairs))
-    total = stats.users + stats.items + stats.user_categories
-    bar = tqdm(
-        total=total,
-        unit="entries",
-        unit_scale=True,
-        desc="export",
-        file=sys.stderr,
-        disable=not progress,
-        dynamic_ncols=True,
-    )
-
     def user_rows(sel: np.ndarray) -> FeatureBatch:
         return id_batch(
             user=user_index[sel],
@@ -181,28 +256,19 @@ def export_loaded(
             max_len=max_len,
         )
 
-    blocks: dict[str, np.ndarray] = {}
-    try:
-        dims = model.block_dims()
-        for name, fn, make, n, dim in (
-            ("users", model.user_vector, user_rows, stats.users, dims["ku_hat"]),
-            ("items", model.item_vector, item_rows, stats.items, dims["ki_hat"]),
-            ("user_categories", model.uc_vector, pair_rows, stats.user_categories, dims["kuc_hat"]),
-        ):
-            t0 = time.perf_counter()
-            blocks[name] = _run_batched(fn, make, n, dim, batch_size, bar)
-            stats.seconds[name] = time.perf_counter() - t0
-    finally:
-        bar.close()
-    built = gkc_bundle.build(
-        user_ids=user_keys,
-        user_vectors=blocks["users"],
-        item_ids=vocabs.item.keys,
-        item_vectors=blocks["items"],
-        uc_user_ids=pairs["user_id"].to_numpy(),
-        uc_category_ids=pairs["category_id"].to_numpy(),
-        uc_vectors=blocks["user_categories"],
-        strategy="serving",
+    dims = model.block_dims()
+    stats = ExportStats(users=len(user_keys), items=len(item_index), user_categories=len(pairs))
+    blocks = (
+        Block("users", stats.users, dims["ku_hat"], model.user_vector, user_rows),
+        Block("items", stats.items, dims["ki_hat"], model.item_vector, item_rows),
+        Block("user_categories", stats.user_categories, dims["kuc_hat"], model.uc_vector, pair_rows),
+    )
+    return ExportPlan(
+        user_ids=gkc_bundle.canonical_ids(user_keys),
+        item_ids=gkc_bundle.canonical_ids(vocabs.item.keys),
+        uc_user_ids=gkc_bundle.canonical_ids(pairs["user_id"].to_numpy()),
+        uc_category_ids=gkc_bundle.canonical_ids(pairs["category_id"].to_numpy()),
+        blocks={b.name: b for b in blocks},
         source={
             "extractor": str(ext.path.resolve()),
             "super": str(source.resolve()),
@@ -212,7 +278,124 @@ def export_loaded(
             "uc_layout": [f"kuc_hat:{t}" for t in model.cfg.tasks],
             "history": f"last {max_len} clicks up to the end of day {last_day}",
         },
-        metrics=ext.metrics,
+        metrics=dict(ext.metrics),
+        stats=stats,
     )
-    path = gkc_bundle.save(built, out)
-    return path, stats
+
+
+def export_loaded(
+    ext: LoadedExtractor,
+    df: pd.DataFrame,
+    out: str | os.PathLike[str],
+    *,
+    source: Path,
+    batch_size: int = 4096,
+    progress: bool = True,
+) -> tuple[Path, ExportStats]:
+    """:func:`export` for an extractor already in memory and its super-domain log (benchmarks).
+
+    Streams: each batch's vectors are appended to the bundle's files (:class:`gkc.bundle.BundleWriter`),
+    so the memory needed does not grow with the K̂_uc block."""
+    plan = prepare(ext, df, source=source)
+    writer = gkc_bundle.BundleWriter(out, plan.counts(), plan.dims())
+    try:
+        with _bar(sum(b.n for b in plan.blocks.values()), progress) as bar:
+            for name, block in plan.blocks.items():
+                t0 = time.perf_counter()
+                for _, vectors in block.stream(0, block.n, batch_size, bar):
+                    writer.append(WRITER_BLOCK[name], vectors)
+                plan.stats.seconds[name] = time.perf_counter() - t0
+        path = writer.finish(
+            user_ids=plan.user_ids,
+            item_ids=plan.item_ids,
+            uc_user_ids=plan.uc_user_ids,
+            uc_category_ids=plan.uc_category_ids,
+            source=plan.source,
+            metrics=plan.metrics,
+        )
+    except BaseException:
+        writer.abort()
+        raise
+    return path, plan.stats
+
+
+class ShardedExportError(KeepError):
+    """A rank of a sharded export failed (the message names it); nothing became visible."""
+
+
+def export_to_store(
+    ext: LoadedExtractor,
+    df: pd.DataFrame,
+    store: KnowledgeStore,
+    *,
+    source: Path,
+    group: DataParallel | None = None,
+    batch_size: int = 4096,
+    publish_batch: int = 2000,
+    max_ready: int = 5,
+    samples: int = 64,
+    progress: bool = True,
+) -> tuple[gkc_publish.PublishResult, ExportStats]:
+    """Compute this rank's span of every block and publish them together as one new version.
+
+    Every rank calls this with the same arguments; all return the same result or raise."""
+    group = group or DataParallel()
+    plan = prepare(ext, df, source=source)
+    spans = {n: group.span(b.n, batch_size) for n, b in plan.blocks.items()}
+    shard: gkc_bundle.Bundle | None = None
+    try:
+        shard = plan.bundle(spans, batch_size, progress and group.is_writer)
+        mine: dict[str, str] | str = gkc_publish.array_digests(shard)
+    except Exception as err:  # tell the others instead of leaving them waiting
+        mine = f"rank {group.rank}: {type(err).__name__}: {err}"
+    digests = group.gather_objects(mine)
+    failed = [d for d in digests if isinstance(d, str)]
+    if failed:
+        raise ShardedExportError("; ".join(failed))
+    assert shard is not None
+    model_dims = shard.manifest.dims
+    manifest = gkc_bundle.Manifest(
+        dims=model_dims,
+        counts=plan.counts(),
+        interaction=model_dims.user == model_dims.item,
+        source={**plan.source, "sharded": {"ranks": group.world, "batch_size": batch_size}},
+        metrics=plan.metrics,
+        checksums=gkc_publish.shard_checksums(digests),
+        created=time.time(),
+    )
+    version: int | str = 0
+    if group.is_writer:
+        try:
+            version = store.begin(manifest.to_json())
+        except Exception as err:
+            version = f"rank 0 could not begin a version: {type(err).__name__}: {err}"
+    version = group.broadcast_object(version)
+    if isinstance(version, str):
+        raise ShardedExportError(version)
+    report = gkc_publish.write_shard(
+        store,
+        version,
+        shard,
+        rank=group.rank,
+        batch=publish_batch,
+        samples=samples,
+        progress=progress and group.is_writer,
+    )
+    try:
+        reports = group.gather_objects(report)
+    except BaseException:  # a peer died mid-way (gloo noticed): never promote, mark it for cleanup
+        if group.is_writer:
+            gkc_publish.give_up(store, version)
+        raise
+    outcome: gkc_publish.PublishResult | str = ""
+    if group.is_writer:
+        try:
+            outcome = gkc_publish.finalise_shards(
+                store, version, manifest, reports, plan.id_bundle(), max_ready=max_ready, samples=samples
+            )
+        except Exception as err:
+            outcome = f"version {version} not published: {type(err).__name__}: {err}"
+    outcome = group.broadcast_object(outcome)
+    if isinstance(outcome, str):
+        raise ShardedExportError(outcome)
+    return outcome, plan.stats

@@ -9,6 +9,12 @@ One pass per epoch, days ascending, shuffled within a day (``EncodedLog.batches`
 
 ``--init`` warm-starts from a previous artifact: every base parameter is copied; ids new today grow the
 vocabularies (old rows keep their values at their new positions); new plug-ins start at zero output.
+
+Under ``torchrun`` (``group``, see ``trainer.distributed``) every rank fetches the knowledge of its own
+contiguous slice of the rows (through its own GKC client or bundle reader) and the slices are gathered,
+so each rank holds the same matrices; every global batch is split ``rank::world``, each shard's mean
+loss is weighted by its share of the batch and the gradients are averaged: the same update as one
+process, up to float rounding. Every rank returns the artifact; the caller writes it on rank 0 only.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from ranker.model import Batch, DownstreamConfig, DownstreamModel, load_base_int
 from services.errors import InvalidArgument
 from trainer.data.dataset import EncodedLog, Vocabs
 from trainer.data.vocab import RESERVED, Vocab
+from trainer.distributed import DataParallel
 
 TASKS = ("click", "conversion", "cart")
 #: Which embedding table each id-indexed parameter belongs to (rows are remapped when vocabularies grow).
@@ -106,18 +113,33 @@ def task_rows(df: pd.DataFrame, task: str) -> pd.DataFrame:
 
 
 def make_batch(
-    log: EncodedLog, rows: np.ndarray, knowledge: dict[str, np.ndarray], task: str | None = None
+    log: EncodedLog,
+    rows: np.ndarray,
+    knowledge: dict[str, np.ndarray],
+    task: str | None = None,
+    device: str = "cpu",
 ) -> Batch:
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).to(device)
+
     return Batch(
-        user=torch.from_numpy(log.user[rows]),
-        item=torch.from_numpy(log.item[rows]),
-        category=torch.from_numpy(log.category[rows]),
-        shop=torch.from_numpy(log.shop[rows]),
-        hist_item=torch.from_numpy(log.history.gather(rows, "item")),
-        hist_category=torch.from_numpy(log.history.gather(rows, "category")),
-        knowledge={k: torch.from_numpy(v[rows]) for k, v in knowledge.items()},
-        label=torch.from_numpy(log.labels[task][rows].astype(np.float32)) if task else None,
+        user=t(log.user[rows]),
+        item=t(log.item[rows]),
+        category=t(log.category[rows]),
+        shop=t(log.shop[rows]),
+        hist_item=t(log.history.gather(rows, "item")),
+        hist_category=t(log.history.gather(rows, "category")),
+        knowledge={k: t(v[rows]) for k, v in knowledge.items()},
+        label=t(log.labels[task][rows].astype(np.float32)) if task else None,
     )
+
+
+def provider_rows(provider: KnowledgeProvider, df: pd.DataFrame, group: DataParallel) -> np.ndarray:
+    """``provider.rows(df)``; under torchrun each rank fetches its :meth:`~DataParallel.span` only."""
+    if not group.enabled:
+        return provider.rows(df)
+    lo, hi = group.span(len(df))
+    return group.gather_rows(provider.rows(df.iloc[lo:hi]), len(df))
 
 
 def grow_vocab(old: Vocab | None, values: np.ndarray) -> Vocab:
@@ -231,12 +253,15 @@ def train(
     knowledge: dict[str, np.ndarray] | None = None,
     on_epoch: Callable[[int, DownstreamModel, Vocabs], None] | None = None,
     info: dict[str, Any] | None = None,
+    group: DataParallel | None = None,
 ) -> Artifact:
     """Train on ``df`` (a contract log) and return the artifact.
 
     ``knowledge`` may hold precomputed matrices per provider name (rows aligned with the task rows of
-    ``df``); otherwise each provider computes them. ``on_epoch(epoch, model, vocabs)`` runs after every pass.
+    ``df``); otherwise each provider computes them. ``on_epoch(epoch, model, vocabs)`` runs after every pass
+    (on every rank under torchrun). ``group``: data-parallel training, see the module docstring.
     """
+    group = group or DataParallel()
     rows_df = task_rows(df, cfg.task)
     if len(rows_df) == 0:
         raise InvalidArgument(f"no training rows for task {cfg.task!r}")
@@ -246,11 +271,13 @@ def train(
     matrices = dict(knowledge or {})
     for p in providers:
         if p.name not in matrices:
-            matrices[p.name] = p.rows(rows_df)
+            matrices[p.name] = provider_rows(p, rows_df, group)
         if matrices[p.name].shape != (len(rows_df), p.spec.schema.dim):
             raise InvalidArgument(f"knowledge {p.name!r} has shape {matrices[p.name].shape}")
     model, fresh = prepare_model(vocabs, cfg, providers, init)
     fit_normalisers(model, fresh, matrices)
+    model.to(group.device)
+    group.broadcast_parameters(model)
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     n_batches = -(-len(log) // cfg.batch_size)
@@ -260,15 +287,18 @@ def train(
             log.batches(cfg.batch_size, seed=cfg.seed * 1000 + epoch),
             total=n_batches,
             desc=f"train {cfg.task} epoch {epoch + 1}/{cfg.epochs}",
-            disable=not cfg.progress,
+            disable=not (cfg.progress and group.is_writer),
             leave=False,
         )
         for rows in bar:
-            batch = make_batch(log, rows, matrices, cfg.task)
-            assert batch.label is not None
-            loss = loss_fn(model(batch), batch.label)
+            local = group.shard(rows)
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            if len(local):  # an empty shard still joins the all-reduce (with zero gradients)
+                batch = make_batch(log, local, matrices, cfg.task, group.device)
+                assert batch.label is not None
+                loss = loss_fn(model(batch), batch.label) * group.weight(len(local), len(rows))
+                loss.backward()
+            group.average_gradients(model)
             optimiser.step()
         if on_epoch is not None:
             model.eval()
@@ -278,7 +308,7 @@ def train(
         config=model.cfg,
         task=cfg.task,
         vocabs=vocabs.to_json(),
-        state={k: v.detach().clone() for k, v in model.state_dict().items()},
+        state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         knowledge={p.name: p.spec for p in providers},
         info={
             **(info or {}),
@@ -289,6 +319,7 @@ def train(
             "seed": cfg.seed,
             "max_len": cfg.max_len,
             "warm_start": init is not None,
+            "world_size": group.world,
             "days": sorted({int(d) for d in np.unique(log.day)}),
         },
     )

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
 
 from gkc.bundle_reader import BundleReader
 from gkc.client import GkcClient, GkcOpsClient, tar_bundle
@@ -284,3 +288,63 @@ def test_client_deadline_is_honoured_when_redis_hangs(
         assert GkcClient(svc.grpc_addr, timeout_s=5).batch_get("u1", ["i7"], ["c1"]).user_found
     finally:
         redis.stop()
+
+
+def _batchget_count(families: Any) -> float:
+    return sum(
+        s.value
+        for f in families
+        if f.name == "gkc_request_seconds"
+        for s in f.samples
+        if s.name == "gkc_request_seconds_count" and s.labels.get("method") == "BatchGet"
+    )
+
+
+def _per_process_batchgets(metrics_dir: Path, scratch: Path) -> dict[str, float]:
+    """BatchGet count of each process, read from its own mmap file (one process per collector)."""
+    out = {}
+    for db in metrics_dir.glob("histogram_*.db"):
+        one = scratch / db.stem
+        one.mkdir(parents=True, exist_ok=True)
+        shutil.copy(db, one / db.name)
+        out[db.stem] = _batchget_count(MultiProcessCollector(None, str(one)).collect())
+    return out
+
+
+def test_metrics_count_requests_served_by_every_worker(
+    start_gkc, make_bundle: Callable[..., Path], tmp_path: Path
+) -> None:
+    metrics_dir = tmp_path / "prom"
+    metrics_dir.mkdir()
+    (metrics_dir / "histogram_1.db").write_bytes(b"stale file of an earlier run")  # must be cleaned
+    svc = start_gkc(GKC_WORKERS="2", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    version = GkcOpsClient(svc.http_url, svc.token).publish(make_bundle(tmp_path / "b"), progress=False)[
+        "version"
+    ]
+    sent = 0
+    deadline = time.monotonic() + 60
+    per_process: dict[str, float] = {}
+    # SO_REUSEPORT spreads connections, not requests: new channels until both processes have served
+    while sum(1 for n in per_process.values() if n > 0) < 2:
+        assert time.monotonic() < deadline, f"one process served everything: {per_process}"
+        for _ in range(4):
+            with GkcClient(svc.grpc_addr, timeout_s=5) as client:
+                for _ in range(3):
+                    client.batch_get("u1", ["i1", "i2", "i1"], ["c0", "c1", "c0"], version)
+                    sent += 1
+        per_process = _per_process_batchgets(metrics_dir, tmp_path / "scratch")
+    assert "histogram_1" not in per_process and len(per_process) == 2
+    body = httpx.get(f"{svc.http_url}/metrics", timeout=5).text
+    families = list(text_string_to_metric_families(body))
+    assert _batchget_count(families) == sent == sum(per_process.values())
+    lookups = {
+        (s.labels["block"], s.labels["result"]): s.value
+        for f in families
+        if f.name == "gkc_lookups"
+        for s in f.samples
+        if s.name == "gkc_lookups_total"
+    }
+    assert lookups["item", "hit"] == 2 * sent  # two unique items per request, both found
+    cache = {s.labels["result"]: s.value for f in families if f.name == "gkc_item_cache" for s in f.samples}
+    assert cache["hit"] + cache["miss"] == 2 * sent
+    assert "gkc_item_cache_hit_ratio" in body and "gkc_active_version 1.0" in body

@@ -21,9 +21,10 @@ import pytest
 from faultkit import ROOT, launch_gkc, random_request, response_tags, tagged_bundle
 
 import gkc.rest
-from gkc.client import GkcOpsClient, tar_bundle
+from gkc.client import GkcClient, GkcOpsClient, tar_bundle
 from gkc.local_redis import free_port
 from protos import gkc_pb2_grpc
+from services.errors import KeepError, Unavailable
 
 pytestmark = pytest.mark.reliability
 SECRET = "s3cr3t-Token-for-log-checks-7f2c9a"
@@ -180,6 +181,31 @@ def test_read_path_behind_tls_with_a_self_signed_cert(tmp_path: Path) -> None:
         other = ssl.create_default_context()  # a client that does not trust the cert refuses the server
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{base}/healthz", verify=other, timeout=2)
+
+        # the project's own clients, trusting the self-signed cert through ca_file
+        ops = GkcOpsClient(base, SECRET, ca_file=cert)
+        try:
+            assert ops.versions()[0]["version"] == 1
+            assert ops.activate(1)["version"] == 1
+        finally:
+            ops.close()
+        with GkcClient(f"127.0.0.1:{grpc_port}", timeout_s=10, ca_file=cert) as client:
+            got = client.batch_get(request.user_id, list(request.item_ids), list(request.category_ids))
+        assert got.version == 1 and got.n_candidates == len(request.item_ids)
+        untrusting = GkcOpsClient(base, SECRET)
+        with pytest.raises(Unavailable):  # without the CA the client refuses the server
+            untrusting.versions()
+        untrusting.close()
+
+        # an idle keep-alive TLS connection must not hold the shutdown open (the process used to hang
+        # until killed, leaving its embedded Redis behind)
+        idle = httpx.Client(verify=tls)
+        assert idle.get(f"{base}/healthz").status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log_path.read_text()
+        idle.close()
+        with GkcClient(f"127.0.0.1:{grpc_port}", timeout_s=3, tls=True) as client, pytest.raises(KeepError):
+            client.batch_get(request.user_id, list(request.item_ids), list(request.category_ids))
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

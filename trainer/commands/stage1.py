@@ -35,7 +35,16 @@ def register(sub: Any) -> None:
     e.add_argument(
         "--extractor", required=True, help="checkpoint directory of keep pretrain --strategy serving"
     )
-    e.add_argument("--out", required=True, help="bundle directory to create")
+    e.add_argument("--out", default=None, help="bundle directory to create")
+    e.add_argument(
+        "--gkc-redis",
+        default=None,
+        metavar="URL",
+        help="instead of --out: publish straight into GKC's Redis store as a new version (sharded "
+        "over the ranks under torchrun)",
+    )
+    e.add_argument("--gkc-redis-cluster", action="store_true", help="the --gkc-redis URL is a Redis Cluster")
+    e.add_argument("--max-ready", type=int, default=5, help="ready versions kept (GKC_MAX_READY_VERSIONS)")
     e.add_argument("--super", default=None, dest="super_path", help="log for histories (default: as trained)")
     e.add_argument("--batch-size", type=int, default=4096)
     e.add_argument("--threads", type=int, default=0)
@@ -100,7 +109,14 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from trainer.cli import CommandError
+
     _positive("--batch-size", args.batch_size)
+    _positive("--max-ready", args.max_ready)
+    if (args.out is None) == (args.gkc_redis is None):
+        raise CommandError("give --out DIR (a bundle) or --gkc-redis URL (publish into GKC's store)")
+    if args.gkc_redis:
+        return _export_to_gkc(args)
     _threads(args.threads)
     from trainer.export import export
 
@@ -116,6 +132,52 @@ def run_export(args: argparse.Namespace) -> int:
         "users": stats.users,
         "items": stats.items,
         "user_categories": stats.user_categories,
+        "seconds": {k: round(v, 3) for k, v in stats.seconds.items()},
+    }
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+def _export_to_gkc(args: argparse.Namespace) -> int:
+    """Every rank computes its span of the blocks and writes it; rank 0 begins and finalises the version."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    _threads(args.threads or max(1, (os.cpu_count() or 1) // world))
+    from gkc.redis_store import RedisStore
+    from trainer.data.readers import read_log
+    from trainer.distributed import from_env, shutdown
+    from trainer.export import check_exportable, export_to_store
+    from trainer.models.checkpoint import load_extractor
+
+    ext = load_extractor(args.extractor)
+    check_exportable(ext)
+    source = Path(args.super_path or ext.config["data"]["super"])
+    df = read_log(source)
+    store = RedisStore(args.gkc_redis, cluster=args.gkc_redis_cluster, timeout_s=10.0)
+    group = from_env()  # a no-op outside torchrun
+    try:
+        result, stats = export_to_store(
+            ext,
+            df,
+            store,
+            source=source,
+            group=group,
+            batch_size=args.batch_size,
+            max_ready=args.max_ready,
+            progress=not args.no_progress,
+        )
+    finally:
+        store.close()
+        shutdown(group)
+    if not group.is_writer:
+        return 0
+    summary = {
+        "version": result.version,
+        "retired": result.retired,
+        "entries": result.entries,
+        "users": stats.users,
+        "items": stats.items,
+        "user_categories": stats.user_categories,
+        "world_size": group.world,
         "seconds": {k: round(v, 3) for k, v in stats.seconds.items()},
     }
     print(json.dumps(summary, sort_keys=True))

@@ -109,9 +109,11 @@ def gkc_provider(reader: Any, version: int, df: Any, progress: bool) -> Any:
 def run_train(args: argparse.Namespace) -> int:
     from ranker import artifact as artifact_mod
     from trainer.data.readers import read_log
+    from trainer.distributed import from_env, shutdown
     from trainer.train import TrainConfig, task_rows, train
 
-    _threads(args.threads)
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun: share the cores between ranks
+    _threads(args.threads or max(1, (os.cpu_count() or 1) // world))
     df = read_log(args.train)
     reader = None if args.no_knowledge else _reader(args)
     if reader is None and not args.no_knowledge:
@@ -130,7 +132,13 @@ def run_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     task_rows(df, args.task)  # fail early on a missing label column
-    art = train(df, cfg, providers, init, info={"train_file": str(args.train)})
+    group = from_env()  # a no-op outside torchrun
+    try:
+        art = train(df, cfg, providers, init, info={"train_file": str(args.train)}, group=group)
+    finally:
+        shutdown(group)
+    if not group.is_writer:
+        return 0
     artifact_mod.save(art, args.out)
     print(
         json.dumps(
@@ -140,6 +148,7 @@ def run_train(args: argparse.Namespace) -> int:
                 "task": art.task,
                 "knowledge": {k: v.to_json() for k, v in art.knowledge.items()},
                 "warm_start": art.info["warm_start"],
+                "world_size": group.world,
             },
             sort_keys=True,
         )

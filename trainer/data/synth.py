@@ -111,7 +111,7 @@ def _day(
     state: _DomainState,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """One domain-day of impressions with labels; returns (columns, oracle parts)."""
-    act = lat.user_activity[users]
+    act = lat.user_activity[users] + (p.super_activity_floor if domain == SUPER else 0.0)
     counts = rng.poisson(rows_per_day * act / act.sum())
     sess, offset, global_sess = _sessions(rng, counts)
     row_user = np.repeat(users, counts)

@@ -8,8 +8,12 @@ Why the world looks like this (KEEP's premise, paper §1 and Table 1):
   categories a user clicks reveals ``z_u``, which a DIN learns from ids and behaviour sequences.
 - The super-domain (several scenes of the app) has ~25x the sub-domain's impressions and ~2x its users;
   the sub-domain users are a subset of them. A user with few sub-domain rows is nearly unknown to a
-  model trained on the sub-domain log alone, while the super-domain log shows their interests: they
-  are the ones who should gain most from KEEP.
+  model trained on the sub-domain log alone, while the super-domain log shows their interests.
+- Activity: each user has a heavy-tailed activity ``a_u`` (lognormal, mean 1). Every visit starts with
+  a screen of the homepage feed and ads come further down, so super-domain impressions per day grow as
+  ``floor + a_u`` and ad impressions as ``a_u``; the users who reach the ad slot at all are drawn with
+  probability ∝ ``a_u``. Heavy users are heavy in both domains, and light ones still leave a floor of
+  super-domain behaviour from which their interests can be read.
 - The sub-domain is the ad slot: a subset of items whose click model shares the interests but has its
   own bias: popularity counts *against* an ad (popular products are already known), and each ad has
   its own quality and each category its own ad bias. A model that merges the super-domain samples
@@ -84,7 +88,10 @@ class WorldParams:
     interest_noise: float = 0.25
     item_noise: float = 0.4
     drift_per_day: float = 0.08
-    activity_sigma: float = 1.0
+    activity_sigma: float = 1.5
+    #: Super-domain impressions per user-day ∝ ``floor + a_u`` (activity ``a_u`` has mean 1), ad-slot
+    #: impressions ∝ ``a_u``: every visit starts with a screen of the homepage feed, ads come further down.
+    super_activity_floor: float = 1.0
     zipf_exponent: float = 1.0
     super_ctr: float = 0.04
     sub_ctr: float = 0.05
@@ -174,7 +181,9 @@ def make_latents(rng: np.random.Generator, scale: ScaleConfig, p: WorldParams) -
     activity = rng.lognormal(0.0, p.activity_sigma, u)
     activity /= activity.mean()
     is_sub_user = np.zeros(u, dtype=bool)
-    is_sub_user[rng.permutation(u)[: round(u * scale.sub_user_share)]] = True
+    # Ads sit below the first screen of the feed: the more active a user, the likelier they reach one.
+    chosen = rng.choice(u, size=round(u * scale.sub_user_share), replace=False, p=activity / activity.sum())
+    is_sub_user[chosen] = True
     return Latents(
         centroid=centroid,
         item_category=item_category,

@@ -22,7 +22,7 @@ from torch import nn
 
 from trainer.models.batch import FeatureBatch
 from trainer.models.din import TargetAttention
-from trainer.models.layers import TaskTower
+from trainer.models.layers import TaskTower, packed_mean
 
 STRATEGIES = ("full", "decomposition", "degeneration", "serving")
 ALL_TASKS = ("click", "conversion", "cart")
@@ -156,7 +156,14 @@ class Extractor(nn.Module):
 
 
 class DINExtractor(Extractor):
-    """``full``: DIN over [user, item, shop, category, attended interest], per-task towers.
+    """``full``: DIN over [user, item, shop, category, attended interest, mean behaviour], per-task towers.
+
+    DIN's attention sum-pools (it keeps the intensity of the interest), so a user with three clicks
+    gets a tiny interest vector; the mean-pooled sequence beside it gives the towers the direction of
+    the interest whatever the history's length. Without it the click tower's score on the small
+    world tracked the true interest only for users with 15+ super-domain clicks (within-user
+    correlation -0.02 below 11 clicks, 0.55 above 53; with it 0.11 and 0.49), and KEEP's lift for
+    light users was a third of the heavy users'.
 
     Knowledge blocks: ``ku`` (user-id embedding, 48), ``ki`` (item-side embeddings, 48) and
     ``kui:<task>`` (64 per task, the last hidden layer of the task's tower).
@@ -166,7 +173,7 @@ class DINExtractor(Extractor):
         super().__init__(cfg)
         emb = self.embeddings
         self.attention = TargetAttention(emb.behaviour_dim, cfg.attention)
-        self.in_dim = emb.user_dim + emb.item_side_dim + emb.behaviour_dim
+        self.in_dim = emb.user_dim + emb.item_side_dim + 2 * emb.behaviour_dim
         self.towers = TaskTowers(self.in_dim, cfg.tasks, cfg.tower)
 
     def features(self, b: FeatureBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -174,8 +181,10 @@ class DINExtractor(Extractor):
         user = emb.users(b)
         item_side = emb.item_side(b)
         row, h_item, h_cat = emb.behaviours(b)
-        interest = self.attention(emb.candidate(b), torch.cat((h_item, h_cat), dim=-1), row)
-        return torch.cat((user, item_side, interest), dim=-1), user, item_side
+        behaviours = torch.cat((h_item, h_cat), dim=-1)
+        interest = self.attention(emb.candidate(b), behaviours, row)
+        mean = packed_mean(behaviours, row, len(b))
+        return torch.cat((user, item_side, interest, mean), dim=-1), user, item_side
 
     def forward(self, b: FeatureBatch) -> dict[str, torch.Tensor]:
         return self.towers(self.features(b)[0], b)
