@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
+from stage2_data import random_bundle
 
-from gkc import bundle as bundle_mod
 from ranker import artifact as artifact_mod
 from trainer.cli import main
 from trainer.data.dataset import Vocabs
@@ -26,26 +25,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     w = generate("tiny", seed=3, progress=False)
     files = {name: write_log(getattr(w, name), root / f"{name}.parquet") for name in ("train", "test")}
     for dim, name in ((8, "bundle"), (6, "bundle_other")):
-        files[name] = _random_bundle(w.train, w.test, root / name, dim)
+        files[name] = random_bundle(pd.concat([w.train, w.test]), root / name, dim, seed=dim)
     return files
-
-
-def _random_bundle(train: pd.DataFrame, test: pd.DataFrame, out: Path, dim: int) -> Path:
-    rng = np.random.default_rng(dim)
-    both = pd.concat([train, test])
-    users = both["user_id"].unique()[:-5]  # a few cold users
-    items = both["item_id"].unique()
-    pairs = both[["user_id", "category_id"]].drop_duplicates()
-    b = bundle_mod.build(
-        user_ids=users,
-        user_vectors=rng.normal(size=(len(users), dim)),
-        item_ids=items,
-        item_vectors=rng.normal(size=(len(items), dim)),
-        uc_user_ids=pairs["user_id"].to_numpy(),
-        uc_category_ids=pairs["category_id"].to_numpy(),
-        uc_vectors=rng.normal(size=(len(pairs), 4)),
-    )
-    return bundle_mod.save(b, out)
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

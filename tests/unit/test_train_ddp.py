@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from stage2_data import random_bundle
 from torchrun_cli import torchrun_keep
 
-from gkc import bundle as bundle_mod
 from ranker import artifact as artifact_mod
 from services.errors import InvalidArgument
 from trainer.cli import main
@@ -35,22 +35,9 @@ TRAIN_ARGS = ["--batch-size", "255", "--epochs", "2", "--no-progress"]
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ddp-train")
     w = generate("tiny", seed=5, progress=False)
-    rng = np.random.default_rng(0)
-    users = w.train["user_id"].unique()[:-5]  # a few cold users (zero knowledge)
-    items = w.train["item_id"].unique()
-    pairs = w.train[["user_id", "category_id"]].drop_duplicates()
-    bundle = bundle_mod.build(
-        user_ids=users,
-        user_vectors=rng.normal(size=(len(users), 8)),
-        item_ids=items,
-        item_vectors=rng.normal(size=(len(items), 8)),
-        uc_user_ids=pairs["user_id"].to_numpy(),
-        uc_category_ids=pairs["category_id"].to_numpy(),
-        uc_vectors=rng.normal(size=(len(pairs), 4)),
-    )
     return {
         "train": write_log(w.train, root / "train.parquet"),
-        "bundle": bundle_mod.save(bundle, root / "bundle"),
+        "bundle": random_bundle(w.train, root / "bundle", 8, seed=0),
     }
 
 
