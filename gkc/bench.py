@@ -10,7 +10,9 @@ items (retrieval output is popularity-skewed).
 Measured: p50/p99/rps at concurrency 1 and 16 (load generator: 2 processes x 8 threads, on the same
 machine) for (a) ``GkcClient.batch_get`` (request → numpy ``Lookup``) and (b) the raw floor: redis-py +
 hiredis fetching the same vectors in one pipeline (HMGET of the user hash + MGET of the items) and
-decoding with numpy. Also the float16 wire format's byte saving and its effect on a dot-product score.
+decoding with numpy. At concurrency 1 the two (and (c) the float16 wire format, ``gkc_float16_c1``)
+take turns in blocks of 100 requests, so they are compared under the same machine load. Also the
+float16 format's byte saving and its effect on a dot-product score.
 """
 
 from __future__ import annotations
@@ -103,10 +105,10 @@ class RawFloor:
 
 
 def _caller(kind: str, target: str, version: int, cluster: bool) -> Any:
-    if kind == "gkc":
+    if kind in ("gkc", "gkc16"):
         from gkc.client import GkcClient
 
-        client = GkcClient(target, timeout_s=5.0)
+        client = GkcClient(target, timeout_s=5.0, float16=kind == "gkc16")
         return lambda u, i, c: client.batch_get(u, i, c, version)
     raw = RawFloor(target, version, cluster)
     return raw.get
@@ -161,17 +163,25 @@ def _stats(lat: list[float], seconds: float | None = None) -> dict[str, float]:
     }
 
 
-def measure(kind: str, target: str, version: int, cluster: bool, reqs: list[Any], n: int) -> dict[str, float]:
-    """Concurrency 1: sequential calls in this process."""
-    call = _caller(kind, target, version, cluster)
-    for r in reqs[:50]:
-        call(*r)
-    lat = []
-    for k in range(n):
-        t0 = time.perf_counter()
-        call(*reqs[k % len(reqs)])
-        lat.append(time.perf_counter() - t0)
-    return _stats(lat)
+def measure_interleaved(
+    callers: dict[str, Any], reqs: list[Any], n: int, block: int = 100
+) -> dict[str, dict[str, float]]:
+    """Concurrency 1: sequential calls in this process, the callers taking turns in blocks of
+    ``block`` requests on the same request sequence, so that every caller sees the same moments of
+    this shared machine (measured one after the other, the floor's p99 alone moved by 2x between runs).
+    """
+    for call in callers.values():
+        for r in reqs[:50]:
+            call(*r)
+    lat: dict[str, list[float]] = {name: [] for name in callers}
+    for start in range(0, n, block):
+        for name, call in callers.items():
+            for k in range(start, min(start + block, n)):
+                r = reqs[k % len(reqs)]
+                t0 = time.perf_counter()
+                call(*r)
+                lat[name].append(time.perf_counter() - t0)
+    return {name: _stats(values) for name, values in lat.items()}
 
 
 def measure_concurrent(
@@ -270,8 +280,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             },
             "request": {"candidates": CANDIDATES, "categories": CATEGORIES, "hot_item_share": 0.8},
             "gkc_workers": workers,
-            "gkc_c1": measure("gkc", target, version, cluster, reqs, n),
-            "raw_c1": measure("raw", redis.url, version, cluster, reqs, n),
+            **measure_interleaved(
+                {
+                    "gkc_c1": _caller("gkc", target, version, cluster),
+                    "raw_c1": _caller("raw", redis.url, version, cluster),
+                    "gkc_float16_c1": _caller("gkc16", target, version, cluster),
+                },
+                reqs,
+                n,
+            ),
             "gkc_c16": measure_concurrent("gkc", target, version, cluster, reqs, float(cfg["seconds"])),
             "raw_c16": measure_concurrent("raw", redis.url, version, cluster, reqs, float(cfg["seconds"])),
             "float16": float16_effect(target, version, reqs),

@@ -33,7 +33,15 @@ _UNDECODABLE = object()
 
 
 class ErrorInterceptor(aio.ServerInterceptor):
-    """Turns domain errors into status codes for unary-unary handlers."""
+    """Turns domain errors into status codes for unary-unary handlers.
+
+    The wrapped handler is built once per registered handler and reused (building it per call cost
+    ~0.1 ms of a sub-millisecond GKC read); the cache is keyed by the handler object itself, so a
+    later interceptor that returns a fresh handler per call still gets its own wrapper each time.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -43,39 +51,45 @@ class ErrorInterceptor(aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        inner = handler.unary_unary
-        method = handler_call_details.method
+        hit = self._wrapped.get(id(handler))
+        if hit is not None and hit[0] is handler:
+            return hit[1]
+        wrapped = _wrap(handler, handler_call_details.method)
+        if len(self._wrapped) < 1024:  # registered handlers are few; never grow without bound
+            self._wrapped[id(handler)] = (handler, wrapped)
+        return wrapped
 
-        deserialize = handler.request_deserializer
 
-        def safe_deserialize(data: bytes) -> Any:
-            # A frame that is not the declared message fails here, before any handler runs; mark it
-            # so the handler below answers INVALID_ARGUMENT instead of grpc's UNKNOWN + traceback.
-            try:
-                return deserialize(data) if deserialize is not None else data
-            except DecodeError:
-                return _UNDECODABLE
+def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    inner = handler.unary_unary
+    deserialize = handler.request_deserializer
 
-        async def wrapped(request: Any, context: aio.ServicerContext) -> Any:
-            if request is _UNDECODABLE:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid protobuf message"
-                )
-            try:
-                return await inner(request, context)
-            except KeepError as err:
-                await context.abort(status_code(err), err.message)
-            except (aio.AbortError, aio.BaseError):
-                raise
-            except Exception:
-                log.exception("unhandled error in %s", method)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error; see server log")
+    def safe_deserialize(data: bytes) -> Any:
+        # A frame that is not the declared message fails here, before any handler runs; mark it
+        # so the handler below answers INVALID_ARGUMENT instead of grpc's UNKNOWN + traceback.
+        try:
+            return deserialize(data) if deserialize is not None else data
+        except DecodeError:
+            return _UNDECODABLE
 
-        return grpc.unary_unary_rpc_method_handler(
-            wrapped,
-            request_deserializer=safe_deserialize,
-            response_serializer=handler.response_serializer,
-        )
+    async def wrapped(request: Any, context: aio.ServicerContext) -> Any:
+        if request is _UNDECODABLE:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid protobuf message")
+        try:
+            return await inner(request, context)
+        except KeepError as err:
+            await context.abort(status_code(err), err.message)
+        except (aio.AbortError, aio.BaseError):
+            raise
+        except Exception:
+            log.exception("unhandled error in %s", method)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see server log")
+
+    return grpc.unary_unary_rpc_method_handler(
+        wrapped,
+        request_deserializer=safe_deserialize,
+        response_serializer=handler.response_serializer,
+    )
 
 
 def build_server(
