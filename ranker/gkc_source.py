@@ -8,29 +8,37 @@ the client's decoding (:func:`gkc.client.lookup_from_proto`) and error mapping
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from grpc import aio
 
-from gkc.client import from_rpc_error, lookup_from_proto
+from gkc.client import channel_credentials, from_rpc_error, lookup_from_proto
 from gkc.lookup import Lookup
 from protos import gkc_pb2, gkc_pb2_grpc
 
 
 class GkcKnowledgeSource:
-    """Create inside the running event loop (``grpc.aio`` channels bind to it)."""
+    """Create inside the running event loop (``grpc.aio`` channels bind to it).
 
-    def __init__(self, addr: str) -> None:
+    TLS as :class:`gkc.client.GkcClient`: ``ca_file`` (PEM) = trust that CA, ``tls`` alone = the
+    system roots, neither = plaintext."""
+
+    def __init__(
+        self, addr: str, *, ca_file: str | os.PathLike[str] | None = None, tls: bool = False
+    ) -> None:
         self.addr = addr
-        self.channel = aio.insecure_channel(
-            addr,
-            options=[
-                ("grpc.max_receive_message_length", 64 << 20),
-                # Reconnect quickly once GKC is back (the breaker's probes need a live channel).
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", 64 << 20),
+            # Reconnect quickly once GKC is back (the breaker's probes need a live channel).
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ]
+        creds = channel_credentials(ca_file, tls)
+        if creds is not None:
+            self.channel = aio.secure_channel(addr, creds, options=options)
+        else:
+            self.channel = aio.insecure_channel(addr, options=options)
         self._call = gkc_pb2_grpc.GkcStub(self.channel).BatchGet
 
     async def batch_get(

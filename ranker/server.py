@@ -78,7 +78,7 @@ async def build(settings: RankerSettings) -> AsyncIterator[Ranker]:
         log.warning(
             "no model loaded from %s yet; waiting for one (health is NOT_SERVING)", settings.model_dir
         )
-    source = GkcKnowledgeSource(settings.gkc_addr)
+    source = GkcKnowledgeSource(settings.gkc_addr, ca_file=settings.gkc_ca_file, tls=settings.gkc_tls)
     breaker = CircuitBreaker(
         settings.breaker_failures, settings.breaker_reset_s, on_change=metrics.on_breaker
     )

@@ -18,6 +18,10 @@ class RankerSettings(ServiceSettings):
     grpc_port: int = 50052
     http_port: int = 8082
     gkc_addr: str = "127.0.0.1:50051"
+    #: GKC's read path behind TLS (``GKC_TLS_CERT``): trust this CA / self-signed cert (PEM) ...
+    gkc_ca_file: Path | None = None
+    #: ... or, with no CA file, the system roots. Off with no CA file: plaintext.
+    gkc_tls: bool = False
     #: Either one model artifact (``artifact.json`` inside; the model is named after its task) or a
     #: directory of artifacts / symlinks to artifacts (each model is named after its entry).
     model_dir: Path = Path(".keep/models")
@@ -54,6 +58,8 @@ class RankerSettings(ServiceSettings):
 
     def check(self) -> None:
         """Refuse settings that cannot work, with the variable's name in the message."""
+        if self.gkc_ca_file is not None and not self.gkc_ca_file.is_file():
+            raise InvalidArgument(f"RANKER_GKC_CA_FILE {self.gkc_ca_file} is not a readable file")
         if self.max_candidates < 1:
             raise InvalidArgument("RANKER_MAX_CANDIDATES must be >= 1")
         if self.gkc_timeout_s <= 0 or self.request_deadline_s <= 0:

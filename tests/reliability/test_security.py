@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import datetime
 import inspect
 import ipaddress
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -24,6 +26,7 @@ import gkc.rest
 from gkc.client import GkcClient, GkcOpsClient, tar_bundle
 from gkc.local_redis import free_port
 from protos import gkc_pb2_grpc
+from ranker.gkc_source import GkcKnowledgeSource
 from services.errors import KeepError, Unavailable
 
 pytestmark = pytest.mark.reliability
@@ -130,6 +133,17 @@ def _self_signed(tmp: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+async def _ranker_source_read(addr: str, ca_file: Path, request: Any) -> int:
+    source = GkcKnowledgeSource(addr, ca_file=ca_file)
+    try:
+        got = await source.batch_get(
+            request.user_id, list(request.item_ids), list(request.category_ids), 0, timeout_s=10
+        )
+        return got.version
+    finally:
+        await source.close()
+
+
 def test_read_path_behind_tls_with_a_self_signed_cert(tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path)
     grpc_port, http_port = free_port(), free_port()
@@ -192,6 +206,8 @@ def test_read_path_behind_tls_with_a_self_signed_cert(tmp_path: Path) -> None:
         with GkcClient(f"127.0.0.1:{grpc_port}", timeout_s=10, ca_file=cert) as client:
             got = client.batch_get(request.user_id, list(request.item_ids), list(request.category_ids))
         assert got.version == 1 and got.n_candidates == len(request.item_ids)
+        # the ranker's knowledge source (RANKER_GKC_CA_FILE) reads the same over TLS
+        assert asyncio.run(_ranker_source_read(f"127.0.0.1:{grpc_port}", cert, request)) == got.version
         untrusting = GkcOpsClient(base, SECRET)
         with pytest.raises(Unavailable):  # without the CA the client refuses the server
             untrusting.versions()

@@ -42,9 +42,10 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
         ("model_reserve_s", 1.0, "RANKER_MODEL_RESERVE_S"),
         ("breaker_failures", 0, "RANKER_BREAKER_FAILURES"),
         ("torch_threads", 0, "RANKER_TORCH_THREADS"),
+        ("gkc_ca_file", "/nonexistent/ca.pem", "RANKER_GKC_CA_FILE"),
     ],
 )
-def test_check_refuses_unworkable_settings(field: str, value: float, match: str) -> None:
+def test_check_refuses_unworkable_settings(field: str, value: float | str, match: str) -> None:
     with pytest.raises(InvalidArgument, match=match):
         RankerSettings.model_validate({field: value}).check()
 
