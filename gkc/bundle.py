@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -217,12 +216,12 @@ def validate(bundle: Bundle) -> None:
             raise BundleError(f"{name} vectors have dtype {vectors.dtype}, expected float32")
         if vectors.ndim != 2 or vectors.shape != (count, dim):
             raise BundleError(f"{name} vectors have shape {vectors.shape}, manifest says ({count}, {dim})")
-        if not _all_finite(vectors):
+        if not all_finite(vectors):
             raise BundleError(f"{name} vectors contain NaN or inf")
-    _validate_ids(m, bundle.user_ids, bundle.item_ids, bundle.uc_user_ids, bundle.uc_category_ids)
+    validate_ids(m, bundle.user_ids, bundle.item_ids, bundle.uc_user_ids, bundle.uc_category_ids)
 
 
-def _validate_ids(
+def validate_ids(
     m: Manifest,
     user_ids: np.ndarray,
     item_ids: np.ndarray,
@@ -253,18 +252,18 @@ def _validate_ids(
         raise BundleError("interaction block needs d_user == d_item")
 
 
-def _all_finite(vectors: np.ndarray, rows: int = 65_536) -> bool:
+def all_finite(vectors: np.ndarray, rows: int = 65_536) -> bool:
     """``np.isfinite(vectors).all()`` in row chunks (no full-size temporary for a big block)."""
     return all(bool(np.isfinite(vectors[i : i + rows]).all()) for i in range(0, len(vectors), rows))
 
 
-def _tmp_dir(target: Path) -> Path:
+def tmp_dir(target: Path) -> Path:
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=False)
     return tmp
 
 
-def _seal(tmp: Path, target: Path, manifest: Manifest) -> Path:
+def seal(tmp: Path, target: Path, manifest: Manifest) -> Path:
     """Checksum every array file in ``tmp``, write the manifest, rename ``tmp`` to ``target``."""
     checksums = {name: _sha256(tmp / name) for name in ARRAY_FILES}
     sealed = Manifest(
@@ -281,93 +280,10 @@ def save(bundle: Bundle, out: str | os.PathLike[str]) -> Path:
     """Write atomically: into ``out.tmp-*`` first, then rename, so a crash leaves no half bundle."""
     validate(bundle)
     target = Path(out)
-    tmp = _tmp_dir(target)
+    tmp = tmp_dir(target)
     for name, arr in bundle.arrays().items():
         np.save(tmp / name, arr, allow_pickle=False)
-    return _seal(tmp, target, bundle.manifest)
-
-
-VECTOR_FILES = {"users": "user_vectors.npy", "items": "item_vectors.npy", "uc": "uc_vectors.npy"}
-
-
-class BundleWriter:
-    """A bundle written batch by batch: :meth:`append` streams each block's vectors straight into its
-    ``.npy`` file (header first, rows in order), so no block, K̂_uc included, is ever held in memory.
-    :meth:`finish` writes the ids, checks counts and ids, checksums and renames as :func:`save` does;
-    :meth:`abort` removes the leftovers."""
-
-    def __init__(self, out: str | os.PathLike[str], counts: Counts, dims: Dims) -> None:
-        self.target = Path(out)
-        if self.target.exists():
-            raise BundleError(f"{self.target} already exists; refusing to overwrite a bundle")
-        self.counts, self.dims = counts, dims
-        self.shapes = {
-            "users": (counts.users, dims.user),
-            "items": (counts.items, dims.item),
-            "uc": (counts.user_categories, dims.uc),
-        }
-        self.rows = dict.fromkeys(self.shapes, 0)
-        self.tmp = _tmp_dir(self.target)
-        self._files = {}
-        for block, shape in self.shapes.items():
-            fh = (self.tmp / VECTOR_FILES[block]).open("wb")
-            header = {"descr": FLOAT_DTYPE.str, "fortran_order": False, "shape": shape}
-            np.lib.format.write_array_header_1_0(fh, header)
-            self._files[block] = fh
-
-    def append(self, block: str, vectors: np.ndarray) -> None:
-        """The next rows of ``block`` (``users``, ``items`` or ``uc``), in order."""
-        n, dim = self.shapes[block]
-        arr = np.ascontiguousarray(vectors, dtype=FLOAT_DTYPE)
-        if arr.ndim != 2 or arr.shape[1] != dim or self.rows[block] + len(arr) > n:
-            raise BundleError(f"{block}: {arr.shape} rows after {self.rows[block]} do not fit ({n}, {dim})")
-        if not _all_finite(arr):
-            raise BundleError(f"{block} vectors contain NaN or inf")
-        self._files[block].write(arr.tobytes())
-        self.rows[block] += len(arr)
-
-    def finish(
-        self,
-        *,
-        user_ids: Any,
-        item_ids: Any,
-        uc_user_ids: Any,
-        uc_category_ids: Any,
-        strategy: str = "serving",
-        source: dict[str, Any] | None = None,
-        metrics: dict[str, Any] | None = None,
-    ) -> Path:
-        self._close()
-        short = {b: (r, self.shapes[b][0]) for b, r in self.rows.items() if r != self.shapes[b][0]}
-        if short:
-            raise BundleError(f"blocks not complete (written, expected): {short}")
-        manifest = Manifest(
-            dims=self.dims,
-            counts=self.counts,
-            interaction=self.dims.user == self.dims.item,
-            strategy=strategy,
-            source=dict(source or {}),
-            metrics=dict(metrics or {}),
-            created=time.time(),
-        )
-        ids = {
-            "user_ids": canonical_ids(user_ids),
-            "item_ids": canonical_ids(item_ids),
-            "uc_user_ids": canonical_ids(uc_user_ids),
-            "uc_category_ids": canonical_ids(uc_category_ids),
-        }
-        _validate_ids(manifest, **ids)
-        for name, arr in ids.items():
-            np.save(self.tmp / f"{name}.npy", arr, allow_pickle=False)
-        return _seal(self.tmp, self.target, manifest)
-
-    def abort(self) -> None:
-        self._close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def _close(self) -> None:
-        for fh in self._files.values():
-            fh.close()
+    return seal(tmp, target, bundle.manifest)
 
 
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:

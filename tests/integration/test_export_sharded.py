@@ -29,7 +29,8 @@ from ranker import artifact as artifact_mod
 from services.errors import Unavailable
 from trainer.cli import main
 from trainer.data.readers import read_log
-from trainer.export import ShardedExportError, export, export_to_store
+from trainer.export import export
+from trainer.export_store import ShardedExportError, export_to_store
 from trainer.models.checkpoint import load_extractor
 
 # The Stage 1 tests' learnable tiny log (tests/unit/stage1_data.py).

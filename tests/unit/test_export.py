@@ -11,6 +11,7 @@ import pytest
 from stage1_data import DAY, write_tiny
 
 from gkc import bundle as gkc_bundle
+from gkc.bundle_writer import BundleWriter
 from services.errors import InvalidArgument
 from trainer.cli import main
 from trainer.data.readers import read_log
@@ -138,7 +139,7 @@ def test_a_failed_streamed_export_leaves_nothing(
 
 
 def test_bundle_writer_with_an_empty_block(tmp_path: Path) -> None:
-    writer = gkc_bundle.BundleWriter(
+    writer = BundleWriter(
         tmp_path / "b", gkc_bundle.Counts(users=2, items=1, user_categories=0), gkc_bundle.Dims(3, 3, 4)
     )
     writer.append("users", np.array([[1, 2, 3]]))
@@ -153,11 +154,11 @@ def test_bundle_writer_with_an_empty_block(tmp_path: Path) -> None:
     assert b.user_ids.tolist() == ["10", "11"] and b.user_vectors[1].tolist() == [4, 5, 6]
     assert b.uc_vectors.shape == (0, 4) and b.manifest.interaction
     with pytest.raises(gkc_bundle.BundleError, match="already exists"):
-        gkc_bundle.BundleWriter(path, b.manifest.counts, b.manifest.dims)
+        BundleWriter(path, b.manifest.counts, b.manifest.dims)
 
 
 def test_bundle_writer_refuses_an_incomplete_block(tmp_path: Path) -> None:
-    writer = gkc_bundle.BundleWriter(
+    writer = BundleWriter(
         tmp_path / "b", gkc_bundle.Counts(users=2, items=0, user_categories=0), gkc_bundle.Dims(3, 3, 4)
     )
     writer.append("users", np.ones((1, 3)))

@@ -145,7 +145,8 @@ def _export_to_gkc(args: argparse.Namespace) -> int:
     from gkc.redis_store import RedisStore
     from trainer.data.readers import read_log
     from trainer.distributed import from_env, shutdown
-    from trainer.export import check_exportable, export_to_store
+    from trainer.export import check_exportable
+    from trainer.export_store import export_to_store
     from trainer.models.checkpoint import load_extractor
 
     ext = load_extractor(args.extractor)

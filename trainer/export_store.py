@@ -1,0 +1,106 @@
+"""``keep export --gkc-redis``: the bundle's entries written straight into GKC's store, sharded.
+
+Under torchrun every rank prepares the same :class:`trainer.export.ExportPlan` (vocabularies, history
+index, id lists), computes its contiguous span of each block cut at ``batch_size`` boundaries (so every
+rank runs exactly the batches one process would, and the vectors are bit-identical), and writes it into
+one staging version through ``gkc.publish``'s sharded protocol (see there); rank 0 allocates the
+version and finalises it. A failure on any rank is told to the others, so none waits forever and no
+partial version becomes visible.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from gkc import bundle as gkc_bundle
+from gkc import publish as gkc_publish
+from gkc.store import KnowledgeStore
+from services.errors import KeepError
+from trainer.distributed import DataParallel
+from trainer.export import ExportStats, prepare
+from trainer.models.checkpoint import LoadedExtractor
+
+
+class ShardedExportError(KeepError):
+    """A rank of a sharded export failed (the message names it); nothing became visible."""
+
+
+def export_to_store(
+    ext: LoadedExtractor,
+    df: pd.DataFrame,
+    store: KnowledgeStore,
+    *,
+    source: Path,
+    group: DataParallel | None = None,
+    batch_size: int = 4096,
+    publish_batch: int = 2000,
+    max_ready: int = 5,
+    samples: int = 64,
+    progress: bool = True,
+) -> tuple[gkc_publish.PublishResult, ExportStats]:
+    """Compute this rank's span of every block and publish them together as one new version.
+
+    Every rank calls this with the same arguments; all return the same result or raise."""
+    group = group or DataParallel()
+    plan = prepare(ext, df, source=source)
+    spans = {n: group.span(b.n, batch_size) for n, b in plan.blocks.items()}
+    shard: gkc_bundle.Bundle | None = None
+    try:
+        shard = plan.bundle(spans, batch_size, progress and group.is_writer)
+        mine: dict[str, str] | str = gkc_publish.array_digests(shard)
+    except Exception as err:  # tell the others instead of leaving them waiting
+        mine = f"rank {group.rank}: {type(err).__name__}: {err}"
+    digests = group.gather_objects(mine)
+    failed = [d for d in digests if isinstance(d, str)]
+    if failed:
+        raise ShardedExportError("; ".join(failed))
+    assert shard is not None
+    model_dims = shard.manifest.dims
+    manifest = gkc_bundle.Manifest(
+        dims=model_dims,
+        counts=plan.counts(),
+        interaction=model_dims.user == model_dims.item,
+        source={**plan.source, "sharded": {"ranks": group.world, "batch_size": batch_size}},
+        metrics=plan.metrics,
+        checksums=gkc_publish.shard_checksums(digests),
+        created=time.time(),
+    )
+    version: int | str = 0
+    if group.is_writer:
+        try:
+            version = store.begin(manifest.to_json())
+        except Exception as err:
+            version = f"rank 0 could not begin a version: {type(err).__name__}: {err}"
+    version = group.broadcast_object(version)
+    if isinstance(version, str):
+        raise ShardedExportError(version)
+    report = gkc_publish.write_shard(
+        store,
+        version,
+        shard,
+        rank=group.rank,
+        batch=publish_batch,
+        samples=samples,
+        progress=progress and group.is_writer,
+    )
+    try:
+        reports = group.gather_objects(report)
+    except BaseException:  # a peer died mid-way (gloo noticed): never promote, mark it for cleanup
+        if group.is_writer:
+            gkc_publish.give_up(store, version)
+        raise
+    outcome: gkc_publish.PublishResult | str = ""
+    if group.is_writer:
+        try:
+            outcome = gkc_publish.finalise_shards(
+                store, version, manifest, reports, plan.id_bundle(), max_ready=max_ready, samples=samples
+            )
+        except Exception as err:
+            outcome = f"version {version} not published: {type(err).__name__}: {err}"
+    outcome = group.broadcast_object(outcome)
+    if isinstance(outcome, str):
+        raise ShardedExportError(outcome)
+    return outcome, plan.stats
