@@ -15,7 +15,7 @@ import pytest
 from trainer.cli import main
 from trainer.commands.data import default_taobao_dir
 from trainer.data.taobao import CSV_NAME
-from trainer.experiment import method_table
+from trainer.experiment_methods import method_table
 
 SRC = default_taobao_dir()
 pytestmark = [

@@ -9,7 +9,8 @@ import pytest
 
 from trainer.cli import main
 from trainer.data.synth import generate, write_world
-from trainer.experiment import METHOD_NAMES, user_groups
+from trainer.report import user_groups
+from trainer.experiment_methods import METHOD_NAMES
 
 
 def _world(root: Path, scale: str) -> Path:

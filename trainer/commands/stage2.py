@@ -189,7 +189,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_experiment_cmd(args: argparse.Namespace) -> int:
-    from trainer.experiment import METHOD_NAMES, ExperimentConfig, run_experiment
+    from trainer.experiment import ExperimentConfig, run_experiment
+    from trainer.experiment_methods import METHOD_NAMES
     from trainer.train import TrainConfig
 
     _threads(args.threads)

@@ -1,0 +1,70 @@
+"""The methods ``keep experiment`` compares (the paper's Tables 2, 3, 4, 8) and the extractors they need.
+
+A :class:`Method` names the knowledge blocks its plug-in reads and the extractor that produces them;
+:data:`EXTRACTORS` says what each extractor is pre-trained on. Kept apart from the runner so that the
+catalogue reads as one table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ALL_TASKS = ("click", "conversion", "cart")
+FULL_BLOCKS = ("ku", "ki", "kui:click", "kui:conversion", "kui:cart")
+SERVING_BLOCKS = ("ku_hat", "ki_hat", "ku_hat*ki_hat", "kuc_hat")
+
+
+@dataclass(frozen=True)
+class ExtractorPlan:
+    source: str  # "super" or "train" (keep_c: the downstream training log only)
+    strategy: str
+    tasks: tuple[str, ...] = ALL_TASKS
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    table: str
+    extractor: str | None = None
+    blocks: tuple[str, ...] = ()
+    merge_super: bool = False
+    via_bundle: bool = False
+    #: A control: the plug-in of ``keep`` fed all-zero knowledge (same architecture, no information).
+    zero: bool = False
+
+
+EXTRACTORS = {
+    "full": ExtractorPlan("super", "full"),
+    "sub": ExtractorPlan("train", "full"),
+    "serving": ExtractorPlan("super", "serving"),
+    "click": ExtractorPlan("super", "full", ("click",)),
+    "click_cv": ExtractorPlan("super", "full", ("click", "conversion")),
+    "decomposition": ExtractorPlan("super", "decomposition"),
+    "degeneration": ExtractorPlan("super", "degeneration"),
+}
+
+
+def method_table(separate_extractors: bool = False) -> dict[str, Method]:
+    sep = separate_extractors
+    rows = [
+        Method("base", "2"),
+        Method("sample_merging", "2", merge_super=True),
+        Method("keep_c", "2", "sub", FULL_BLOCKS),
+        Method("keep", "2", "full", FULL_BLOCKS),
+        Method("keep_zero", "2", "full", FULL_BLOCKS, zero=True),
+        Method("keep_ku", "3", "full", ("ku",)),
+        Method("keep_ku_ki", "3", "full", ("ku", "ki")),
+        Method("keep_click", "4", "click" if sep else "full", ("ku", "ki", "kui:click")),
+        Method(
+            "keep_click_cv", "4", "click_cv" if sep else "full", ("ku", "ki", "kui:click", "kui:conversion")
+        ),
+        Method("keep_decomposition", "8", "decomposition" if sep else "serving", SERVING_BLOCKS[:3]),
+        Method("keep_degeneration", "8", "degeneration" if sep else "serving", SERVING_BLOCKS[3:]),
+        Method("keep_decomposition_degeneration", "8", "serving", SERVING_BLOCKS, via_bundle=True),
+    ]
+    return {m.name: m for m in rows}
+
+
+#: The default set: every paper method. Controls (``keep_zero``) run only when named in --methods.
+CONTROLS = ("keep_zero",)
+METHOD_NAMES = tuple(n for n in method_table() if n not in CONTROLS)
