@@ -9,8 +9,8 @@ import pytest
 
 from trainer.cli import main
 from trainer.data.synth import generate, write_world
-from trainer.report import user_groups
 from trainer.experiment_methods import METHOD_NAMES
+from trainer.report import user_groups
 
 
 def _world(root: Path, scale: str) -> Path:
