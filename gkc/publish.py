@@ -85,6 +85,13 @@ def expected_entries(counts: Counts) -> dict[str, int]:
     return {"users": counts.users, "ucs": counts.user_categories, "items": counts.items}
 
 
+def check_counts(version: int, written: dict[str, int], counts: Counts) -> None:
+    """Every entry the manifest promises was written, no more (else the version must not go ready)."""
+    expected = expected_entries(counts)
+    if written != expected:
+        raise PublishVerificationError(f"version {version}: wrote {written}, expected {expected}")
+
+
 def publish(
     store: KnowledgeStore,
     bundle: Bundle,
@@ -102,9 +109,7 @@ def publish(
     log.info("publishing version %d (%d entries)", version, total)
     try:
         written = write_data(store, version, bundle, batch=batch, progress=progress, on_batch=on_batch)
-        expected = expected_entries(m.counts)
-        if written != expected:
-            raise PublishVerificationError(f"version {version}: wrote {written}, expected {expected}")
+        check_counts(version, written, m.counts)
         verify_sample(store, version, bundle, samples)
         retired = store.finish(version, max_ready)
     except BaseException:
@@ -158,9 +163,7 @@ def write_shard(
     Never raises: the report carries the error, so the finalising rank hears from every live rank."""
     try:
         written = write_data(store, version, shard, batch=batch, progress=progress)
-        expected = expected_entries(shard.manifest.counts)
-        if written != expected:
-            raise PublishVerificationError(f"version {version}: wrote {written}, expected {expected}")
+        check_counts(version, written, shard.manifest.counts)
         verify_sample(store, version, shard, samples)
         return ShardReport(rank=rank, written=written, digests=array_digests(shard))
     except Exception as err:
@@ -189,9 +192,7 @@ def finalise_shards(
         if got != manifest.checksums:
             raise PublishVerificationError(f"version {version}: the shards written are not the manifest's")
         written = {k: sum(r.written[k] for r in reports) for k in ("users", "ucs", "items")}
-        expected = expected_entries(manifest.counts)
-        if written != expected:
-            raise PublishVerificationError(f"version {version}: wrote {written}, expected {expected}")
+        check_counts(version, written, manifest.counts)
         verify_present(store, version, ids, samples)
         retired = store.finish(version, max_ready)
     except BaseException:
