@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from gkc import bundle as gkc_bundle
+from services import launch
 
 DIM = 64
 CANDIDATES = 500
@@ -247,19 +247,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         build_s = time.monotonic() - t0
         grpc_port, http_port = free_port(), free_port()
         token = "bench-token-" + os.urandom(8).hex()
-        env = {
-            **os.environ,
-            "GKC_REDIS_URL": redis.url,
-            "GKC_REDIS_CLUSTER": str(cluster).lower(),
-            "GKC_GRPC_PORT": str(grpc_port),
-            "GKC_HTTP_PORT": str(http_port),
-            "GKC_API_TOKEN": token,
-            "GKC_WORKERS": str(workers),
-            "GKC_LOG_LEVEL": "WARNING",
-        }
+        env = launch.gkc_env(
+            grpc_port,
+            http_port,
+            token,
+            redis_url=redis.url,
+            host=None,
+            GKC_REDIS_CLUSTER=str(cluster).lower(),
+            GKC_WORKERS=str(workers),
+            GKC_LOG_LEVEL="WARNING",
+        )
         gkc = subprocess.Popen([sys.executable, "-m", "gkc"], env=env, stderr=subprocess.DEVNULL)
-        ops = GkcOpsClient(f"http://127.0.0.1:{http_port}", token)
-        _wait_healthy(ops, gkc)
+        http_url = f"http://127.0.0.1:{http_port}"
+        launch.wait_healthy(gkc, "GKC", f"{http_url}/healthz", timeout_s=30, poll_s=0.1)
+        time.sleep(0.5)  # let the extra gRPC workers bind
+        ops = GkcOpsClient(http_url, token)
         t0 = time.monotonic()
         version = int(ops.publish(path, progress=sys.stderr.isatty())["version"])
         publish_s = time.monotonic() - t0
@@ -308,8 +310,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return result
     finally:
         if gkc is not None:
-            gkc.send_signal(signal.SIGTERM)
-            gkc.wait(30)
+            launch.stop(gkc, timeout_s=30)
         redis.stop()
         import shutil
 
@@ -325,17 +326,3 @@ def _masters(url: str) -> int:
         return len(client.get_primaries())
     finally:
         client.close()
-
-
-def _wait_healthy(ops: Any, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"GKC exited with {proc.returncode}")
-        try:
-            if ops.http.get("/healthz").status_code == 200:
-                time.sleep(0.5)  # let the extra gRPC workers bind
-                return
-        except Exception:
-            time.sleep(0.1)
-    raise RuntimeError("GKC did not become healthy in 30 s")

@@ -19,11 +19,9 @@ import csv
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ import numpy as np
 from gkc import bundle as gkc_bundle
 from gkc.client import GkcOpsClient
 from gkc.local_redis import free_port
+from services import launch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -70,39 +69,27 @@ def random_bundle(path: Path, seed: int, users: int, items: int, categories: int
 
 def wait_healthy(proc: Any, name: str, log_path: Path, http_url: str, *, timeout_s: float) -> None:
     """Poll ``/healthz`` until 200; exit with the service's log if it dies or stays unhealthy."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{name} exited with {proc.returncode}: {log_path.read_text()}")
-        try:
-            if httpx.get(f"{http_url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit(f"{name} did not become healthy within {timeout_s:.0f} s")
+    try:
+        launch.wait_healthy(proc, name, f"{http_url}/healthz", log_path=log_path, timeout_s=timeout_s)
+    except launch.ServiceStartError as err:
+        raise SystemExit(str(err)) from err
 
 
 def start_gkc(workdir: Path, redis_url: str | None, token: str, workers: int) -> tuple[Any, str, str]:
     grpc_port, http_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "GKC_HOST": "127.0.0.1",
-        "GKC_GRPC_PORT": str(grpc_port),
-        "GKC_HTTP_PORT": str(http_port),
-        "GKC_API_TOKEN": token,
-        "GKC_DATA_DIR": str(workdir / "data"),
-        "GKC_WORKERS": str(workers),
-        "GKC_LOG_LEVEL": "WARNING",
-    }
-    env.pop("GKC_REDIS_URL", None)
-    if redis_url:
-        env["GKC_REDIS_URL"] = redis_url
-    log = (workdir / "gkc.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "gkc"], env=env, cwd=ROOT, stdout=log, stderr=log)
+    env = launch.gkc_env(
+        grpc_port,
+        http_port,
+        token,
+        data_dir=workdir / "data",
+        redis_url=redis_url,
+        GKC_WORKERS=str(workers),
+        GKC_LOG_LEVEL="WARNING",
+    )
+    log_path = workdir / "gkc.log"
+    proc = launch.start([sys.executable, "-m", "gkc"], env, log_path=log_path, cwd=ROOT)
     http_url = f"http://127.0.0.1:{http_port}"
-    wait_healthy(proc, "GKC", workdir / "gkc.log", http_url, timeout_s=60)
+    wait_healthy(proc, "GKC", log_path, http_url, timeout_s=60)
     return proc, f"127.0.0.1:{grpc_port}", http_url
 
 
@@ -116,21 +103,11 @@ def start_ranker(
     log = synthetic.make_log(args.id_users, args.id_items, args.id_categories, rows_per_user, seed=0)
     synthetic.make_artifact(workdir / "models" / "ctr", log, bundle_dir, version, seed=0)
     grpc_port, http_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "RANKER_HOST": "127.0.0.1",
-        "RANKER_GRPC_PORT": str(grpc_port),
-        "RANKER_HTTP_PORT": str(http_port),
-        "RANKER_GKC_ADDR": gkc_grpc,
-        "RANKER_MODEL_DIR": str(workdir / "models"),
-        "RANKER_LOG_LEVEL": "WARNING",
-    }
-    log_file = (workdir / "ranker.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ranker"], env=env, cwd=ROOT, stdout=log_file, stderr=log_file
-    )
+    env = launch.ranker_env(grpc_port, http_port, gkc_grpc, workdir / "models", RANKER_LOG_LEVEL="WARNING")
+    log_path = workdir / "ranker.log"
+    proc = launch.start([sys.executable, "-m", "ranker"], env, log_path=log_path, cwd=ROOT)
     http_url = f"http://127.0.0.1:{http_port}"
-    wait_healthy(proc, "ranker", workdir / "ranker.log", http_url, timeout_s=120)
+    wait_healthy(proc, "ranker", log_path, http_url, timeout_s=120)
     return proc, f"127.0.0.1:{grpc_port}", http_url
 
 
@@ -146,11 +123,7 @@ def degraded_counts(metrics_text: str) -> dict[str, float]:
 
 
 def stop(proc: Any) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    launch.stop(proc, timeout_s=30)
 
 
 def read_stats(csv_path: Path) -> list[dict[str, Any]]:

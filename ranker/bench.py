@@ -18,7 +18,6 @@ import asyncio
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import httpx
 import numpy as np
 
 from ranker import synthetic
+from services import launch
 
 CANDIDATES = 500
 SIZES: dict[str, dict[str, int]] = {
@@ -130,20 +130,6 @@ def model_alone(artifact_dir: Path, cfg: dict[str, int], seconds: float) -> dict
     }
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{what} did not become healthy")
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from gkc.client import GkcOpsClient
     from gkc.local_redis import EmbeddedRedis, free_port
@@ -153,7 +139,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="ranker-bench-"))
     redis = EmbeddedRedis(tmp / "redis", persistent=False).start()
     procs: list[subprocess.Popen[bytes]] = []
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     try:
         log = synthetic.make_log(cfg["users"], cfg["items"], cfg["categories"], rows_per_user=cfg["rows"])
         bundle = synthetic.make_bundle(
@@ -161,32 +146,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         gkc_grpc, gkc_http = free_port(), free_port()
         token = "bench-token-" + os.urandom(8).hex()
-        gkc_env = {
-            **os.environ,
-            "GKC_REDIS_URL": redis.url,
-            "GKC_GRPC_PORT": str(gkc_grpc),
-            "GKC_HTTP_PORT": str(gkc_http),
-            "GKC_API_TOKEN": token,
-            "GKC_LOG_LEVEL": "WARNING",
-        }
-        procs.append(subprocess.Popen([sys.executable, "-m", "gkc"], env=gkc_env, **quiet))  # type: ignore[call-overload]
-        _wait_http(f"http://127.0.0.1:{gkc_http}/healthz", procs[-1], "GKC")
+        gkc_env = launch.gkc_env(
+            gkc_grpc, gkc_http, token, redis_url=redis.url, host=None, GKC_LOG_LEVEL="WARNING"
+        )
+        procs.append(launch.start([sys.executable, "-m", "gkc"], gkc_env))
+        launch.wait_healthy(procs[-1], "GKC", f"http://127.0.0.1:{gkc_http}/healthz", timeout_s=90)
         version = int(
             GkcOpsClient(f"http://127.0.0.1:{gkc_http}", token).publish(bundle, progress=False)["version"]
         )
         artifact_dir = synthetic.make_artifact(tmp / "models" / "ctr", log, bundle, version)
         grpc_port, http_port = free_port(), free_port()
-        ranker_env = {
-            **os.environ,
-            "RANKER_GRPC_PORT": str(grpc_port),
-            "RANKER_HTTP_PORT": str(http_port),
-            "RANKER_GKC_ADDR": f"127.0.0.1:{gkc_grpc}",
-            "RANKER_MODEL_DIR": str(tmp / "models"),
-            "RANKER_LOG_LEVEL": "WARNING",
-        }
-        procs.append(subprocess.Popen([sys.executable, "-m", "ranker"], env=ranker_env, **quiet))  # type: ignore[call-overload]
+        ranker_env = launch.ranker_env(
+            grpc_port,
+            http_port,
+            f"127.0.0.1:{gkc_grpc}",
+            tmp / "models",
+            host=None,
+            RANKER_LOG_LEVEL="WARNING",
+        )
+        procs.append(launch.start([sys.executable, "-m", "ranker"], ranker_env))
         http_url = f"http://127.0.0.1:{http_port}"
-        _wait_http(f"{http_url}/healthz", procs[-1], "ranker")
+        launch.wait_healthy(procs[-1], "ranker", f"{http_url}/healthz", timeout_s=90)
         addr = f"127.0.0.1:{grpc_port}"
         requests = _requests(cfg, 200)
         result: dict[str, Any] = {"size": size, "candidates": CANDIDATES}
@@ -232,10 +212,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return result
     finally:
         for proc in reversed(procs):
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            launch.stop(proc, timeout_s=30)
         redis.stop()
         shutil.rmtree(tmp, ignore_errors=True)

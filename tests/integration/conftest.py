@@ -13,7 +13,6 @@ For other suites (ranker, trainer):
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -22,12 +21,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
 from gkc import bundle as gkc_bundle
 from gkc.local_redis import EmbeddedRedis, free_port
+from services import launch
 
 TEST_TOKEN = "integration-test-token-0123456789"
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,38 +46,25 @@ class GkcService:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return int(self.proc.returncode)
+        return launch.stop(self.proc, sig=sig, timeout_s=timeout_s)
 
 
 def launch_gkc(workdir: Path, redis_url: str | None = None, **env: str) -> GkcService:
-    """Start ``python -m gkc`` and wait until /healthz answers 200."""
+    """Start ``python -m gkc`` and wait until /healthz answers 200 (and its gRPC port is ready)."""
     workdir.mkdir(parents=True, exist_ok=True)
     grpc_port, http_port = free_port(), free_port()
     while http_port == grpc_port:
         http_port = free_port()
-    full = {
-        **os.environ,
-        "GKC_HOST": "127.0.0.1",
-        "GKC_GRPC_PORT": str(grpc_port),
-        "GKC_HTTP_PORT": str(http_port),
-        "GKC_API_TOKEN": TEST_TOKEN,
-        "GKC_DATA_DIR": str(workdir / "data"),
-        "GKC_LOG_LEVEL": "INFO",
-        **env,
-    }
-    full.pop("GKC_REDIS_URL", None)
-    if redis_url:
-        full["GKC_REDIS_URL"] = redis_url
+    full = launch.gkc_env(
+        grpc_port,
+        http_port,
+        TEST_TOKEN,
+        data_dir=workdir / "data",
+        redis_url=redis_url,
+        **{"GKC_LOG_LEVEL": "INFO", **env},
+    )
     log_path = workdir / f"gkc-{http_port}.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "gkc"], env=full, cwd=ROOT, stdout=log, stderr=log)
+    proc = launch.start([sys.executable, "-m", "gkc"], full, log_path=log_path, cwd=ROOT)
     svc = GkcService(
         grpc_addr=f"127.0.0.1:{grpc_port}",
         http_url=f"http://127.0.0.1:{http_port}",
@@ -89,18 +75,9 @@ def launch_gkc(workdir: Path, redis_url: str | None = None, **env: str) -> GkcSe
         env=full,
     )
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"GKC exited with {proc.returncode}:\n{svc.log()}")
-        try:
-            if httpx.get(f"{svc.http_url}/healthz", timeout=1).status_code == 200:
-                _wait_grpc(svc.grpc_addr, deadline)
-                return svc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    svc.stop(signal.SIGKILL)
-    raise RuntimeError(f"GKC did not become healthy:\n{svc.log()}")
+    launch.wait_healthy(proc, "GKC", f"{svc.http_url}/healthz", log_path=log_path, timeout_s=30, poll_s=0.1)
+    _wait_grpc(svc.grpc_addr, deadline)
+    return svc
 
 
 def _wait_grpc(addr: str, deadline: float) -> None:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+
+from services import launch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "unit"))  # the dashboard helpers live beside the deploy unit tests
@@ -40,42 +40,27 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def gkc_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     http_port, grpc_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GKC_")}
-    env.update(
-        GKC_HTTP_PORT=str(http_port),
-        GKC_GRPC_PORT=str(grpc_port),
-        GKC_DATA_DIR=str(tmp_path_factory.mktemp("gkc")),
-        GKC_API_TOKEN="metrics-test-token-0123456789",
+    env = launch.gkc_env(
+        grpc_port,
+        http_port,
+        "metrics-test-token-0123456789",
+        data_dir=tmp_path_factory.mktemp("gkc"),
+        host=None,
+        base={k: v for k, v in os.environ.items() if not k.startswith("GKC_")},
     )
+    log_path = tmp_path_factory.mktemp("gkc-log") / "gkc.log"
     keep = Path(sys.executable).with_name("keep")
-    proc = subprocess.Popen(
-        [str(keep), "serve", "gkc"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    proc = launch.start([str(keep), "serve", "gkc"], env, log_path=log_path)
     try:
         url = f"http://127.0.0.1:{http_port}"
-        for _ in range(240):
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"keep serve gkc exited {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}"
-                )
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        else:
-            pytest.fail("keep serve gkc did not get healthy in 60 s")
+        launch.wait_healthy(
+            proc, "keep serve gkc", f"{url}/healthz", log_path=log_path, timeout_s=60, poll_s=0.25
+        )
         reply = httpx.get(f"{url}/metrics", timeout=5)
         assert reply.status_code == 200
         yield reply.text
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        launch.stop(proc)
 
 
 def test_every_gkc_metric_on_the_dashboard_is_exported(gkc_metrics: str) -> None:

@@ -7,7 +7,6 @@ from ``trainer.evaluate.predict`` (what ``keep evaluate`` runs) through GKC for 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from ranker import artifact as artifact_mod
 from ranker import synthetic
 from ranker.features import FEATURES_FILE, SequenceStore
 from ranker.knowledge import KnowledgeSchema
+from services import launch
 from trainer.evaluate import predict
 from trainer.train import GkcKnowledge, TrainConfig, train
 
@@ -48,49 +48,32 @@ class RankerProc:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        launch.stop(self.proc)
 
 
 def launch_ranker(workdir: Path, model_dir: Path, gkc_addr: str, **env: str) -> RankerProc:
     workdir.mkdir(parents=True, exist_ok=True)
     grpc_port, http_port = free_port(), free_port()
-    full = {
-        **os.environ,
-        "RANKER_HOST": "127.0.0.1",
-        "RANKER_GRPC_PORT": str(grpc_port),
-        "RANKER_HTTP_PORT": str(http_port),
-        "RANKER_GKC_ADDR": gkc_addr,
-        "RANKER_MODEL_DIR": str(model_dir),
-        # generous: this machine is shared, and a timed-out GKC call would make a parity run degraded
-        "RANKER_GKC_TIMEOUT_S": "2.0",
-        "RANKER_REQUEST_DEADLINE_S": "4.0",
-        "RANKER_RELOAD_POLL_S": "0.2",
-        "RANKER_BREAKER_FAILURES": "3",
-        "RANKER_BREAKER_RESET_S": "0.3",
-        **env,
-    }
+    full = launch.ranker_env(
+        grpc_port,
+        http_port,
+        gkc_addr,
+        model_dir,
+        **{
+            # generous: this machine is shared, and a timed-out GKC call would make a parity run degraded
+            "RANKER_GKC_TIMEOUT_S": "2.0",
+            "RANKER_REQUEST_DEADLINE_S": "4.0",
+            "RANKER_RELOAD_POLL_S": "0.2",
+            "RANKER_BREAKER_FAILURES": "3",
+            "RANKER_BREAKER_RESET_S": "0.3",
+            **env,
+        },
+    )
     log_path = workdir / f"ranker-{http_port}.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "ranker"], env=full, cwd=ROOT, stdout=log, stderr=log)
+    proc = launch.start([sys.executable, "-m", "ranker"], full, log_path=log_path, cwd=ROOT)
     ranker = RankerProc(f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", proc, log_path)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ranker exited with {proc.returncode}:\n{ranker.log()}")
-        try:
-            if httpx.get(f"{ranker.http_url}/healthz", timeout=1).status_code == 200:
-                return ranker
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    ranker.stop()
-    raise RuntimeError(f"ranker did not become healthy:\n{ranker.log()}")
+    launch.wait_healthy(proc, "ranker", f"{ranker.http_url}/healthz", log_path=log_path, timeout_s=90)
+    return ranker
 
 
 def restart_gkc(old: GkcService) -> GkcService:
@@ -99,21 +82,10 @@ def restart_gkc(old: GkcService) -> GkcService:
     (``conftest.launch_gkc`` picks new ports, and the ranker must find GKC where it was.)
     """
     log_path = old.log_path.with_suffix(".restarted.log")
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "gkc"], env=old.env, cwd=ROOT, stdout=log, stderr=log)
+    proc = launch.start([sys.executable, "-m", "gkc"], old.env, log_path=log_path, cwd=ROOT)
     svc = GkcService(old.grpc_addr, old.http_url, old.token, old.redis_url, proc, log_path, old.env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"GKC exited with {proc.returncode}:\n{svc.log()}")
-        try:
-            if httpx.get(f"{svc.http_url}/healthz", timeout=1).status_code == 200:
-                return svc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    svc.stop(signal.SIGKILL)
-    raise RuntimeError(f"GKC did not come back:\n{svc.log()}")
+    launch.wait_healthy(proc, "GKC", f"{svc.http_url}/healthz", log_path=log_path, timeout_s=60, poll_s=0.1)
+    return svc
 
 
 @dataclass
@@ -145,9 +117,10 @@ def world(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterat
     models.mkdir()
     os.symlink(path, models / "ctr")
     ranker = launch_ranker(root / "ranker", models, gkc.grpc_addr)
-    yield World(root, log, version, gkc, path, ranker)
+    world = World(root, log, version, gkc, path, ranker)
+    yield world
     ranker.stop()
-    gkc.stop()
+    world.gkc.stop()  # the last test replaces the GKC with a restarted one
 
 
 def later_rows(world: World, users: list[str], n: int = 80, seed: int = 0) -> pd.DataFrame:

@@ -7,7 +7,6 @@ serving a ``ranker.synthetic`` model pinned to the published knowledge version.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import httpx
 import numpy as np
 import pytest
 from faultkit import ROOT, GkcService, LatencyProxy, launch_gkc
@@ -28,6 +26,7 @@ from gkc.client import GkcOpsClient
 from gkc.local_redis import EmbeddedRedis, RedisProcess, free_port
 from protos import ranker_pb2, ranker_pb2_grpc
 from ranker import synthetic
+from services import launch
 
 pytestmark = pytest.mark.reliability
 
@@ -54,35 +53,22 @@ def _launch_ranker(
     workdir: Path, models: Path, gkc_addr: str
 ) -> tuple[subprocess.Popen[bytes], str, str, Path]:
     grpc_port, http_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "RANKER_HOST": "127.0.0.1",
-        "RANKER_GRPC_PORT": str(grpc_port),
-        "RANKER_HTTP_PORT": str(http_port),
-        "RANKER_GKC_ADDR": gkc_addr,
-        "RANKER_MODEL_DIR": str(models),
-        "RANKER_GKC_TIMEOUT_S": str(GKC_TIMEOUT_S),
-        "RANKER_REQUEST_DEADLINE_S": str(DEADLINE_S),
-        "RANKER_BREAKER_FAILURES": "3",
-        "RANKER_BREAKER_RESET_S": "0.3",
-        "RANKER_RELOAD_POLL_S": "5",
-    }
+    env = launch.ranker_env(
+        grpc_port,
+        http_port,
+        gkc_addr,
+        models,
+        RANKER_GKC_TIMEOUT_S=str(GKC_TIMEOUT_S),
+        RANKER_REQUEST_DEADLINE_S=str(DEADLINE_S),
+        RANKER_BREAKER_FAILURES="3",
+        RANKER_BREAKER_RESET_S="0.3",
+        RANKER_RELOAD_POLL_S="5",
+    )
     log_path = workdir / "ranker.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "ranker"], env=env, cwd=ROOT, stdout=log, stderr=log)
+    proc = launch.start([sys.executable, "-m", "ranker"], env, log_path=log_path, cwd=ROOT)
     url = f"http://127.0.0.1:{http_port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ranker exited with {proc.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, f"127.0.0.1:{grpc_port}", url, log_path
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"ranker did not become healthy:\n{log_path.read_text()}")
+    launch.wait_healthy(proc, "ranker", f"{url}/healthz", log_path=log_path, timeout_s=90)
+    return proc, f"127.0.0.1:{grpc_port}", url, log_path
 
 
 @pytest.fixture(scope="module")
@@ -103,13 +89,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         proc, addr, url, log_path = _launch_ranker(root, models, proxy.addr)
         yield Stack(redis, gkc, proxy, addr, url, proc, log_path, version)
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            launch.stop(proc)
         if proxy is not None:
             proxy.close()
         gkc.stop()

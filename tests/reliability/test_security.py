@@ -7,13 +7,10 @@ import asyncio
 import datetime
 import inspect
 import ipaddress
-import os
 import random
 import signal
 import ssl
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ from gkc.client import GkcClient, GkcOpsClient, tar_bundle
 from gkc.local_redis import free_port
 from protos import gkc_pb2_grpc
 from ranker.gkc_source import GkcKnowledgeSource
+from services import launch
 from services.errors import KeepError, Unavailable
 
 pytestmark = pytest.mark.reliability
@@ -147,31 +145,20 @@ async def _ranker_source_read(addr: str, ca_file: Path, request: Any) -> int:
 def test_read_path_behind_tls_with_a_self_signed_cert(tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path)
     grpc_port, http_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "GKC_HOST": "127.0.0.1",
-        "GKC_GRPC_PORT": str(grpc_port),
-        "GKC_HTTP_PORT": str(http_port),
-        "GKC_API_TOKEN": SECRET,
-        "GKC_DATA_DIR": str(tmp_path / "data"),
-        "GKC_TLS_CERT": str(cert),
-        "GKC_TLS_KEY": str(key),
-    }
-    env.pop("GKC_REDIS_URL", None)
+    env = launch.gkc_env(
+        grpc_port,
+        http_port,
+        SECRET,
+        data_dir=tmp_path / "data",
+        GKC_TLS_CERT=str(cert),
+        GKC_TLS_KEY=str(key),
+    )
     log_path = tmp_path / "gkc.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "gkc"], env=env, cwd=ROOT, stdout=log, stderr=log)
+    proc = launch.start([sys.executable, "-m", "gkc"], env, log_path=log_path, cwd=ROOT)
     tls = ssl.create_default_context(cafile=str(cert))
     base = f"https://127.0.0.1:{http_port}"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"{base}/healthz", verify=tls, timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        launch.wait_healthy(proc, "GKC", f"{base}/healthz", log_path=log_path, verify=tls, poll_s=0.1)
         body = tar_bundle(tagged_bundle(tmp_path / "b", 8.0), tmp_path / "b.tar").read_bytes()
         r = httpx.post(
             f"{base}/v1/versions",
@@ -223,12 +210,7 @@ def test_read_path_behind_tls_with_a_self_signed_cert(tmp_path: Path) -> None:
         with GkcClient(f"127.0.0.1:{grpc_port}", timeout_s=3, tls=True) as client, pytest.raises(KeepError):
             client.batch_get(request.user_id, list(request.item_ids), list(request.category_ids))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        launch.stop(proc)
 
 
 def test_upload_size_limits_refuse_before_anything_is_written(tmp_path: Path) -> None:
