@@ -9,6 +9,8 @@ For other suites (ranker, trainer):
 - ``start_gkc`` (function): factory ``start_gkc(**env) -> GkcService`` for services with custom
   settings (stopped at test end).
 - ``make_bundle(path, seed=0, users=.., items=.., categories=..) -> Path``: a random saved bundle.
+- ``launch_ranker(workdir, model_dir, gkc_addr, **env) -> RankerProc``: a real ranker (``python -m
+  ranker``) on free ports, with short GKC timeouts and breaker settings for tests (override in ``env``).
 """
 
 from __future__ import annotations
@@ -85,6 +87,46 @@ def _wait_grpc(addr: str, deadline: float) -> None:
 
     with grpc.insecure_channel(addr) as channel:
         grpc.channel_ready_future(channel).result(timeout=max(0.1, deadline - time.monotonic()))
+
+
+@dataclass
+class RankerProc:
+    grpc_addr: str
+    http_url: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        launch.stop(self.proc)
+
+
+def launch_ranker(workdir: Path, model_dir: Path, gkc_addr: str, **env: str) -> RankerProc:
+    """Start ``python -m ranker`` serving ``model_dir`` and wait until /healthz answers 200."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    grpc_port, http_port = free_port(), free_port()
+    full = launch.ranker_env(
+        grpc_port,
+        http_port,
+        gkc_addr,
+        model_dir,
+        **{
+            # generous: this machine is shared, and a timed-out GKC call would make a parity run degraded
+            "RANKER_GKC_TIMEOUT_S": "2.0",
+            "RANKER_REQUEST_DEADLINE_S": "4.0",
+            "RANKER_RELOAD_POLL_S": "0.2",
+            "RANKER_BREAKER_FAILURES": "3",
+            "RANKER_BREAKER_RESET_S": "0.3",
+            **env,
+        },
+    )
+    log_path = workdir / f"ranker-{http_port}.log"
+    proc = launch.start([sys.executable, "-m", "ranker"], full, log_path=log_path, cwd=ROOT)
+    ranker = RankerProc(f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", proc, log_path)
+    launch.wait_healthy(proc, "ranker", f"{ranker.http_url}/healthz", log_path=log_path, timeout_s=90)
+    return ranker
 
 
 def make_bundle(

@@ -7,7 +7,6 @@ from ``trainer.evaluate.predict`` (what ``keep evaluate`` runs) through GKC for 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -20,11 +19,10 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, GkcService, launch_gkc
+from conftest import ROOT, GkcService, RankerProc, launch_gkc, launch_ranker
 
 from gkc import bundle as gkc_bundle
 from gkc.client import GkcClient, GkcOpsClient
-from gkc.local_redis import free_port
 from protos import ranker_pb2, ranker_pb2_grpc
 from ranker import artifact as artifact_mod
 from ranker import synthetic
@@ -35,45 +33,6 @@ from trainer.evaluate import predict
 from trainer.train import GkcKnowledge, TrainConfig, train
 
 USERS, ITEMS, CATEGORIES = 30, 200, 8
-
-
-@dataclass
-class RankerProc:
-    grpc_addr: str
-    http_url: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        launch.stop(self.proc)
-
-
-def launch_ranker(workdir: Path, model_dir: Path, gkc_addr: str, **env: str) -> RankerProc:
-    workdir.mkdir(parents=True, exist_ok=True)
-    grpc_port, http_port = free_port(), free_port()
-    full = launch.ranker_env(
-        grpc_port,
-        http_port,
-        gkc_addr,
-        model_dir,
-        **{
-            # generous: this machine is shared, and a timed-out GKC call would make a parity run degraded
-            "RANKER_GKC_TIMEOUT_S": "2.0",
-            "RANKER_REQUEST_DEADLINE_S": "4.0",
-            "RANKER_RELOAD_POLL_S": "0.2",
-            "RANKER_BREAKER_FAILURES": "3",
-            "RANKER_BREAKER_RESET_S": "0.3",
-            **env,
-        },
-    )
-    log_path = workdir / f"ranker-{http_port}.log"
-    proc = launch.start([sys.executable, "-m", "ranker"], full, log_path=log_path, cwd=ROOT)
-    ranker = RankerProc(f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", proc, log_path)
-    launch.wait_healthy(proc, "ranker", f"{ranker.http_url}/healthz", log_path=log_path, timeout_s=90)
-    return ranker
 
 
 def restart_gkc(old: GkcService) -> GkcService:

@@ -43,6 +43,8 @@ GkcService = integration.GkcService
 TEST_TOKEN = integration.TEST_TOKEN
 ROOT = integration.ROOT
 launch_gkc = integration.launch_gkc
+RankerProc = integration.RankerProc
+launch_ranker = integration.launch_ranker
 make_bundle = integration.make_bundle
 
 USERS, ITEMS, CATEGORIES = 30, 200, 5

@@ -8,25 +8,21 @@ serving a ``ranker.synthetic`` model pinned to the published knowledge version.
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from faultkit import ROOT, GkcService, LatencyProxy, launch_gkc
+from faultkit import GkcService, LatencyProxy, RankerProc, launch_gkc, launch_ranker
 
 from gkc.client import GkcOpsClient
-from gkc.local_redis import EmbeddedRedis, RedisProcess, free_port
+from gkc.local_redis import EmbeddedRedis, RedisProcess
 from protos import ranker_pb2, ranker_pb2_grpc
 from ranker import synthetic
-from services import launch
 
 pytestmark = pytest.mark.reliability
 
@@ -42,33 +38,12 @@ class Stack:
     redis: RedisProcess
     gkc: GkcService
     proxy: LatencyProxy
-    ranker_addr: str
-    ranker_url: str
-    ranker: subprocess.Popen[bytes]
-    ranker_log: Path
+    ranker: RankerProc
     version: int
 
-
-def _launch_ranker(
-    workdir: Path, models: Path, gkc_addr: str
-) -> tuple[subprocess.Popen[bytes], str, str, Path]:
-    grpc_port, http_port = free_port(), free_port()
-    env = launch.ranker_env(
-        grpc_port,
-        http_port,
-        gkc_addr,
-        models,
-        RANKER_GKC_TIMEOUT_S=str(GKC_TIMEOUT_S),
-        RANKER_REQUEST_DEADLINE_S=str(DEADLINE_S),
-        RANKER_BREAKER_FAILURES="3",
-        RANKER_BREAKER_RESET_S="0.3",
-        RANKER_RELOAD_POLL_S="5",
-    )
-    log_path = workdir / "ranker.log"
-    proc = launch.start([sys.executable, "-m", "ranker"], env, log_path=log_path, cwd=ROOT)
-    url = f"http://127.0.0.1:{http_port}"
-    launch.wait_healthy(proc, "ranker", f"{url}/healthz", log_path=log_path, timeout_s=90)
-    return proc, f"127.0.0.1:{grpc_port}", url, log_path
+    @property
+    def ranker_addr(self) -> str:
+        return self.ranker.grpc_addr
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +51,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("ranker-faults")
     redis = EmbeddedRedis(root / "redis").start()  # persistent: a restart replays the AOF
     gkc = launch_gkc(root / "gkc", redis.url, GKC_REDIS_TIMEOUT_S="0.3")
-    proc = None
+    ranker = None
     proxy = None
     try:
         bundle = synthetic.make_bundle(root / "bundle", USERS, ITEMS, CATEGORIES, seed=3)
@@ -86,11 +61,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         synthetic.make_artifact(models / "ctr", log, bundle, version, seed=3, mlp=(32, 16))
         host, port = gkc.grpc_addr.split(":")
         proxy = LatencyProxy((host, int(port)))
-        proc, addr, url, log_path = _launch_ranker(root, models, proxy.addr)
-        yield Stack(redis, gkc, proxy, addr, url, proc, log_path, version)
+        ranker = launch_ranker(
+            root / "ranker",
+            models,
+            proxy.addr,
+            RANKER_GKC_TIMEOUT_S=str(GKC_TIMEOUT_S),
+            RANKER_REQUEST_DEADLINE_S=str(DEADLINE_S),
+            RANKER_RELOAD_POLL_S="5",
+        )
+        yield Stack(redis, gkc, proxy, ranker, version)
     finally:
-        if proc is not None:
-            launch.stop(proc)
+        if ranker is not None:
+            ranker.stop()
         if proxy is not None:
             proxy.close()
         gkc.stop()
@@ -184,7 +166,7 @@ def _healthy(stack: Stack, timeout_s: float = 20.0) -> ranker_pb2.RankResponse:
         while got.degraded and time.monotonic() < deadline:
             time.sleep(0.1)
             got = rank(_request(), timeout=CLIENT_TIMEOUT_S)
-    assert not got.degraded, stack.ranker_log.read_text(errors="replace")[-2000:]
+    assert not got.degraded, stack.ranker.log()[-2000:]
     return got
 
 
