@@ -11,17 +11,13 @@ import argparse
 import contextlib
 import io
 import json
-import os
 import secrets
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from services import launch
 from trainer.cli import CommandError
 
 
@@ -31,12 +27,6 @@ def register(sub: Any) -> None:
     parser.add_argument("--scale", default="tiny", choices=["tiny", "small"], help="synthetic world size")
     parser.add_argument("--seed", type=int, default=7)
     parser.set_defaults(func=run)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _step(title: str) -> None:
@@ -59,41 +49,28 @@ class _Gkc:
     """A real GKC subprocess (gRPC + REST, embedded Redis under the demo dir) for the demo's lifetime."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.grpc_port, self.http_port = _free_port(), _free_port()
+        from gkc.local_redis import free_port
+
+        self.grpc_port, self.http_port = free_port(), free_port()
         self.token = secrets.token_urlsafe(24)
-        env = {
-            **os.environ,
-            "GKC_GRPC_PORT": str(self.grpc_port),
-            "GKC_HTTP_PORT": str(self.http_port),
-            "GKC_DATA_DIR": str(data_dir),
-            "GKC_API_TOKEN": self.token,
-        }
-        env.pop("GKC_REDIS_URL", None)
-        log = (data_dir.parent / "gkc.log").open("w")
+        env = launch.gkc_env(self.grpc_port, self.http_port, self.token, data_dir=data_dir, host=None)
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trainer", "serve", "gkc"], env=env, stdout=log, stderr=log
-        )
+        self.log_path = data_dir.parent / "gkc.log"
+        argv = [sys.executable, "-m", "trainer", "serve", "gkc"]
+        self.proc = launch.start(argv, env, log_path=self.log_path)
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.addr = f"127.0.0.1:{self.grpc_port}"
 
     def wait_healthy(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise CommandError(f"GKC exited with {self.proc.returncode}; see its log")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
-                    return
-            time.sleep(0.2)
-        raise CommandError("GKC did not become healthy in time")
+        try:
+            launch.wait_healthy(
+                self.proc, "GKC", f"{self.url}/healthz", log_path=self.log_path, timeout_s=timeout_s
+            )
+        except launch.ServiceStartError as err:
+            raise CommandError(str(err)) from None
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        launch.stop(self.proc)
 
 
 def run(args: argparse.Namespace) -> int:
