@@ -80,6 +80,22 @@ def channel_credentials(
     return grpc.ssl_channel_credentials(root_certificates=roots)
 
 
+def open_channel(
+    kind: Any,
+    addr: str,
+    options: list[tuple[str, Any]],
+    *,
+    ca_file: str | os.PathLike[str] | None = None,
+    tls: bool = False,
+) -> Any:
+    """A channel to GKC from ``kind`` = ``grpc`` (blocking) or ``grpc.aio``: TLS as
+    :func:`channel_credentials` says, plaintext otherwise."""
+    creds = channel_credentials(ca_file, tls)
+    if creds is not None:
+        return kind.secure_channel(addr, creds, options=options)
+    return kind.insecure_channel(addr, options=options)
+
+
 class GkcClient:
     """Blocking gRPC client. Thread-safe; one channel per instance.
 
@@ -103,11 +119,7 @@ class GkcClient:
             ("grpc.max_receive_message_length", 64 << 20),
             ("grpc.max_send_message_length", 64 << 20),
         ]
-        creds = channel_credentials(ca_file, tls)
-        if creds is not None:
-            self.channel = grpc.secure_channel(addr, creds, options=options)
-        else:
-            self.channel = grpc.insecure_channel(addr, options=options)
+        self.channel = open_channel(grpc, addr, options, ca_file=ca_file, tls=tls)
         self._call = gkc_pb2_grpc.GkcStub(self.channel).BatchGet
 
     def batch_get_raw(

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from grpc import aio
 
-from gkc.client import channel_credentials, from_rpc_error, lookup_from_proto
+from gkc.client import from_rpc_error, lookup_from_proto, open_channel
 from gkc.lookup import Lookup
 from protos import gkc_pb2, gkc_pb2_grpc
 
@@ -34,11 +34,7 @@ class GkcKnowledgeSource:
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
         ]
-        creds = channel_credentials(ca_file, tls)
-        if creds is not None:
-            self.channel = aio.secure_channel(addr, creds, options=options)
-        else:
-            self.channel = aio.insecure_channel(addr, options=options)
+        self.channel = open_channel(aio, addr, options, ca_file=ca_file, tls=tls)
         self._call = gkc_pb2_grpc.GkcStub(self.channel).BatchGet
 
     async def batch_get(
