@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -257,7 +256,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             GKC_WORKERS=str(workers),
             GKC_LOG_LEVEL="WARNING",
         )
-        gkc = subprocess.Popen([sys.executable, "-m", "gkc"], env=env, stderr=subprocess.DEVNULL)
+        gkc = launch.start([sys.executable, "-m", "gkc"], env)
         http_url = f"http://127.0.0.1:{http_port}"
         launch.wait_healthy(gkc, "GKC", f"{http_url}/healthz", timeout_s=30, poll_s=0.1)
         time.sleep(0.5)  # let the extra gRPC workers bind
