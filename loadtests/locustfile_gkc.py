@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -46,8 +47,48 @@ class ZipfIds:
         return self.ids[np.minimum(ranks, len(self.ids) - 1)].tolist()
 
 
-def _env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
+
+
+def id_spaces(rng: np.random.Generator) -> tuple[ZipfIds, ZipfIds, ZipfIds]:
+    """Users, items and categories of the load mix (sizes from ``KEEP_LOAD_USERS`` / ``_ITEMS`` /
+    ``_CATEGORIES``)."""
+    return (
+        ZipfIds("u", env_int("KEEP_LOAD_USERS", 5000), rng),
+        ZipfIds("i", env_int("KEEP_LOAD_ITEMS", 20000), rng),
+        ZipfIds("c", env_int("KEEP_LOAD_CATEGORIES", 50), rng),
+    )
+
+
+def candidate_count(rng: np.random.Generator, top: int = MAX_CANDIDATES) -> int:
+    """Log-uniform in [MIN_CANDIDATES, top]."""
+    top = max(top, MIN_CANDIDATES)
+    n = int(np.exp(rng.uniform(np.log(MIN_CANDIDATES), np.log(top + 1))))
+    return min(max(n, MIN_CANDIDATES), top)
+
+
+def timed_call(
+    user: User, name: str, call: Any, request: Any, context: Callable[[Any], dict[str, Any]]
+) -> None:
+    """Call ``call(request)`` and fire one Locust ``request`` event for it (failed on a gRPC error);
+    ``context(response or None)`` goes into the event's context."""
+    start = time.perf_counter()
+    exception: Exception | None = None
+    response: Any = None
+    try:
+        response = call(request, timeout=2.0)
+    except grpc.RpcError as err:
+        exception = err
+    fire: Any = user.environment.events.request.fire
+    fire(
+        request_type="grpc",
+        name=name,
+        response_time=(time.perf_counter() - start) * 1000.0,
+        response_length=response.ByteSize() if response is not None else 0,
+        exception=exception,
+        context=context(response),
+    )
 
 
 class GkcGrpcUser(User):
@@ -59,9 +100,7 @@ class GkcGrpcUser(User):
     def on_start(self) -> None:
         rng = np.random.default_rng(id(self) % (2**32))
         self.rng = rng
-        self.users = ZipfIds("u", _env_int("KEEP_LOAD_USERS", 5000), rng)
-        self.items = ZipfIds("i", _env_int("KEEP_LOAD_ITEMS", 20000), rng)
-        self.categories = ZipfIds("c", _env_int("KEEP_LOAD_CATEGORIES", 50), rng)
+        self.users, self.items, self.categories = id_spaces(rng)
         versions = [int(v) for v in os.environ.get("KEEP_LOAD_VERSIONS", "").split(",") if v]
         self.versions = [0, *versions]
         self.channel = grpc.insecure_channel(os.environ["KEEP_LOAD_GKC_GRPC"])
@@ -71,8 +110,7 @@ class GkcGrpcUser(User):
         self.channel.close()
 
     def _request(self) -> gkc_pb2.BatchGetRequest:
-        n = int(np.exp(self.rng.uniform(np.log(MIN_CANDIDATES), np.log(MAX_CANDIDATES + 1))))
-        n = min(max(n, MIN_CANDIDATES), MAX_CANDIDATES)
+        n = candidate_count(self.rng)
         return gkc_pb2.BatchGetRequest(
             user_id=self.users.sample(1)[0],
             item_ids=self.items.sample(n),
@@ -83,23 +121,7 @@ class GkcGrpcUser(User):
     @task
     def batch_get(self) -> None:
         request = self._request()
-        start = time.perf_counter()
-        exception: Exception | None = None
-        length = 0
-        try:
-            resp = self.call(request, timeout=2.0)
-            length = resp.ByteSize()
-        except grpc.RpcError as err:
-            exception = err
-        fire: Any = self.environment.events.request.fire
-        fire(
-            request_type="grpc",
-            name="gkc.BatchGet",
-            response_time=(time.perf_counter() - start) * 1000.0,
-            response_length=length,
-            exception=exception,
-            context={"candidates": len(request.item_ids)},
-        )
+        timed_call(self, "gkc.BatchGet", self.call, request, lambda _: {"candidates": len(request.item_ids)})
 
 
 class GkcOpsUser(FastHttpUser):

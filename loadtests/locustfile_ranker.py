@@ -15,19 +15,14 @@ counted as a success (it is one, by design) but its reason is kept in the reques
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 import grpc
 import numpy as np
 from locust import User, between, task
-from locustfile_gkc import MIN_CANDIDATES, ZipfIds  # also makes gRPC gevent-cooperative
+from locustfile_gkc import candidate_count, env_int, id_spaces, timed_call  # also: gevent gRPC
 
 from protos import ranker_pb2, ranker_pb2_grpc
-
-
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
 
 
 class RankerGrpcUser(User):
@@ -38,10 +33,8 @@ class RankerGrpcUser(User):
     def on_start(self) -> None:
         rng = np.random.default_rng(id(self) % (2**32))
         self.rng = rng
-        self.users = ZipfIds("u", _env_int("KEEP_LOAD_USERS", 5000), rng)
-        self.items = ZipfIds("i", _env_int("KEEP_LOAD_ITEMS", 20000), rng)
-        self.categories = ZipfIds("c", _env_int("KEEP_LOAD_CATEGORIES", 50), rng)
-        self.max_candidates = _env_int("KEEP_LOAD_MAX_CANDIDATES", 1000)
+        self.users, self.items, self.categories = id_spaces(rng)
+        self.max_candidates = env_int("KEEP_LOAD_MAX_CANDIDATES", 1000)
         self.channel = grpc.insecure_channel(os.environ["KEEP_LOAD_RANKER_GRPC"])
         self.call = ranker_pb2_grpc.RankerStub(self.channel).Rank
 
@@ -49,9 +42,7 @@ class RankerGrpcUser(User):
         self.channel.close()
 
     def _request(self) -> ranker_pb2.RankRequest:
-        top = max(self.max_candidates, MIN_CANDIDATES)
-        n = int(np.exp(self.rng.uniform(np.log(MIN_CANDIDATES), np.log(top + 1))))
-        n = min(max(n, MIN_CANDIDATES), top)
+        n = candidate_count(self.rng, self.max_candidates)
         items = self.items.sample(n)
         return ranker_pb2.RankRequest(
             user_id=self.users.sample(1)[0],
@@ -63,22 +54,9 @@ class RankerGrpcUser(User):
     @task
     def rank(self) -> None:
         request = self._request()
-        start = time.perf_counter()
-        exception: Exception | None = None
-        length = 0
-        reason = ""
-        try:
-            resp = self.call(request, timeout=2.0)
-            length = resp.ByteSize()
-            reason = resp.degraded_reason if resp.degraded else ""
-        except grpc.RpcError as err:
-            exception = err
-        fire: Any = self.environment.events.request.fire
-        fire(
-            request_type="grpc",
-            name="ranker.Rank",
-            response_time=(time.perf_counter() - start) * 1000.0,
-            response_length=length,
-            exception=exception,
-            context={"candidates": len(request.item_ids), "degraded": reason},
-        )
+
+        def context(resp: Any) -> dict[str, Any]:
+            reason = resp.degraded_reason if resp is not None and resp.degraded else ""
+            return {"candidates": len(request.item_ids), "degraded": reason}
+
+        timed_call(self, "ranker.Rank", self.call, request, context)
