@@ -93,8 +93,35 @@ def random_request(rng: random.Random, version: int, n: int = 20) -> gkc_pb2.Bat
     )
 
 
+class BackgroundCallers:
+    """``with load:`` runs ``self._run(n)`` in ``self.threads`` daemon threads until the block ends.
+
+    For dataclasses that declare ``threads``, ``_stop`` (an Event), ``_workers`` (a list) and ``_run``."""
+
+    threads: int
+    _stop: threading.Event
+    _workers: list[threading.Thread]
+    #: How long ``__exit__`` waits for each thread (its calls' timeout plus a margin).
+    join_s: float = 10.0
+
+    def _run(self, n: int) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        for n in range(self.threads):
+            t = threading.Thread(target=self._run, args=(n,), daemon=True)
+            t.start()
+            self._workers.append(t)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._workers:
+            t.join(self.join_s)
+
+
 @dataclass
-class ReadLoad:
+class ReadLoad(BackgroundCallers):
     """``threads`` readers sending :func:`random_request` for a version chosen by ``pick_version``.
 
     Records every status code, the latency of every failed call, and hands each OK response to
@@ -112,18 +139,6 @@ class ReadLoad:
     _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __enter__(self) -> ReadLoad:
-        for n in range(self.threads):
-            t = threading.Thread(target=self._run, args=(n,), daemon=True)
-            t.start()
-            self._workers.append(t)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._workers:
-            t.join(10)
 
     def total(self) -> int:
         with self._lock:

@@ -13,11 +13,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import grpc
 import numpy as np
 import pytest
-from faultkit import GkcService, LatencyProxy, RankerProc, launch_gkc, launch_ranker
+from faultkit import BackgroundCallers, GkcService, LatencyProxy, RankerProc, launch_gkc, launch_ranker
 
 from gkc.client import GkcOpsClient
 from gkc.local_redis import EmbeddedRedis, RedisProcess
@@ -90,8 +91,10 @@ def _request(user: int = 1, n: int = 30) -> ranker_pb2.RankRequest:
 
 
 @dataclass
-class RankLoad:
+class RankLoad(BackgroundCallers):
     """``threads`` clients calling Rank with a client timeout past the server's deadline; counts all."""
+
+    join_s: ClassVar[float] = CLIENT_TIMEOUT_S + 5
 
     addr: str
     threads: int = 2
@@ -102,18 +105,6 @@ class RankLoad:
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _workers: list[threading.Thread] = field(default_factory=list)
-
-    def __enter__(self) -> RankLoad:
-        for n in range(self.threads):
-            t = threading.Thread(target=self._run, args=(n,), daemon=True)
-            t.start()
-            self._workers.append(t)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._workers:
-            t.join(CLIENT_TIMEOUT_S + 5)
 
     def reset(self) -> None:
         with self._lock:
