@@ -55,26 +55,26 @@ class GkcMetrics:
     def __init__(self, multiprocess_dir: str | os.PathLike[str] | None = None) -> None:
         own = self.registry = new_registry()
         self.latency = Histogram(
-            "gkc_request_seconds",
+            "keep_gkc_request_seconds",
             "Request latency by method and status code",
             ["method", "status"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.candidates = Histogram(
-            "gkc_candidates_per_request",
+            "keep_gkc_candidates_per_request",
             "Candidates per BatchGet",
             buckets=SIZE_BUCKETS,
             registry=self.registry,
         )
         self.lookups = Counter(
-            "gkc_lookups",
+            "keep_gkc_lookups",
             "Rows looked up per block (user, item, uc), version and result (hit = found, miss = absent)",
             ["block", "version", "result"],
             registry=self.registry,
         )
         self.cache_lookups = Counter(
-            "gkc_item_cache",
+            "keep_gkc_item_cache",
             "In-process item cache lookups by result",
             ["result"],
             registry=self.registry,
@@ -122,13 +122,13 @@ class GkcMetrics:
 def _hit_ratio(families: Iterable[Metric]) -> GaugeMetricFamily:
     counts = {"hit": 0.0, "miss": 0.0}
     for family in families:
-        if family.name == "gkc_item_cache":
+        if family.name == "keep_gkc_item_cache":
             for sample in family.samples:
-                if sample.name == "gkc_item_cache_total":
+                if sample.name == "keep_gkc_item_cache_total":
                     counts[sample.labels["result"]] += sample.value
     total = counts["hit"] + counts["miss"]
     return GaugeMetricFamily(
-        "gkc_item_cache_hit_ratio",
+        "keep_gkc_item_cache_hit_ratio",
         "Item cache hit ratio since start (all gRPC workers)",
         value=counts["hit"] / total if total else 0,
     )
@@ -159,11 +159,13 @@ class _CenterCollector(Collector):
         self.center = center
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        g = GaugeMetricFamily("gkc_versions", "Knowledge versions by state", labels=["state"])
+        g = GaugeMetricFamily("keep_gkc_versions", "Knowledge versions by state", labels=["state"])
         records = self.center.records
         for state in STATES:
             g.add_metric([state], sum(1 for r in records if r.state == state))
         yield g
         yield GaugeMetricFamily(
-            "gkc_active_version", "The active knowledge version (0 = none)", value=self.center.active or 0
+            "keep_gkc_active_version",
+            "The active knowledge version (0 = none)",
+            value=self.center.active or 0,
         )

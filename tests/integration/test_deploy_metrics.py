@@ -64,7 +64,9 @@ def gkc_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def test_every_gkc_metric_on_the_dashboard_is_exported(gkc_metrics: str) -> None:
-    queried = {name for expr in dashboard_exprs() for name in metric_names(expr) if name.startswith("gkc_")}
+    queried = {
+        name for expr in dashboard_exprs() for name in metric_names(expr) if name.startswith("keep_gkc_")
+    }
     assert queried, "the dashboard has no GKC panel"
     exported = exported_names(gkc_metrics)
     assert queried <= exported, f"queried but not exported by GKC: {sorted(queried - exported)}"
@@ -85,4 +87,4 @@ def test_every_ranker_metric_on_the_dashboard_is_declared() -> None:
 
 def test_the_dashboard_queries_only_gkc_and_ranker_metrics() -> None:
     queried = {n for expr in dashboard_exprs() for n in metric_names(expr)}
-    assert {n for n in queried if not n.startswith(("gkc_", "keep_ranker_"))} == set()
+    assert {n for n in queried if not n.startswith(("keep_gkc_", "keep_ranker_"))} == set()

@@ -165,8 +165,8 @@ def test_activate_and_delete(gkc_service, make_bundle: Callable[..., Path], tmp_
         time.sleep(0.05)  # the janitor deletes the data in the background, then forgets the version
     assert all(v["version"] != a for v in ops.versions(include_all=True))
     text = httpx.get(f"{gkc_service.http_url}/metrics").text
-    assert 'gkc_request_seconds_count{method="BatchGet",status="OK"}' in text
-    assert 'gkc_versions{state="ready"}' in text
+    assert 'keep_gkc_request_seconds_count{method="BatchGet",status="OK"}' in text
+    assert 'keep_gkc_versions{state="ready"}' in text
 
 
 def test_redis_down_gives_unavailable_then_recovers(
@@ -294,9 +294,9 @@ def _batchget_count(families: Any) -> float:
     return sum(
         s.value
         for f in families
-        if f.name == "gkc_request_seconds"
+        if f.name == "keep_gkc_request_seconds"
         for s in f.samples
-        if s.name == "gkc_request_seconds_count" and s.labels.get("method") == "BatchGet"
+        if s.name == "keep_gkc_request_seconds_count" and s.labels.get("method") == "BatchGet"
     )
 
 
@@ -340,11 +340,13 @@ def test_metrics_count_requests_served_by_every_worker(
     lookups = {
         (s.labels["block"], s.labels["result"]): s.value
         for f in families
-        if f.name == "gkc_lookups"
+        if f.name == "keep_gkc_lookups"
         for s in f.samples
-        if s.name == "gkc_lookups_total"
+        if s.name == "keep_gkc_lookups_total"
     }
     assert lookups["item", "hit"] == 2 * sent  # two unique items per request, both found
-    cache = {s.labels["result"]: s.value for f in families if f.name == "gkc_item_cache" for s in f.samples}
+    cache = {
+        s.labels["result"]: s.value for f in families if f.name == "keep_gkc_item_cache" for s in f.samples
+    }
     assert cache["hit"] + cache["miss"] == 2 * sent
-    assert "gkc_item_cache_hit_ratio" in body and "gkc_active_version 1.0" in body
+    assert "keep_gkc_item_cache_hit_ratio" in body and "keep_gkc_active_version 1.0" in body
