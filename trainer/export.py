@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -51,6 +52,15 @@ class ExportStats:
     @property
     def users_per_s(self) -> float:
         return self.users / max(self.seconds.get("users", 0.0), 1e-9)
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``keep export`` prints about the entries it computed."""
+        return {
+            "users": self.users,
+            "items": self.items,
+            "user_categories": self.user_categories,
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+        }
 
 
 def _item_features(df: pd.DataFrame, ext: LoadedExtractor, n_items: int) -> tuple[np.ndarray, np.ndarray]:

@@ -127,13 +127,7 @@ def run_export(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.no_progress,
     )
-    summary = {
-        "bundle": str(path),
-        "users": stats.users,
-        "items": stats.items,
-        "user_categories": stats.user_categories,
-        "seconds": {k: round(v, 3) for k, v in stats.seconds.items()},
-    }
+    summary = {"bundle": str(path), **stats.to_json()}
     print(json.dumps(summary, sort_keys=True))
     return 0
 
@@ -175,11 +169,8 @@ def _export_to_gkc(args: argparse.Namespace) -> int:
         "version": result.version,
         "retired": result.retired,
         "entries": result.entries,
-        "users": stats.users,
-        "items": stats.items,
-        "user_categories": stats.user_categories,
         "world_size": group.world,
-        "seconds": {k: round(v, 3) for k, v in stats.seconds.items()},
+        **stats.to_json(),
     }
     print(json.dumps(summary, sort_keys=True))
     return 0
