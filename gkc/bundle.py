@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from contract.ids import canonical_ids
+from contract.knowledge import Dims
 from services.errors import InvalidArgument
 
 FORMAT_VERSION = 1
@@ -51,13 +53,6 @@ FLOAT_DTYPE = np.dtype("<f4")
 
 class BundleError(InvalidArgument):
     """A bundle that is malformed, truncated, inconsistent or fails its checksums."""
-
-
-@dataclass(frozen=True)
-class Dims:
-    user: int
-    item: int
-    uc: int
 
 
 @dataclass(frozen=True)
@@ -133,20 +128,6 @@ class Bundle:
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name.removesuffix(".npy")) for name in ARRAY_FILES}
-
-
-def canonical_ids(values: Any) -> np.ndarray:
-    """Raw ids (ints or strings) as a unicode array, the one spelling used for keys and the wire."""
-    arr = np.asarray(values)
-    if arr.size == 0:  # ``[]`` arrives as float64; an empty block is legal
-        return arr.astype(str).reshape(0)
-    if arr.dtype.kind in "iu":  # as narrow as the longest id (``astype(str)`` would give <U21)
-        ints = arr.astype(np.int64)
-        width = max(len(str(int(ints.min()))), len(str(int(ints.max()))))
-        return ints.astype(f"<U{width}")
-    if arr.dtype.kind == "f":
-        raise BundleError("ids must be integers or strings, not floats")
-    return arr.astype(str)
 
 
 def _sha256(path: Path) -> str:

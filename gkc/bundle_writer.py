@@ -13,14 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from contract.ids import canonical_ids
+from contract.knowledge import Dims
 from gkc.bundle import (
     FLOAT_DTYPE,
     BundleError,
     Counts,
-    Dims,
     Manifest,
     all_finite,
-    canonical_ids,
     seal,
     tmp_dir,
     validate_ids,

@@ -105,7 +105,7 @@ def model_alone(artifact_dir: Path, cfg: dict[str, int], seconds: float) -> dict
     """The scorer without any network: encode + forward on 500 candidates with a precomputed K̂."""
     import torch
 
-    from ranker import artifact as artifact_mod
+    from contract import artifact as artifact_mod
     from ranker.features import FEATURES_FILE, SequenceStore
     from ranker.scoring import Scorer
 

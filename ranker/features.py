@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from gkc.bundle import canonical_ids
+from contract.ids import canonical_ids
+from contract.schema import DEFAULT_MAX_LEN, HISTORY_COLUMNS
 from services.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class SequenceStore:
         ts: Any,
         click: Any,
         *,
-        max_len: int = 50,
+        max_len: int = DEFAULT_MAX_LEN,
         source: str = "",
     ) -> SequenceStore:
         """The last ``max_len`` clicks per user of an impression log given as columns."""
@@ -132,24 +133,16 @@ class SequenceStore:
             raise InvalidArgument(f"{path}: unreadable feature store ({err})") from err
 
 
-def build_store(log_path: str | os.PathLike[str], max_len: int = 50) -> SequenceStore:
+def build_store(log_path: str | os.PathLike[str], max_len: int = DEFAULT_MAX_LEN) -> SequenceStore:
     """Read an impression log (Parquet or CSV, the data contract) and keep its last clicks per user."""
     try:
-        import pandas as pd
+        from contract.log import read_log
     except ImportError as err:  # the ranker image has no pandas: ship a features.npz instead
         raise InvalidArgument(
             f"reading the log {log_path} needs pandas; build {FEATURES_FILE} with "
             "`python -m ranker.features` where the trainer is installed"
         ) from err
-    path = Path(log_path)
-    columns = ["user_id", "item_id", "category_id", "ts", "click"]
-    try:
-        df = pd.read_parquet(path, columns=columns) if path.suffix == ".parquet" else pd.read_csv(path)
-    except (OSError, ValueError, KeyError) as err:
-        raise InvalidArgument(f"{path}: cannot read the log for behaviour sequences ({err})") from err
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise InvalidArgument(f"{path}: missing column(s) {missing} for behaviour sequences")
+    df = read_log(log_path, columns=HISTORY_COLUMNS)
     return SequenceStore.from_clicks(
         df["user_id"].to_numpy(),
         df["item_id"].to_numpy(),
@@ -157,11 +150,11 @@ def build_store(log_path: str | os.PathLike[str], max_len: int = 50) -> Sequence
         df["ts"].to_numpy(),
         df["click"].to_numpy(),
         max_len=max_len,
-        source=str(path),
+        source=str(log_path),
     )
 
 
-def open_store(path: str | os.PathLike[str] | None, max_len: int = 50) -> SequenceStore:
+def open_store(path: str | os.PathLike[str] | None, max_len: int = DEFAULT_MAX_LEN) -> SequenceStore:
     """A store from a ``features.npz`` or a log; ``None`` gives the empty store."""
     if path is None:
         return SequenceStore.empty()
@@ -178,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ranker.features", description=main.__doc__)
     parser.add_argument("log", help="sub-domain impression log (Parquet or CSV)")
     parser.add_argument("out", help=f"output file, or a model directory (writes {FEATURES_FILE} there)")
-    parser.add_argument("--max-len", type=int, default=50)
+    parser.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN)
     args = parser.parse_args(argv)
     out = Path(args.out)
     if out.is_dir():

@@ -1,6 +1,7 @@
 """The downstream CTR model and its knowledge plug-ins (paper §3.1, §4.3).
 
-TorchRec style: small modules composed by :class:`DownstreamModel`, a dataclass config, a typed
+TorchRec style: small modules composed by :class:`DownstreamModel`, a dataclass config
+(:class:`contract.downstream.DownstreamConfig`, shared with the trainer and the artifact), a typed
 :class:`Batch`, and the training loop outside (``trainer.train``).
 
 - :class:`SparseArch`: id embeddings (user, item, category, shop) and the behaviour sequence.
@@ -22,49 +23,13 @@ is how :meth:`DownstreamModel.score_user` serves one user and N candidates witho
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-
-@dataclass(frozen=True)
-class DownstreamConfig:
-    n_users: int
-    n_items: int
-    n_categories: int
-    n_shops: int = 2
-    emb_dim: int = 16
-    #: The paper's downstream model leaves the user id out (too sparse in the sub-domain).
-    use_user_id: bool = False
-    attention_hidden: int = 36
-    coaction_in: int = 8
-    coaction_hidden: tuple[int, int] = (4, 4)
-    mlp: tuple[int, ...] = (200, 80)
-    #: 1-based index of the MLP layer whose output receives the plug-ins' ``h^k``.
-    plugin_layer: int = 1
-    plugin_hidden: int = 64
-    #: knowledge name → input dim; one :class:`PlugIn` each.
-    plugins: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.plugin_layer <= len(self.mlp):
-            raise ValueError(f"plugin_layer must be in 1..{len(self.mlp)}, got {self.plugin_layer}")
-
-    def with_plugin(self, name: str, dim: int) -> DownstreamConfig:
-        return replace(self, plugins={**self.plugins, name: int(dim)})
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> DownstreamConfig:
-        data = dict(data)
-        data["coaction_hidden"] = tuple(data["coaction_hidden"])
-        data["mlp"] = tuple(data["mlp"])
-        data["plugins"] = {str(k): int(v) for k, v in data.get("plugins", {}).items()}
-        return cls(**data)
+from contract.artifact import Artifact
+from contract.downstream import DownstreamConfig
 
 
 @dataclass
@@ -265,3 +230,11 @@ def load_base_into(model: DownstreamModel, state: dict[str, Tensor]) -> list[str
             raise ValueError(f"{key}: shape {tuple(value.shape)} does not fit {tuple(own[key].shape)}")
     model.load_state_dict(state, strict=False)
     return [k for k in own if k not in state]
+
+
+def build_model(artifact: Artifact) -> DownstreamModel:
+    """The artifact's model with its trained weights, in eval mode."""
+    model = DownstreamModel(artifact.config)
+    model.load_state_dict(artifact.state)
+    model.eval()
+    return model

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ranker import artifact as artifact_mod
+from contract import artifact as artifact_mod
 from ranker.features import FEATURES_FILE, SequenceStore
 from ranker.scoring import Scorer
 from services.errors import NotFound

@@ -1,8 +1,7 @@
 """One model's serving adapter: request ids → a :class:`ranker.model.Batch` → probabilities.
 
-The vocabularies are turned into plain dicts keyed by the canonical string id once per model load (a
-dict lookup per candidate is far cheaper than the vectorised lookup's per-call sort when request ids
-are strings and the vocabulary holds ints). Indices are the trainer's: PAD 0, OOV 1, ``2 + position``.
+Ids are encoded through each vocabulary's :class:`contract.ids.IdEncoder` (a dict keyed by the canonical
+string id, built once per model load): the rows of the trainer's ``Vocab.lookup``, PAD 0, OOV 1.
 
 The user's history is encoded once per request with leading dimension 1 and broadcast over the
 candidates by the model (``DownstreamModel.score_user``'s layout): the same last ``max_len`` clicks as
@@ -17,39 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
+from contract.artifact import Artifact, ArtifactError
+from contract.ids import IdEncoder
+from contract.knowledge import GKC_KIND, KnowledgeSpec
 from gkc.lookup import Lookup
-from ranker.artifact import Artifact, ArtifactError, KnowledgeSpec
 from ranker.features import SequenceStore
-from ranker.knowledge import GKC_KIND, assemble
-from ranker.model import Batch, DownstreamModel
-
-PAD = 0
-OOV = 1
-RESERVED = 2
-
-
-@dataclass(frozen=True)
-class IdIndex:
-    index: dict[str, int]
-
-    @classmethod
-    def from_vocab_json(cls, data: dict[str, Any] | None) -> IdIndex | None:
-        if not data:
-            return None
-        keys = data["keys"]
-        spelled = [str(int(k)) for k in keys] if data["kind"] == "int" else [str(k) for k in keys]
-        return cls({key: RESERVED + pos for pos, key in enumerate(spelled)})
-
-    def encode(self, ids: Sequence[str], *, empty_is_pad: bool = False) -> np.ndarray:
-        get = self.index.get
-        if empty_is_pad:
-            return np.fromiter((get(i, OOV) if i else PAD for i in ids), np.int64, len(ids))
-        return np.fromiter((get(i, OOV) for i in ids), np.int64, len(ids))
+from ranker.knowledge import assemble
+from ranker.model import Batch, DownstreamModel, build_model
 
 
 @dataclass
@@ -65,17 +42,13 @@ class Scorer:
 
     def __init__(self, artifact: Artifact, features: SequenceStore) -> None:
         self.artifact = artifact
-        self.model: DownstreamModel = artifact.build_model()
+        self.model: DownstreamModel = build_model(artifact)
         self.features = features
-        self.max_len = int(artifact.info.get("max_len", 50))
+        self.max_len = artifact.max_len
         vocabs = artifact.vocabs
-        items = IdIndex.from_vocab_json(vocabs.get("item"))
-        categories = IdIndex.from_vocab_json(vocabs.get("category"))
-        if items is None or categories is None:
-            raise ArtifactError("the model artifact has no item or category vocabulary")
-        self.items, self.categories = items, categories
-        self.shops = IdIndex.from_vocab_json(vocabs.get("shop"))
-        self.users = IdIndex.from_vocab_json(vocabs.get("user")) if self.model.cfg.use_user_id else None
+        self.items, self.categories = vocabs.item.encoder(), vocabs.category.encoder()
+        self.shops: IdEncoder | None = vocabs.shop.encoder() if vocabs.shop is not None else None
+        self.users = vocabs.user.encoder() if self.model.cfg.use_user_id else None
         self.knowledge: tuple[str, KnowledgeSpec] | None = None
         for name, spec in artifact.knowledge.items():
             if spec.schema.kind != GKC_KIND:
@@ -137,8 +110,8 @@ class Scorer:
 
     def warm_up(self) -> None:
         """One small forward pass so the first request does not pay for lazy initialisation."""
-        keys = list(self.items.index)[:2] or ["?"]
-        cats = list(self.categories.index)[:1] or ["?"]
+        keys = self.items.known(2) or ["?"]
+        cats = self.categories.known(1) or ["?"]
         enc = self.encode("", keys, cats * len(keys), [])
         self.score(enc, None)
         if self.knowledge is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from contract.schema import DEFAULT_MAX_LEN
 from services.errors import InvalidArgument
 from services.settings import ServiceSettings
 
@@ -31,7 +32,7 @@ class RankerSettings(ServiceSettings):
     #: or an impression log (Parquet/CSV; its last clicks per user). Unset: empty histories.
     features_path: Path | None = None
     #: Clicks kept per user when the store is built from a log here.
-    features_max_len: int = 50
+    features_max_len: int = DEFAULT_MAX_LEN
     #: Candidates per request; more is INVALID_ARGUMENT.
     max_candidates: int = 1000
     #: GKC BatchGet timeout; slower answers are dropped and the request is served degraded.

@@ -4,7 +4,6 @@
 knowledge bundle over the same ids, and :func:`make_artifact` a downstream model artifact with random
 weights, pinned to a knowledge version, with the log's behaviour sequences beside it (``features.npz``).
 The plug-in's output layer is randomised too (a fresh one is zero), so knowledge changes the scores.
-Vocabularies are written in the trainer's JSON form (sorted keys), so ``keep evaluate`` reads them.
 """
 
 from __future__ import annotations
@@ -14,11 +13,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from contract import artifact as artifact_mod
+from contract.downstream import DownstreamConfig
+from contract.ids import Vocab, Vocabs
+from contract.knowledge import KnowledgeSpec
+from contract.schema import DEFAULT_MAX_LEN
 from gkc import bundle as gkc_bundle
-from ranker import artifact as artifact_mod
 from ranker.features import FEATURES_FILE, SequenceStore
-from ranker.knowledge import KnowledgeSchema
-from ranker.model import DownstreamConfig, DownstreamModel
+from ranker.knowledge import manifest_schema
+from ranker.model import DownstreamModel
 
 Log = dict[str, np.ndarray]
 
@@ -74,10 +77,6 @@ def make_bundle(
     return gkc_bundle.save(built, out)
 
 
-def _vocab(values: np.ndarray) -> dict[str, object]:
-    return {"kind": "str", "keys": np.unique(values.astype(str)).tolist()}
-
-
 def make_artifact(
     out: Path,
     log: Log,
@@ -86,29 +85,30 @@ def make_artifact(
     *,
     task: str = "click",
     seed: int = 0,
-    max_len: int = 50,
+    max_len: int = DEFAULT_MAX_LEN,
     mlp: tuple[int, ...] = (200, 80),
 ) -> Path:
     """A random-weight model over ``log``'s vocabularies; with ``bundle_dir``, a GKC plug-in pinned to
     ``version``. Writes ``features.npz`` (the log's last ``max_len`` clicks per user) beside it."""
-    vocabs = {
-        "user": _vocab(log["user_id"]),
-        "item": _vocab(log["item_id"]),
-        "category": _vocab(log["category_id"]),
-        "shop": _vocab(log["shop_id"]),
-    }
+    vocabs = Vocabs(
+        user=Vocab.build(log["user_id"]),
+        item=Vocab.build(log["item_id"]),
+        category=Vocab.build(log["category_id"]),
+        shop=Vocab.build(log["shop_id"]),
+    )
     cfg = DownstreamConfig(
-        n_users=len(vocabs["user"]["keys"]) + 2,  # type: ignore[arg-type]
-        n_items=len(vocabs["item"]["keys"]) + 2,  # type: ignore[arg-type]
-        n_categories=len(vocabs["category"]["keys"]) + 2,  # type: ignore[arg-type]
-        n_shops=len(vocabs["shop"]["keys"]) + 2,  # type: ignore[arg-type]
+        n_users=len(vocabs.user),
+        n_items=len(vocabs.item),
+        n_categories=len(vocabs.category),
+        n_shops=vocabs.n_shops(),
         mlp=mlp,
+        max_len=max_len,
     )
     knowledge = {}
     if bundle_dir is not None:
-        schema = KnowledgeSchema.from_manifest(gkc_bundle.load(bundle_dir).manifest)
+        schema = manifest_schema(gkc_bundle.load(bundle_dir).manifest)
         cfg = cfg.with_plugin("gkc", schema.dim)
-        knowledge["gkc"] = artifact_mod.KnowledgeSpec(schema=schema, version=version, source={"synthetic": 1})
+        knowledge["gkc"] = KnowledgeSpec(schema=schema, version=version, source={"synthetic": 1})
     torch.manual_seed(seed)
     model = DownstreamModel(cfg)
     with torch.no_grad():
@@ -121,7 +121,7 @@ def make_artifact(
         vocabs=vocabs,
         state={k: v.detach().clone() for k, v in model.state_dict().items()},
         knowledge=knowledge,
-        info={"max_len": max_len, "synthetic": True},
+        training=artifact_mod.TrainingInfo(seed=seed, synthetic=True),
     )
     path = artifact_mod.save(art, out)
     SequenceStore.from_clicks(

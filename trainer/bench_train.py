@@ -35,12 +35,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from trainer.data.dataset import EncodedLog, Vocabs
-from trainer.data.schema import day_of
+from contract.extractor import CheckpointConfig, PretrainSettings, TrainingWindow
+from contract.ids import Vocabs
+from contract.schema import TASKS, day_of
+from trainer.data.dataset import EncodedLog
 from trainer.models.batch import make_batch
 from trainer.models.checkpoint import LoadedExtractor
 from trainer.models.extractor import build_extractor
-from trainer.pretrain import day_batches, make_optimizer, model_config, train_step
+from trainer.pretrain import day_batches, extractor_config, make_optimizer, train_step
 
 BATCH = 2000
 
@@ -94,7 +96,7 @@ def _interleaved(contestants: dict[str, _Contestant], seconds: float, slices: in
 
 def _ours(log: EncodedLog, vocabs: Vocabs, batches: list[np.ndarray], tasks: tuple[str, ...]) -> _Contestant:
     torch.manual_seed(0)
-    model = build_extractor(model_config(vocabs, "full", tasks))
+    model = build_extractor(extractor_config(vocabs, "full", tasks))
     optimizer = make_optimizer(model, 1e-3)
     model.train()
 
@@ -128,7 +130,7 @@ def _deepctr(log: EncodedLog, vocabs: Vocabs, batches: list[np.ndarray]) -> _Con
             models = importlib.import_module("deepctr_torch.models")
     except ImportError as err:
         return f"deepctr-torch not installed ({err}); pip install -e '.[bench]'"
-    sizes = model_config(vocabs, "full", ("click",))
+    sizes = extractor_config(vocabs, "full", ("click",))
     sparse, varlen = inputs.SparseFeat, inputs.VarLenSparseFeat
     columns = [
         sparse("user", sizes.n_users, embedding_dim=48),
@@ -190,13 +192,17 @@ def _export_rate(df: pd.DataFrame, vocabs: Vocabs, last_day: int) -> dict[str, A
     from trainer.models.towers import ServingExtractor
 
     torch.manual_seed(0)
-    model = build_extractor(model_config(vocabs, "serving", ("click", "conversion", "cart")))
+    model = build_extractor(extractor_config(vocabs, "serving", TASKS))
     assert isinstance(model, ServingExtractor)
     ext = LoadedExtractor(
         path=Path("bench"),
         model=model.eval(),
         vocabs=vocabs,
-        config={"data": {"window": {"first_day": 0, "last_day": last_day}, "holdout_days": []}},
+        config=CheckpointConfig(
+            extractor=model.cfg,
+            train=PretrainSettings(TASKS, 0.25, 0, BATCH, 1e-3, "serving", TASKS),
+            data=TrainingWindow(super="bench", run_days=(), holdout_days=(), first_day=0, last_day=last_day),
+        ),
         progress={"state": "done"},
         metrics={},
     )
@@ -231,7 +237,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     prepared = time.perf_counter() - started
     contestants = {
         "ours": _ours(log, vocabs, batches, ("click",)),
-        "ours_multitask": _ours(log, vocabs, batches, ("click", "conversion", "cart")),
+        "ours_multitask": _ours(log, vocabs, batches, TASKS),
     }
     deepctr = _deepctr(log, vocabs, batches)
     if isinstance(deepctr, _Contestant):

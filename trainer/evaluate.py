@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ranker.artifact import Artifact
-from ranker.model import DownstreamModel
+from contract.artifact import Artifact
+from contract.ids import Vocabs
+from ranker.model import DownstreamModel, build_model
 from services.errors import InvalidArgument
-from trainer.data.dataset import EncodedLog, Vocabs
+from trainer.data.dataset import EncodedLog
 from trainer.train import KnowledgeProvider, make_batch, task_rows
 
 
@@ -42,12 +43,11 @@ def predict(
         if p.name not in matrices:
             matrices[p.name] = p.rows(df)
     return score_model(
-        artifact.build_model(),
-        Vocabs.from_json(artifact.vocabs),
+        build_model(artifact),
+        artifact.vocabs,
         df,
         history_from=df if history_from is None else history_from,
         knowledge=matrices,
-        max_len=_max_len(artifact),
         batch_size=batch_size,
     )
 
@@ -59,11 +59,13 @@ def score_model(
     *,
     history_from: pd.DataFrame,
     knowledge: dict[str, np.ndarray],
-    max_len: int = 50,
     batch_size: int = 4096,
 ) -> np.ndarray:
-    """Probabilities of a model in memory (also used for validation between epochs)."""
-    log = EncodedLog.encode(df.reset_index(drop=True), vocabs, history_from=history_from, max_len=max_len)
+    """Probabilities of a model in memory (also used for validation between epochs); histories of the
+    model's own ``max_len``."""
+    log = EncodedLog.encode(
+        df.reset_index(drop=True), vocabs, history_from=history_from, max_len=model.cfg.max_len
+    )
     out = np.empty(len(df), dtype=np.float64)
     was_training = model.training
     model.eval()
@@ -73,10 +75,6 @@ def score_model(
             out[rows] = torch.sigmoid(model(make_batch(log, rows, knowledge))).numpy()
     model.train(was_training)
     return out
-
-
-def _max_len(artifact: Artifact) -> int:
-    return int(artifact.info.get("max_len", 50))
 
 
 def evaluate(

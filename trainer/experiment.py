@@ -26,11 +26,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ranker.artifact import KnowledgeSpec
-from ranker.knowledge import KnowledgeSchema
+from contract.knowledge import KnowledgeSchema, KnowledgeSpec
+from contract.log import read_log
+from contract.schema import day_of
+from ranker.knowledge import manifest_schema
 from services.errors import InvalidArgument
-from trainer.data.readers import read_log
-from trainer.data.schema import day_of
 from trainer.experiment_methods import (
     EXTRACTORS,
     METHOD_NAMES,
@@ -157,7 +157,7 @@ class Runner:
                 load_extractor(path), self.data.super, bundle_dir, source=self.cfg.super_path, progress=False
             )
         reader = open_bundle_reader(bundle_dir)
-        schema = KnowledgeSchema.from_manifest(bundle_mod.read_manifest(bundle_dir))
+        schema = manifest_schema(bundle_mod.read_manifest(bundle_dir))
         provider = GkcKnowledge(reader=reader, version=0, schema=schema)
         spec = KnowledgeSpec(schema=schema, source={"bundle": str(bundle_dir)})
         return spec, provider.rows(self.data.train), provider.rows(self.data.test)
@@ -234,14 +234,7 @@ class Runner:
         curve: list[float] = []
 
         def on_epoch(epoch: int, model: Any, vocabs: Any) -> None:
-            scores = score_model(
-                model,
-                vocabs,
-                val_df,
-                history_from=train_df,
-                knowledge=k_val,
-                max_len=self.cfg.downstream.max_len,
-            )
+            scores = score_model(model, vocabs, val_df, history_from=train_df, knowledge=k_val)
             curve.append(float(gauc(users, labels, scores)))
 
         cfg = _with(self.cfg.downstream, epochs=self.cfg.max_epochs, seed=seed)

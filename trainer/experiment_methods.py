@@ -9,16 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ALL_TASKS = ("click", "conversion", "cart")
+from contract.knowledge import GKC_BLOCKS
+from contract.schema import TASKS
+
 FULL_BLOCKS = ("ku", "ki", "kui:click", "kui:conversion", "kui:cart")
-SERVING_BLOCKS = ("ku_hat", "ki_hat", "ku_hat*ki_hat", "kuc_hat")
+SERVING_BLOCKS = GKC_BLOCKS
 
 
 @dataclass(frozen=True)
 class ExtractorPlan:
     source: str  # "super" or "train" (keep_c: the downstream training log only)
     strategy: str
-    tasks: tuple[str, ...] = ALL_TASKS
+    tasks: tuple[str, ...] = TASKS
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Entries: one K̂_u per known user, one K̂_i per known item, one K̂_uc per (use
 occurs in the super-domain log up to the end of the training window: N_u + N_i + N_uc rows, computed in
 batches; nothing is ever evaluated per (user, item) pair.
 
-Histories: a user's behaviour sequence is their last 50 clicks up to the end of the extractor's
+Histories: a user's behaviour sequence is their last ``max_len`` clicks up to the end of the extractor's
 training window (the held-out day is not included), the state GKC serves until the next version. A
 (user, category) pair reuses its user's window, so the history index is built once, per user.
 Users and items outside the extractor's vocabulary (first seen after an ``--init`` continuation kept
@@ -30,13 +30,14 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from contract.ids import OOV, PAD, RESERVED, canonical_ids
+from contract.knowledge import Dims
+from contract.log import read_log
+from contract.schema import SECONDS_PER_DAY, day_of
 from gkc import bundle as gkc_bundle
 from gkc.bundle_writer import BundleWriter
 from services.errors import Conflict, InvalidArgument
-from trainer.data.readers import read_log
-from trainer.data.schema import SECONDS_PER_DAY, day_of
 from trainer.data.sequences import HistoryIndex
-from trainer.data.vocab import OOV, PAD, RESERVED
 from trainer.models.batch import FeatureBatch, id_batch
 from trainer.models.checkpoint import LoadedExtractor, load_extractor
 from trainer.models.towers import ServingExtractor
@@ -89,7 +90,7 @@ def export(
     check_exportable(ext)
     if Path(out).exists():
         raise InvalidArgument(f"{out} already exists; refusing to overwrite a bundle")
-    source = Path(super_path or ext.config["data"]["super"])
+    source = Path(super_path or ext.config.data.super)
     return export_loaded(ext, read_log(source), out, source=source, batch_size=batch_size, progress=progress)
 
 
@@ -168,7 +169,7 @@ class ExportPlan:
     def id_bundle(self) -> gkc_bundle.Bundle:
         """The whole export's ids with zero-width vectors (for the finaliser's presence checks)."""
         return gkc_bundle.Bundle(
-            manifest=gkc_bundle.Manifest(dims=gkc_bundle.Dims(0, 0, 0), counts=self.counts()),
+            manifest=gkc_bundle.Manifest(dims=Dims(0, 0, 0), counts=self.counts()),
             user_ids=self.user_ids,
             user_vectors=np.empty((len(self.user_ids), 0), np.float32),
             item_ids=self.item_ids,
@@ -181,9 +182,9 @@ class ExportPlan:
     def counts(self) -> gkc_bundle.Counts:
         return gkc_bundle.Counts(self.stats.users, self.stats.items, self.stats.user_categories)
 
-    def dims(self) -> gkc_bundle.Dims:
+    def dims(self) -> Dims:
         b = self.blocks
-        return gkc_bundle.Dims(user=b["users"].dim, item=b["items"].dim, uc=b["user_categories"].dim)
+        return Dims(user=b["users"].dim, item=b["items"].dim, uc=b["user_categories"].dim)
 
 
 VECTORS = {"users": "user_vectors", "items": "item_vectors", "user_categories": "uc_vectors"}
@@ -269,16 +270,16 @@ def prepare(ext: LoadedExtractor, df: pd.DataFrame, *, source: Path) -> ExportPl
         Block("user_categories", stats.user_categories, dims["kuc_hat"], model.uc_vector, pair_rows),
     )
     return ExportPlan(
-        user_ids=gkc_bundle.canonical_ids(user_keys),
-        item_ids=gkc_bundle.canonical_ids(vocabs.item.keys),
-        uc_user_ids=gkc_bundle.canonical_ids(pairs["user_id"].to_numpy()),
-        uc_category_ids=gkc_bundle.canonical_ids(pairs["category_id"].to_numpy()),
+        user_ids=canonical_ids(user_keys),
+        item_ids=canonical_ids(vocabs.item.keys),
+        uc_user_ids=canonical_ids(pairs["user_id"].to_numpy()),
+        uc_category_ids=canonical_ids(pairs["category_id"].to_numpy()),
         blocks={b.name: b for b in blocks},
         source={
             "extractor": str(ext.path.resolve()),
             "super": str(source.resolve()),
             "window": {"first_day": first_day, "last_day": last_day},
-            "holdout_days": ext.config["data"].get("holdout_days", []),
+            "holdout_days": list(ext.config.data.holdout_days),
             "tasks": list(model.cfg.tasks),
             "uc_layout": [f"kuc_hat:{t}" for t in model.cfg.tasks],
             "history": f"last {max_len} clicks up to the end of day {last_day}",

@@ -15,7 +15,7 @@ Blocks: ``full`` → ``ku`` (user-id embedding), ``ki`` (item, shop, category em
 ``ku_hat*ki_hat``; ``degeneration`` → ``kuc_hat`` (every task's 64-d block, concatenated);
 ``serving`` → all four, i.e. what GKC returns. Columns follow the order of ``blocks``.
 
-Histories: a row's behaviour sequence is its user's last 50 clicks in ``history_from`` strictly
+Histories: a row's behaviour sequence is its user's last ``max_len`` clicks in ``history_from`` strictly
 before the row's ``ts``, restricted by default to the extractor's training window
 (``upto_window=True``). For downstream rows after the pre-training window (the paper's setting) this
 is exactly the history the exported bundle used, so offline K̂ equals what GKC serves. Pass
@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from contract.schema import day_of
 from trainer.data.dataset import EncodedLog
-from trainer.data.schema import day_of
 from trainer.models.batch import make_batch
 from trainer.models.checkpoint import LoadedExtractor, load_extractor
 

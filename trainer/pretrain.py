@@ -29,17 +29,18 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from contract.extractor import CheckpointConfig, ExtractorConfig, PretrainSettings, TrainingWindow
+from contract.ids import Vocabs
+from contract.log import read_log, tasks_present
+from contract.schema import DEFAULT_MAX_LEN, TASKS, day_of
 from services.errors import Conflict, InvalidArgument
-from trainer.data.dataset import DEFAULT_MAX_LEN, EncodedLog, Vocabs
-from trainer.data.readers import read_log
-from trainer.data.schema import day_of, tasks_present
+from trainer.data.dataset import EncodedLog
 from trainer.distributed import DataParallel
 from trainer.losses import hybrid_loss
 from trainer.metrics import gauc
 from trainer.models.batch import make_batch
 from trainer.models.checkpoint import (
     CONFIG,
-    FORMAT,
     METRICS,
     STATE,
     VOCABS,
@@ -49,7 +50,7 @@ from trainer.models.checkpoint import (
     save_state,
     write_json,
 )
-from trainer.models.extractor import ALL_TASKS, Extractor, ExtractorConfig, build_extractor
+from trainer.models.extractor import Extractor, build_extractor
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ log = logging.getLogger(__name__)
 class PretrainConfig:
     super_path: Path
     out: Path
-    tasks: tuple[str, ...] = ALL_TASKS
+    tasks: tuple[str, ...] = TASKS
     alpha: float = 0.25
     strategy: str = "full"
     seed: int = 0
@@ -111,22 +112,24 @@ def split_days(df: pd.DataFrame, holdout_days: int, source: str) -> tuple[list[i
 
 
 def _train_tasks(requested: Sequence[str], df: pd.DataFrame, source: str) -> tuple[str, ...]:
-    unknown = [t for t in requested if t not in ALL_TASKS]
+    unknown = [t for t in requested if t not in TASKS]
     if unknown:
-        raise InvalidArgument(f"unknown task(s) {unknown}; expected a subset of {', '.join(ALL_TASKS)}")
+        raise InvalidArgument(f"unknown task(s) {unknown}; expected a subset of {', '.join(TASKS)}")
     present = tasks_present(df)
     skipped = [t for t in requested if t not in present]
     if skipped:
         log.warning("%s: no %s column; skipping task(s) %s", source, "/".join(skipped), skipped)
-    return tuple(t for t in ALL_TASKS if t in requested and t in present)
+    return tuple(t for t in TASKS if t in requested and t in present)
 
 
-def model_config(vocabs: Vocabs, strategy: str, tasks: tuple[str, ...], max_len: int = 50) -> ExtractorConfig:
+def extractor_config(
+    vocabs: Vocabs, strategy: str, tasks: tuple[str, ...], max_len: int = DEFAULT_MAX_LEN
+) -> ExtractorConfig:
     """The extractor's shape for these vocabularies (shared by pre-training and the training bench)."""
     return ExtractorConfig(
         n_users=len(vocabs.user),
         n_items=len(vocabs.item),
-        n_shops=len(vocabs.shop) if vocabs.shop is not None else 2,
+        n_shops=vocabs.n_shops(),
         n_categories=len(vocabs.category),
         strategy=strategy,
         tasks=tasks,
@@ -177,7 +180,7 @@ class _Plan:
     model: Extractor
     optimizer: torch.optim.Optimizer
     vocabs: Vocabs
-    config: dict[str, Any]
+    config: CheckpointConfig
     run_days: list[int]
     done: int = 0
 
@@ -216,33 +219,33 @@ def _plan(
         mask = np.isin(day_of(df["ts"].to_numpy()), run_days)
         vocabs = Vocabs.build(df[mask])
         torch.manual_seed(cfg.seed)
-        model = build_extractor(model_config(vocabs, cfg.strategy, tasks, cfg.max_len))
+        model = build_extractor(extractor_config(vocabs, cfg.strategy, tasks, cfg.max_len))
         optimizer = make_optimizer(model, cfg.lr)
         model_tasks = tasks
         window_first = run_days[0]
-    config = {
-        "format": FORMAT,
-        "extractor": model.cfg.to_json(),
-        "train": {
-            "tasks": list(tasks),
-            "alpha": cfg.alpha,
-            "seed": cfg.seed,
-            "batch_size": cfg.batch_size,
-            "lr": cfg.lr,
-            "strategy": cfg.strategy,
-            "model_tasks": list(model_tasks),
-        },
-        "data": {
-            "super": str(cfg.super_path.resolve()),
-            "run_days": run_days,
-            "holdout_days": holdout,
-            "window": {"first_day": window_first, "last_day": run_days[-1]},
-            "init_from": str(cfg.init.resolve()) if cfg.init else None,
-        },
-    }
+    config = CheckpointConfig(
+        extractor=model.cfg,
+        train=PretrainSettings(
+            tasks=tasks,
+            alpha=cfg.alpha,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            strategy=cfg.strategy,
+            model_tasks=tuple(model_tasks),
+        ),
+        data=TrainingWindow(
+            super=str(cfg.super_path.resolve()),
+            run_days=tuple(run_days),
+            holdout_days=tuple(holdout),
+            first_day=window_first,
+            last_day=run_days[-1],
+            init_from=str(cfg.init.resolve()) if cfg.init else None,
+        ),
+    )
     if writer:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / CONFIG, config)
+        write_json(out / CONFIG, config.to_json())
         write_json(out / VOCABS, vocabs.to_json())
     return _Plan(model, optimizer, vocabs, config, run_days)
 
@@ -251,16 +254,16 @@ def _resume_plan(cfg: PretrainConfig, tasks: tuple[str, ...]) -> _Plan:
     prev = load_extractor(cfg.out)
     if prev.progress.get("state") == "done":
         raise Conflict(f"{cfg.out}: this run already completed; use --init {cfg.out} --out NEW to continue")
-    saved = prev.config["train"]
-    asked = {"tasks": list(tasks), "alpha": cfg.alpha, "seed": cfg.seed, "batch_size": cfg.batch_size}
-    diff = [k for k, v in asked.items() if saved.get(k) != v]
-    if diff or saved.get("strategy") != cfg.strategy:
+    saved = prev.config.train
+    asked = {"tasks": tasks, "alpha": cfg.alpha, "seed": cfg.seed, "batch_size": cfg.batch_size}
+    diff = [k for k, v in asked.items() if getattr(saved, k) != v]
+    if diff or saved.strategy != cfg.strategy:
         raise CheckpointError(f"{cfg.out}: cannot resume with different {diff or ['strategy']}")
     model = prev.model
     model.train()
     optimizer = make_optimizer(model, cfg.lr)
     optimizer.load_state_dict(load_state(cfg.out)["optimizer"])
-    run_days = [int(d) for d in prev.config["data"]["run_days"]]
+    run_days = list(prev.config.data.run_days)
     return _Plan(model, optimizer, prev.vocabs, prev.config, run_days, int(prev.progress["batches_done"]))
 
 
@@ -281,7 +284,7 @@ def pretrain(
     plan = _plan(cfg, df, train_days, holdout, writer=group.is_writer)
     group.barrier()  # every rank has read the resume state before rank 0 writes a new one
     group.broadcast_parameters(plan.model)
-    tasks = tuple(plan.config["train"]["tasks"])
+    tasks = plan.config.train.tasks
     all_days = day_of(df["ts"].to_numpy())
     window = df[np.isin(all_days, plan.run_days)].reset_index(drop=True)
     history = df[all_days <= plan.run_days[-1]]
@@ -360,8 +363,7 @@ def pretrain(
 
 
 def _window(plan: _Plan) -> tuple[int, int]:
-    w = plan.config["data"]["window"]
-    return int(w["first_day"]), int(w["last_day"])
+    return plan.config.window
 
 
 def iter_scores(

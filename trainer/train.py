@@ -21,22 +21,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
-from ranker.artifact import Artifact, KnowledgeSpec
-from ranker.knowledge import KnowledgeReader, KnowledgeSchema, knowledge_for_rows
-from ranker.model import Batch, DownstreamConfig, DownstreamModel, load_base_into
+from contract.artifact import Artifact, TrainingInfo
+from contract.downstream import DownstreamConfig
+from contract.ids import RESERVED, Vocabs
+from contract.knowledge import KnowledgeSchema, KnowledgeSpec
+from contract.schema import DEFAULT_MAX_LEN, IMPRESSION_TASKS, require_task
+from ranker.knowledge import KnowledgeReader, knowledge_for_rows
+from ranker.model import Batch, DownstreamModel, load_base_into
 from services.errors import InvalidArgument
-from trainer.data.dataset import EncodedLog, Vocabs
-from trainer.data.vocab import RESERVED, Vocab
+from trainer.data.dataset import EncodedLog
 from trainer.distributed import DataParallel
 
-TASKS = ("click", "conversion", "cart")
 #: Which embedding table each id-indexed parameter belongs to (rows are remapped when vocabularies grow).
 EMBEDDING_VOCAB = {
     "sparse.user.weight": "user",
@@ -55,7 +57,7 @@ class TrainConfig:
     batch_size: int = 256
     lr: float = 1e-3
     seed: int = 0
-    max_len: int = 50
+    max_len: int = DEFAULT_MAX_LEN
     emb_dim: int = 16
     mlp: tuple[int, ...] = (200, 80)
     plugin_layer: int = 1
@@ -103,11 +105,10 @@ class GkcKnowledge:
 
 def task_rows(df: pd.DataFrame, task: str) -> pd.DataFrame:
     """The rows a task learns from: all impressions for click; clicked rows for conversion and cart."""
-    if task not in TASKS:
-        raise InvalidArgument(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    require_task(task)
     if task not in df.columns:
         raise InvalidArgument(f"task {task!r} needs a '{task}' column, which the log does not have")
-    if task == "click":
+    if task in IMPRESSION_TASKS:
         return df
     return df[df["click"] == 1].reset_index(drop=True)
 
@@ -142,30 +143,6 @@ def provider_rows(provider: KnowledgeProvider, df: pd.DataFrame, group: DataPara
     return group.gather_rows(provider.rows(df.iloc[lo:hi]), len(df))
 
 
-def grow_vocab(old: Vocab | None, values: np.ndarray) -> Vocab:
-    if old is None:
-        return Vocab.build(values)
-    new = np.asarray(values)
-    if (new.dtype.kind in "iu") != (old.keys.dtype.kind in "iu"):
-        return Vocab.build(np.concatenate([old.strings(), new.astype(str)]))
-    return Vocab.build(np.concatenate([old.keys, new]))
-
-
-def build_vocabs(df: pd.DataFrame, init: Vocabs | None) -> Vocabs:
-    if init is None:
-        return Vocabs.build(df)
-    shop = None
-    if "shop_id" in df.columns or init.shop is not None:
-        shop_values = df["shop_id"].to_numpy() if "shop_id" in df.columns else np.array([], dtype=np.int64)
-        shop = grow_vocab(init.shop, shop_values)
-    return Vocabs(
-        user=grow_vocab(init.user, df["user_id"].to_numpy()),
-        item=grow_vocab(init.item, df["item_id"].to_numpy()),
-        category=grow_vocab(init.category, df["category_id"].to_numpy()),
-        shop=shop,
-    )
-
-
 def remap_state(
     state: dict[str, torch.Tensor], old: Vocabs, new: Vocabs, fresh: DownstreamModel
 ) -> dict[str, torch.Tensor]:
@@ -185,16 +162,17 @@ def remap_state(
     return out
 
 
-def model_config(vocabs: Vocabs, cfg: TrainConfig) -> DownstreamConfig:
+def downstream_config(vocabs: Vocabs, cfg: TrainConfig) -> DownstreamConfig:
     return DownstreamConfig(
         n_users=len(vocabs.user),
         n_items=len(vocabs.item),
         n_categories=len(vocabs.category),
-        n_shops=len(vocabs.shop) if vocabs.shop is not None else RESERVED,
+        n_shops=vocabs.n_shops(),
         emb_dim=cfg.emb_dim,
         use_user_id=cfg.use_user_id,
         mlp=cfg.mlp,
         plugin_layer=cfg.plugin_layer,
+        max_len=cfg.max_len,
     )
 
 
@@ -217,7 +195,7 @@ def prepare_model(
             n_shops=len(vocabs.shop) if vocabs.shop is not None else init.config.n_shops,
         )
     else:
-        base = model_config(vocabs, cfg)
+        base = downstream_config(vocabs, cfg)
     mcfg = replace(base, plugins={})
     for p in providers:
         if init is not None and p.name in init.knowledge:
@@ -231,8 +209,7 @@ def prepare_model(
     model = DownstreamModel(mcfg)
     if init is None:
         return model, list(mcfg.plugins)
-    old_vocabs = Vocabs.from_json(init.vocabs)
-    fresh_keys = load_base_into(model, remap_state(init.state, old_vocabs, vocabs, model))
+    fresh_keys = load_base_into(model, remap_state(init.state, init.vocabs, vocabs, model))
     return model, sorted({k.split(".")[1] for k in fresh_keys})
 
 
@@ -252,7 +229,7 @@ def train(
     *,
     knowledge: dict[str, np.ndarray] | None = None,
     on_epoch: Callable[[int, DownstreamModel, Vocabs], None] | None = None,
-    info: dict[str, Any] | None = None,
+    train_file: str = "",
     group: DataParallel | None = None,
 ) -> Artifact:
     """Train on ``df`` (a contract log) and return the artifact.
@@ -265,16 +242,15 @@ def train(
     rows_df = task_rows(df, cfg.task)
     if len(rows_df) == 0:
         raise InvalidArgument(f"no training rows for task {cfg.task!r}")
-    init_vocabs = Vocabs.from_json(init.vocabs) if init is not None else None
-    vocabs = build_vocabs(df, init_vocabs)
-    log = EncodedLog.encode(rows_df, vocabs, history_from=df, max_len=cfg.max_len)
+    vocabs = Vocabs.build(df, init.vocabs if init is not None else None)
+    model, fresh = prepare_model(vocabs, cfg, providers, init)
+    log = EncodedLog.encode(rows_df, vocabs, history_from=df, max_len=model.cfg.max_len)
     matrices = dict(knowledge or {})
     for p in providers:
         if p.name not in matrices:
             matrices[p.name] = provider_rows(p, rows_df, group)
         if matrices[p.name].shape != (len(rows_df), p.spec.schema.dim):
             raise InvalidArgument(f"knowledge {p.name!r} has shape {matrices[p.name].shape}")
-    model, fresh = prepare_model(vocabs, cfg, providers, init)
     fit_normalisers(model, fresh, matrices)
     model.to(group.device)
     group.broadcast_parameters(model)
@@ -307,19 +283,18 @@ def train(
     return Artifact(
         config=model.cfg,
         task=cfg.task,
-        vocabs=vocabs.to_json(),
+        vocabs=vocabs,
         state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         knowledge={p.name: p.spec for p in providers},
-        info={
-            **(info or {}),
-            "rows": len(rows_df),
-            "epochs": cfg.epochs,
-            "batch_size": cfg.batch_size,
-            "lr": cfg.lr,
-            "seed": cfg.seed,
-            "max_len": cfg.max_len,
-            "warm_start": init is not None,
-            "world_size": group.world,
-            "days": sorted({int(d) for d in np.unique(log.day)}),
-        },
+        training=TrainingInfo(
+            rows=len(rows_df),
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            seed=cfg.seed,
+            warm_start=init is not None,
+            world_size=group.world,
+            days=tuple(sorted({int(d) for d in np.unique(log.day)})),
+            train_file=train_file,
+        ),
     )

@@ -20,15 +20,15 @@ from typing import Any
 import pytest
 import torch
 
+from contract import artifact as artifact_mod
+from contract.log import read_log
 from gkc import bundle as gkc_bundle
 from gkc.local_redis import EmbeddedRedis, free_port
 from gkc.publish import Janitor, publish
 from gkc.redis_store import RedisStore, version_prefix
 from gkc.store import READY, RETIRING, STAGING
-from ranker import artifact as artifact_mod
 from services.errors import Unavailable
 from trainer.cli import main
-from trainer.data.readers import read_log
 from trainer.export import export
 from trainer.export_store import ShardedExportError, export_to_store
 from trainer.models.checkpoint import load_extractor

@@ -21,13 +21,13 @@ import pandas as pd
 import pytest
 from conftest import ROOT, GkcService, RankerProc, launch_gkc, launch_ranker
 
+from contract import artifact as artifact_mod
 from gkc import bundle as gkc_bundle
 from gkc.client import GkcClient, GkcOpsClient
 from protos import ranker_pb2, ranker_pb2_grpc
-from ranker import artifact as artifact_mod
 from ranker import synthetic
 from ranker.features import FEATURES_FILE, SequenceStore
-from ranker.knowledge import KnowledgeSchema
+from ranker.knowledge import manifest_schema
 from services import launch
 from trainer.evaluate import predict
 from trainer.train import GkcKnowledge, TrainConfig, train
@@ -65,7 +65,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterat
     bundle = synthetic.make_bundle(root / "bundle", USERS, ITEMS, CATEGORIES, seed=5)
     version = GkcOpsClient(gkc.http_url, gkc.token).publish(bundle, progress=False)["version"]
     with GkcClient(gkc.grpc_addr, timeout_s=10) as client:
-        schema = KnowledgeSchema.from_manifest(gkc_bundle.load(bundle).manifest)
+        schema = manifest_schema(gkc_bundle.load(bundle).manifest)
         provider = GkcKnowledge(client, version, schema)
         art = train(log, TrainConfig(epochs=1, batch_size=64, progress=False, mlp=(32, 16)), [provider])
     path = artifact_mod.save(art, root / "artifacts" / "trained")

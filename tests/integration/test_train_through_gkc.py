@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
+from contract import artifact as artifact_mod
+from contract.log import write_log
 from gkc import bundle as bundle_mod
 from gkc.bundle_reader import BundleReader
 from gkc.client import GkcClient, GkcOpsClient
-from ranker import artifact as artifact_mod
-from ranker.knowledge import KnowledgeSchema, knowledge_for_rows
+from ranker.knowledge import knowledge_for_rows, manifest_schema
 from trainer.cli import main
-from trainer.data.readers import write_log
 from trainer.data.synth import generate
 
 pytestmark = pytest.mark.redis
@@ -57,7 +57,7 @@ def test_gkc_and_bundle_give_the_same_knowledge_bytes(
 ) -> None:
     df = pd.read_parquet(world["train"])
     reader = BundleReader.open(world["bundle"], version=published)
-    schema = KnowledgeSchema.from_manifest(reader.manifest)
+    schema = manifest_schema(reader.manifest)
     args = (schema, df["user_id"].to_numpy(), df["item_id"].to_numpy(), df["category_id"].to_numpy())
     local = knowledge_for_rows(reader, published, *args)
     with GkcClient(gkc_service.grpc_addr, timeout_s=5.0) as client:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trainer.data.readers import write_log
+from contract.log import write_log
 
 DAY = 86_400
 DAY0 = 19_000  # an arbitrary epoch day

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from gkc import bundle as B
+from services.errors import InvalidArgument
 
 
 def _build(seed: int = 0, users: int = 5, items: int = 7) -> B.Bundle:
@@ -71,8 +72,16 @@ def test_duplicates_and_floats_are_refused() -> None:
             uc_category_ids=[],
             uc_vectors=np.zeros((0, 2)),
         )
-    with pytest.raises(B.BundleError, match="floats"):
-        B.canonical_ids(np.array([1.5]))
+    with pytest.raises(InvalidArgument, match="floats"):
+        B.build(
+            user_ids=[1.5],
+            user_vectors=np.zeros((1, 2)),
+            item_ids=[1],
+            item_vectors=np.zeros((1, 2)),
+            uc_user_ids=[],
+            uc_category_ids=[],
+            uc_vectors=np.zeros((0, 2)),
+        )
 
 
 def test_save_refuses_to_overwrite(tmp_path: Path) -> None:

@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from contract.ids import OOV, PAD, RESERVED, Vocab, Vocabs
+from contract.log import DataError, read_log, write_log
+from contract.schema import day_of
 from trainer.cli import main
-from trainer.data.dataset import EncodedLog, Vocabs
+from trainer.data.dataset import EncodedLog
 from trainer.data.ordering import day_order, day_slices
-from trainer.data.readers import read_log, write_log
-from trainer.data.schema import DataError, day_of
 from trainer.data.sequences import HistoryIndex
-from trainer.data.vocab import OOV, PAD, RESERVED, Vocab
 
 DAY = 86_400
 

@@ -1,4 +1,4 @@
-"""K̂ assembly (ranker.knowledge) and model artifacts (ranker.artifact): one path, mismatches refused."""
+"""K̂ assembly (ranker.knowledge) and model artifacts (contract.artifact): one path, mismatches refused."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+from contract import artifact as artifact_mod
+from contract.artifact import Artifact, ArtifactError
+from contract.downstream import DownstreamConfig
+from contract.ids import Vocab, Vocabs
+from contract.knowledge import GKC_BLOCKS, Dims, KnowledgeMismatch, KnowledgeSchema, KnowledgeSpec
 from gkc import bundle as bundle_mod
 from gkc.bundle_reader import BundleReader
-from ranker import artifact as artifact_mod
-from ranker.artifact import Artifact, ArtifactError, KnowledgeSpec
-from ranker.knowledge import KnowledgeMismatch, KnowledgeSchema, assemble, knowledge_for_rows
-from ranker.model import DownstreamConfig, DownstreamModel
+from ranker.knowledge import assemble, knowledge_for_rows, manifest_schema
+from ranker.model import DownstreamModel
 from services.errors import NotFound
 
 
@@ -35,8 +38,8 @@ def test_assemble_layout_and_missing_rows_are_zero(tmp_path: Path) -> None:
     path = _bundle(tmp_path)
     raw = bundle_mod.load(path)
     reader = BundleReader.open(path)
-    schema = KnowledgeSchema.from_manifest(reader.manifest)
-    assert [n for n, _ in schema.blocks] == ["ku", "ki", "ku*ki", "kuc"]
+    schema = manifest_schema(reader.manifest)
+    assert [n for n, _ in schema.blocks] == list(GKC_BLOCKS)
     k = assemble(reader.batch_get("10", ["101", "999", "101"], ["8", "7", "9"]), schema)
     assert k.shape == (3, 4 + 4 + 4 + 3) and k.dtype == np.float32
     u, i101 = raw.user_vectors[0], raw.item_vectors[1]
@@ -52,14 +55,14 @@ def test_assemble_layout_and_missing_rows_are_zero(tmp_path: Path) -> None:
 
 def test_assemble_refuses_lookup_with_other_dims(tmp_path: Path) -> None:
     reader = BundleReader.open(_bundle(tmp_path))
-    other = KnowledgeSchema(kind="gkc", blocks=(("ku", 5), ("ki", 5), ("ku*ki", 5), ("kuc", 3)))
+    other = KnowledgeSchema.gkc(Dims(5, 5, 3), interaction=True)
     with pytest.raises(KnowledgeMismatch, match="dim"):
         assemble(reader.batch_get("10", ["100"], ["7"]), other)
 
 
 def test_rows_grouped_by_user_and_chunked_match_one_call_per_row(tmp_path: Path) -> None:
     reader = BundleReader.open(_bundle(tmp_path))
-    schema = KnowledgeSchema.from_manifest(reader.manifest)
+    schema = manifest_schema(reader.manifest)
     users = np.array([11, 10, 11, 10, 10, 12])
     items = np.array([100, 101, 102, 102, 100, 100])
     cats = np.array([7, 8, 7, 7, 9, 7])
@@ -71,7 +74,7 @@ def test_rows_grouped_by_user_and_chunked_match_one_call_per_row(tmp_path: Path)
 
 def test_pinned_version_must_be_what_the_reader_answers(tmp_path: Path) -> None:
     reader = BundleReader.open(_bundle(tmp_path), version=3)
-    schema = KnowledgeSchema.from_manifest(reader.manifest)
+    schema = manifest_schema(reader.manifest)
     with pytest.raises((NotFound, KnowledgeMismatch), match="version"):
         knowledge_for_rows(reader, 4, schema, [10], [100], [7])
     pinned = knowledge_for_rows(reader, 3, schema, [10], [100], [7])
@@ -81,29 +84,29 @@ def test_pinned_version_must_be_what_the_reader_answers(tmp_path: Path) -> None:
 def _artifact(schema: KnowledgeSchema, version: int) -> Artifact:
     cfg = DownstreamConfig(n_users=4, n_items=5, n_categories=3, mlp=(8, 4)).with_plugin("gkc", schema.dim)
     model = DownstreamModel(cfg)
-    vocab = {"kind": "int", "keys": [1, 2]}
+    vocab = Vocab.build([1, 2])
     return Artifact(
         config=cfg,
         task="click",
-        vocabs={"user": vocab, "item": vocab, "category": vocab, "shop": None},
+        vocabs=Vocabs(user=vocab, item=vocab, category=vocab, shop=None),
         state=model.state_dict(),
         knowledge={"gkc": KnowledgeSpec(schema=schema, version=version)},
     )
 
 
 def test_artifact_round_trip_and_refusals(tmp_path: Path) -> None:
-    schema = KnowledgeSchema(kind="gkc", blocks=(("ku", 4), ("ki", 4), ("ku*ki", 4), ("kuc", 3)))
+    schema = KnowledgeSchema.gkc(Dims(4, 4, 3), interaction=True)
     art = _artifact(schema, version=2)
     artifact_mod.save(art, tmp_path / "model")
     back = artifact_mod.load(tmp_path / "model")
-    assert back.config == art.config and back.knowledge == art.knowledge
+    assert back.config == art.config and back.knowledge == art.knowledge and back.vocabs == art.vocabs
     for key, value in art.state.items():
         assert torch.equal(back.state[key], value)
     back.require_knowledge("gkc", schema, 2)
-    wider = KnowledgeSchema(kind="gkc", blocks=(("ku", 8), ("ki", 8), ("ku*ki", 8), ("kuc", 3)))
+    wider = KnowledgeSchema.gkc(Dims(8, 8, 3), interaction=True)
     with pytest.raises(KnowledgeMismatch, match="schema mismatch"):
         back.require_knowledge("gkc", wider, 2)
-    no_interaction = KnowledgeSchema(kind="gkc", blocks=(("ku", 4), ("ki", 4), ("kuc", 3)))
+    no_interaction = KnowledgeSchema.gkc(Dims(4, 4, 3), interaction=False)
     with pytest.raises(KnowledgeMismatch):
         back.require_knowledge("gkc", no_interaction)
     with pytest.raises(KnowledgeMismatch, match="pinned to version 2"):

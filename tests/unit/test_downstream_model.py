@@ -1,13 +1,12 @@
-"""The downstream model: shapes, serving broadcast, and id vocabularies shared with the trainer."""
+"""The downstream model: shapes and the serving broadcast."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ranker.artifact import IdVocab
-from ranker.model import Batch, DownstreamConfig, DownstreamModel
-from trainer.data.vocab import Vocab
+from contract.downstream import DownstreamConfig
+from ranker.model import Batch, DownstreamModel
 
 
 def _batch(rng: np.random.Generator, n: int, cfg: DownstreamConfig, length: int = 7) -> Batch:
@@ -65,16 +64,3 @@ def test_history_changes_the_score() -> None:
     empty = Batch(**{**b.__dict__, "hist_item": torch.zeros_like(b.hist_item)})
     with torch.no_grad():
         assert not torch.allclose(model(b)[1:], model(empty)[1:])
-
-
-def test_id_vocab_agrees_with_trainer_vocab() -> None:
-    for keys, probe in (
-        (np.array([5, 3, 99, 42]), np.array([42, 7, 3, 99, 5, -1])),
-        (np.array(["b", "a", "zz"]), np.array(["zz", "q", "a"])),
-        (np.array([10, 2, 33]), np.array(["33", "2", "x", "10"])),
-        (np.array(["10", "2", "33"]), np.array([33, 2, 4])),
-    ):
-        vocab = Vocab.build(keys)
-        ours = IdVocab.from_json(vocab.to_json())
-        np.testing.assert_array_equal(ours.lookup(probe), vocab.lookup(probe))
-        assert len(ours) == len(vocab)

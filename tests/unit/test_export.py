@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 from stage1_data import DAY, write_tiny
 
+from contract.log import read_log
+from contract.schema import day_of
 from gkc import bundle as gkc_bundle
 from gkc.bundle_writer import BundleWriter
 from services.errors import InvalidArgument
 from trainer.cli import main
-from trainer.data.readers import read_log
-from trainer.data.schema import day_of
 from trainer.export import export, export_loaded, prepare
 from trainer.knowledge_fn import KnowledgeFn
 from trainer.models.checkpoint import load_extractor

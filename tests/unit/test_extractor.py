@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.models import ExtractorConfig, FeatureBatch, build_extractor
+from contract.extractor import ExtractorConfig
+from trainer.models import FeatureBatch, build_extractor
 from trainer.models.din import TargetAttention
 
 CFG = ExtractorConfig(n_users=20, n_items=30, n_shops=5, n_categories=6)

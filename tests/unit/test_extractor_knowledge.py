@@ -10,7 +10,7 @@ import pytest
 import torch
 from stage1_data import DAY, tiny_log
 
-from trainer.data.readers import write_log
+from contract.log import write_log
 from trainer.knowledge_fn import KnowledgeFn, knowledge_matrix
 from trainer.pretrain import PretrainConfig, pretrain
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ranker.model import Batch, DownstreamConfig, DownstreamModel, PlugIn, load_base_into
+from contract.downstream import DownstreamConfig
+from ranker.model import Batch, DownstreamModel, PlugIn, load_base_into
 
 
 def _batch(n: int, knowledge: dict[str, int], seed: int = 0) -> Batch:

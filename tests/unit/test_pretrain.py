@@ -9,10 +9,10 @@ import pytest
 import torch
 from stage1_data import tiny_log, write_tiny
 
+from contract.log import read_log, write_log
+from contract.schema import day_of
 from services.errors import Conflict, InvalidArgument
 from trainer.data.dataset import EncodedLog
-from trainer.data.readers import read_log, write_log
-from trainer.data.schema import day_of
 from trainer.losses import pointwise_loss
 from trainer.models.batch import make_batch
 from trainer.models.checkpoint import load_extractor, load_state

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.data.readers import write_log
+from contract.log import write_log
 from trainer.data.synth import generate
 from trainer.pretrain import PretrainConfig, pretrain
 

@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from contract.ids import Vocabs
 from ranker import synthetic
 from ranker.features import SequenceStore, build_store, main, open_store
 from services.errors import InvalidArgument
-from trainer.data.dataset import EncodedLog, Vocabs
+from trainer.data.dataset import EncodedLog
 
 
 def test_store_matches_trainer_history_windows(tmp_path: Path) -> None:

@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from contract import artifact as artifact_mod
 from gkc.bundle_reader import BundleReader
 from gkc.lookup import Lookup
-from ranker import artifact as artifact_mod
 from ranker import synthetic
 from ranker.breaker import CircuitBreaker
-from ranker.knowledge import KnowledgeSchema
+from ranker.knowledge import manifest_schema
 from ranker.metrics import RankerMetrics
 from ranker.registry import ModelRegistry
 from ranker.service import Budget, RankerService, Ranking, RankQuery
@@ -202,4 +202,4 @@ def test_schema_mismatch_degrades_instead_of_crashing(world: dict, tmp_path: Pat
     source.reader = BundleReader.open(other, version=VERSION)
     got = rank(svc, later_rows(world["log"], ["u2"], items=4))
     assert got.degraded and got.reason == "knowledge_error"
-    assert KnowledgeSchema.from_manifest(source.reader.bundle.manifest).dim != 56  # really another schema
+    assert manifest_schema(source.reader.bundle.manifest).dim != 56  # really another schema

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from contract.log import read_log
+from contract.schema import day_of
 from trainer.cli import main
-from trainer.data.readers import read_log
-from trainer.data.schema import day_of
 from trainer.data.synth import World, generate, super_click_counts, write_world
 from trainer.metrics import auc, gauc
 

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from contract.log import read_log
+from contract.schema import day_of
 from trainer.cli import main
 from trainer.commands.data import default_taobao_dir
-from trainer.data.readers import read_log
-from trainer.data.schema import day_of
 from trainer.data.taobao import (
     BRAND_ITEM_BASE,
     CSV_COLUMNS,

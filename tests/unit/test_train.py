@@ -10,11 +10,11 @@ import pytest
 import torch
 from stage2_data import random_bundle
 
-from ranker import artifact as artifact_mod
+from contract import artifact as artifact_mod
+from contract.ids import Vocabs
+from contract.log import write_log
+from contract.schema import day_of
 from trainer.cli import main
-from trainer.data.dataset import Vocabs
-from trainer.data.readers import write_log
-from trainer.data.schema import day_of
 from trainer.data.synth import generate
 from trainer.train import EMBEDDING_VOCAB, TrainConfig, prepare_model, train
 
@@ -49,7 +49,12 @@ def test_cli_base_then_plugged_warm_start_then_evaluate(
     info = json.loads(out)
     assert info["warm_start"] is True and info["knowledge"]["gkc"]["version"] == 3
     art = artifact_mod.load(plugged)
-    assert [n for n, _ in art.knowledge["gkc"].schema.blocks] == ["ku", "ki", "ku*ki", "kuc"]
+    assert [n for n, _ in art.knowledge["gkc"].schema.blocks] == [
+        "ku_hat",
+        "ki_hat",
+        "ku_hat*ki_hat",
+        "kuc_hat",
+    ]
     assert art.config.plugins == {"gkc": 8 * 3 + 4}
 
     ev = ["evaluate", "--model", str(plugged), "--test", str(world["test"]), "--train", str(world["train"])]
@@ -104,11 +109,11 @@ def test_warm_start_with_new_ids_keeps_every_old_row(world: dict[str, Path]) -> 
         else:
             assert torch.equal(state[key], value), key
     today = train(day2, cfg, init=yesterday)
-    assert today.info["warm_start"] is True
+    assert today.training.warm_start is True
     assert not torch.equal(today.state["over.logit.weight"], yesterday.state["over.logit.weight"])
 
 
 def test_conversion_task_learns_from_clicked_rows(world: dict[str, Path]) -> None:
     df = pd.read_parquet(world["train"])
     art = train(df, TrainConfig(task="conversion", progress=False, mlp=(16, 8)))
-    assert art.task == "conversion" and art.info["rows"] == int(df["click"].sum())
+    assert art.task == "conversion" and art.training.rows == int(df["click"].sum())

@@ -20,10 +20,10 @@ import pytest
 from stage2_data import random_bundle
 from torchrun_cli import torchrun_keep
 
-from ranker import artifact as artifact_mod
+from contract import artifact as artifact_mod
+from contract.log import write_log
 from services.errors import InvalidArgument
 from trainer.cli import main
-from trainer.data.readers import write_log
 from trainer.data.synth import generate
 from trainer.distributed import BACKEND_ENV, DataParallel, choose_backend
 
@@ -65,8 +65,8 @@ def test_two_ranks_match_one_process_with_bundle_knowledge(
     one, two = artifact_mod.load(tmp_path / "one"), artifact_mod.load(tmp_path / "two")
     assert two.knowledge == one.knowledge and two.knowledge["gkc"].version == 4
     assert two.config == one.config and two.vocabs == one.vocabs
-    assert two.info["rows"] == one.info["rows"] == len(pd.read_parquet(world["train"]))
-    assert two.info["world_size"] == 2
+    assert two.training.rows == one.training.rows == len(pd.read_parquet(world["train"]))
+    assert two.training.world_size == 2
     gap = relative_difference(tmp_path / "one", tmp_path / "two")
     assert gap < 1e-3
     # The tolerance means something: another seed lands far away.

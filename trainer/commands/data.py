@@ -71,8 +71,8 @@ def run_taobao(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from trainer.data.readers import read_log
-    from trainer.data.schema import day_of, tasks_present
+    from contract.log import read_log, tasks_present
+    from contract.schema import day_of
 
     df = read_log(args.file)
     days = day_of(df["ts"].to_numpy())

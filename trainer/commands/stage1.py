@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-STRATEGY_CHOICES = ("full", "decomposition", "degeneration", "serving")
+from contract.extractor import STRATEGIES
+from contract.schema import parse_tasks
 
 
 def register(sub: Any) -> None:
@@ -20,7 +21,7 @@ def register(sub: Any) -> None:
     p.add_argument("--out", required=True, help="checkpoint directory (rerun the same command to resume)")
     p.add_argument("--tasks", default="click,conversion,cart", help="comma-separated (default: all three)")
     p.add_argument("--alpha", type=float, default=0.25, help="weight of the pairwise loss (default 0.25)")
-    p.add_argument("--strategy", choices=STRATEGY_CHOICES, default="full", help="extractor form")
+    p.add_argument("--strategy", choices=STRATEGIES, default="full", help="extractor form")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=2000)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -73,7 +74,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
     from trainer.distributed import from_env, shutdown
     from trainer.pretrain import PretrainConfig, pretrain
 
-    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    tasks = parse_tasks(args.tasks)
     config = PretrainConfig(
         super_path=Path(args.super_path),
         out=Path(args.out),
@@ -136,8 +137,8 @@ def _export_to_gkc(args: argparse.Namespace) -> int:
     """Every rank computes its span of the blocks and writes it; rank 0 begins and finalises the version."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     _threads(args.threads or max(1, (os.cpu_count() or 1) // world))
+    from contract.log import read_log
     from gkc.redis_store import RedisStore
-    from trainer.data.readers import read_log
     from trainer.distributed import from_env, shutdown
     from trainer.export import check_exportable
     from trainer.export_store import export_to_store
@@ -145,7 +146,7 @@ def _export_to_gkc(args: argparse.Namespace) -> int:
 
     ext = load_extractor(args.extractor)
     check_exportable(ext)
-    source = Path(args.super_path or ext.config["data"]["super"])
+    source = Path(args.super_path or ext.config.data.super)
     df = read_log(source)
     store = RedisStore(args.gkc_redis, cluster=args.gkc_redis_cluster, timeout_s=10.0)
     group = from_env()  # a no-op outside torchrun

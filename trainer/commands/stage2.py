@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from contract.schema import TASKS
 from trainer.cli import CommandError
 
 
@@ -18,7 +19,7 @@ def register(sub: Any) -> None:
     _knowledge_args(t)
     t.add_argument("--knowledge-version", type=int, default=0, help="GKC version to pin (0 = active)")
     t.add_argument("--init", default=None, help="previous model artifact to warm-start from")
-    t.add_argument("--task", default="click", choices=("click", "conversion", "cart"))
+    t.add_argument("--task", default="click", choices=TASKS)
     t.add_argument("--no-knowledge", action="store_true", help="train the base model (no plug-in)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--epochs", type=int, default=1, help="passes over the days (default 1)")
@@ -85,8 +86,9 @@ def _reader(args: argparse.Namespace) -> Any:
 
 def gkc_provider(reader: Any, version: int, df: Any, progress: bool) -> Any:
     """Probe the reader once for the version's actual number and block dims, then pin both."""
-    from gkc.bundle import canonical_ids
-    from ranker.knowledge import GKC_KIND, KnowledgeSchema
+    from contract.ids import canonical_ids
+    from contract.knowledge import Dims, KnowledgeSchema
+    from ranker.knowledge import manifest_schema
     from trainer.train import GkcKnowledge
 
     first = df.iloc[:1]
@@ -99,16 +101,15 @@ def gkc_provider(reader: Any, version: int, df: Any, progress: bool) -> Any:
     du, di, dc = lookup.user.shape[-1], lookup.items.shape[-1], lookup.ucs.shape[-1]
     manifest = getattr(reader, "manifest", None)
     if manifest is not None:
-        schema = KnowledgeSchema.from_manifest(manifest)
+        schema = manifest_schema(manifest)
     else:
-        blocks = [("ku", du), ("ki", di)] + ([("ku*ki", di)] if du == di else []) + [("kuc", dc)]
-        schema = KnowledgeSchema(kind=GKC_KIND, blocks=tuple(blocks))
+        schema = KnowledgeSchema.gkc(Dims(user=du, item=di, uc=dc), interaction=du == di)
     return GkcKnowledge(reader=reader, version=lookup.version or version, schema=schema, progress=progress)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ranker import artifact as artifact_mod
-    from trainer.data.readers import read_log
+    from contract import artifact as artifact_mod
+    from contract.log import read_log
     from trainer.distributed import from_env, shutdown
     from trainer.train import TrainConfig, task_rows, train
 
@@ -134,7 +135,7 @@ def run_train(args: argparse.Namespace) -> int:
     task_rows(df, args.task)  # fail early on a missing label column
     group = from_env()  # a no-op outside torchrun
     try:
-        art = train(df, cfg, providers, init, info={"train_file": str(args.train)}, group=group)
+        art = train(df, cfg, providers, init, train_file=str(args.train), group=group)
     finally:
         shutdown(group)
     if not group.is_writer:
@@ -144,10 +145,10 @@ def run_train(args: argparse.Namespace) -> int:
         json.dumps(
             {
                 "out": str(Path(args.out)),
-                "rows": art.info["rows"],
+                "rows": art.training.rows,
                 "task": art.task,
                 "knowledge": {k: v.to_json() for k, v in art.knowledge.items()},
-                "warm_start": art.info["warm_start"],
+                "warm_start": art.training.warm_start,
                 "world_size": group.world,
             },
             sort_keys=True,
@@ -159,8 +160,8 @@ def run_train(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ranker import artifact as artifact_mod
-    from trainer.data.readers import read_log
+    from contract import artifact as artifact_mod
+    from contract.log import read_log
     from trainer.evaluate import evaluate
     from trainer.train import GkcKnowledge
 
@@ -170,17 +171,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     history = pd.concat([read_log(args.train), test], ignore_index=True) if args.train else test
     providers: list[Any] = []
     if art.knowledge:
-        pinned = max(spec.version for spec in art.knowledge.values())
-        args.knowledge_version = pinned
+        args.knowledge_version = art.pinned_version
         reader = _reader(args)
         if reader is None:
             raise CommandError(f"the model needs knowledge {sorted(art.knowledge)}: give --gkc or --bundle")
         manifest = getattr(reader, "manifest", None)
         for name, spec in art.knowledge.items():
             if manifest is not None:
-                from ranker.knowledge import KnowledgeSchema
+                from ranker.knowledge import manifest_schema
 
-                art.require_knowledge(name, KnowledgeSchema.from_manifest(manifest))
+                art.require_knowledge(name, manifest_schema(manifest))
             providers.append(
                 GkcKnowledge(reader, spec.version, spec.schema, name=name, progress=not args.no_progress)
             )

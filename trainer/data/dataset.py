@@ -8,48 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from contract.ids import Vocabs
+from contract.schema import DEFAULT_MAX_LEN, OPTIONAL_LABEL_COLUMNS, day_of
 from trainer.data.ordering import day_order
-from trainer.data.schema import OPTIONAL_LABEL_COLUMNS, day_of
 from trainer.data.sequences import HistoryIndex
-from trainer.data.vocab import Vocab
-
-DEFAULT_MAX_LEN = 50
-
-
-@dataclass(frozen=True)
-class Vocabs:
-    user: Vocab
-    item: Vocab
-    category: Vocab
-    shop: Vocab | None
-
-    @classmethod
-    def build(cls, df: pd.DataFrame) -> Vocabs:
-        return cls(
-            user=Vocab.build(df["user_id"].to_numpy()),
-            item=Vocab.build(df["item_id"].to_numpy()),
-            category=Vocab.build(df["category_id"].to_numpy()),
-            shop=Vocab.build(df["shop_id"].to_numpy()) if "shop_id" in df.columns else None,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        out = {k: getattr(self, k).to_json() for k in ("user", "item", "category")}
-        out["shop"] = self.shop.to_json() if self.shop is not None else None
-        return out
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Vocabs:
-        return cls(
-            user=Vocab.from_json(data["user"]),
-            item=Vocab.from_json(data["item"]),
-            category=Vocab.from_json(data["category"]),
-            shop=Vocab.from_json(data["shop"]) if data.get("shop") else None,
-        )
 
 
 @dataclass(frozen=True)

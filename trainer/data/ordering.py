@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer.data.schema import day_of
+from contract.schema import day_of
 
 
 def day_order(ts: np.ndarray, seed: int) -> np.ndarray:

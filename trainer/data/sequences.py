@@ -31,8 +31,8 @@ class HistoryIndex:
         ts: np.ndarray,
         click: np.ndarray,
         fields: Mapping[str, np.ndarray],
-        max_len: int = 50,
         *,
+        max_len: int,
         rows_user: np.ndarray | None = None,
         rows_ts: np.ndarray | None = None,
     ) -> HistoryIndex:

@@ -344,7 +344,7 @@ def _truth(
 
 def write_world(world: World, out: str | os.PathLike[str]) -> dict[str, Path]:
     """Write ``super/train/test.parquet`` and ``truth.json`` under ``out`` (same world, same bytes)."""
-    from trainer.data.readers import write_log
+    from contract.log import write_log
 
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trainer.data.schema import DataError
+from contract.log import DataError
 
 CSV_NAME = "ad_impressions.csv"
 BEHAVIOR_NAME = "ad_impressions_with_behavior.txt"
@@ -258,7 +258,7 @@ def convert(
     src: str | os.PathLike[str], out: str | os.PathLike[str], *, fold: int = 0, folds: int = FOLDS
 ) -> tuple[dict[str, Path], dict[str, Any]]:
     """Convert the Taobao folder ``src`` into ``out``/{super,train,test}.parquet and truth.json."""
-    from trainer.data.readers import write_log
+    from contract.log import write_log
 
     imp, beh = _read_sources(Path(src))
     super_df, train, test = convert_frames(imp, beh, fold=fold, folds=folds)

@@ -1,21 +1,11 @@
 """Stage 1 models: the knowledge extractor (DIN, paper §4.2) and its serving forms (§5.2)."""
 
 from trainer.models.batch import FeatureBatch, id_batch, make_batch
-from trainer.models.extractor import (
-    ALL_TASKS,
-    STRATEGIES,
-    DINExtractor,
-    Extractor,
-    ExtractorConfig,
-    build_extractor,
-)
+from trainer.models.extractor import DINExtractor, Extractor, build_extractor
 
 __all__ = [
-    "ALL_TASKS",
-    "STRATEGIES",
     "DINExtractor",
     "Extractor",
-    "ExtractorConfig",
     "FeatureBatch",
     "build_extractor",
     "id_batch",

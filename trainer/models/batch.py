@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from contract.ids import PAD
 from trainer.data.dataset import EncodedLog
-from trainer.data.vocab import PAD
 from trainer.losses import pair_indices
 
 #: Tasks trained on impressions; every other task is trained on the clicked rows.
@@ -109,7 +109,7 @@ def id_batch(
     category: np.ndarray | None = None,
     hist_item: np.ndarray | None = None,
     hist_category: np.ndarray | None = None,
-    max_len: int = 50,
+    max_len: int,
 ) -> FeatureBatch:
     """A batch from index arrays (export: only the fields a tower needs; the rest are PAD)."""
     given = [a for a in (user, item, shop, category, hist_item) if a is not None]

@@ -2,8 +2,8 @@
 
 Layout::
 
-    config.json      {"format", "extractor": ExtractorConfig, "train": {...}, "data": {...}}
-    vocabs.json      Vocabs.to_json() — raw id → index for user, item, category, shop
+    config.json      contract.extractor.CheckpointConfig: the extractor, its training, its days
+    vocabs.json      contract.ids.Vocabs — raw id → row for user, item, category, shop
     checkpoint.pt    {"model": state dict, "optimizer": state dict, "progress": {...}}
     progress.json    the same progress pointer, readable: state, days, batches done / total
     metrics.json     per-task GAUC on the held-out day(s) (written when the run completes)
@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
+from contract.extractor import CheckpointConfig
+from contract.ids import Vocabs
 from services.errors import InvalidArgument, NotFound
-from trainer.data.dataset import Vocabs
-from trainer.models.extractor import Extractor, ExtractorConfig, build_extractor
+from trainer.models.extractor import Extractor, build_extractor
 
-FORMAT = 1
 CONFIG = "config.json"
 VOCABS = "vocabs.json"
 STATE = "checkpoint.pt"
@@ -90,7 +90,7 @@ class LoadedExtractor:
     path: Path
     model: Extractor
     vocabs: Vocabs
-    config: dict[str, Any]
+    config: CheckpointConfig
     progress: dict[str, Any]
     metrics: dict[str, Any]
 
@@ -101,8 +101,7 @@ class LoadedExtractor:
     @property
     def window(self) -> tuple[int, int]:
         """First and last super-domain day the extractor has been trained on (inclusive)."""
-        w = self.config["data"]["window"]
-        return int(w["first_day"]), int(w["last_day"])
+        return self.config.window
 
 
 def load_extractor(path: str | os.PathLike[str]) -> LoadedExtractor:
@@ -110,10 +109,11 @@ def load_extractor(path: str | os.PathLike[str]) -> LoadedExtractor:
     root = Path(path)
     if not root.is_dir():
         raise NotFound(f"{root}: no such extractor checkpoint directory")
-    config = read_json(root / CONFIG)
-    if config.get("format") != FORMAT:
-        raise CheckpointError(f"{root / CONFIG}: format {config.get('format')!r} is not {FORMAT}")
-    model = build_extractor(ExtractorConfig.from_json(config["extractor"]))
+    try:
+        config = CheckpointConfig.from_json(read_json(root / CONFIG), source=str(root / CONFIG))
+    except InvalidArgument as err:
+        raise CheckpointError(str(err)) from err
+    model = build_extractor(config.extractor)
     state = load_state(root)
     model.load_state_dict(state["model"])
     model.eval()

@@ -14,62 +14,14 @@ Every extractor variant (``full`` here; ``decomposition``, ``degeneration`` and 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
 
 import torch
 from torch import nn
 
+from contract.extractor import ExtractorConfig
 from trainer.models.batch import FeatureBatch
 from trainer.models.din import TargetAttention
 from trainer.models.layers import TaskTower, packed_mean
-
-STRATEGIES = ("full", "decomposition", "degeneration", "serving")
-ALL_TASKS = ("click", "conversion", "cart")
-
-
-@dataclass(frozen=True)
-class ExtractorConfig:
-    """Shapes of an extractor. Vocabulary sizes include the PAD and OOV rows."""
-
-    n_users: int
-    n_items: int
-    n_shops: int
-    n_categories: int
-    strategy: str = "full"
-    tasks: tuple[str, ...] = ALL_TASKS
-    user_dim: int = 48
-    id_dim: int = 16
-    tower: tuple[int, ...] = (512, 256, 128, 64)
-    attention: tuple[int, ...] = (64, 16)
-    #: Two-tower (decomposition) output size d of K̂_u and K̂_i, and the towers' hidden widths.
-    two_tower_dim: int = 32
-    two_tower_hidden: tuple[int, ...] = (128,)
-    #: Per-task head over K̂_u ⊙ K̂_i.
-    interaction_head: tuple[int, ...] = (64,)
-    max_len: int = 50
-    init_std: float = 0.05
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {self.strategy!r}; expected one of {', '.join(STRATEGIES)}")
-        if not self.tasks or "click" not in self.tasks:
-            raise ValueError("the click task is required")
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ExtractorConfig:
-        fields = dict(data)
-        for key in ("tasks", "tower", "attention", "two_tower_hidden", "interaction_head"):
-            if key in fields:
-                fields[key] = tuple(fields[key])
-        return cls(**fields)
-
-    def with_strategy(self, strategy: str) -> ExtractorConfig:
-        return replace(self, strategy=strategy)
 
 
 class EmbeddingArch(nn.Module):

@@ -19,9 +19,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from contract.extractor import ExtractorConfig
+from contract.knowledge import INTERACTION_BLOCK, ITEM_BLOCK, USER_BLOCK, USER_CATEGORY_BLOCK
 from trainer.models.batch import FeatureBatch
 from trainer.models.din import TargetAttention
-from trainer.models.extractor import EmbeddingArch, Extractor, ExtractorConfig, TaskTowers
+from trainer.models.extractor import EmbeddingArch, Extractor, TaskTowers
 from trainer.models.layers import MLP, packed_mean
 
 
@@ -119,9 +121,9 @@ class _ServingForms(Extractor):
         dims = {}
         if self.decomposition is not None:
             d = self.decomposition.dim
-            dims.update({"ku_hat": d, "ki_hat": d, "ku_hat*ki_hat": d})
+            dims.update({USER_BLOCK: d, ITEM_BLOCK: d, INTERACTION_BLOCK: d})
         if self.degeneration is not None:
-            dims["kuc_hat"] = self.degeneration.dim
+            dims[USER_CATEGORY_BLOCK] = self.degeneration.dim
         return dims
 
     def user_vector(self, b: FeatureBatch) -> torch.Tensor:
@@ -144,14 +146,14 @@ class _ServingForms(Extractor):
         self.check_blocks(blocks)
         out: dict[str, torch.Tensor] = {}
         wanted = set(blocks)
-        if wanted & {"ku_hat", "ku_hat*ki_hat"}:
-            out["ku_hat"] = self.user_vector(b)
-        if wanted & {"ki_hat", "ku_hat*ki_hat"}:
-            out["ki_hat"] = self.item_vector(b)
-        if "ku_hat*ki_hat" in wanted:
-            out["ku_hat*ki_hat"] = out["ku_hat"] * out["ki_hat"]
-        if "kuc_hat" in wanted:
-            out["kuc_hat"] = self.uc_vector(b)
+        if wanted & {USER_BLOCK, INTERACTION_BLOCK}:
+            out[USER_BLOCK] = self.user_vector(b)
+        if wanted & {ITEM_BLOCK, INTERACTION_BLOCK}:
+            out[ITEM_BLOCK] = self.item_vector(b)
+        if INTERACTION_BLOCK in wanted:
+            out[INTERACTION_BLOCK] = out[USER_BLOCK] * out[ITEM_BLOCK]
+        if USER_CATEGORY_BLOCK in wanted:
+            out[USER_CATEGORY_BLOCK] = self.uc_vector(b)
         return {name: out[name] for name in blocks}
 
 
