@@ -63,6 +63,6 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="unreadable feature store"):
         open_store(tmp_path / "broken.npz")
     pd.DataFrame({"user_id": [1], "ts": [1]}).to_csv(tmp_path / "log.csv", index=False)
-    with pytest.raises(InvalidArgument, match="missing column"):
+    with pytest.raises(InvalidArgument, match="column 'item_id' is missing"):
         open_store(tmp_path / "log.csv")
     assert len(open_store(None)) == 0

@@ -12,6 +12,7 @@ from stage2_data import random_bundle
 
 from contract import artifact as artifact_mod
 from contract.ids import Vocabs
+from contract.knowledge import GKC_BLOCKS
 from contract.log import write_log
 from contract.schema import day_of
 from trainer.cli import main
@@ -49,12 +50,7 @@ def test_cli_base_then_plugged_warm_start_then_evaluate(
     info = json.loads(out)
     assert info["warm_start"] is True and info["knowledge"]["gkc"]["version"] == 3
     art = artifact_mod.load(plugged)
-    assert [n for n, _ in art.knowledge["gkc"].schema.blocks] == [
-        "ku_hat",
-        "ki_hat",
-        "ku_hat*ki_hat",
-        "kuc_hat",
-    ]
+    assert [n for n, _ in art.knowledge["gkc"].schema.blocks] == list(GKC_BLOCKS)
     assert art.config.plugins == {"gkc": 8 * 3 + 4}
 
     ev = ["evaluate", "--model", str(plugged), "--test", str(world["test"]), "--train", str(world["train"])]
@@ -92,10 +88,8 @@ def test_warm_start_with_new_ids_keeps_every_old_row(world: dict[str, Path]) -> 
     day2 = df[days == days.max()].reset_index(drop=True)
     cfg = TrainConfig(progress=False, mlp=(16, 8))
     yesterday = train(day1, cfg)
-    old = Vocabs.from_json(yesterday.vocabs)
-    from trainer.train import build_vocabs
-
-    new = build_vocabs(day2, old)
+    old = yesterday.vocabs
+    new = Vocabs.build(day2, init=old)
     assert len(new.item) > len(old.item)  # day 2 brings ids day 1 never saw
     model, fresh = prepare_model(new, cfg, (), yesterday)
     assert fresh == []
