@@ -12,6 +12,7 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY services ./services
+COPY contract ./contract
 COPY protos ./protos
 COPY gkc ./gkc
 COPY ranker ./ranker

@@ -15,6 +15,7 @@ RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY services ./services
+COPY contract ./contract
 COPY protos ./protos
 COPY gkc ./gkc
 COPY ranker ./ranker

@@ -138,3 +138,17 @@ def test_copy_sources_exist_in_the_build_context(name: str) -> None:
         parts = [p for p in args.split() if not p.startswith("--")]
         for src in parts[:-1]:
             assert (REPO / src).exists(), f"{name}: COPY {src} is not in the repository"
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_every_package_is_copied_into_the_build(name: str) -> None:
+    """Each image installs the project, so it needs every top-level package pyproject.toml declares
+    (``contract/`` was once missing: the images would not have imported)."""
+    found = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = {pattern.rstrip("*") for pattern in found["include"]}
+    copied = {
+        args.split()[0].rstrip("/")
+        for kw, args in instructions(DOCKERFILES[name])
+        if kw == "COPY" and not args.startswith("--")
+    }
+    assert packages <= copied, f"{name}: not copied: {sorted(packages - copied)}"
