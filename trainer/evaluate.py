@@ -8,15 +8,16 @@ the artifact refuses knowledge whose schema or pinned version differs from what 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 import torch
 
 from contract.artifact import Artifact
+from contract.downstream import DownstreamConfig
 from contract.ids import Vocabs
-from ranker.model import DownstreamModel, build_model
+from ranker.model import Batch, build_model
 from services.errors import InvalidArgument
 from trainer.data.dataset import EncodedLog
 from trainer.train import KnowledgeProvider, make_batch, task_rows
@@ -52,8 +53,22 @@ def predict(
     )
 
 
+class Scorer(Protocol):
+    """What :func:`score_model` needs: logits per batch and the downstream config (for ``max_len``).
+    The downstream model is one; so are the cross-domain baselines (``trainer.baselines``)."""
+
+    cfg: DownstreamConfig
+    training: bool
+
+    def __call__(self, batch: Batch) -> torch.Tensor: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def eval(self) -> Any: ...
+
+
 def score_model(
-    model: DownstreamModel,
+    model: Scorer,
     vocabs: Vocabs,
     df: pd.DataFrame,
     *,

@@ -31,6 +31,8 @@ from contract.log import read_log
 from contract.schema import day_of
 from ranker.knowledge import manifest_schema
 from services.errors import InvalidArgument
+from trainer.baselines.cross_domain import CrossDomainFit
+from trainer.baselines.methods import CROSS_DOMAIN_METHODS, BaselineMethods
 from trainer.experiment_methods import (
     EXTRACTORS,
     METHOD_NAMES,
@@ -88,6 +90,10 @@ class Runner:
         self.timings: dict[str, float] = {}
         #: (extractor dir) → (block dims, K train, K test) with every block, sliced per method.
         self._kcache: dict[Path, tuple[dict[str, int], np.ndarray, np.ndarray]] = {}
+        d = self.data
+        self.baselines = BaselineMethods(
+            d.super, d.train, d.test, reuse=cfg.reuse_extractors, progress=cfg.progress, timings=self.timings
+        )
 
     # -- extractors and knowledge -------------------------------------------------------------
 
@@ -173,8 +179,14 @@ class Runner:
         k_train: dict[str, np.ndarray] = {}
         k_test: dict[str, np.ndarray] = {}
         providers: list[_Fixed] = []
+        fit: CrossDomainFit | None = None
         if method.merge_super:
             train_df = self.merged_train()
+        elif method.baseline in CROSS_DOMAIN_METHODS:
+            fit = self.baselines.cross_domain_fit(method.name, self.super_of_train_days())
+        elif method.baseline is not None:
+            spec, k_train["keep"], k_test["keep"] = self.baselines.knowledge(method.baseline, seed)
+            providers.append(_Fixed("keep", spec))
         elif method.extractor is not None:
             fetch = self.bundle_knowledge if method.via_bundle else self.extractor_knowledge
             spec, k_train["keep"], k_test["keep"] = fetch(method, seed)
@@ -183,17 +195,21 @@ class Runner:
                 k_test["keep"] = np.zeros_like(k_test["keep"])
             providers.append(_Fixed("keep", spec))
         history = pd.concat([train_df, test], ignore_index=True)
-        epochs, curve = self.select_epochs(train_df, k_train, providers, seed)
+        epochs, curve = self.select_epochs(train_df, k_train, providers, seed, fit)
         cfg = _with(self.cfg.downstream, epochs=epochs, seed=seed)
         if method.merge_super:
             # Same number of optimiser steps per pass as the sub-domain-only methods (at most the
             # paper's batch of 2000): a pass over 10x the rows otherwise costs 10x the time.
             ratio = -(-len(train_df) // len(self.data.train))
             cfg = _with(cfg, batch_size=min(2000, cfg.batch_size * ratio))
-        artifact = train(train_df, cfg, providers, knowledge=k_train)
-        from trainer.evaluate import predict
+        from trainer.evaluate import predict, score_model
 
-        scores = predict(artifact, test, providers, history_from=history, knowledge=k_test)
+        if fit is not None:
+            model, vocabs = fit(train_df, cfg)
+            scores = score_model(model, vocabs, test, history_from=history, knowledge={})
+        else:
+            artifact = train(train_df, cfg, providers, knowledge=k_train)
+            scores = predict(artifact, test, providers, history_from=history, knowledge=k_test)
         users = test["user_id"].astype(str).to_numpy()
         labels = test["click"].to_numpy()
         return {
@@ -205,17 +221,29 @@ class Runner:
             "seconds": time.perf_counter() - started,
         }
 
-    def merged_train(self) -> pd.DataFrame:
+    def super_of_train_days(self) -> pd.DataFrame:
+        """The super-domain rows sample merging adds (and the cross-domain baselines' source)."""
         sup, tr = self.data.super, self.data.train
         if self.cfg.merge_days == "train":
             sup = sup[np.isin(day_of(sup["ts"].to_numpy()), np.unique(day_of(tr["ts"].to_numpy())))]
+        return sup
+
+    def merged_train(self) -> pd.DataFrame:
+        sup, tr = self.super_of_train_days(), self.data.train
         cols = [c for c in tr.columns if c in sup.columns]
         return pd.concat([sup[cols], tr[cols]], ignore_index=True)
 
     def select_epochs(
-        self, train_df: pd.DataFrame, knowledge: dict[str, np.ndarray], providers: list[_Fixed], seed: int
+        self,
+        train_df: pd.DataFrame,
+        knowledge: dict[str, np.ndarray],
+        providers: list[_Fixed],
+        seed: int,
+        fit: CrossDomainFit | None = None,
     ) -> tuple[int, list[float]]:
-        """Passes (1..max_epochs) that maximise GAUC on the last training day of the sub-domain."""
+        """Passes (1..max_epochs) that maximise GAUC on the last training day of the sub-domain.
+
+        ``fit``: a cross-domain baseline's own trainer instead of ``train`` (same days, same callback)."""
         from trainer.evaluate import score_model
         from trainer.metrics import gauc
 
@@ -225,7 +253,7 @@ class Runner:
             # Merged super-domain rows make one pass many times longer than the sub-domain's: one pass.
             return 1, []
         val_day = sub_days[-1]
-        fit = days < val_day
+        fit_rows = days < val_day
         val_df = self.data.train[day_of(self.data.train["ts"].to_numpy()) == val_day].reset_index(drop=True)
         # Knowledge exists only for methods trained on the sub-domain log itself, so rows align.
         k_val = {k: v[days == val_day] for k, v in knowledge.items()}
@@ -238,8 +266,17 @@ class Runner:
             curve.append(float(gauc(users, labels, scores)))
 
         cfg = _with(self.cfg.downstream, epochs=self.cfg.max_epochs, seed=seed)
-        fit_df = train_df[fit].reset_index(drop=True)
-        train(fit_df, cfg, providers, knowledge={k: v[fit] for k, v in knowledge.items()}, on_epoch=on_epoch)
+        fit_df = train_df[fit_rows].reset_index(drop=True)
+        if fit is not None:
+            fit(fit_df, cfg, on_epoch)
+        else:
+            train(
+                fit_df,
+                cfg,
+                providers,
+                knowledge={k: v[fit_rows] for k, v in knowledge.items()},
+                on_epoch=on_epoch,
+            )
         best = int(np.nanargmax(curve)) + 1 if curve and not np.all(np.isnan(curve)) else 1
         return best, curve
 

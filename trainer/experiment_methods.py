@@ -1,5 +1,7 @@
 """The methods ``keep experiment`` compares (the paper's Tables 2, 3, 4, 8) and the extractors they need.
 
+The Table 2 baselines (CoNet, DARec, BERT4Rec, S3-Rec) live in :mod:`trainer.baselines`.
+
 A :class:`Method` names the knowledge blocks its plug-in reads and the extractor that produces them;
 :data:`EXTRACTORS` says what each extractor is pre-trained on. Kept apart from the runner so that the
 catalogue reads as one table.
@@ -33,6 +35,8 @@ class Method:
     via_bundle: bool = False
     #: A control: the plug-in of ``keep`` fed all-zero knowledge (same architecture, no information).
     zero: bool = False
+    #: A Table 2 baseline of ``trainer.baselines`` (conet, darec, bert4rec, s3rec).
+    baseline: str | None = None
 
 
 EXTRACTORS = {
@@ -51,7 +55,11 @@ def method_table(separate_extractors: bool = False) -> dict[str, Method]:
     rows = [
         Method("base", "2"),
         Method("sample_merging", "2", merge_super=True),
+        Method("conet", "2", baseline="conet"),
+        Method("darec", "2", baseline="darec"),
         Method("keep_c", "2", "sub", FULL_BLOCKS),
+        Method("bert4rec", "2", baseline="bert4rec"),
+        Method("s3rec", "2", baseline="s3rec"),
         Method("keep", "2", "full", FULL_BLOCKS),
         Method("keep_zero", "2", "full", FULL_BLOCKS, zero=True),
         Method("keep_ku", "3", "full", ("ku",)),

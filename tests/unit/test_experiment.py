@@ -60,10 +60,10 @@ def test_unknown_method_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureF
     code = main(
         [
             "experiment", "--super", str(data / "super.parquet"), "--train", str(data / "train.parquet"),
-            "--test", str(data / "test.parquet"), "--out", str(tmp_path / "x"), "--methods", "base,conet",
+            "--test", str(data / "test.parquet"), "--out", str(tmp_path / "x"), "--methods", "base,nosuch",
         ]
     )  # fmt: skip
-    assert code == 2 and "conet" in capsys.readouterr().err
+    assert code == 2 and "nosuch" in capsys.readouterr().err
 
 
 def test_groups_keep_paper_edges_when_they_fit_and_use_weighted_quartiles_when_not() -> None:

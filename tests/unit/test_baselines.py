@@ -1,0 +1,194 @@
+"""The Table 2 baselines (``trainer.baselines``): one mechanism check each, on hand-made inputs.
+
+- DARec: the gradient-reversal layer flips (and scales) the domain loss's gradient into the shared
+  features, while the domain classifier itself learns with the unflipped gradient.
+- BERT4Rec: the Cloze loss scores the masked positions only and decreases with training.
+- CoNet: the cross units receive gradient from the sub-domain loss and from the super-domain loss.
+- S3-Rec: its four objectives (AAP, MIP, MAP, SP) are each computed and each trains its own map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from contract.downstream import DownstreamConfig
+from contract.ids import PAD, RESERVED
+from ranker.model import Batch
+from trainer.baselines.bert4rec import Bert4Rec, ClozeConfig
+from trainer.baselines.conet import CoNet
+from trainer.baselines.darec import DARec, dann_strength
+from trainer.baselines.encoder import EncoderConfig
+from trainer.baselines.s3rec import OBJECTIVES, S3Rec, S3RecConfig
+from trainer.baselines.sequences import cloze_mask, segment_mask, trim_padding
+
+N_ITEMS = 40  # vocabulary rows, PAD and OOV included
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: one thread. With two on a busy 2-core machine one Cloze step took 30x longer."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _batch(seed: int, n: int = 32, label: float | None = None) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    items = torch.randint(RESERVED, N_ITEMS, (n,), generator=g)
+    hist = torch.randint(RESERVED, N_ITEMS, (n, 6), generator=g)
+    hist[:, :2] = PAD
+    labels = torch.randint(0, 2, (n,), generator=g).float() if label is None else torch.full((n,), label)
+    return Batch(
+        user=torch.zeros(n, dtype=torch.long),
+        item=items,
+        category=items % 7 + RESERVED,
+        shop=items % 5 + RESERVED,
+        hist_item=hist,
+        hist_category=hist % 7 + RESERVED,
+        label=labels,
+    )
+
+
+def _config() -> DownstreamConfig:
+    return DownstreamConfig(n_users=4, n_items=N_ITEMS, n_categories=10, n_shops=8, emb_dim=8, mlp=(16, 8))
+
+
+def test_gradient_reversal_flips_the_sign_of_the_domain_gradient() -> None:
+    torch.manual_seed(0)
+    model = DARec(_config())
+    batch = _batch(1)
+    shared = model.target.sparse.item.weight
+    classifier = model.domain.logit.weight
+
+    def grads(strength: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+        model.zero_grad()
+        features = model.target.base_features(batch)
+        logits = model.domain(features) if strength is None else model.domain_logits(features, strength)
+        torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.ones_like(logits)).backward()
+        assert shared.grad is not None and classifier.grad is not None
+        return shared.grad.clone(), classifier.grad.clone()
+
+    plain_shared, plain_classifier = grads(None)
+    assert plain_shared.abs().sum() > 0
+    reversed_shared, reversed_classifier = grads(0.7)
+    torch.testing.assert_close(reversed_shared, -0.7 * plain_shared)
+    # The classifier itself still learns to tell the domains apart: its own gradient is not flipped.
+    torch.testing.assert_close(reversed_classifier, plain_classifier)
+    assert dann_strength(0.0) == 0.0 and 0.99 < dann_strength(1.0) < 1.0
+
+
+def test_darec_losses_and_its_sub_domain_model_is_the_base_model() -> None:
+    model = DARec(_config())
+    losses = model.losses(_batch(1), _batch(2), progress=0.5)
+    assert set(losses) == {"sub", "source", "domain"} and all(torch.isfinite(v) for v in losses.values())
+    batch = _batch(3)
+    torch.testing.assert_close(model(batch), model.target(batch))
+
+
+def _pattern_windows(n: int, length: int = 8) -> torch.Tensor:
+    """Windows of consecutive items (start at random), left-padded: item t+1 follows item t."""
+    g = torch.Generator().manual_seed(0)
+    start = torch.randint(RESERVED, N_ITEMS - length, (n, 1), generator=g)
+    windows = start + torch.arange(length).unsqueeze(0)
+    pad = torch.full((n, 4), PAD)
+    return torch.cat((pad, windows), dim=1)
+
+
+def test_cloze_scores_only_the_masked_positions() -> None:
+    torch.manual_seed(0)
+    model = Bert4Rec(EncoderConfig(n_items=N_ITEMS, dim=16, heads=2, max_len=12), ClozeConfig(negatives=0))
+    a, b = 5, 9
+    items = torch.full((16, 12), a)
+    items[:, :3] = PAD
+    mask = torch.zeros_like(items, dtype=torch.bool)
+    mask[:, 6] = True
+    mask[:, 10] = True
+    items[mask] = b  # item b only where masked, item a everywhere else
+    out = model.cloze(items, mask, torch.Generator().manual_seed(0))
+    assert torch.equal(out.scored, mask) and len(out.queries) == int(mask.sum())
+    out.loss.backward()
+    grad = model.bias.grad
+    assert grad is not None
+    # Softmax cross-entropy: d/d bias_j = mean(p_j - [target = j]). Only b is ever a target.
+    assert grad[b] < 0 < grad[a]
+
+
+def test_cloze_loss_decreases() -> None:
+    torch.manual_seed(0)
+    model = Bert4Rec(EncoderConfig(n_items=N_ITEMS, dim=16, heads=2, max_len=12, dropout=0.0))
+    windows = _pattern_windows(32)
+    gen = torch.Generator().manual_seed(1)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(100):
+        loss = model.losses(windows, gen)["cloze"]
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])  # 3.7 → about 1.0
+
+
+def test_conet_cross_units_receive_gradient_from_both_domains() -> None:
+    torch.manual_seed(0)
+    model = CoNet(_config())
+    assert len(model.towers.cross) == 2  # 16 → 8 and 8 → logit
+    for domain in ("sub", "source"):
+        model.zero_grad()
+        losses = model.losses(_batch(1), _batch(2), progress=0.0)
+        losses[domain].backward()
+        for unit in model.towers.cross:
+            assert unit.weight.grad is not None and unit.weight.grad.abs().sum() > 0, domain
+    # Without the cross units the sub-domain loss would not reach the super-domain tower.
+    model.zero_grad()
+    model.losses(_batch(1), _batch(2), progress=0.0)["sub"].backward()
+    assert model.towers.super.layers[0].weight.grad.abs().sum() > 0  # type: ignore[union-attr]
+
+
+def _s3rec() -> S3Rec:
+    torch.manual_seed(0)
+    items = np.arange(N_ITEMS)
+    return S3Rec(
+        EncoderConfig(n_items=N_ITEMS, dim=16, heads=2, max_len=12),
+        item_category=items % 7 + RESERVED,
+        item_shop=items % 5 + RESERVED,
+        n_categories=10,
+        n_shops=8,
+        cfg=S3RecConfig(negatives=0),
+    )
+
+
+def test_s3rec_four_losses_are_each_present_and_each_trains_its_own_map() -> None:
+    model = _s3rec()
+    windows = trim_padding(_pattern_windows(16))
+    gen = torch.Generator().manual_seed(0)
+    mask = cloze_mask(windows, 0.3, 0.0, gen)
+    raw = model.objective_losses(windows, mask, segment_mask(windows, gen), gen)
+    assert set(raw) == set(OBJECTIVES) == {"aap", "mip", "map", "sp"}
+    for name, loss in raw.items():
+        assert torch.isfinite(loss) and loss > 0, name
+        model.zero_grad()
+        loss.backward(retain_graph=True)
+        for other in OBJECTIVES:
+            grad = model.w[other].weight.grad
+            touched = grad is not None and grad.abs().sum() > 0
+            assert touched == (other == name), (name, other)
+    weighted = model.losses(windows, gen)
+    assert set(weighted) == set(OBJECTIVES)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_masks_cover_real_positions_only(seed: int) -> None:
+    windows = _pattern_windows(50)
+    gen = torch.Generator().manual_seed(seed)
+    mask = cloze_mask(windows, 0.3, 0.2, gen)
+    assert not mask[windows == PAD].any() and bool(mask.any(1).all())
+    segment = segment_mask(windows, gen)
+    assert not segment[windows == PAD].any()
+    runs = segment.int().diff(dim=1).abs().sum(1)  # a contiguous run: at most one rise and one fall
+    assert bool((segment.sum(1) >= 1).all()) and bool((runs <= 2).all())
