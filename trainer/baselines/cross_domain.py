@@ -49,7 +49,7 @@ class CrossDomainModel(Protocol):
 class CrossDomainConfig:
     method: str = "conet"
     #: At most this many source rows per sub-domain row in one pass (a seeded sample when more).
-    source_cap: float = 10.0
+    source_cap: float = 4.0
     conet: CoNetConfig = field(default_factory=CoNetConfig)
     darec: DARecConfig = field(default_factory=DARecConfig)
 

@@ -65,6 +65,10 @@ def dann_strength(progress: float, gamma: float = 10.0) -> float:
 
 @dataclass(frozen=True)
 class DARecConfig:
+    #: What the domain classifier sees: ``user`` = the user's behaviour pattern (the mean of their
+    #: history's shared embeddings: DARec's rating patterns), ``features`` = all of ``base_features``
+    #: (the candidate item too).
+    adapt: str = "user"
     domain_hidden: tuple[int, ...] = (64,)
     source_weight: float = 1.0
     domain_weight: float = 1.0
@@ -79,7 +83,8 @@ class DARec(nn.Module):
         in_dim = base_feature_dim(self.target)
         self.source_head = OverArch(in_dim, cfg.mlp)
         self.reverse = GradientReversal()
-        self.domain = OverArch(in_dim, self.darec.domain_hidden)  # logit: 1 = sub-domain
+        domain_in = in_dim if self.darec.adapt == "features" else 2 * cfg.emb_dim
+        self.domain = OverArch(domain_in, self.darec.domain_hidden)  # logit: 1 = sub-domain
 
     def forward(self, batch: Batch) -> Tensor:
         """Sub-domain click logits: exactly the base model's forward."""
@@ -88,13 +93,21 @@ class DARec(nn.Module):
     def domain_logits(self, features: Tensor, strength: float) -> Tensor:
         return self.domain(self.reverse(features, strength))
 
+    def pattern(self, batch: Batch, features: Tensor) -> Tensor:
+        """The domain classifier's input: the user's behaviour pattern, or all the shared features."""
+        if self.darec.adapt == "features":
+            return features
+        keys, mask = self.target.sparse.keys(batch)
+        m = mask.to(keys.dtype).unsqueeze(-1)
+        return ((keys * m).sum(1) / m.sum(1).clamp(min=1.0)).expand(len(features), -1)
+
     def losses(self, sub: Batch, source: Batch, progress: float) -> dict[str, Tensor]:
         assert sub.label is not None and source.label is not None
         strength = dann_strength(progress)
         f_sub = self.target.base_features(sub)
         f_src = self.target.base_features(source)
-        d_sub = self.domain_logits(f_sub, strength)
-        d_src = self.domain_logits(f_src, strength)
+        d_sub = self.domain_logits(self.pattern(sub, f_sub), strength)
+        d_src = self.domain_logits(self.pattern(source, f_src), strength)
         domain = 0.5 * (
             F.binary_cross_entropy_with_logits(d_sub, torch.ones_like(d_sub))
             + F.binary_cross_entropy_with_logits(d_src, torch.zeros_like(d_src))

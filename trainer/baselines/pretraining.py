@@ -111,9 +111,8 @@ class PretrainedSequences:
         slot[first] = np.arange(len(first))
         for start in range(0, len(by_length), batch_size):
             idx = by_length[start : start + batch_size]
-            states[slot[idx]] = model.encoder.user_state(
-                torch.from_numpy(log.history.gather(idx, "item"))
-            ).numpy()
+            history = torch.from_numpy(log.history.gather(idx, "item"))
+            states[slot[idx]] = model.encoder.user_state(history).numpy()
         state = torch.from_numpy(states[which.reshape(-1)])
         item = model.encoder.item(torch.from_numpy(log.item))
         return torch.cat((state, item, model.query(state) * item), dim=-1).numpy()
