@@ -232,3 +232,19 @@ def small_runner(tmp_path_factory: pytest.TempPathFactory) -> Runner:
 def test_baseline_trains_and_ranks_the_test_day_well_above_chance(small_runner: Runner, method: str) -> None:
     result = small_runner.run_method(method, 0, {})
     assert result["gauc"] > 0.55, result  # measured 0.567-0.64 for the four (one pass; base 0.68 after three)
+
+
+def test_report_table_2_lists_each_baseline_beside_the_paper() -> None:
+    from trainer.report import _table
+
+    ours = {"base": 0.60, "conet": 0.61, "darec": 0.62, "keep_c": 0.63, "bert4rec": 0.605, "s3rec": 0.615}
+    methods = {name: {"gauc": {"mean": g, "std": 0.001}} for name, g in ours.items()}
+    table = "\n".join(_table({"methods": methods}, "2"))
+    for row in (
+        "| conet | 0.6100 ± 0.0010 | +0.0100 | 0.6336 | +0.0026 |",
+        "| darec | 0.6200 ± 0.0010 | +0.0200 | 0.6341 | +0.0031 |",
+        "| bert4rec | 0.6050 ± 0.0010 | +0.0050 | 0.6326 | +0.0016 |",
+        "| s3rec | 0.6150 ± 0.0010 | +0.0150 | 0.6341 | +0.0031 |",
+        "| keep | not run | – | 0.6380 | +0.0070 |",
+    ):
+        assert row in table, table
