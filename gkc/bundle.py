@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -49,6 +50,11 @@ ARRAY_FILES = (
     "uc_vectors.npy",
 )
 FLOAT_DTYPE = np.dtype("<f4")
+#: Longest id (characters) a bundle may hold and a BatchGet may ask for; longer → 422 / INVALID_ARGUMENT.
+#: It bounds what one id can cost in GKC's memory (item cache keys, request buffers).
+MAX_ID_CHARS = 256
+#: Largest ``manifest.json`` accepted (bytes): every GKC worker re-reads the registry's manifests.
+MAX_MANIFEST_BYTES = 256 * 1024
 
 
 class BundleError(InvalidArgument):
@@ -91,28 +97,83 @@ class Manifest:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def content_checksum(self) -> str:
+        """SHA-256 of what the bundle holds (format, dims, counts, per-array checksums): the same bytes
+        give the same checksum, wherever they were exported or published."""
+        body = {
+            "format_version": self.format_version,
+            "dims": asdict(self.dims),
+            "counts": asdict(self.counts),
+            "checksums": dict(sorted(self.checksums.items())),
+        }
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Manifest:
-        try:
-            if int(data.get("format_version", -1)) != FORMAT_VERSION:
-                raise BundleError(
-                    f"manifest format_version {data.get('format_version')!r} is not {FORMAT_VERSION}"
-                )
-            return cls(
-                dims=Dims(**{k: int(v) for k, v in data["dims"].items()}),
-                counts=Counts(**{k: int(v) for k, v in data["counts"].items()}),
-                dtype=str(data.get("dtype", "float32")),
-                interaction=bool(data.get("interaction", True)),
-                strategy=str(data.get("strategy", "serving")),
-                source=dict(data.get("source", {})),
-                metrics=dict(data.get("metrics", {})),
-                checksums={str(k): str(v) for k, v in data.get("checksums", {}).items()},
-                created=float(data.get("created", 0.0)),
+    def from_json(cls, data: Any) -> Manifest:
+        """Parse a manifest; anything malformed (wrong types, missing keys, huge numbers) is a
+        :class:`BundleError` naming the field, never another exception."""
+        if not isinstance(data, dict):
+            raise BundleError(f"manifest must be a JSON object, not {type(data).__name__}")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise BundleError(
+                f"manifest format_version {data.get('format_version')!r} is not {FORMAT_VERSION}"
             )
-        except BundleError:
-            raise
-        except (KeyError, TypeError, ValueError) as err:
-            raise BundleError(f"manifest is malformed: {err!r}") from err
+        try:
+            return cls(
+                dims=Dims(**_ints(data.get("dims"), "dims", ("user", "item", "uc"), low=1)),
+                counts=Counts(
+                    **_ints(data.get("counts"), "counts", ("users", "items", "user_categories"), low=0)
+                ),
+                dtype=_typed(data.get("dtype", "float32"), str, "dtype"),
+                interaction=_typed(data.get("interaction", True), bool, "interaction"),
+                strategy=_typed(data.get("strategy", "serving"), str, "strategy"),
+                source=_typed(data.get("source", {}), dict, "source"),
+                metrics=_typed(data.get("metrics", {}), dict, "metrics"),
+                checksums=_str_map(data.get("checksums", {}), "checksums"),
+                created=float(_typed(data.get("created", 0.0), (int, float), "created")),
+            )
+        except (OverflowError, ValueError) as err:
+            raise BundleError(f"manifest is malformed: {err}") from err
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Manifest:
+        """:meth:`from_json` of a manifest file's bytes (size, UTF-8, JSON and nesting checked)."""
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise BundleError(f"manifest is {len(raw)} bytes; at most {MAX_MANIFEST_BYTES} are accepted")
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise BundleError(f"manifest is not UTF-8: {err}") from err
+        except RecursionError as err:
+            raise BundleError("manifest is nested too deeply") from err
+        except json.JSONDecodeError as err:
+            raise BundleError(f"manifest is not JSON: {err}") from err
+        return cls.from_json(data)
+
+
+def _typed(value: Any, kind: type | tuple[type, ...], name: str) -> Any:
+    # bool is an int: a number where a bool is expected (or the reverse) is refused too
+    if not isinstance(value, kind) or (kind in (int, (int, float)) and isinstance(value, bool)):
+        raise BundleError(f"manifest field {name!r} has type {type(value).__name__}")
+    return value
+
+
+def _ints(value: Any, name: str, keys: tuple[str, ...], *, low: int) -> dict[str, int]:
+    if not isinstance(value, dict) or set(value) != set(keys):
+        raise BundleError(f"manifest field {name!r} must be an object with exactly {list(keys)}")
+    out = {}
+    for key in keys:
+        v = value[key]
+        if isinstance(v, bool) or not isinstance(v, int) or not low <= v < 2**53:
+            raise BundleError(f"manifest {name}.{key} = {v!r} is not an integer >= {low}")
+        out[key] = v
+    return out
+
+
+def _str_map(value: Any, name: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise BundleError(f"manifest field {name!r} must map names to strings")
+    return dict(value)
 
 
 @dataclass(frozen=True)
@@ -222,6 +283,13 @@ def validate_ids(
             )
     if uc_category_ids.shape != uc_user_ids.shape or uc_category_ids.dtype.kind != "U":
         raise BundleError("uc_category_ids must match uc_user_ids in length and be strings")
+    for name, ids in (("user", user_ids), ("item", item_ids), ("category", uc_category_ids)):
+        if (
+            ids.dtype.itemsize > 4 * MAX_ID_CHARS
+            and len(ids)
+            and int(np.char.str_len(ids).max()) > MAX_ID_CHARS
+        ):
+            raise BundleError(f"{name} ids longer than {MAX_ID_CHARS} characters")
     if len(np.unique(user_ids)) != len(user_ids):
         raise BundleError("user ids are not unique")
     if len(np.unique(item_ids)) != len(item_ids):
@@ -270,30 +338,74 @@ def save(bundle: Bundle, out: str | os.PathLike[str]) -> Path:
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     file = Path(path) / MANIFEST
     try:
-        return Manifest.from_json(json.loads(file.read_text()))
+        with file.open("rb") as fh:
+            raw = fh.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError as err:
         raise BundleError(f"{file}: no manifest") from err
-    except json.JSONDecodeError as err:
-        raise BundleError(f"{file}: not JSON ({err})") from err
+    except IsADirectoryError as err:
+        raise BundleError(f"{file}: not a file") from err
+    return Manifest.parse(raw)
 
 
-def load(path: str | os.PathLike[str], *, verify_checksums: bool = True) -> Bundle:
-    """Read and fully validate a bundle directory."""
+def expected_arrays(m: Manifest) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Array name -> (dtype kind, shape) that the manifest promises."""
+    c, d = m.counts, m.dims
+    return {
+        "user_ids": ("U", (c.users,)),
+        "user_vectors": ("f", (c.users, d.user)),
+        "item_ids": ("U", (c.items,)),
+        "item_vectors": ("f", (c.items, d.item)),
+        "uc_user_ids": ("U", (c.user_categories,)),
+        "uc_category_ids": ("U", (c.user_categories,)),
+        "uc_vectors": ("f", (c.user_categories, d.uc)),
+    }
+
+
+def check_npy_header(file: Path, kind: str, shape: tuple[int, ...]) -> None:
+    """Refuse an ``.npy`` file whose header is not what the manifest promises *before* loading it: a
+    header may claim any shape (e.g. 128 GiB of rows), and ``np.load`` would allocate it."""
+    try:
+        with file.open("rb") as fh:
+            major, _ = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            got_shape, fortran, dtype = read(fh)
+            offset = fh.tell()
+    except (ValueError, OSError, EOFError, SyntaxError) as err:
+        raise BundleError(f"{file.name}: not a valid .npy file ({err})") from err
+    if fortran or got_shape != shape:
+        raise BundleError(f"{file.name}: header says shape {got_shape}, the manifest says {shape}")
+    if kind == "f" and dtype != FLOAT_DTYPE:
+        raise BundleError(f"{file.name}: dtype {dtype}, expected float32")
+    if kind == "U" and (dtype.kind != "U" or dtype.itemsize > 4 * MAX_ID_CHARS):
+        raise BundleError(
+            f"{file.name}: dtype {dtype}, expected strings of at most {MAX_ID_CHARS} characters"
+        )
+    size = math.prod(shape) * dtype.itemsize
+    if file.stat().st_size != offset + size:
+        raise BundleError(f"{file.name}: {file.stat().st_size - offset} data bytes, the header says {size}")
+
+
+def load(path: str | os.PathLike[str], *, verify_checksums: bool = True, mmap: bool = False) -> Bundle:
+    """Read and fully validate a bundle directory.
+
+    Every ``.npy`` header is checked against the manifest before its data is read; ``mmap=True`` maps
+    the arrays instead of reading them (the files must then stay until the bundle is dropped)."""
     root = Path(path)
     manifest = read_manifest(root)
     arrays: dict[str, np.ndarray] = {}
-    for name in ARRAY_FILES:
-        file = root / name
+    for name, (kind, shape) in expected_arrays(manifest).items():
+        file = root / f"{name}.npy"
         if not file.is_file():
             raise BundleError(f"{file}: missing")
         if verify_checksums:
-            expected = manifest.checksums.get(name)
+            expected = manifest.checksums.get(file.name)
             if expected is None:
                 raise BundleError(f"{file}: no checksum in the manifest")
             if _sha256(file) != expected:
                 raise BundleError(f"{file}: checksum mismatch (corrupt or truncated)")
+        check_npy_header(file, kind, shape)
         try:
-            arrays[name.removesuffix(".npy")] = np.load(file, allow_pickle=False)
+            arrays[name] = np.load(file, allow_pickle=False, mmap_mode="r" if mmap else None)
         except (ValueError, OSError, EOFError) as err:
             raise BundleError(f"{file}: unreadable ({err})") from err
     bundle = Bundle(manifest=manifest, **arrays)

@@ -22,6 +22,8 @@ class BundleReader:
         #: The GKC version this bundle was published as, if known (0 = unknown / local).
         self.version = version
         self.manifest = bundle.manifest
+        #: The content checksum every answer carries (what a model trained from this bundle pins).
+        self.checksum = bundle.manifest.content_checksum()
         self._users = {u: i for i, u in enumerate(bundle.user_ids.tolist())}
         self._items = {u: i for i, u in enumerate(bundle.item_ids.tolist())}
         self._ucs = {
@@ -60,6 +62,7 @@ class BundleReader:
             ucs=_gather(b.uc_vectors, uc_rows),
             uc_found=np.array([r is not None for r in uc_rows], dtype=bool),
             uc_index=uc_index,
+            checksum=self.checksum,
         )
 
 

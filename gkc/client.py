@@ -13,16 +13,19 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import grpc
 import httpx
 
-from gkc.core import Dims, unpack
+from gkc.bundle import canonical_ids
 from gkc.lookup import Lookup
+from gkc.wire import lookup_from_proto
 from protos import gkc_pb2, gkc_pb2_grpc
 from services.errors import (
     Conflict,
     DeadlineExceeded,
+    InsufficientStorage,
     InvalidArgument,
     KeepError,
     NotFound,
@@ -30,6 +33,7 @@ from services.errors import (
     Unauthenticated,
     Unavailable,
 )
+from services.settings import MIN_TOKEN_CHARS
 
 _BY_CODE: dict[grpc.StatusCode, type[KeepError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
@@ -47,6 +51,7 @@ _BY_HTTP: dict[int, type[KeepError]] = {
     413: ResourceExhausted,
     422: InvalidArgument,
     503: Unavailable,
+    507: InsufficientStorage,
 }
 
 
@@ -54,19 +59,6 @@ def from_rpc_error(err: grpc.RpcError) -> KeepError:
     code = err.code()
     cls = _BY_CODE.get(code, KeepError)
     return cls(f"GKC {code.name}: {err.details()}")
-
-
-def lookup_from_proto(resp: gkc_pb2.BatchGetResponse) -> Lookup:
-    dims = Dims(user=resp.user_dim, item=resp.items.dim, uc=resp.user_categories.dim)
-    it, uc = resp.items, resp.user_categories
-    return unpack(
-        resp.version,
-        resp.format == gkc_pb2.WIRE_FORMAT_FLOAT16,
-        dims,
-        (resp.user, resp.user_found),
-        (it.data, it.rows, it.found, it.index),
-        (uc.data, uc.rows, uc.found, uc.index),
-    )
 
 
 def channel_credentials(
@@ -139,11 +131,19 @@ class GkcClient:
             raise from_rpc_error(err) from None
 
     def batch_get(
-        self, user_id: str, item_ids: Sequence[str], category_ids: Sequence[str], version: int = 0
+        self,
+        user_id: str | int,
+        item_ids: Sequence[str | int],
+        category_ids: Sequence[str | int],
+        version: int = 0,
     ) -> Lookup:
         """K̂_u, K̂_i, K̂_uc for one user's candidates. Repeated items/categories come back once
-        (``Lookup.item_index`` / ``uc_index`` map candidates to rows); the server does the dedupe."""
-        return lookup_from_proto(self.batch_get_raw(user_id, list(item_ids), list(category_ids), version))
+        (``Lookup.item_index`` / ``uc_index`` map candidates to rows); the server does the dedupe.
+
+        Ids are int64 or strings (the data contract): ints travel as their canonical strings."""
+        return lookup_from_proto(
+            self.batch_get_raw(_id_text(user_id), _id_texts(item_ids), _id_texts(category_ids), version)
+        )
 
     def close(self) -> None:
         self.channel.close()
@@ -153,6 +153,18 @@ class GkcClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _id_text(value: str | int) -> str:
+    if isinstance(value, str):
+        return value
+    return str(canonical_ids([value])[0])
+
+
+def _id_texts(values: Sequence[str | int]) -> list[str]:
+    if all(isinstance(v, str) for v in values):
+        return list(values)  # type: ignore[arg-type]
+    return [str(v) for v in canonical_ids(list(values)).tolist()]
 
 
 def tar_bundle(bundle_dir: str | os.PathLike[str], out: Path) -> Path:
@@ -183,6 +195,7 @@ class GkcOpsClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         token = token if token is not None else os.environ.get("GKC_API_TOKEN")
+        self.token = token or ""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         verify: ssl.SSLContext | bool = True
         if ca_file is not None:
@@ -199,10 +212,31 @@ class GkcOpsClient:
         cls = _BY_HTTP.get(response.status_code, KeepError)
         raise cls(f"GKC HTTP {response.status_code}: {reason}")
 
+    def check_token(self) -> None:
+        """A cheap authenticated request, so that a wrong or missing token is told before an upload."""
+        if not self.token:
+            raise Unauthenticated(
+                f"no GKC token: pass --token or set GKC_API_TOKEN (the GKC at {self.base_url} was started "
+                f"with it; at least {MIN_TOKEN_CHARS} characters, not a placeholder)"
+            )
+        try:
+            response = self.http.get("/v1/auth")
+        except httpx.TransportError as err:
+            raise Unavailable(f"GKC at {self.base_url} unreachable: {err}") from err
+        if response.status_code == 401:
+            raise Unauthenticated(
+                f"GKC at {self.base_url} refused the token: it must equal the server's GKC_API_TOKEN "
+                f"(at least {MIN_TOKEN_CHARS} characters, not a placeholder such as 'changeme')"
+            )
+        if response.status_code != 404:  # 404: a GKC without /v1/auth; the upload tells then
+            self._check(response)
+
     def publish(self, bundle_dir: str | os.PathLike[str], *, progress: bool = True) -> dict[str, Any]:
-        """Upload the bundle (streamed, with a progress bar) and return ``{"version": N, ...}``."""
+        """Check the token, upload the bundle (streamed, with a progress bar) and return
+        ``{"version": N, "identity": {...}, ...}``."""
         from tqdm import tqdm
 
+        self.check_token()
         with tempfile.TemporaryDirectory(prefix="gkc-publish-") as tmp:
             tar_path = tar_bundle(bundle_dir, Path(tmp) / "bundle.tar")
             size = tar_path.stat().st_size
@@ -227,9 +261,9 @@ class GkcOpsClient:
                 bar.close()
         return dict(self._check(response))
 
-    def _request(self, method: str, path: str) -> Any:
+    def _request(self, method: str, path: str, body: Any = None) -> Any:
         try:
-            return self._check(self.http.request(method, path))
+            return self._check(self.http.request(method, path, json=body))
         except httpx.TransportError as err:
             raise Unavailable(f"GKC at {self.base_url} unreachable: {err}") from err
 
@@ -244,6 +278,13 @@ class GkcOpsClient:
 
     def delete(self, version: int) -> dict[str, Any]:
         return dict(self._request("DELETE", f"/v1/versions/{version}"))
+
+    def pin(self, version: int, holder: str, ttl_s: float = 60.0) -> dict[str, Any]:
+        """Take or renew ``holder``'s lease on ``version`` (GKC never retires a pinned version)."""
+        return dict(self._request("PUT", f"/v1/versions/{version}/pins", {"holder": holder, "ttl_s": ttl_s}))
+
+    def unpin(self, version: int, holder: str) -> dict[str, Any]:
+        return dict(self._request("DELETE", f"/v1/versions/{version}/pins/{quote(holder, safe='')}"))
 
     def close(self) -> None:
         self.http.close()

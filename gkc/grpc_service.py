@@ -1,45 +1,35 @@
-"""The ``keep.gkc.v1.Gkc`` servicer: wire ↔ :class:`gkc.core.Packed`, nothing else.
+"""The ``keep.gkc.v1.Gkc`` servicer: wire ↔ :class:`gkc.wire.Packed`, nothing else.
 
-The read is a sync redis-py + hiredis call made on the event loop thread: measured 2.5x faster than
-``redis.asyncio`` (DESIGN §6), and each call is sub-millisecond; throughput comes from several server
-processes sharing the port (``GKC_WORKERS``, SO_REUSEPORT). Redis socket timeouts bound a stuck call.
+The read runs on a small thread pool, not on the event loop: a blocking Redis call (a stuck or
+failing-over node) then holds one thread for at most ``GKC_REDIS_TIMEOUT_S`` while requests that touch
+healthy nodes keep being answered. The hand-off costs tens of microseconds of a ~1 ms read
+(docs/gkc.md, "Speed"); throughput comes from several server processes sharing the port
+(``GKC_WORKERS``, SO_REUSEPORT).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from grpc import aio
 
-from gkc.core import KnowledgeCenter, Packed
 from gkc.metrics import GkcMetrics
+from gkc.read_path import KnowledgeCenter
+from gkc.wire import to_proto
 from protos import gkc_pb2, gkc_pb2_grpc
 from services.errors import DeadlineExceeded, KeepError
 
 SERVICE_NAME = gkc_pb2.DESCRIPTOR.services_by_name["Gkc"].full_name
 
 
-def to_proto(p: Packed) -> gkc_pb2.BatchGetResponse:
-    return gkc_pb2.BatchGetResponse(
-        version=p.version,
-        format=gkc_pb2.WIRE_FORMAT_FLOAT16 if p.float16 else gkc_pb2.WIRE_FORMAT_FLOAT32,
-        user=p.user,
-        user_dim=p.dims.user,
-        user_found=p.user_found,
-        items=gkc_pb2.Block(
-            data=p.items, rows=p.item_rows, dim=p.dims.item, found=p.item_found, index=p.item_index
-        ),
-        user_categories=gkc_pb2.Block(
-            data=p.ucs, rows=p.uc_rows, dim=p.dims.uc, found=p.uc_found, index=p.uc_index
-        ),
-    )
-
-
 class GkcServicer(gkc_pb2_grpc.GkcServicer):
-    def __init__(self, center: KnowledgeCenter, metrics: GkcMetrics) -> None:
+    def __init__(self, center: KnowledgeCenter, metrics: GkcMetrics, *, threads: int = 8) -> None:
         self.center = center
         self.metrics = metrics
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gkc-read")
         self._ok_latency = metrics.latency.labels("BatchGet", "OK")
 
     async def BatchGet(
@@ -52,12 +42,14 @@ class GkcServicer(gkc_pb2_grpc.GkcServicer):
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceeded("deadline passed before the lookup started")
             self.metrics.candidates.observe(len(request.item_ids))
-            packed = self.center.batch_get(
+            packed = await asyncio.get_running_loop().run_in_executor(
+                self.pool,
+                self.center.batch_get,
                 request.user_id,
                 request.item_ids,
                 request.category_ids,
                 request.version,
-                float16=request.format == gkc_pb2.WIRE_FORMAT_FLOAT16,
+                request.format == gkc_pb2.WIRE_FORMAT_FLOAT16,
             )
             return to_proto(packed)
         except KeepError as err:

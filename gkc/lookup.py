@@ -25,6 +25,10 @@ class Lookup:
     ucs: np.ndarray  # [n_unique_categories, d_uc] float32, K̂_uc for this user
     uc_found: np.ndarray  # [n_unique_categories] bool
     uc_index: np.ndarray  # [n_candidates] int32 into ucs
+    #: The answering version's identity beside ``version`` (gkc.store.VersionIdentity): its publish id
+    #: ('' for a local bundle) and content checksum (a consumer pinned to one compares it).
+    publish_id: str = ""
+    checksum: str = ""
 
     @property
     def n_candidates(self) -> int:

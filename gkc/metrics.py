@@ -20,11 +20,15 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from gkc.store import STATES
+from gkc.store import STATES, MemoryInfo, VersionRecord
+from services.errors import KeepError
 from services.metrics import LATENCY_BUCKETS, SIZE_BUCKETS, new_registry
 
 if TYPE_CHECKING:
-    from gkc.core import KnowledgeCenter
+    from gkc.item_cache import ItemCache
+
+#: ``() -> (records, active)``: the registry as the collector reports it (read at scrape time).
+RecordSource = Callable[[], tuple[list[VersionRecord], int | None]]
 
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -88,6 +92,11 @@ class GkcMetrics:
             self.registry = new_registry()
             self.registry.register(_Summed(Path(multiprocess_dir)))
         self._children: dict[int, dict[tuple[str, str], Any]] = {}
+        self.integrity_problems = Counter(
+            "keep_gkc_integrity_problems",
+            "Versions found lost, damaged or resurrected by the integrity checks",
+            registry=own,
+        )
 
     def observe(
         self, version: int, user_found: bool, items_found: int, n_items: int, ucs_found: int, n_ucs: int
@@ -113,10 +122,15 @@ class GkcMetrics:
             self._cache_miss.inc(misses - self._cache_seen[1])
             self._cache_seen = (hits, misses)
 
-    def watch(self, center: KnowledgeCenter) -> None:
-        """Count the centre's item cache and export versions by state (read at scrape time)."""
-        self._cache = center.cache
-        self.registry.register(_CenterCollector(center))
+    def watch_cache(self, cache: ItemCache) -> None:
+        """Count this process' item cache hits and misses."""
+        self._cache = cache
+
+    def watch_registry(
+        self, records: RecordSource, memory: Callable[[], MemoryInfo | None], healthy: Callable[[], bool]
+    ) -> None:
+        """Export versions by state, pins, Redis memory headroom and health (read at scrape time)."""
+        self.registry.register(_RegistryCollector(records, memory, healthy))
 
 
 def _hit_ratio(families: Iterable[Metric]) -> GaugeMetricFamily:
@@ -154,18 +168,52 @@ class _Summed(Collector):
         yield _hit_ratio(families)
 
 
-class _CenterCollector(Collector):
-    def __init__(self, center: KnowledgeCenter) -> None:
-        self.center = center
+class _RegistryCollector(Collector):
+    def __init__(
+        self, records: RecordSource, memory: Callable[[], MemoryInfo | None], healthy: Callable[[], bool]
+    ) -> None:
+        self.records, self.memory, self.healthy = records, memory, healthy
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "keep_gkc_healthy",
+            "1 while GKC can answer (gRPC SERVING, /healthz 200)",
+            value=int(self.healthy()),
+        )
+        memory = self.memory()
+        if memory is not None:
+            yield GaugeMetricFamily(
+                "keep_gkc_redis_used_bytes", "Redis used_memory (all primaries)", value=memory.used_bytes
+            )
+            yield GaugeMetricFamily(
+                "keep_gkc_redis_limit_bytes",
+                "Redis maxmemory, else the host's memory (all primaries)",
+                value=memory.limit_bytes,
+            )
+            if memory.free_bytes is not None:
+                yield GaugeMetricFamily(
+                    "keep_gkc_redis_free_bytes",
+                    "Headroom: bytes Redis can still take before it refuses writes",
+                    value=memory.free_bytes,
+                )
+        try:
+            records, active = self.records()
+        except KeepError:
+            return  # Redis is down: the registry gauges are absent rather than wrong
         g = GaugeMetricFamily("keep_gkc_versions", "Knowledge versions by state", labels=["state"])
-        records = self.center.records
         for state in STATES:
             g.add_metric([state], sum(1 for r in records if r.state == state))
         yield g
         yield GaugeMetricFamily(
-            "keep_gkc_active_version",
-            "The active knowledge version (0 = none)",
-            value=self.center.active or 0,
+            "keep_gkc_active_version", "The active knowledge version (0 = none)", value=active or 0
+        )
+        yield GaugeMetricFamily(
+            "keep_gkc_pins",
+            "Live consumer pins (leases) on versions",
+            value=sum(len(r.pins) for r in records),
+        )
+        yield GaugeMetricFamily(
+            "keep_gkc_pinned_versions",
+            "Versions with at least one live pin",
+            value=sum(1 for r in records if r.pins),
         )

@@ -1,40 +1,54 @@
-"""Publishing a bundle as a new version, and cleaning up versions that are retired or abandoned.
+"""Publishing a bundle as a new version: write, verify, promote; on any failure leave nothing behind.
 
-A publish writes everything under a fresh version number in state ``staging`` (invisible to readers),
-checks that every write created a new entry (counts match the manifest) and reads a random sample back
-bit-exact, then flips the version to ``ready`` in one atomic registry update. A publisher that dies
-half-way leaves a staging version that no reader can see; the janitor abandons it once its heartbeat is
-older than the lease and deletes its keys.
+A publish first checks that the version can become ready (a ready slot that is neither active nor
+pinned can be freed) and that its estimated size fits in the store's free memory (else 409 / 507 before
+a byte is written). It then writes everything under a fresh namespace in state ``staging`` (invisible to
+readers), heartbeating after every batch (a DELETE of the staging version stops it at the next batch),
+checks that every write created a new entry (counts match the manifest), reads a random sample back
+bit-exact, waits until replicas have the writes, and flips the version to ``ready`` in one atomic
+registry update. A failure deletes the staging namespace at once (nothing was ever served from it) and
+drops its registry entry; a publisher that dies half-way leaves a staging version no reader can see,
+which the janitor abandons once its heartbeat is older than the lease. A failure of the store itself
+(Redis unavailable, a failover that lost acknowledged writes) is retried once on a fresh version, then
+answered :class:`services.errors.Unavailable` (retryable), never a 500.
 
 A *sharded* publish (``keep export --gkc-redis`` under torchrun) is the same protocol split over ranks:
-one rank allocates the staging version with the full manifest (``store.begin``), every rank writes and
-checks its own slice (:func:`write_shard`: the same write loop, count check and bit-exact sample read
-back as :func:`publish`), and one rank finalises (:func:`finalise_shards`): every rank reported success,
-the slices' digests are the manifest's, the summed counts are the manifest's, a sample of every block's
-ids is present; then the one atomic ``store.finish``. Any failure retires the version instead; a rank
-that dies leaves it staging (invisible) until the janitor abandons it.
+one rank allocates the staging version with the full manifest, every rank writes and checks its own
+slice (:func:`write_shard`), and one rank finalises (:func:`finalise_shards`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
 
 from gkc.bundle import Bundle, Counts, Manifest, iter_rows
-from gkc.store import RETIRING, KnowledgeStore
-from services.errors import KeepError
+from gkc.integrity import entry_digest as _digest
+from gkc.store import READY, KnowledgeReader, KnowledgeWriter, Staging, VersionIdentity, VersionRegistry
+from services.errors import Conflict, InsufficientStorage, KeepError, Unavailable
 
 log = logging.getLogger(__name__)
 
+#: Bytes Redis spends per key and per hash field beyond the key / field / value bytes (dict entry,
+#: object header, allocator rounding); calibrated against ``used_memory`` (docs/gkc.md, "Memory").
+KEY_OVERHEAD = 96
+FIELD_OVERHEAD = 64
+#: A publish must leave this share of the store's memory free.
+MEMORY_MARGIN = 0.10
+
 
 class PublishVerificationError(KeepError):
-    """What was written does not read back as the bundle (500: the store misbehaved)."""
+    """What was written does not read back as the bundle."""
+
+
+class PublishStore(KnowledgeReader, VersionRegistry, KnowledgeWriter, Protocol):
+    """A publish reads (verification), writes and changes the registry."""
 
 
 @dataclass(frozen=True)
@@ -42,58 +56,103 @@ class PublishResult:
     version: int
     retired: list[int]
     entries: int
+    identity: VersionIdentity | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"version": self.version, "retired": self.retired, "entries": self.entries}
+        if self.identity is not None:
+            out["identity"] = self.identity.to_json()
+        return out
+
+
+def estimate_bytes(manifest: Manifest, id_chars: int = 12) -> int:
+    """What the version will take in Redis, roughly but on the high side."""
+    c, d = manifest.counts, manifest.dims
+    ns = 24 + id_chars  # namespace + block + id
+    keys = (c.users + c.items) * (KEY_OVERHEAD + ns)
+    fields = (c.users + c.user_categories) * (FIELD_OVERHEAD + id_chars + 2)
+    values = 4 * (c.users * d.user + c.items * d.item + c.user_categories * d.uc)
+    return keys + fields + int(values * 1.25)
+
+
+def check_room(store: PublishStore, manifest: Manifest, max_ready: int, id_chars: int = 12) -> None:
+    """Refuse before writing: no ready slot can be freed (409, naming the pins) or the version does
+    not fit in the store's free memory (507 with the numbers)."""
+    records, active = store.records()
+    ready = [r for r in records if r.state == READY]
+    free_slots = [r for r in ready if r.version != active and not r.pins]
+    if len(ready) >= max_ready and not free_slots:
+        pins = "; ".join(f"v{r.version}: {', '.join(p.holder for p in r.pins)}" for r in ready if r.pins)
+        raise Conflict(
+            f"{max_ready} ready versions are kept and none can be retired (active v{active}; "
+            f"pinned {pins or 'none'}); delete one or wait for its pins to end"
+        )
+    memory = store.memory()
+    need = estimate_bytes(manifest, id_chars)
+    free = memory.free_bytes
+    if free is not None and need > free - MEMORY_MARGIN * memory.limit_bytes:
+        raise InsufficientStorage(
+            f"the version needs about {need / 2**20:.1f} MiB; Redis has {free / 2**20:.1f} MiB free of "
+            f"{memory.limit_bytes / 2**20:.1f} MiB (keeping {MEMORY_MARGIN:.0%} spare); delete a version "
+            "or give Redis more memory"
+        )
 
 
 def write_data(
-    store: KnowledgeStore,
-    version: int,
+    store: PublishStore,
+    staging: Staging,
     bundle: Bundle,
     *,
     batch: int = 2000,
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, int]:
-    """Write every row of ``bundle`` under ``version`` (a heartbeat per batch); new entries per block."""
-    m = bundle.manifest
+    """Write every row of ``bundle`` into the staging namespace (a heartbeat per batch, which stops the
+    publish with Conflict once the version was deleted); returns new entries per block."""
+    m, ns = bundle.manifest, staging.namespace
     total = m.counts.users + m.counts.user_categories + m.counts.items
-    bar = tqdm(total=total, desc=f"publish v{version}", unit="vec", disable=not progress, leave=False)
+    bar = tqdm(total=total, desc=f"publish v{staging.number}", unit="vec", disable=not progress, leave=False)
     written = {"users": 0, "ucs": 0, "items": 0}
 
     def step(kind: str, n: int, new: int) -> None:
         written[kind] += new
         bar.update(n)
-        store.heartbeat(version)
+        store.heartbeat(staging.number)
         if on_batch is not None:
             on_batch(n)
 
     try:
         for ids, vecs in iter_rows(bundle.user_ids, bundle.user_vectors, batch):
-            step("users", len(ids), store.write_users(version, ids, vecs, None, None))
+            step("users", len(ids), store.write_user_vectors(ns, ids, vecs))
         for start in range(0, len(bundle.uc_user_ids), batch):
             sl = slice(start, start + batch)
             ids = bundle.uc_user_ids[sl]
-            new = store.write_users(version, ids, None, bundle.uc_category_ids[sl], bundle.uc_vectors[sl])
-            step("ucs", len(ids), new)
+            step(
+                "ucs",
+                len(ids),
+                store.write_uc_vectors(ns, ids, bundle.uc_category_ids[sl], bundle.uc_vectors[sl]),
+            )
         for ids, vecs in iter_rows(bundle.item_ids, bundle.item_vectors, batch):
-            step("items", len(ids), store.write_items(version, ids, vecs))
+            step("items", len(ids), store.write_items(ns, ids, vecs))
     finally:
         bar.close()
     return written
 
 
-def expected_entries(counts: Counts) -> dict[str, int]:
-    return {"users": counts.users, "ucs": counts.user_categories, "items": counts.items}
-
-
-def check_counts(version: int, written: dict[str, int], counts: Counts) -> None:
+def check_counts(number: int, written: dict[str, int], counts: Counts) -> None:
     """Every entry the manifest promises was written, no more (else the version must not go ready)."""
-    expected = expected_entries(counts)
+    expected = {"users": counts.users, "ucs": counts.user_categories, "items": counts.items}
     if written != expected:
-        raise PublishVerificationError(f"version {version}: wrote {written}, expected {expected}")
+        raise PublishVerificationError(f"version {number}: wrote {written}, expected {expected}")
+
+
+def key_count(ids: Bundle) -> int:
+    """Keys a version holds: one hash per user (K̂_u and K̂_uc share it) and one string per item."""
+    return len(np.union1d(ids.user_ids, ids.uc_user_ids)) + len(ids.item_ids)
 
 
 def publish(
-    store: KnowledgeStore,
+    store: PublishStore,
     bundle: Bundle,
     *,
     batch: int = 2000,
@@ -101,24 +160,114 @@ def publish(
     samples: int = 64,
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
+    floor: int = 0,
+    replica_timeout_s: float = 10.0,
+    attempts: int = 2,
 ) -> PublishResult:
     """Write ``bundle`` as a new version and make it ready (active if it is the first)."""
     m = bundle.manifest
-    total = m.counts.users + m.counts.user_categories + m.counts.items
-    version = store.begin(m.to_json())
-    log.info("publishing version %d (%d entries)", version, total)
+    check_room(store, m, max_ready, _id_chars(bundle))
+    checksum = m.content_checksum()
+    for attempt in range(1, attempts + 1):
+        staging = store.begin(m.to_json(), checksum, m.dims, floor)
+        log.info("publishing %s (%d entries, attempt %d)", staging.identity, _entries(m.counts), attempt)
+        try:
+            written = write_data(store, staging, bundle, batch=batch, progress=progress, on_batch=on_batch)
+            check_counts(staging.number, written, m.counts)
+            verify_sample(store, staging.namespace, staging.number, bundle, samples)
+            sample = sample_digests(store, staging.namespace, bundle)
+            store.wait_replicated(replica_timeout_s)
+            retired = store.finish(staging.number, max_ready, key_count(bundle), sample)
+        except (Unavailable, PublishVerificationError) as err:
+            abort(store, staging, str(err))
+            if attempt == attempts:
+                raise Unavailable(
+                    f"publish failed {attempts} times on the store; retry later: {err}"
+                ) from err
+            log.warning(
+                "publish of %s failed on the store (%s); retrying on a fresh version", staging.identity, err
+            )
+            continue
+        except BaseException as err:
+            abort(store, staging, f"{type(err).__name__}: {err}")
+            raise
+        log.info("%s ready; retired %s", staging.identity, retired)
+        return PublishResult(staging.number, retired, _entries(m.counts), staging.identity)
+    raise AssertionError("unreachable")
+
+
+def _entries(c: Counts) -> int:
+    return c.users + c.user_categories + c.items
+
+
+def _id_chars(bundle: Bundle) -> int:
+    return max(
+        1, *(arr.dtype.itemsize // 4 for arr in (bundle.user_ids, bundle.item_ids, bundle.uc_category_ids))
+    )
+
+
+def abort(store: PublishStore, staging: Staging, reason: str) -> None:
+    """Best effort: delete a failed staging version's keys now and drop its entry (nothing was ever
+    served from it). What cannot be done now is left to the janitor (retiring, or abandoned after the
+    lease)."""
     try:
-        written = write_data(store, version, bundle, batch=batch, progress=progress, on_batch=on_batch)
-        check_counts(version, written, m.counts)
-        verify_sample(store, version, bundle, samples)
-        retired = store.finish(version, max_ready)
-    except BaseException:
-        give_up(store, version)
-        raise
-    log.info("version %d ready; retired %s", version, retired)
-    return PublishResult(version=version, retired=retired, entries=total)
+        state = store.retire(staging.number, f"publish failed: {reason}")
+        log.warning("publish of %s failed (%s); removing it (was %s)", staging.identity, reason, state)
+    except KeepError as err:
+        log.warning("could not mark failed %s for cleanup: %s", staging.identity, err)
+    try:
+        removed = store.delete_namespace(staging.namespace)
+        store.forget(staging.number)
+        log.info("removed %d keys of failed %s", removed, staging.identity)
+    except KeepError as err:
+        log.warning("could not remove failed %s now (the janitor will): %s", staging.identity, err)
 
 
+def sample_digests(store: KnowledgeReader, ns: str, ids: Bundle, n: int = 8) -> dict[str, Any]:
+    """A few ids per block with a digest of the value stored for them: the restart integrity check
+    reads them back (:func:`gkc.integrity.check_version`)."""
+    rng = np.random.default_rng(len(ids.item_ids) + 7)
+    out: dict[str, Any] = {"users": [], "ucs": [], "items": []}
+    for row in rng.choice(len(ids.user_ids), min(n, len(ids.user_ids)), replace=False):
+        uid = str(ids.user_ids[row])
+        out["users"].append([uid, _digest(store.read(ns, uid, [], []).user)])
+    for row in rng.choice(len(ids.uc_user_ids), min(n, len(ids.uc_user_ids)), replace=False):
+        uid, cid = str(ids.uc_user_ids[row]), str(ids.uc_category_ids[row])
+        out["ucs"].append([uid, cid, _digest(store.read(ns, uid, [cid], []).ucs[0])])
+    picked = [
+        str(ids.item_ids[r]) for r in rng.choice(len(ids.item_ids), min(n, len(ids.item_ids)), replace=False)
+    ]
+    if picked:
+        values = store.read(ns, "\x00", [], picked).items
+        out["items"] = [[iid, _digest(v)] for iid, v in zip(picked, values, strict=True)]
+    missing = [e for block in out.values() for e in block if e[-1] is None]
+    if missing:
+        raise PublishVerificationError(f"sampled entries are missing right after the write: {missing[:3]}")
+    return out
+
+
+def verify_sample(store: KnowledgeReader, ns: str, number: int, bundle: Bundle, samples: int) -> None:
+    """Read ``samples`` random users, (user, category) pairs and items back and compare bytes."""
+    rng = np.random.default_rng(number)
+    for row in rng.choice(len(bundle.uc_user_ids), min(samples, len(bundle.uc_user_ids)), replace=False):
+        uid = str(bundle.uc_user_ids[row])
+        if (
+            store.read(ns, uid, [str(bundle.uc_category_ids[row])], []).ucs[0]
+            != bundle.uc_vectors[row].tobytes()
+        ):
+            raise PublishVerificationError(f"version {number}: K̂_uc of {uid!r} does not read back")
+    for urow in rng.choice(len(bundle.user_ids), min(samples, len(bundle.user_ids)), replace=False):
+        if store.read(ns, str(bundle.user_ids[urow]), [], []).user != bundle.user_vectors[urow].tobytes():
+            raise PublishVerificationError(f"version {number}: K̂_u of {bundle.user_ids[urow]!r} differs")
+    items = rng.choice(len(bundle.item_ids), min(samples, len(bundle.item_ids)), replace=False)
+    if len(items):
+        raw = store.read(ns, "\x00", [], [str(i) for i in bundle.item_ids[items]])
+        for got, irow in zip(raw.items, items, strict=True):
+            if got != bundle.item_vectors[irow].tobytes():
+                raise PublishVerificationError(f"version {number}: K̂_i of {bundle.item_ids[irow]!r} differs")
+
+
+# --- sharded publish ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ShardReport:
     """What one rank of a sharded publish did: entries written per block, digests, or its error."""
@@ -148,9 +297,15 @@ def shard_checksums(digests: Sequence[dict[str, str]]) -> dict[str, str]:
     return {f"shard{r}/{name}": d for r, ds in enumerate(digests) for name, d in sorted(ds.items())}
 
 
+def begin_sharded(store: PublishStore, manifest: Manifest, max_ready: int) -> Staging:
+    """The finalising rank opens the staging version every rank writes into."""
+    check_room(store, manifest, max_ready)
+    return store.begin(manifest.to_json(), manifest.content_checksum(), manifest.dims)
+
+
 def write_shard(
-    store: KnowledgeStore,
-    version: int,
+    store: PublishStore,
+    staging: Staging,
     shard: Bundle,
     *,
     rank: int,
@@ -162,143 +317,44 @@ def write_shard(
 
     Never raises: the report carries the error, so the finalising rank hears from every live rank."""
     try:
-        written = write_data(store, version, shard, batch=batch, progress=progress)
-        check_counts(version, written, shard.manifest.counts)
-        verify_sample(store, version, shard, samples)
+        written = write_data(store, staging, shard, batch=batch, progress=progress)
+        check_counts(staging.number, written, shard.manifest.counts)
+        verify_sample(store, staging.namespace, staging.number, shard, samples)
         return ShardReport(rank=rank, written=written, digests=array_digests(shard))
     except Exception as err:
-        log.warning("rank %d: writing its shard of version %d failed: %s", rank, version, err)
+        log.warning("rank %d: writing its shard of %s failed: %s", rank, staging.identity, err)
         return ShardReport(rank=rank, error=f"{type(err).__name__}: {err}")
 
 
 def finalise_shards(
-    store: KnowledgeStore,
-    version: int,
+    store: PublishStore,
+    staging: Staging,
     manifest: Manifest,
     reports: Sequence[ShardReport],
     ids: Bundle,
     *,
     max_ready: int = 5,
-    samples: int = 64,
+    replica_timeout_s: float = 10.0,
 ) -> PublishResult:
-    """Verify a sharded version and make it ready in one atomic update; retire it on any failure.
+    """Verify a sharded version and make it ready in one atomic update; remove it on any failure.
 
     ``ids``: a bundle whose id arrays are the whole version's (vectors are not looked at)."""
     try:
         failed = [f"rank {r.rank}: {r.error}" for r in reports if r.error is not None]
         if failed:
-            raise PublishVerificationError(f"version {version}: " + "; ".join(failed))
-        got = shard_checksums([r.digests for r in reports])
-        if got != manifest.checksums:
-            raise PublishVerificationError(f"version {version}: the shards written are not the manifest's")
+            raise PublishVerificationError(f"version {staging.number}: " + "; ".join(failed))
+        if shard_checksums([r.digests for r in reports]) != manifest.checksums:
+            raise PublishVerificationError(
+                f"version {staging.number}: the shards written are not the manifest's"
+            )
         written = {k: sum(r.written[k] for r in reports) for k in ("users", "ucs", "items")}
-        check_counts(version, written, manifest.counts)
-        verify_present(store, version, ids, samples)
-        retired = store.finish(version, max_ready)
-    except BaseException:
-        give_up(store, version)
+        check_counts(staging.number, written, manifest.counts)
+        sample_digests(store, staging.namespace, ids, 64)  # a wider presence check than the record's
+        sample = sample_digests(store, staging.namespace, ids)
+        store.wait_replicated(replica_timeout_s)
+        retired = store.finish(staging.number, max_ready, key_count(ids), sample)
+    except BaseException as err:
+        abort(store, staging, f"{type(err).__name__}: {err}")
         raise
-    log.info("sharded version %d ready (%d shards); retired %s", version, len(reports), retired)
-    return PublishResult(version=version, retired=retired, entries=sum(written.values()))
-
-
-def verify_present(store: KnowledgeStore, version: int, ids: Bundle, samples: int) -> None:
-    """A random sample of the version's users, (user, category) pairs and items all exist."""
-    rng = np.random.default_rng(version)
-    for row in rng.choice(len(ids.uc_user_ids), min(samples, len(ids.uc_user_ids)), replace=False):
-        raw = store.read(version, str(ids.uc_user_ids[row]), [str(ids.uc_category_ids[row])], [])
-        if raw.ucs[0] is None:
-            raise PublishVerificationError(f"version {version}: K̂_uc of {ids.uc_user_ids[row]!r} is missing")
-    for row in rng.choice(len(ids.user_ids), min(samples, len(ids.user_ids)), replace=False):
-        if store.read(version, str(ids.user_ids[row]), [], []).user is None:
-            raise PublishVerificationError(f"version {version}: K̂_u of {ids.user_ids[row]!r} is missing")
-    items = rng.choice(len(ids.item_ids), min(samples, len(ids.item_ids)), replace=False)
-    if len(items) and any(
-        v is None for v in store.read(version, "\x00", [], ids.item_ids[items].tolist()).items
-    ):
-        raise PublishVerificationError(f"version {version}: some K̂_i are missing")
-
-
-def give_up(store: KnowledgeStore, version: int) -> None:
-    """Best effort: a failed version → retiring (else the janitor abandons it after the lease)."""
-    try:
-        store.retire(version)
-    except Exception:  # the janitor abandons it after the lease anyway
-        log.warning("could not mark failed version %d for cleanup", version, exc_info=True)
-
-
-def verify_sample(store: KnowledgeStore, version: int, bundle: Bundle, samples: int) -> None:
-    """Read ``samples`` random users, (user, category) pairs and items back and compare bytes."""
-    rng = np.random.default_rng(version)
-    checks = 0
-    for row in rng.choice(len(bundle.uc_user_ids), min(samples, len(bundle.uc_user_ids)), replace=False):
-        uid = str(bundle.uc_user_ids[row])
-        raw = store.read(version, uid, [str(bundle.uc_category_ids[row])], [])
-        if raw.ucs[0] != bundle.uc_vectors[row].tobytes():
-            raise PublishVerificationError(f"version {version}: K̂_uc of {uid!r} does not read back")
-        checks += 1
-    users = rng.choice(len(bundle.user_ids), min(samples, len(bundle.user_ids)), replace=False)
-    items = rng.choice(len(bundle.item_ids), min(samples, len(bundle.item_ids)), replace=False)
-    for urow in users:
-        raw = store.read(version, str(bundle.user_ids[urow]), [], [])
-        if raw.user != bundle.user_vectors[urow].tobytes():
-            raise PublishVerificationError(f"version {version}: K̂_u of {bundle.user_ids[urow]!r} differs")
-    if len(items):
-        raw = store.read(version, "\x00", [], [str(i) for i in bundle.item_ids[items]])
-        for got, irow in zip(raw.items, items, strict=True):
-            if got != bundle.item_vectors[irow].tobytes():
-                raise PublishVerificationError(f"version {version}: K̂_i of {bundle.item_ids[irow]!r} differs")
-    log.debug("version %d: %d samples read back", version, checks + len(users) + len(items))
-
-
-class Janitor:
-    """Background thread: abandons stale staging versions and deletes retiring ones in batches.
-
-    Deletion is SCAN + UNLINK in batches of ``batch`` keys (UNLINK frees memory off the main Redis
-    thread), so it never blocks readers. :meth:`kick` runs a pass now (after a publish or delete).
-    """
-
-    def __init__(
-        self, store: KnowledgeStore, *, lease_s: float, interval_s: float = 5.0, batch: int = 1000
-    ) -> None:
-        self.store = store
-        self.lease_s = lease_s
-        self.interval_s = interval_s
-        self.batch = batch
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="gkc-janitor", daemon=True)
-
-    def start(self) -> Janitor:
-        self._thread.start()
-        return self
-
-    def kick(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout=10)
-
-    def run_once(self) -> list[int]:
-        """One pass; returns the versions whose data was deleted."""
-        self.store.abandon_stale(self.lease_s)
-        records, _ = self.store.versions()
-        done = []
-        for record in records:
-            if record.state == RETIRING:
-                removed = self.store.delete_version_data(record.version, self.batch)
-                self.store.forget(record.version)
-                log.info("deleted version %d (%d keys)", record.version, removed)
-                done.append(record.version)
-        return done
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception as err:
-                log.warning("janitor pass failed: %s", err)
-            self._wake.wait(self.interval_s)
-            self._wake.clear()
+    log.info("sharded %s ready (%d shards); retired %s", staging.identity, len(reports), retired)
+    return PublishResult(staging.number, retired, sum(written.values()), staging.identity)

@@ -1,176 +1,78 @@
-"""Redis (single node or Cluster) implementation of :class:`gkc.store.KnowledgeStore`.
+"""Redis (single node or Cluster) implementation of the store protocols of :mod:`gkc.store`.
 
-Key schema (docs/gkc.md has the long form)::
+Data keys (the registry's are in :mod:`gkc.redis_registry`; docs/gkc.md has the long form)::
 
-    gkc:{reg}:next                 string  last allocated version number (INCR)
-    gkc:{reg}:state                hash    version -> staging | ready | retiring
-    gkc:{reg}:manifest             hash    version -> manifest JSON
-    gkc:{reg}:updated              hash    version -> unix time of the last heartbeat / state change
-    gkc:{reg}:active               string  the active version
-    gkc:v<V>:u:<user_id>           hash    field "u" -> K̂_u, field "c:<category_id>" -> K̂_uc
-    gkc:v<V>:i:<item_id>           string  K̂_i
+    <ns>u:<user_id>     hash    field "u" -> K̂_u, field "c:<category_id>" -> K̂_uc
+    <ns>i:<item_id>     string  K̂_i
 
-Values are raw little-endian float32 bytes. The registry keys share the hash tag ``{reg}`` so that the
-Lua scripts that change state run atomically on one node, in Cluster too. A user's K̂_u and all their
-K̂_uc live in one hash, hence one slot: one HMGET answers the user side of a request. Items spread over
-the cluster; a pipeline groups their GETs by node, so a request costs one round trip per node.
+where ``<ns>`` = ``gkc:v<number>.<publish id prefix>:`` is the version's namespace: unique per publish, so
+a reused number (after Redis lost its data) or a leftover key can never be read as another version's.
+Values are raw little-endian float32 bytes. A user's K̂_u and all their K̂_uc live in one hash, hence one
+slot: one HMGET answers the user side of a request. Items spread over the cluster; a pipeline groups
+their GETs by node, so a request costs one round trip per node.
+
+Every call runs inside :func:`gkc.redis_registry.guard` (Redis failures → domain errors by type).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from gkc.store import READY, RETIRING, STAGING, RawRead, VersionRecord
-from services.errors import Conflict, KeepError, NotFound, Unavailable
-
-REG = "gkc:{reg}:"
-K_NEXT, K_STATE, K_MANIFEST, K_UPDATED, K_ACTIVE = (
-    REG + s for s in ("next", "state", "manifest", "updated", "active")
-)
-REG_KEYS = [K_STATE, K_ACTIVE, K_UPDATED]
-
-
-def version_prefix(version: int) -> str:
-    return f"gkc:v{version}:"
-
-
-def user_key(version: int, user_id: str) -> str:
-    return f"gkc:v{version}:u:{user_id}"
-
-
-def item_key(version: int, item_id: str) -> str:
-    return f"gkc:v{version}:i:{item_id}"
-
+from gkc.redis_registry import RedisRegistry, guard, namespace
+from gkc.store import MemoryInfo, RawRead
+from services.errors import Unavailable
 
 USER_FIELD = "u"
+
+
+def user_key(ns: str, user_id: str) -> str:
+    return f"{ns}u:{user_id}"
+
+
+def item_key(ns: str, item_id: str) -> str:
+    return f"{ns}i:{item_id}"
 
 
 def uc_field(category_id: str) -> str:
     return f"c:{category_id}"
 
 
-# KEYS = state, active, updated; ARGV = version, max_ready, now
-_FINISH = """
-local st = redis.call('HGET', KEYS[1], ARGV[1])
-if st ~= 'staging' then return {-1} end
-redis.call('HSET', KEYS[1], ARGV[1], 'ready')
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
-local active = redis.call('GET', KEYS[2])
-if not active then redis.call('SET', KEYS[2], ARGV[1]); active = ARGV[1] end
-local all = redis.call('HGETALL', KEYS[1])
-local ready = {}
-for i = 1, #all, 2 do if all[i + 1] == 'ready' then table.insert(ready, tonumber(all[i])) end end
-table.sort(ready)
-local n = #ready
-local retired = {}
-for _, v in ipairs(ready) do
-  if n <= tonumber(ARGV[2]) then break end
-  if tostring(v) ~= active then
-    redis.call('HSET', KEYS[1], tostring(v), 'retiring')
-    redis.call('HSET', KEYS[3], tostring(v), ARGV[3])
-    table.insert(retired, v)
-    n = n - 1
-  end
-end
-return retired
-"""
+class RedisStore(RedisRegistry):
+    """Thread-safe (redis-py pools connections). ``cluster=True`` uses redis-py's RedisCluster.
 
-# KEYS = state, active, updated; ARGV = version, now
-_ACTIVATE = """
-local st = redis.call('HGET', KEYS[1], ARGV[1])
-if not st then return 'missing' end
-if st ~= 'ready' then return st end
-redis.call('SET', KEYS[2], ARGV[1])
-return 'ok'
-"""
-
-_RETIRE = """
-local st = redis.call('HGET', KEYS[1], ARGV[1])
-if not st then return 'missing' end
-if redis.call('GET', KEYS[2]) == ARGV[1] then return 'active' end
-redis.call('HSET', KEYS[1], ARGV[1], 'retiring')
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-return 'ok'
-"""
-
-# ARGV = cutoff, now
-_ABANDON = """
-local all = redis.call('HGETALL', KEYS[1])
-local out = {}
-for i = 1, #all, 2 do
-  if all[i + 1] == 'staging' then
-    local ts = tonumber(redis.call('HGET', KEYS[3], all[i]) or '0')
-    if ts < tonumber(ARGV[1]) then
-      redis.call('HSET', KEYS[1], all[i], 'retiring')
-      redis.call('HSET', KEYS[3], all[i], ARGV[2])
-      table.insert(out, tonumber(all[i]))
-    end
-  end
-end
-return out
-"""
-
-_DOWN = (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError)
-
-
-@contextlib.contextmanager
-def _guard() -> Iterator[None]:
-    """Redis transport failures become Unavailable (retryable); protocol errors stay internal."""
-    try:
-        yield
-    except KeepError:
-        raise
-    except _DOWN as err:
-        raise Unavailable(f"redis unavailable: {type(err).__name__}: {err}") from err
-    except ResponseError as err:
-        if "CLUSTERDOWN" in str(err) or "LOADING" in str(err) or "TRYAGAIN" in str(err):
-            raise Unavailable(f"redis unavailable: {err}") from err
-        raise
-
-
-class RedisStore:
-    """Thread-safe (redis-py pools connections). ``cluster=True`` uses redis-py's RedisCluster."""
+    The registry methods (:class:`gkc.store.VersionRegistry`) are :class:`RedisRegistry`'s."""
 
     def __init__(self, url: str, *, cluster: bool = False, timeout_s: float = 0.5) -> None:
         self.url = url
         self.cluster = cluster
         opts: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
         self.client: Any
+        # one retry without backoff: a failover costs one fresh attempt, not seconds of sleeping
         if cluster:
-            self.client = RedisCluster.from_url(url, **opts)
+            self.client = RedisCluster.from_url(url, retry=Retry(NoBackoff(), 1), **opts)
         else:
             self.client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 1), **opts)
-        self._finish = self.client.register_script(_FINISH)
-        self._activate = self.client.register_script(_ACTIVATE)
-        self._retire = self.client.register_script(_RETIRE)
-        self._abandon = self.client.register_script(_ABANDON)
+        super().__init__(self.client)
 
     # --- reads ----------------------------------------------------------------------------------
-    def read(
-        self, version: int, user_id: str, category_ids: Sequence[str], item_ids: Sequence[str]
-    ) -> RawRead:
+    def read(self, ns: str, user_id: str, category_ids: Sequence[str], item_ids: Sequence[str]) -> RawRead:
         fields = [USER_FIELD, *[f"c:{c}" for c in category_ids]]
-        prefix = f"gkc:v{version}:i:"
+        prefix = ns + "i:"
         keys = [prefix + i for i in item_ids]
-        with _guard():
+        with guard():
             if not keys:  # every item came from the cache: one plain command, no pipeline overhead
-                user_side = self.client.hmget(user_key(version, user_id), fields)
+                user_side = self.client.hmget(user_key(ns, user_id), fields)
                 return RawRead(user=user_side[0], ucs=user_side[1:], items=[])
             pipe = self.client.pipeline(transaction=False)
-            pipe.hmget(user_key(version, user_id), fields)
+            pipe.hmget(user_key(ns, user_id), fields)
             if self.cluster:
                 for key in keys:
                     pipe.get(key)
@@ -183,115 +85,55 @@ class RedisStore:
         user_side = replies[0]
         return RawRead(user=user_side[0], ucs=user_side[1:], items=items)
 
-    # --- registry -------------------------------------------------------------------------------
-    def versions(self) -> tuple[list[VersionRecord], int | None]:
-        with _guard():
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hgetall(K_STATE)
-            pipe.hgetall(K_MANIFEST)
-            pipe.hgetall(K_UPDATED)
-            pipe.get(K_ACTIVE)
-            states, manifests, updated, active = pipe.execute()
-        records = [
-            VersionRecord(
-                version=int(v),
-                state=s.decode(),
-                manifest=json.loads(manifests.get(v, b"{}")),
-                updated=float(updated.get(v, b"0")),
-            )
-            for v, s in states.items()
-        ]
-        records.sort(key=lambda r: r.version)
-        return records, int(active) if active is not None else None
-
-    def begin(self, manifest: dict[str, Any]) -> int:
-        with _guard():
-            version = int(self.client.incr(K_NEXT))
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hset(K_MANIFEST, str(version), json.dumps(manifest, sort_keys=True))
-            pipe.hset(K_UPDATED, str(version), repr(time.time()))
-            pipe.hset(K_STATE, str(version), STAGING)
-            pipe.execute()
-        return version
-
-    def heartbeat(self, version: int) -> None:
-        with _guard():
-            self.client.hset(K_UPDATED, str(version), repr(time.time()))
-
-    def finish(self, version: int, max_ready: int) -> list[int]:
-        with _guard():
-            result = self._finish(keys=REG_KEYS, args=[version, max_ready, repr(time.time())])
-        if result == [-1]:
-            raise Conflict(f"version {version} is no longer staging (abandoned?); publish again")
-        return [int(v) for v in result]
-
-    def activate(self, version: int) -> None:
-        with _guard():
-            result = self._activate(keys=REG_KEYS, args=[version, repr(time.time())]).decode()
-        if result == "missing":
-            raise NotFound(f"version {version} does not exist")
-        if result != "ok":
-            raise Conflict(f"version {version} is {result}; only a ready version can be activated")
-
-    def retire(self, version: int) -> None:
-        with _guard():
-            result = self._retire(keys=REG_KEYS, args=[version, repr(time.time())]).decode()
-        if result == "missing":
-            raise NotFound(f"version {version} does not exist")
-        if result == "active":
-            raise Conflict(f"version {version} is active; activate another version before deleting it")
-
-    def abandon_stale(self, lease_s: float) -> list[int]:
-        now = time.time()
-        with _guard():
-            result = self._abandon(keys=REG_KEYS, args=[repr(now - lease_s), repr(now)])
-        return [int(v) for v in result]
-
-    def forget(self, version: int) -> None:
-        v = str(version)
-        with _guard():
-            state = self.client.hget(K_STATE, v)
-            if state is not None and state.decode() != RETIRING:
-                raise Conflict(f"version {version} is {state.decode()}, not retiring")
-            pipe = self.client.pipeline(transaction=False)
-            for key in (K_STATE, K_MANIFEST, K_UPDATED):
-                pipe.hdel(key, v)
-            pipe.execute()
+    def ping(self) -> None:
+        """Every primary answers (a cluster with a primary down cannot answer every request)."""
+        with guard():
+            if self.cluster:
+                self.client.ping(target_nodes=RedisCluster.PRIMARIES)
+            else:
+                self.client.ping()
 
     # --- bulk data ------------------------------------------------------------------------------
-    def write_users(
-        self,
-        version: int,
-        user_ids: np.ndarray,
-        user_vectors: np.ndarray | None,
-        category_ids: np.ndarray | None,
-        uc_vectors: np.ndarray | None,
-    ) -> int:
-        with _guard():
+    def write_user_vectors(self, ns: str, user_ids: np.ndarray, vectors: np.ndarray) -> int:
+        with guard():
             pipe = self.client.pipeline(transaction=False)
-            if category_ids is None:
-                assert user_vectors is not None
-                for uid, vec in zip(user_ids.tolist(), user_vectors, strict=True):
-                    pipe.hset(user_key(version, uid), USER_FIELD, vec.tobytes())
-            else:
-                assert uc_vectors is not None
-                for uid, cid, vec in zip(user_ids.tolist(), category_ids.tolist(), uc_vectors, strict=True):
-                    pipe.hset(user_key(version, uid), uc_field(cid), vec.tobytes())
+            for uid, vec in zip(user_ids.tolist(), vectors, strict=True):
+                pipe.hset(user_key(ns, uid), USER_FIELD, vec.tobytes())
             return int(sum(int(r) for r in pipe.execute()))
 
-    def write_items(self, version: int, item_ids: np.ndarray, vectors: np.ndarray) -> int:
-        with _guard():
+    def write_uc_vectors(
+        self, ns: str, user_ids: np.ndarray, category_ids: np.ndarray, vectors: np.ndarray
+    ) -> int:
+        with guard():
+            pipe = self.client.pipeline(transaction=False)
+            for uid, cid, vec in zip(user_ids.tolist(), category_ids.tolist(), vectors, strict=True):
+                pipe.hset(user_key(ns, uid), uc_field(cid), vec.tobytes())
+            return int(sum(int(r) for r in pipe.execute()))
+
+    def write_items(self, ns: str, item_ids: np.ndarray, vectors: np.ndarray) -> int:
+        with guard():
             pipe = self.client.pipeline(transaction=False)
             for iid, vec in zip(item_ids.tolist(), vectors, strict=True):
-                pipe.set(item_key(version, iid), vec.tobytes(), nx=True)
+                pipe.set(item_key(ns, iid), vec.tobytes(), nx=True)
             return sum(1 for r in pipe.execute() if r)
 
-    def delete_version_data(self, version: int, batch: int = 1000) -> int:
+    def has_entries(self, ns: str, block: str, ids: Sequence[tuple[str, ...]]) -> int:
+        with guard():
+            pipe = self.client.pipeline(transaction=False)
+            for key in ids:
+                if block == "users":
+                    pipe.hexists(user_key(ns, key[0]), USER_FIELD)
+                elif block == "ucs":
+                    pipe.hexists(user_key(ns, key[0]), uc_field(key[1]))
+                else:
+                    pipe.exists(item_key(ns, key[0]))
+            return sum(1 for r in pipe.execute() if r)
+
+    def delete_namespace(self, ns: str, batch: int = 1000) -> int:
         removed = 0
-        pattern = version_prefix(version) + "*"
-        with _guard():
+        with guard():
             chunk: list[bytes] = []
-            for key in self.client.scan_iter(match=pattern, count=batch):
+            for key in self.client.scan_iter(match=ns + "*", count=batch):
                 chunk.append(key)
                 if len(chunk) >= batch:
                     removed += self._unlink(chunk)
@@ -308,12 +150,71 @@ class RedisStore:
             pipe.unlink(key)
         return int(sum(int(r) for r in pipe.execute()))
 
-    def ping(self) -> None:
-        with _guard():
-            self.client.ping()
+    def count_keys(self, namespaces: Sequence[str], batch: int = 1000) -> dict[str, int]:
+        counts = dict.fromkeys(namespaces, 0)
+        with guard():
+            for key in self.client.scan_iter(match="gkc:v*", count=batch):
+                text = key.decode(errors="replace")
+                ns = text[: text.find(":", 4) + 1]
+                if ns in counts:
+                    counts[ns] += 1
+        return counts
+
+    # --- memory and replication -----------------------------------------------------------------
+    def _per_primary(self, section: str) -> list[dict[str, Any]]:
+        if not self.cluster:
+            return [self.client.info(section)]
+        replies = self.client.info(section, target_nodes=RedisCluster.PRIMARIES)
+        if replies and all(isinstance(v, dict) for v in replies.values()) and "used_memory" not in replies:
+            return list(replies.values())
+        return [replies]
+
+    def memory(self) -> MemoryInfo:
+        with guard():
+            mem = self._per_primary("memory")
+            stats = self._per_primary("stats")
+        policies = {str(m.get("maxmemory_policy", "unknown")) for m in mem}
+        worst = "noeviction" if policies == {"noeviction"} else sorted(policies - {"noeviction"})[0]
+        limited = [int(m.get("maxmemory", 0)) for m in mem]
+        return MemoryInfo(
+            used_bytes=sum(int(m.get("used_memory", 0)) for m in mem),
+            # one node without a limit: the cluster has none the sum could tell
+            max_bytes=sum(limited) if all(limited) else 0,
+            policy=worst,
+            evicted_keys=sum(int(s.get("evicted_keys", 0)) for s in stats),
+            system_bytes=max(int(m.get("total_system_memory", 0)) for m in mem),
+        )
+
+    def wait_replicated(self, timeout_s: float) -> None:
+        """Poll every primary's replication offsets until each online replica has caught up."""
+        deadline = time.monotonic() + timeout_s
+        with guard():
+            wanted = [int(info.get("master_repl_offset", 0)) for info in self._per_primary("replication")]
+            while True:
+                infos = self._per_primary("replication")
+                behind = [
+                    i
+                    for i, (want, info) in enumerate(zip(wanted, infos, strict=False))
+                    if any(offset < want for offset in _replica_offsets(info))
+                ]
+                if not behind:
+                    return
+                if time.monotonic() > deadline:
+                    raise Unavailable(
+                        f"{len(behind)} primaries' replicas did not catch up within {timeout_s} s"
+                    )
+                time.sleep(0.02)
 
     def close(self) -> None:
         self.client.close()
 
 
-__all__ = ["READY", "RedisStore", "item_key", "user_key", "version_prefix"]
+def _replica_offsets(info: dict[str, Any]) -> list[int]:
+    out = []
+    for key, value in info.items():
+        if key.startswith("slave") and isinstance(value, dict) and value.get("state") == "online":
+            out.append(int(value.get("offset", 0)))
+    return out
+
+
+__all__ = ["RedisStore", "guard", "item_key", "namespace", "user_key"]

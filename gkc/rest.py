@@ -1,197 +1,95 @@
-"""GKC's REST ops API (FastAPI): publish, list, activate and delete versions; health; metrics.
+"""GKC's REST ops API (FastAPI): routes that convert HTTP to :class:`gkc.operations.VersionOps` calls.
 
-Upload format for ``POST /v1/versions``: the bundle directory as an uncompressed tar stream in the
-request body (``Content-Type: application/x-tar``; files at the top level or under one folder). The
-body is streamed to a temp dir with a size cap, extracted with a whitelist of file names, then fully
-verified (:func:`gkc.bundle.load`: dims, dtypes, counts, checksums) before anything is written to
-Redis: a corrupt bundle is a 422 with the reason and leaves existing versions untouched.
+Publish, list, activate, delete and pin versions; health; metrics. Writes need the bearer token
+(:class:`services.http.BearerToken`); errors are ``{"error": reason, "code": GRPC_CODE}``
+(:func:`services.http.install_errors`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hmac
-import logging
-import tarfile
-import tempfile
-import threading
-import time
-from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from gkc import bundle as gkc_bundle
-from gkc.core import KnowledgeCenter
+from gkc.health import HealthMonitor
 from gkc.metrics import GkcMetrics
-from gkc.publish import Janitor, publish
+from gkc.operations import MAX_HOLDER_CHARS, VersionOps
 from gkc.settings import GkcSettings
-from gkc.store import READY, KnowledgeStore
-from services.errors import (
-    InvalidArgument,
-    KeepError,
-    NotFound,
-    ResourceExhausted,
-    Unauthenticated,
-    Unavailable,
-)
+from services.http import BearerToken, install_errors, install_timing
 from services.metrics import render
 
-log = logging.getLogger(__name__)
-DEV_TOKEN = "dev"
-ALLOWED_FILES = {gkc_bundle.MANIFEST, *gkc_bundle.ARRAY_FILES}
 
-
-def extract_bundle_tar(tar_path: Path, dest: Path) -> Path:
-    """Extract only the bundle's known regular files (no links, no paths outside ``dest``)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    seen: set[str] = set()
-    try:
-        with tarfile.open(tar_path, mode="r:") as tar:
-            for member in tar:
-                name = Path(member.name).name
-                if member.isdir():
-                    continue
-                if not member.isfile() or name not in ALLOWED_FILES or name in seen:
-                    raise gkc_bundle.BundleError(f"unexpected entry in the bundle upload: {member.name!r}")
-                src = tar.extractfile(member)
-                assert src is not None
-                with src, (dest / name).open("wb") as out:
-                    while chunk := src.read(1 << 20):
-                        out.write(chunk)
-                seen.add(name)
-    except (tarfile.TarError, EOFError) as err:
-        raise gkc_bundle.BundleError(f"the upload is not a readable tar stream: {err}") from err
-    missing = ALLOWED_FILES - seen
-    if missing:
-        raise gkc_bundle.BundleError(f"the upload lacks {sorted(missing)} (truncated?)")
-    return dest
+class PinIn(BaseModel):
+    holder: str = Field(min_length=1, max_length=MAX_HOLDER_CHARS, description="who holds the lease")
+    ttl_s: float = Field(60.0, description="the lease ends unless renewed within this many seconds")
 
 
 def create_app(
-    settings: GkcSettings,
-    store: KnowledgeStore,
-    center: KnowledgeCenter,
-    metrics: GkcMetrics,
-    janitor: Janitor | None = None,
+    settings: GkcSettings, ops: VersionOps, metrics: GkcMetrics, monitor: HealthMonitor
 ) -> FastAPI:
     app = FastAPI(title="KEEP GKC ops API", version="1")
-    publish_lock = threading.Lock()
-    if settings.api_token is not None:
-        token = settings.api_token.get_secret_value().encode()
-    else:
-        #: Dev mode without a token: writes take the placeholder "dev" (never outside dev mode).
-        token = DEV_TOKEN.encode() if settings.dev_mode else b""
-
-    @app.exception_handler(KeepError)
-    async def keep_error(_: Request, err: KeepError) -> JSONResponse:
-        return JSONResponse({"error": err.message, "code": err.grpc_code}, status_code=err.http_status)
-
-    @app.middleware("http")
-    async def timing(request: Request, call_next: Any) -> Response:
-        start = time.perf_counter()
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.latency.labels(f"{request.method} {path}", str(response.status_code)).observe(
-            time.perf_counter() - start
-        )
-        return response
-
-    def require_token(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not token or not hmac.compare_digest(given.encode(), token):
-            raise Unauthenticated("missing or wrong bearer token")
-
-    def listing(include_all: bool) -> dict[str, Any]:
-        records, active = center.refresh()
-        shown = [r.to_json(active) for r in records if include_all or r.state == READY]
-        return {"versions": shown, "active": active}
-
-    def one(version: int) -> dict[str, Any]:
-        records, active = center.refresh()
-        for r in records:
-            if r.version == version:
-                return r.to_json(active)
-        raise NotFound(f"version {version} does not exist")
+    install_errors(app)
+    install_timing(app, lambda route, status, s: metrics.latency.labels(route, status).observe(s))
+    auth = [Depends(BearerToken(settings.api_token, dev_mode=settings.dev_mode, name="GKC_API_TOKEN"))]
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        try:
-            await run_in_threadpool(store.ping)
-        except Unavailable as err:
-            return JSONResponse({"status": "unavailable", "error": err.message}, status_code=503)  # type: ignore[return-value]
-        return {"status": "ok", "active": center.active}
+    async def healthz() -> JSONResponse:
+        """Checked now (the same checks that drive gRPC health), not a cached verdict."""
+        await run_in_threadpool(monitor.check)
+        health = monitor.state
+        body: dict[str, Any] = {"status": "ok" if health.ok else "unavailable", "active": ops.view.active}
+        if health.problem is not None:
+            body["error"] = health.problem
+        if health.memory is not None:
+            m = health.memory
+            body["redis"] = {
+                "used_bytes": m.used_bytes,
+                "limit_bytes": m.limit_bytes,
+                "free_bytes": m.free_bytes,
+            }
+        return JSONResponse(body, status_code=200 if health.ok else 503)
 
     @app.get("/metrics")
     async def metrics_route() -> Response:
-        await run_in_threadpool(_safe_refresh, center)
         body, content_type = render(metrics.registry)
         return Response(body, media_type=content_type)
 
+    @app.get("/v1/auth", dependencies=auth)
+    async def check_token() -> dict[str, Any]:
+        """A cheap authenticated request: clients check their token here before a long upload."""
+        return {"ok": True}
+
     @app.get("/v1/versions")
     async def list_versions(all: bool = False) -> dict[str, Any]:
-        return await run_in_threadpool(listing, all)
+        return await run_in_threadpool(ops.listing, all)
 
     @app.get("/v1/versions/{version}")
     async def get_version(version: int) -> dict[str, Any]:
-        return await run_in_threadpool(one, version)
+        return await run_in_threadpool(ops.one, version)
 
-    @app.post("/v1/versions/{version}/activate", dependencies=[Depends(require_token)])
+    @app.post("/v1/versions/{version}/activate", dependencies=auth)
     async def activate(version: int) -> dict[str, Any]:
-        await run_in_threadpool(store.activate, version)
-        await run_in_threadpool(_safe_refresh, center)
-        log.info("activated version %d", version)
-        return await run_in_threadpool(one, version)
+        return await run_in_threadpool(ops.activate, version)
 
-    @app.delete("/v1/versions/{version}", dependencies=[Depends(require_token)])
+    @app.delete("/v1/versions/{version}", dependencies=auth)
     async def delete(version: int) -> dict[str, Any]:
-        await run_in_threadpool(store.retire, version)
-        await run_in_threadpool(_safe_refresh, center)
-        if janitor is not None:
-            janitor.kick()
-        log.info("retired version %d", version)
-        return {"version": version, "state": "retiring"}
+        return await run_in_threadpool(ops.delete, version)
 
-    @app.post("/v1/versions", status_code=201, dependencies=[Depends(require_token)])
+    @app.post("/v1/versions", status_code=201, dependencies=auth)
     async def publish_version(request: Request) -> dict[str, Any]:
-        declared = request.headers.get("content-length")
-        if declared is not None and int(declared) > settings.max_upload_bytes:
-            raise ResourceExhausted(f"upload of {declared} bytes exceeds {settings.max_upload_bytes}")
-        with tempfile.TemporaryDirectory(prefix="gkc-upload-") as tmp:
-            tar_path = Path(tmp) / "bundle.tar"
-            size = 0
-            with tar_path.open("wb") as out:
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > settings.max_upload_bytes:
-                        raise ResourceExhausted(f"upload exceeds {settings.max_upload_bytes} bytes")
-                    out.write(chunk)
-            if size == 0:
-                raise InvalidArgument("empty upload: send the bundle directory as a tar stream")
-            result = await run_in_threadpool(_publish_tar, tar_path, Path(tmp) / "bundle")
-        if janitor is not None:
-            janitor.kick()
-        center.refresh()
-        return {"version": result.version, "retired": result.retired, "entries": result.entries}
+        return await ops.publish_upload(request.stream(), request.headers.get("content-length"))
 
-    def _publish_tar(tar_path: Path, dest: Path) -> Any:
-        bundle = gkc_bundle.load(extract_bundle_tar(tar_path, dest))
-        with publish_lock:
-            return publish(
-                store,
-                bundle,
-                batch=settings.publish_batch,
-                max_ready=settings.max_ready_versions,
-                progress=False,
-            )
+    @app.put("/v1/versions/{version}/pins", dependencies=auth)
+    async def pin(version: int, body: PinIn) -> dict[str, Any]:
+        """Create or renew a lease: GKC never retires a version while a lease on it is live."""
+        pinned = await run_in_threadpool(ops.pin, version, body.holder, body.ttl_s)
+        return pinned.to_json()
+
+    @app.delete("/v1/versions/{version}/pins/{holder}", dependencies=auth)
+    async def unpin(version: int, holder: str) -> dict[str, Any]:
+        return await run_in_threadpool(ops.unpin, version, holder)
 
     return app
-
-
-def _safe_refresh(center: KnowledgeCenter) -> None:
-    with contextlib.suppress(Unavailable):
-        center.refresh()

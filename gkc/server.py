@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import logging
 import multiprocessing as mp
@@ -18,55 +17,59 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-import uvicorn
+from grpc_health.v1 import health_pb2
 
-from gkc.core import KnowledgeCenter
 from gkc.grpc_service import SERVICE_NAME, GkcServicer, register
+from gkc.health import HealthMonitor, fitness_problem
+from gkc.integrity import Shadow, reconcile
+from gkc.janitor import Janitor
 from gkc.local_redis import EmbeddedRedis
 from gkc.metrics import MULTIPROC_ENV, GkcMetrics, enable_multiprocess
-from gkc.publish import Janitor
+from gkc.operations import PublishLimits, VersionOps
+from gkc.read_path import KnowledgeCenter
 from gkc.redis_store import RedisStore
 from gkc.rest import create_app
 from gkc.settings import GkcSettings
-from services.grpc_server import build_server, graceful_stop, mark_serving
+from services.errors import Unavailable
+from services.grpc_server import build_server, graceful_stop
+from services.http import Uvicorn, uvicorn_config
 from services.logging import setup_logging
 
 log = logging.getLogger(__name__)
 
 
-class _Uvicorn(uvicorn.Server):
-    """Uvicorn without its own signal handling: the GKC process decides when to stop."""
+@dataclass
+class Process:
+    """What one serving process holds."""
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+    store: RedisStore
+    center: KnowledgeCenter
+    metrics: GkcMetrics
+    monitor: HealthMonitor
 
 
-def build_center(
-    settings: GkcSettings, url: str, metrics_dir: str | None = None
-) -> tuple[RedisStore, KnowledgeCenter, GkcMetrics]:
+def build_process(settings: GkcSettings, url: str, metrics_dir: str | None = None) -> Process:
     store = RedisStore(url, cluster=settings.redis_cluster, timeout_s=settings.redis_timeout_s)
     metrics = GkcMetrics(metrics_dir)
     center = KnowledgeCenter(
         store,
         max_candidates=settings.max_candidates,
-        cache_items=settings.cache_items,
+        cache_bytes=settings.cache_bytes,
         registry_ttl_s=settings.registry_ttl_s,
+        registry_stale_s=settings.registry_stale_s,
         observer=metrics.observe,
     )
-    metrics.watch(center)
-    return store, center, metrics
+    metrics.watch_cache(center.cache)
+    monitor = HealthMonitor(store, center.view, accept_eviction=settings.accept_eviction)
+    return Process(store, center, metrics, monitor)
 
 
-async def _grpc(
-    settings: GkcSettings, center: KnowledgeCenter, metrics: GkcMetrics, stop: asyncio.Event
-) -> None:
-    server, health = build_server(
-        [register(GkcServicer(center, metrics))], [SERVICE_NAME], so_reuseport=settings.workers > 1
-    )
+async def _grpc(settings: GkcSettings, proc: Process, stop: asyncio.Event) -> None:
+    servicer = GkcServicer(proc.center, proc.metrics, threads=settings.read_threads)
+    server, health = build_server([register(servicer)], [SERVICE_NAME], so_reuseport=settings.workers > 1)
     address = f"{settings.host}:{settings.grpc_port}"
     if settings.tls_cert and settings.tls_key:
         import grpc
@@ -75,11 +78,28 @@ async def _grpc(
         server.add_secure_port(address, creds)
     else:
         server.add_insecure_port(address)
+    loop = asyncio.get_running_loop()
+
+    async def follow(problem: str | None) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.NOT_SERVING if problem else health_pb2.HealthCheckResponse.SERVING
+        )
+        if not stop.is_set():
+            for name in ("", SERVICE_NAME):
+                await health.set(name, status)
+
+    def on_change(problem: str | None) -> None:  # called from the monitor's thread
+        asyncio.run_coroutine_threadsafe(follow(problem), loop)
+
+    proc.monitor.state.listeners.append(on_change)
     _settle_gc()
     await server.start()
-    await mark_serving(health, [SERVICE_NAME])
+    await follow(proc.monitor.state.problem)
+    proc.monitor.start()
     await stop.wait()
+    proc.monitor.stop()
     await graceful_stop(server, health)
+    servicer.pool.shutdown(wait=False)
 
 
 def _settle_gc() -> None:
@@ -101,26 +121,54 @@ def _install_stop(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def _main(settings: GkcSettings, url: str, metrics_dir: str | None) -> None:
+def _start_checks(settings: GkcSettings, url: str, shadow: Shadow) -> list[str]:
+    """Before serving: the store must be fit (eviction policy) and every ready version intact."""
+    store = RedisStore(url, cluster=settings.redis_cluster, timeout_s=max(settings.redis_timeout_s, 5.0))
+    try:
+        problem = fitness_problem(store.memory(), settings.accept_eviction)
+        if problem is not None:
+            raise Unavailable(problem)
+        return reconcile(store, shadow)
+    finally:
+        store.close()
+
+
+async def _main(
+    settings: GkcSettings, url: str, metrics_dir: str | None, shadow: Shadow, problems: int
+) -> None:
     stop = asyncio.Event()
     _install_stop(stop)
-    store, center, metrics = build_center(settings, url, metrics_dir)
-    janitor = Janitor(store, lease_s=settings.publish_lease_s).start()
-    app = create_app(settings, store, center, metrics, janitor)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.http_port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        # an idle keep-alive TLS connection otherwise holds the shutdown open (and Redis with it)
-        timeout_graceful_shutdown=5,
-        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
-        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+    proc = build_process(settings, url, metrics_dir)
+    store, metrics = proc.store, proc.metrics
+    metrics.integrity_problems.inc(problems)
+    janitor = Janitor(
+        store,
+        lease_s=settings.publish_lease_s,
+        delete_after_s=settings.delete_after_s,
+        shadow=shadow,
+        on_damaged=lambda lines: metrics.integrity_problems.inc(len(lines)),
+    ).start()
+    limits = PublishLimits(
+        max_upload_bytes=settings.max_upload_bytes,
+        batch=settings.publish_batch,
+        max_ready=settings.max_ready_versions,
+        replica_timeout_s=settings.replica_timeout_s,
+        max_pin_ttl_s=settings.max_pin_ttl_s,
     )
-    http = _Uvicorn(config)
+    ops = VersionOps(store, proc.center.view, limits, janitor=janitor, shadow=shadow)
+    metrics.watch_registry(store.records, lambda: proc.monitor.state.memory, lambda: proc.monitor.state.ok)
+    app = create_app(settings, ops, metrics, proc.monitor)
+    config = uvicorn_config(
+        app,
+        settings.host,
+        settings.http_port,
+        log_level=settings.log_level,
+        tls_cert=settings.tls_cert,
+        tls_key=settings.tls_key,
+    )
+    http = Uvicorn(config)
     http_task = asyncio.create_task(http.serve())
-    grpc_task = asyncio.create_task(_grpc(settings, center, metrics, stop))
+    grpc_task = asyncio.create_task(_grpc(settings, proc, stop))
     log.info(
         "GKC serving gRPC on %s:%d and REST on %s:%d (%d gRPC workers, redis %s)",
         settings.host,
@@ -144,8 +192,7 @@ async def _main(settings: GkcSettings, url: str, metrics_dir: str | None) -> Non
 async def _worker_main(settings: GkcSettings, url: str, metrics_dir: str | None) -> None:
     stop = asyncio.Event()
     _install_stop(stop)
-    _, center, metrics = build_center(settings, url, metrics_dir)
-    await _grpc(settings, center, metrics, stop)
+    await _grpc(settings, build_process(settings, url, metrics_dir), stop)
 
 
 def _worker(settings_json: str, url: str, metrics_dir: str | None) -> None:
@@ -174,6 +221,8 @@ def run(settings: GkcSettings) -> None:
             metrics_dir, own_dir = tempfile.mkdtemp(prefix="gkc-metrics-"), True
         enable_multiprocess(metrics_dir, clean=True)
     try:
+        shadow = Shadow.open(settings.data_dir)
+        problems = _start_checks(settings, url, shadow)
         ctx = mp.get_context("spawn")
         payload = settings.model_dump_json()
         # model_dump_json hides secrets; workers do not need the token (they only serve gRPC reads).
@@ -181,7 +230,7 @@ def run(settings: GkcSettings) -> None:
             proc = ctx.Process(target=_worker, args=(payload, url, metrics_dir), daemon=True)
             proc.start()
             workers.append(proc)
-        asyncio.run(_main(settings, url, metrics_dir))
+        asyncio.run(_main(settings, url, metrics_dir, shadow, len(problems)))
     finally:
         for proc in workers:
             proc.terminate()

@@ -1,4 +1,4 @@
-"""GKC settings (env prefix ``GKC_``, DESIGN §4). Built by the CLI / ``__main__`` and passed in."""
+"""GKC settings (env prefix ``GKC_``, docs/gkc.md). Built by the CLI / ``__main__`` and passed in."""
 
 from __future__ import annotations
 
@@ -26,14 +26,25 @@ class GkcSettings(ServiceSettings):
     max_candidates: int = 1000
     #: Largest accepted bundle upload (bytes); more is 413.
     max_upload_bytes: int = 4 * 1024**3
-    #: Item vectors kept in process per worker (LRU entries, all versions together).
-    cache_items: int = 200_000
+    #: Bytes of item vectors (with their ids) kept in process per worker (LRU, all versions together).
+    cache_bytes: int = 128 * 1024**2
     #: gRPC server processes sharing the port with SO_REUSEPORT (the first one also serves REST).
     workers: int = 1
     #: Redis socket timeout: a dead or stuck Redis gives UNAVAILABLE after about this long.
     redis_timeout_s: float = 0.5
     #: How long a cached view of the version registry is trusted (other processes may activate).
     registry_ttl_s: float = 1.0
+    #: When the registry cannot be read, the last good view serves for at most this long; a retired
+    #: version's keys are deleted only this long (plus a grace) after it was retired.
+    registry_stale_s: float = 10.0
+    #: Serve from a Redis whose eviction policy may drop GKC's keys (then key counts are verified).
+    accept_eviction: bool = False
+    #: Threads per gRPC process that run reads (a stuck Redis call holds one, not the event loop).
+    read_threads: int = 8
+    #: How long a publish waits for replicas to acknowledge its writes (deployments with replicas).
+    replica_timeout_s: float = 10.0
+    #: Longest lease a consumer may take on a version in one request (it renews before it ends).
+    max_pin_ttl_s: float = 3600.0
     #: A staging version whose publisher has not written for this long is abandoned and cleaned up.
     publish_lease_s: float = 120.0
     #: Entries per pipelined write batch when publishing.
@@ -52,5 +63,18 @@ class GkcSettings(ServiceSettings):
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise InvalidArgument("set both GKC_TLS_CERT and GKC_TLS_KEY, or neither")
-        if self.workers < 1 or self.max_candidates < 1 or self.max_ready_versions < 1:
-            raise InvalidArgument("GKC_WORKERS, GKC_MAX_CANDIDATES and GKC_MAX_READY_VERSIONS must be >= 1")
+        if (
+            self.workers < 1
+            or self.max_candidates < 1
+            or self.max_ready_versions < 1
+            or self.read_threads < 1
+        ):
+            raise InvalidArgument(
+                "GKC_WORKERS, GKC_MAX_CANDIDATES, GKC_MAX_READY_VERSIONS and GKC_READ_THREADS must be >= 1"
+            )
+
+    @property
+    def delete_after_s(self) -> float:
+        """How long a retiring version's keys stay: every process re-reads the registry within
+        ``registry_stale_s`` or stops answering; the grace covers a read already under way."""
+        return self.registry_stale_s + 2.0 + 4 * self.redis_timeout_s

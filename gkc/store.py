@@ -1,9 +1,18 @@
-"""The storage interface the GKC core talks to. The core never imports redis; ``gkc.redis_store`` does.
+"""What GKC needs from a store, as three narrow protocols, and the registry's records.
 
-A *version* is an immutable namespace of vectors. Its life::
+The core never imports redis; ``gkc.redis_store`` implements all three protocols for Redis:
+
+- :class:`KnowledgeReader`: the read path (one round trip per request) and a ping.
+- :class:`VersionRegistry`: versions, their identities and states, the active pointer, pins.
+- :class:`KnowledgeWriter`: bulk writes of a staging version, deletion and counting of a version's
+  keys, memory figures and replication (publisher, janitor, integrity checks).
+
+A *version* is an immutable namespace of vectors with an identity that is never reused
+(:class:`VersionIdentity`). Its life::
 
     staging ──(all data written and verified: one atomic registry update)──▶ ready ──▶ retiring ──▶ gone
-       └──(publisher died: lease expired)──▶ retiring
+       └──(publisher died, publish failed or DELETE)──▶ retiring
+    ready ──(integrity check failed: keys missing, values differ)──▶ damaged (listed, never served)
 
 Only ``ready`` versions can be read or activated. The *active* pointer names the version that answers
 requests for version 0; it always points at a ready version once the first one is published.
@@ -12,33 +21,116 @@ requests for version 0; it always points at a ready version once the first one i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
+from gkc.bundle import Dims
+
 STAGING = "staging"
 READY = "ready"
 RETIRING = "retiring"
-STATES = (STAGING, READY, RETIRING)
+DAMAGED = "damaged"
+STATES = (STAGING, READY, RETIRING, DAMAGED)
+
+
+@dataclass(frozen=True)
+class VersionIdentity:
+    """What makes a published version unique: its ``number`` (monotonic, never reused, also after Redis
+    lost its data), a random ``publish_id`` drawn by the publish, and the ``checksum`` of its content
+    (:meth:`gkc.bundle.Manifest.content_checksum`). Two identities are the same knowledge when their
+    checksums are equal; the same version when all three are."""
+
+    number: int
+    publish_id: str
+    checksum: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> VersionIdentity:
+        return cls(
+            number=int(data["number"]), publish_id=str(data["publish_id"]), checksum=str(data["checksum"])
+        )
+
+    def __str__(self) -> str:
+        return f"v{self.number} (publish {self.publish_id}, content {self.checksum[:12]})"
+
+
+@dataclass(frozen=True)
+class Pin:
+    """A consumer's lease on a version: while it is live (``expires`` in the future) GKC never retires
+    the version. ``holder`` names the consumer (e.g. ``ranker@host:model``)."""
+
+    number: int
+    holder: str
+    publish_id: str
+    since: float
+    heartbeat: float
+    expires: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Staging:
+    """A version being written: its identity and the namespace its keys live under."""
+
+    identity: VersionIdentity
+    namespace: str
+
+    @property
+    def number(self) -> int:
+        return self.identity.number
 
 
 @dataclass(frozen=True)
 class VersionRecord:
-    version: int
+    """One version as the registry holds it. Times are the registry's clock (unix seconds)."""
+
+    identity: VersionIdentity
     state: str
+    namespace: str
+    dims: Dims
+    #: Keys the version holds once ready (user hashes + item strings); 0 while staging.
+    keys: int = 0
+    #: A few (id, digest) pairs per block, read back by the integrity check at start.
+    sample: dict[str, Any] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
-    #: Unix time of the last publisher heartbeat (staging) or of the last state change.
     updated: float = 0.0
+    #: Why a version is damaged or retiring (empty otherwise).
+    reason: str = ""
+    pins: tuple[Pin, ...] = ()
+
+    @property
+    def version(self) -> int:
+        return self.identity.number
 
     def to_json(self, active: int | None) -> dict[str, Any]:
         return {
             "version": self.version,
+            "identity": self.identity.to_json(),
             "state": self.state,
             "active": self.version == active,
             "updated": self.updated,
+            "reason": self.reason,
+            "keys": self.keys,
+            "pins": [p.to_json() for p in self.pins],
             "manifest": self.manifest,
         }
+
+
+@dataclass(frozen=True)
+class RegistryView:
+    """What a reader needs of the registry: ready versions, the active pointer and the registry's epoch
+    (a random id drawn when the registry is created: it changes when Redis lost its data)."""
+
+    records: tuple[VersionRecord, ...]
+    active: int | None
+    epoch: str | None
 
 
 @dataclass(frozen=True)
@@ -50,62 +142,137 @@ class RawRead:
     items: list[bytes | None]
 
 
-class KnowledgeStore(Protocol):
-    """What a backend provides. Implementations raise :class:`services.errors.Unavailable` when down."""
+@dataclass(frozen=True)
+class MemoryInfo:
+    """Memory figures summed over the store's primaries. ``max_bytes`` 0 = no limit configured."""
 
-    # --- reads (one round trip per node) ---------------------------------------------------------
+    used_bytes: int
+    max_bytes: int
+    #: The store's eviction policy (Redis ``maxmemory-policy``), the strictest-named one if nodes differ.
+    policy: str
+    evicted_keys: int
+    #: Memory of the host the store runs on (0 = unknown); bounds a store without ``max_bytes``.
+    system_bytes: int = 0
+
+    @property
+    def limit_bytes(self) -> int:
+        return self.max_bytes or self.system_bytes
+
+    @property
+    def free_bytes(self) -> int | None:
+        """Bytes left before the store refuses writes (None = unknown)."""
+        return max(0, self.limit_bytes - self.used_bytes) if self.limit_bytes else None
+
+
+class KnowledgeReader(Protocol):
+    """The read path. Implementations raise :class:`services.errors.Unavailable` when down."""
+
     def read(
-        self, version: int, user_id: str, category_ids: Sequence[str], item_ids: Sequence[str]
+        self, namespace: str, user_id: str, category_ids: Sequence[str], item_ids: Sequence[str]
     ) -> RawRead: ...
 
-    # --- registry -------------------------------------------------------------------------------
-    def versions(self) -> tuple[list[VersionRecord], int | None]:
-        """All known versions (any state) and the active version."""
+    def ping(self) -> None: ...
+
+
+class VersionRegistry(Protocol):
+    """Version states, identities, the active pointer and pins; every change is one atomic update."""
+
+    def view(self) -> RegistryView:
+        """Ready versions and the active pointer (cheap: every reader calls it every second)."""
         ...
 
-    def begin(self, manifest: dict[str, Any]) -> int:
-        """Allocate a new version number in state ``staging``."""
+    def records(self) -> tuple[list[VersionRecord], int | None]:
+        """All versions, any state, with manifests and pins, and the active version (listings)."""
         ...
 
-    def heartbeat(self, version: int) -> None: ...
-
-    def finish(self, version: int, max_ready: int) -> list[int]:
-        """Atomically staging → ready (and active if none is); retire the oldest non-active versions
-        beyond ``max_ready``. Returns the retired version numbers."""
+    def now(self) -> float:
+        """The registry's clock (unix seconds)."""
         ...
 
-    def activate(self, version: int) -> None: ...
+    def ensure_epoch(self) -> str:
+        """The registry's epoch, drawn now if the registry has none (new, or lost its data)."""
+        ...
 
-    def retire(self, version: int) -> None:
-        """ready/staging → retiring; raises Conflict for the active version, NotFound if unknown."""
+    def begin(self, manifest: dict[str, Any], checksum: str, dims: Dims, floor: int = 0) -> Staging:
+        """Allocate a number above every earlier one (and above ``floor``), a publish id and a
+        namespace, in state ``staging``."""
+        ...
+
+    def heartbeat(self, number: int) -> None:
+        """The publisher is alive; raises Conflict when the version is no longer staging (deleted)."""
+        ...
+
+    def finish(self, number: int, max_ready: int, keys: int, sample: dict[str, Any]) -> list[int]:
+        """Atomically staging → ready (and active if none is); retire the oldest versions beyond
+        ``max_ready`` that are neither active nor pinned. Raises Conflict when that is impossible or
+        the version is no longer staging. Returns the retired version numbers."""
+        ...
+
+    def activate(self, number: int) -> None: ...
+
+    def retire(self, number: int, reason: str) -> str:
+        """ready/staging/damaged → retiring; returns the former state. Conflict for the active or a
+        pinned version, NotFound if unknown."""
+        ...
+
+    def mark_damaged(self, number: int, reason: str) -> None: ...
+
+    def record_lost(self, identity: VersionIdentity, dims: Dims, reason: str) -> None:
+        """List a version that the store lost (it had been ready) as damaged, without data."""
         ...
 
     def abandon_stale(self, lease_s: float) -> list[int]:
         """Staging versions without a heartbeat for ``lease_s`` → retiring. Returns them."""
         ...
 
-    # --- bulk data ------------------------------------------------------------------------------
-    def write_users(
-        self,
-        version: int,
-        user_ids: np.ndarray,
-        user_vectors: np.ndarray | None,
-        category_ids: np.ndarray | None,
-        uc_vectors: np.ndarray | None,
-    ) -> int:
-        """Write K̂_u rows (``category_ids is None``) or K̂_uc rows; returns entries newly written."""
-        ...
-
-    def write_items(self, version: int, item_ids: np.ndarray, vectors: np.ndarray) -> int: ...
-
-    def delete_version_data(self, version: int, batch: int = 1000) -> int:
-        """Remove a version's keys in batches (never one blocking call); returns keys removed."""
-        ...
-
-    def forget(self, version: int) -> None:
+    def forget(self, number: int) -> None:
         """Drop a retiring version's registry entry once its data is gone."""
         ...
 
-    def ping(self) -> None: ...
+    def pin(self, number: int, holder: str, ttl_s: float) -> Pin:
+        """Create or renew ``holder``'s lease on a ready version."""
+        ...
+
+    def unpin(self, number: int, holder: str) -> bool: ...
+
+    def expire_pins(self) -> int:
+        """Drop leases whose holder stopped renewing them; returns how many."""
+        ...
+
+
+class KnowledgeWriter(Protocol):
+    """Bulk writes into a staging namespace, deletion and inspection of namespaces."""
+
+    def write_user_vectors(self, namespace: str, user_ids: np.ndarray, vectors: np.ndarray) -> int:
+        """K̂_u rows; returns entries newly written."""
+        ...
+
+    def write_uc_vectors(
+        self, namespace: str, user_ids: np.ndarray, category_ids: np.ndarray, vectors: np.ndarray
+    ) -> int: ...
+
+    def write_items(self, namespace: str, item_ids: np.ndarray, vectors: np.ndarray) -> int: ...
+
+    def has_entries(self, namespace: str, block: str, ids: Sequence[tuple[str, ...]]) -> int:
+        """How many of the ids (``(user,)``, ``(user, category)`` or ``(item,)``) exist in ``block``."""
+        ...
+
+    def delete_namespace(self, namespace: str, batch: int = 1000) -> int:
+        """Remove a namespace's keys in batches (never one blocking call); returns keys removed."""
+        ...
+
+    def count_keys(self, namespaces: Sequence[str]) -> dict[str, int]:
+        """Keys per namespace (one pass over the keyspace)."""
+        ...
+
+    def memory(self) -> MemoryInfo: ...
+
+    def wait_replicated(self, timeout_s: float) -> None:
+        """Return once every replica has what its primary has; Unavailable after ``timeout_s``."""
+        ...
+
+
+class KnowledgeStore(KnowledgeReader, VersionRegistry, KnowledgeWriter, Protocol):
+    """All three, as one backend provides them."""
 
     def close(self) -> None: ...

@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10protos/gkc.proto\x12\x0bkeep.gkc.v1\"\x84\x01\n\x0f\x42\x61tchGetRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\t\x12\x14\n\x0c\x63\x61tegory_ids\x18\x03 \x03(\t\x12\x0f\n\x07version\x18\x04 \x01(\r\x12\'\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x17.keep.gkc.v1.WireFormat\"N\n\x05\x42lock\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04rows\x18\x02 \x01(\r\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12\r\n\x05\x66ound\x18\x04 \x01(\x0c\x12\r\n\x05index\x18\x05 \x01(\x0c\"\xd0\x01\n\x10\x42\x61tchGetResponse\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\'\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x17.keep.gkc.v1.WireFormat\x12\x0c\n\x04user\x18\x03 \x01(\x0c\x12\x10\n\x08user_dim\x18\x04 \x01(\r\x12\x12\n\nuser_found\x18\x05 \x01(\x08\x12!\n\x05items\x18\x06 \x01(\x0b\x32\x12.keep.gkc.v1.Block\x12+\n\x0fuser_categories\x18\x07 \x01(\x0b\x32\x12.keep.gkc.v1.Block*>\n\nWireFormat\x12\x17\n\x13WIRE_FORMAT_FLOAT32\x10\x00\x12\x17\n\x13WIRE_FORMAT_FLOAT16\x10\x01\x32N\n\x03Gkc\x12G\n\x08\x42\x61tchGet\x12\x1c.keep.gkc.v1.BatchGetRequest\x1a\x1d.keep.gkc.v1.BatchGetResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10protos/gkc.proto\x12\x0bkeep.gkc.v1\"\x84\x01\n\x0f\x42\x61tchGetRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\t\x12\x14\n\x0c\x63\x61tegory_ids\x18\x03 \x03(\t\x12\x0f\n\x07version\x18\x04 \x01(\r\x12\'\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x17.keep.gkc.v1.WireFormat\"N\n\x05\x42lock\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04rows\x18\x02 \x01(\r\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12\r\n\x05\x66ound\x18\x04 \x01(\x0c\x12\r\n\x05index\x18\x05 \x01(\x0c\"\xf6\x01\n\x10\x42\x61tchGetResponse\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\'\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x17.keep.gkc.v1.WireFormat\x12\x0c\n\x04user\x18\x03 \x01(\x0c\x12\x10\n\x08user_dim\x18\x04 \x01(\r\x12\x12\n\nuser_found\x18\x05 \x01(\x08\x12!\n\x05items\x18\x06 \x01(\x0b\x32\x12.keep.gkc.v1.Block\x12+\n\x0fuser_categories\x18\x07 \x01(\x0b\x32\x12.keep.gkc.v1.Block\x12\x12\n\npublish_id\x18\x08 \x01(\t\x12\x10\n\x08\x63hecksum\x18\t \x01(\t*>\n\nWireFormat\x12\x17\n\x13WIRE_FORMAT_FLOAT32\x10\x00\x12\x17\n\x13WIRE_FORMAT_FLOAT16\x10\x01\x32N\n\x03Gkc\x12G\n\x08\x42\x61tchGet\x12\x1c.keep.gkc.v1.BatchGetRequest\x1a\x1d.keep.gkc.v1.BatchGetResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.gkc_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WIREFORMAT']._serialized_start=459
-  _globals['_WIREFORMAT']._serialized_end=521
+  _globals['_WIREFORMAT']._serialized_start=497
+  _globals['_WIREFORMAT']._serialized_end=559
   _globals['_BATCHGETREQUEST']._serialized_start=34
   _globals['_BATCHGETREQUEST']._serialized_end=166
   _globals['_BLOCK']._serialized_start=168
   _globals['_BLOCK']._serialized_end=246
   _globals['_BATCHGETRESPONSE']._serialized_start=249
-  _globals['_BATCHGETRESPONSE']._serialized_end=457
-  _globals['_GKC']._serialized_start=523
-  _globals['_GKC']._serialized_end=601
+  _globals['_BATCHGETRESPONSE']._serialized_end=495
+  _globals['_GKC']._serialized_start=561
+  _globals['_GKC']._serialized_end=639
 # @@protoc_insertion_point(module_scope)

@@ -43,7 +43,7 @@ class Block(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., rows: _Optional[int] = ..., dim: _Optional[int] = ..., found: _Optional[bytes] = ..., index: _Optional[bytes] = ...) -> None: ...
 
 class BatchGetResponse(_message.Message):
-    __slots__ = ("version", "format", "user", "user_dim", "user_found", "items", "user_categories")
+    __slots__ = ("version", "format", "user", "user_dim", "user_found", "items", "user_categories", "publish_id", "checksum")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,8 @@ class BatchGetResponse(_message.Message):
     USER_FOUND_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     USER_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    PUBLISH_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     version: int
     format: WireFormat
     user: bytes
@@ -58,4 +60,6 @@ class BatchGetResponse(_message.Message):
     user_found: bool
     items: Block
     user_categories: Block
-    def __init__(self, version: _Optional[int] = ..., format: _Optional[_Union[WireFormat, str]] = ..., user: _Optional[bytes] = ..., user_dim: _Optional[int] = ..., user_found: _Optional[bool] = ..., items: _Optional[_Union[Block, _Mapping]] = ..., user_categories: _Optional[_Union[Block, _Mapping]] = ...) -> None: ...
+    publish_id: str
+    checksum: str
+    def __init__(self, version: _Optional[int] = ..., format: _Optional[_Union[WireFormat, str]] = ..., user: _Optional[bytes] = ..., user_dim: _Optional[int] = ..., user_found: _Optional[bool] = ..., items: _Optional[_Union[Block, _Mapping]] = ..., user_categories: _Optional[_Union[Block, _Mapping]] = ..., publish_id: _Optional[str] = ..., checksum: _Optional[str] = ...) -> None: ...

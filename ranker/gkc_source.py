@@ -2,7 +2,7 @@
 
 ``gkc.client.GkcClient`` is blocking; inside the ranker's grpc.aio server a blocking call would need a
 thread per in-flight lookup, so this adapter speaks the same ``BatchGet`` through ``grpc.aio`` and reuses
-the client's decoding (:func:`gkc.client.lookup_from_proto`) and error mapping
+the wire decoding (:func:`gkc.wire.lookup_from_proto`) and error mapping
 (:func:`gkc.client.from_rpc_error`: UNAVAILABLE → ``Unavailable``, NOT_FOUND → ``NotFound``, ...).
 """
 
@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 from grpc import aio
 
-from gkc.client import from_rpc_error, lookup_from_proto, open_channel
+from gkc.client import from_rpc_error, open_channel
 from gkc.lookup import Lookup
+from gkc.wire import lookup_from_proto
 from protos import gkc_pb2, gkc_pb2_grpc
 
 

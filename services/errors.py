@@ -46,6 +46,12 @@ class ResourceExhausted(KeepError):
     http_status = 413
 
 
+class InsufficientStorage(ResourceExhausted):
+    """The store has no room for what is asked (a publish that does not fit, Redis out of memory)."""
+
+    http_status = 507
+
+
 class Unauthenticated(KeepError):
     grpc_code = "UNAUTHENTICATED"
     http_status = 401

@@ -17,7 +17,8 @@ import pandas as pd
 
 from gkc import bundle as gkc_bundle
 from gkc import publish as gkc_publish
-from gkc.store import KnowledgeStore
+from gkc.publish import PublishStore
+from gkc.store import Staging
 from services.errors import KeepError
 from trainer.distributed import DataParallel
 from trainer.export import ExportStats, prepare
@@ -31,7 +32,7 @@ class ShardedExportError(KeepError):
 def export_to_store(
     ext: LoadedExtractor,
     df: pd.DataFrame,
-    store: KnowledgeStore,
+    store: PublishStore,
     *,
     source: Path,
     group: DataParallel | None = None,
@@ -68,18 +69,18 @@ def export_to_store(
         checksums=gkc_publish.shard_checksums(digests),
         created=time.time(),
     )
-    version: int | str = 0
+    staging: Staging | str = ""
     if group.is_writer:
         try:
-            version = store.begin(manifest.to_json())
+            staging = gkc_publish.begin_sharded(store, manifest, max_ready)
         except Exception as err:
-            version = f"rank 0 could not begin a version: {type(err).__name__}: {err}"
-    version = group.broadcast_object(version)
-    if isinstance(version, str):
-        raise ShardedExportError(version)
+            staging = f"rank 0 could not begin a version: {type(err).__name__}: {err}"
+    staging = group.broadcast_object(staging)
+    if isinstance(staging, str):
+        raise ShardedExportError(staging)
     report = gkc_publish.write_shard(
         store,
-        version,
+        staging,
         shard,
         rank=group.rank,
         batch=publish_batch,
@@ -90,16 +91,16 @@ def export_to_store(
         reports = group.gather_objects(report)
     except BaseException:  # a peer died mid-way (gloo noticed): never promote, mark it for cleanup
         if group.is_writer:
-            gkc_publish.give_up(store, version)
+            gkc_publish.abort(store, staging, "a rank died mid-way")
         raise
     outcome: gkc_publish.PublishResult | str = ""
     if group.is_writer:
         try:
             outcome = gkc_publish.finalise_shards(
-                store, version, manifest, reports, plan.id_bundle(), max_ready=max_ready, samples=samples
+                store, staging, manifest, reports, plan.id_bundle(), max_ready=max_ready
             )
         except Exception as err:
-            outcome = f"version {version} not published: {type(err).__name__}: {err}"
+            outcome = f"version {staging.number} not published: {type(err).__name__}: {err}"
     outcome = group.broadcast_object(outcome)
     if isinstance(outcome, str):
         raise ShardedExportError(outcome)

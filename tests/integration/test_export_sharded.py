@@ -23,9 +23,10 @@ import torch
 from contract import artifact as artifact_mod
 from contract.log import read_log
 from gkc import bundle as gkc_bundle
+from gkc.janitor import Janitor
 from gkc.local_redis import EmbeddedRedis, free_port
-from gkc.publish import Janitor, publish
-from gkc.redis_store import RedisStore, version_prefix
+from gkc.publish import publish
+from gkc.redis_store import RedisStore
 from gkc.store import READY, RETIRING, STAGING
 from services.errors import Unavailable
 from trainer.cli import main
@@ -94,8 +95,9 @@ def torchrun(args: list[str], script: Path | None = None) -> subprocess.Complete
 
 
 def dump(store: RedisStore, version: int) -> dict[bytes, object]:
-    """Every key of a version (without its version prefix) and its value: hash fields or bytes."""
-    prefix = version_prefix(version).encode()
+    """Every key of a version (without its namespace) and its value: hash fields or bytes."""
+    records, _ = store.records()
+    prefix = next((r.namespace for r in records if r.version == version), "gone:").encode()
     out: dict[bytes, object] = {}
     for key in store.client.scan_iter(match=prefix + b"*", count=1000):
         kind = store.client.type(key)
@@ -105,7 +107,7 @@ def dump(store: RedisStore, version: int) -> dict[bytes, object]:
 
 
 def state_of(store: RedisStore, version: int) -> str | None:
-    records, _ = store.versions()
+    records, _ = store.records()
     return next((r.state for r in records if r.version == version), None)
 
 
@@ -156,7 +158,7 @@ def test_two_ranks_publish_the_same_bytes_as_one_process(
     assert len(expected) == m.counts.users + m.counts.items  # one hash per user, one string per item
     assert dump(store, sharded) == expected
 
-    records = {r.version: r for r in store.versions()[0]}
+    records = {r.version: r for r in store.records()[0]}
     got = records[sharded].manifest
     assert got["counts"] == records[single].manifest["counts"]
     assert got["dims"] == records[single].manifest["dims"]
@@ -199,33 +201,41 @@ def test_two_rank_training_through_gkc_matches_one_process_on_the_bundle(
 def test_a_killed_rank_leaves_no_visible_version_and_a_rerun_publishes(
     checkpoint: Path, store: RedisStore, redis_url: str, tmp_path: Path
 ) -> None:
-    records, active = store.versions()
+    records, active = store.records()
     ready_before = {r.version for r in records if r.state == READY}
     script = tmp_path / "kill_rank_1.py"
     script.write_text(KILL_RANK_1)
     args = ["export", "--extractor", str(checkpoint), "--gkc-redis", redis_url, *EXPORT_ARGS]
     done = torchrun(args, script)
     assert done.returncode != 0
-    records, active_after = store.versions()
-    new = [r for r in records if r.version not in ready_before]
-    assert len(new) == 1 and new[0].state in (STAGING, RETIRING), new  # never ready
+    records, active_after = store.records()
     assert active_after == active
-    assert {r.version for r in records if r.state == READY} == ready_before
-    assert dump(store, new[0].version)  # it did write part of the data
-
-    assert new[0].version in Janitor(store, lease_s=0).run_once()  # abandoned, then deleted
-    assert dump(store, new[0].version) == {} and state_of(store, new[0].version) is None
+    assert {r.version for r in records if r.state == READY} == ready_before  # never ready
+    new = [r for r in records if r.version not in ready_before]
+    # rank 0 saw its peer die and removed the version at once, or left it staging for the janitor
+    assert len(new) <= 1 and all(r.state in (STAGING, RETIRING) for r in new), new
+    Janitor(store, lease_s=0, delete_after_s=0).run_once()  # abandoned, then deleted
+    records, _ = store.records()
+    assert [r for r in records if r.version not in ready_before] == []
+    orphans = [
+        k
+        for k in store.client.scan_iter(match="gkc:v*")
+        if not k.decode().startswith(tuple(r.namespace for r in records))
+    ]
+    assert orphans == []  # no key outside the ready versions' namespaces
+    last = int(store.client.get("gkc:{reg}:next") or 0)
 
     retry = torchrun(args)
     assert retry.returncode == 0, retry.stderr[-4000:]
     version = json.loads(retry.stdout.strip().splitlines()[-1])["version"]
-    assert state_of(store, version) == READY and version > new[0].version
+    assert state_of(store, version) == READY and version > last
 
 
 def test_a_rank_that_fails_gets_its_version_retired(
     checkpoint: Path, store: RedisStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A rank whose writes fail reports it; the finaliser retires the version instead of promoting it."""
+    """A rank whose writes fail reports it; the finaliser removes the version instead of promoting it
+    (its keys and its registry entry go at once: nothing was ever served from it)."""
 
     def down(*args: object) -> int:
         raise Unavailable("redis went away")
@@ -235,5 +245,10 @@ def test_a_rank_that_fails_gets_its_version_retired(
     monkeypatch.setattr(store, "write_items", down)
     with pytest.raises(ShardedExportError, match="rank 0: Unavailable: redis went away"):
         export_to_store(ext, df, store, source=checkpoint.parent, batch_size=16, progress=False)
-    records, _ = store.versions()
-    assert records[-1].state == RETIRING
+    records, _ = store.records()
+    assert all(r.state == READY for r in records)
+    assert not [
+        k
+        for k in store.client.scan_iter(match="gkc:v*")
+        if not any(k.decode().startswith(r.namespace) for r in records)
+    ]

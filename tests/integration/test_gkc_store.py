@@ -14,11 +14,12 @@ import pytest
 
 from gkc import bundle as gkc_bundle
 from gkc.bundle_reader import BundleReader
-from gkc.core import KnowledgeCenter
+from gkc.janitor import Janitor
 from gkc.local_redis import EmbeddedRedis, LocalCluster
 from gkc.lookup import Lookup
-from gkc.publish import Janitor, publish
-from gkc.redis_store import RedisStore, version_prefix
+from gkc.publish import publish
+from gkc.read_path import KnowledgeCenter
+from gkc.redis_store import RedisStore
 from gkc.store import READY, STAGING
 from services.errors import Conflict, NotFound
 
@@ -34,8 +35,18 @@ def store(tmp_path: Path) -> Iterator[RedisStore]:
     server.stop()
 
 
+def ns_of(store: RedisStore, version: int) -> str:
+    records, _ = store.records()
+    return next(r.namespace for r in records if r.version == version)
+
+
+def janitor(store: RedisStore, lease_s: float = 60.0) -> Janitor:
+    return Janitor(store, lease_s=lease_s, delete_after_s=0.0)
+
+
 def assert_same(a: Lookup, b: Lookup) -> None:
     assert a.version == b.version
+    assert a.checksum == b.checksum  # GKC and the bundle name the same content
     assert a.user.tobytes() == b.user.tobytes() and a.user_found == b.user_found
     for name in ("items", "item_found", "item_index", "ucs", "uc_found", "uc_index"):
         x, y = getattr(a, name), getattr(b, name)
@@ -79,11 +90,11 @@ def test_sixth_version_retires_the_oldest_and_janitor_deletes_it(
     assert versions[5].retired == [versions[1].version]  # v1 is active (the first publish): kept
     kc = _kc(store)
     with pytest.raises(NotFound):
-        kc.resolve(versions[1].version)
-    assert Janitor(store, lease_s=60).run_once() == [versions[1].version]
-    keys = list(store.client.scan_iter(match=version_prefix(versions[1].version) + "*"))
-    assert keys == []
-    records, active = store.versions()
+        kc.view.resolve(versions[1].version)
+    ns = ns_of(store, versions[1].version)
+    assert janitor(store).run_once() == [versions[1].version]
+    assert list(store.client.scan_iter(match=ns + "*")) == []
+    records, active = store.records()
     assert active == first
     assert [r.version for r in records if r.state == READY] == [first] + [v.version for v in versions[2:]]
 
@@ -99,9 +110,9 @@ def test_active_version_is_never_retired(
     assert numbers[0] not in flat
     assert flat == numbers[1:4]
     with pytest.raises(Conflict):
-        store.retire(numbers[0])
+        store.retire(numbers[0], "test")
     store.activate(numbers[4])
-    store.retire(numbers[0])
+    store.retire(numbers[0], "test")
     with pytest.raises(Conflict):
         store.activate(numbers[0])  # retiring, not ready
     with pytest.raises(NotFound):
@@ -129,16 +140,16 @@ def test_killed_publisher_leaves_no_visible_version_and_can_retry(
         assert proc.stdout.readline() == "batch\n"
     proc.kill()
     proc.wait()
-    records, active = store.versions()
+    records, active = store.records()
     staging = [r.version for r in records if r.state == STAGING]
     assert len(staging) == 1 and active == first
     kc = _kc(store)
     with pytest.raises(NotFound):
-        kc.resolve(staging[0])
-    assert list(store.client.scan_iter(match=version_prefix(staging[0]) + "*", count=1000))  # partial data
-    janitor = Janitor(store, lease_s=0.0)
-    assert janitor.run_once() == staging  # lease expired: abandoned and deleted
-    assert not list(store.client.scan_iter(match=version_prefix(staging[0]) + "*", count=1000))
+        kc.view.resolve(staging[0])
+    ns = ns_of(store, staging[0])
+    assert list(store.client.scan_iter(match=ns + "*", count=1000))  # partial data
+    assert janitor(store, lease_s=0.0).run_once() == staging  # lease expired: abandoned and deleted
+    assert not list(store.client.scan_iter(match=ns + "*", count=1000))
     retry = publish(store, gkc_bundle.load(big), batch=500, progress=False).version
     reader = BundleReader.open(big, version=retry)
     user, items, cats = _request(reader, 3)
@@ -197,12 +208,14 @@ def test_redis_cluster_publish_read_and_delete(tmp_path: Path, make_bundle: Call
         for seed in range(5):
             user, items, cats = _request(reader, seed)
             assert_same(kc.lookup(user, items, cats), reader.batch_get(user, items, cats))
-        nodes = {st.client.get_node_from_key(f"gkc:v{version}:i:i{n}").name for n in range(50)}
+        ns = ns_of(st, version)
+        nodes = {st.client.get_node_from_key(f"{ns}i:i{n}").name for n in range(50)}
         assert len(nodes) == 3  # items really spread over the three masters
         second = publish(st, gkc_bundle.load(path), progress=False).version
-        st.retire(second)
-        assert Janitor(st, lease_s=60).run_once() == [second]
-        assert not list(st.client.scan_iter(match=version_prefix(second) + "*"))
+        ns2 = ns_of(st, second)
+        st.retire(second, "test")
+        assert janitor(st).run_once() == [second]
+        assert not list(st.client.scan_iter(match=ns2 + "*"))
         st.close()
     finally:
         cluster.stop()

@@ -15,7 +15,7 @@ from typing import Any
 TARGETS: dict[str, str] = {
     "train": "trainer.bench_train:run",
     "metrics": "trainer.bench_metrics:run",
-    "gkc": "gkc.bench:run",
+    "gkc": "bench.gkc:run",
     "ranker": "ranker.bench:run",
 }
 

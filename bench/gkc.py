@@ -73,24 +73,28 @@ def make_requests(users: int, items: int, n: int, seed: int = 1) -> list[tuple[s
 
 
 class RawFloor:
-    """What a hand-written reader does: one pipeline round trip, numpy decode, no service."""
+    """What a hand-written reader does: one pipeline round trip, numpy decode, no service. The keys are
+    the store's own (:mod:`gkc.redis_store`), so a schema change moves the floor with it."""
 
     def __init__(self, url: str, version: int, cluster: bool) -> None:
-        import redis
-        from redis.cluster import RedisCluster
+        from gkc.redis_store import RedisStore
 
-        self.client: Any = RedisCluster.from_url(url) if cluster else redis.Redis.from_url(url)
+        self.store = RedisStore(url, cluster=cluster, timeout_s=5.0)
+        records, _ = self.store.records()
+        self.ns = next(r.namespace for r in records if r.version == version)
+        self.client: Any = self.store.client
         self.cluster = cluster
-        self.version = version
         self.zero = bytes(4 * DIM)
 
     def get(self, user: str, items: list[str], cats: list[str]) -> np.ndarray:
-        v = self.version
+        from gkc.redis_store import USER_FIELD, item_key, uc_field, user_key
+
+        ns = self.ns
         uitems = list(dict.fromkeys(items))
         ucats = list(dict.fromkeys(cats))
         pipe = self.client.pipeline(transaction=False)
-        pipe.hmget(f"gkc:v{v}:u:{user}", ["u", *[f"c:{c}" for c in ucats]])
-        keys = [f"gkc:v{v}:i:{i}" for i in uitems]
+        pipe.hmget(user_key(ns, user), [USER_FIELD, *[uc_field(c) for c in ucats]])
+        keys = [item_key(ns, i) for i in uitems]
         if self.cluster:
             for key in keys:
                 pipe.get(key)

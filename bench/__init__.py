@@ -1,0 +1,1 @@
+"""Benchmarks (``keep bench gkc``, ...): harness code kept out of the runtime packages."""

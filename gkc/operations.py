@@ -1,0 +1,189 @@
+"""GKC's operations, transport-free: receive and publish a bundle upload, list, activate, delete, pin.
+
+The REST routes (:mod:`gkc.rest`) only convert HTTP to these calls. Upload format for a publish: the
+bundle directory as an uncompressed tar stream (files at the top level or under one folder). The body is
+streamed to a temp dir with a size cap, extracted with a whitelist of file names, then fully verified
+(:func:`gkc.bundle.load`: manifest, ``.npy`` headers, dims, dtypes, counts, checksums) before anything is
+written to Redis: a corrupt bundle is a 422 with the reason and leaves existing versions untouched.
+Publishes run one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tarfile
+import tempfile
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from gkc import bundle as gkc_bundle
+from gkc.integrity import Shadow
+from gkc.publish import PublishResult, PublishStore, publish
+from gkc.serving_view import ServingView
+from gkc.store import READY, STAGING, Pin
+from services.errors import InvalidArgument, NotFound, ResourceExhausted
+
+log = logging.getLogger(__name__)
+ALLOWED_FILES = {gkc_bundle.MANIFEST, *gkc_bundle.ARRAY_FILES}
+#: Longest pin holder name.
+MAX_HOLDER_CHARS = 200
+
+
+class Kickable(Protocol):
+    def kick(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class PublishLimits:
+    max_upload_bytes: int = 4 * 1024**3
+    batch: int = 2000
+    max_ready: int = 5
+    replica_timeout_s: float = 10.0
+    max_pin_ttl_s: float = 3600.0
+
+
+def extract_bundle_tar(tar_path: Path, dest: Path) -> Path:
+    """Extract only the bundle's known regular files (no links, no paths outside ``dest``)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    seen: set[str] = set()
+    try:
+        with tarfile.open(tar_path, mode="r:") as tar:
+            for member in tar:
+                name = Path(member.name).name
+                if member.isdir():
+                    continue
+                if not member.isfile() or name not in ALLOWED_FILES or name in seen:
+                    raise gkc_bundle.BundleError(f"unexpected entry in the bundle upload: {member.name!r}")
+                src = tar.extractfile(member)
+                assert src is not None
+                with src, (dest / name).open("wb") as out:
+                    while chunk := src.read(1 << 20):
+                        out.write(chunk)
+                seen.add(name)
+    except (tarfile.TarError, EOFError, UnicodeError) as err:
+        raise gkc_bundle.BundleError(f"the upload is not a readable tar stream: {err}") from err
+    missing = ALLOWED_FILES - seen
+    if missing:
+        raise gkc_bundle.BundleError(f"the upload lacks {sorted(missing)} (truncated?)")
+    return dest
+
+
+class VersionOps:
+    def __init__(
+        self,
+        store: PublishStore,
+        view: ServingView,
+        limits: PublishLimits,
+        *,
+        janitor: Kickable | None = None,
+        shadow: Shadow | None = None,
+    ) -> None:
+        self.store = store
+        self.view = view
+        self.limits = limits
+        self.janitor = janitor
+        self.shadow = shadow or Shadow()
+        self._publish_lock = threading.Lock()
+
+    # --- publish --------------------------------------------------------------------------------
+    async def publish_upload(self, body: AsyncIterator[bytes], declared: str | None) -> dict[str, Any]:
+        """Stream the upload to disk under the size cap, then verify and publish it (a thread)."""
+        cap = self.limits.max_upload_bytes
+        if declared is not None:
+            if not declared.isdigit():
+                raise InvalidArgument(f"Content-Length {declared!r} is not a number")
+            if int(declared) > cap:
+                raise ResourceExhausted(f"upload of {declared} bytes exceeds {cap}")
+        with tempfile.TemporaryDirectory(prefix="gkc-upload-") as tmp:
+            tar_path = Path(tmp) / "bundle.tar"
+            size = 0
+            with tar_path.open("wb") as out:
+                async for chunk in body:
+                    size += len(chunk)
+                    if size > cap:
+                        raise ResourceExhausted(f"upload exceeds {cap} bytes")
+                    out.write(chunk)
+            if size == 0:
+                raise InvalidArgument("empty upload: send the bundle directory as a tar stream")
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(None, self.publish_tar, tar_path, Path(tmp) / "bundle")
+        return result.to_json()
+
+    def publish_tar(self, tar_path: Path, dest: Path) -> PublishResult:
+        bundle = gkc_bundle.load(extract_bundle_tar(tar_path, dest), mmap=True)
+        with self._publish_lock:
+            result = publish(
+                self.store,
+                bundle,
+                batch=self.limits.batch,
+                max_ready=self.limits.max_ready,
+                progress=False,
+                floor=self.shadow.floor,
+                replica_timeout_s=self.limits.replica_timeout_s,
+            )
+        self.shadow.floor = max(self.shadow.floor, result.version)
+        self.shadow.save()
+        self._changed()
+        return result
+
+    # --- registry -------------------------------------------------------------------------------
+    def listing(self, include_all: bool) -> dict[str, Any]:
+        records, active = self.store.records()
+        shown = [r.to_json(active) for r in records if include_all or r.state == READY]
+        return {"versions": shown, "active": active}
+
+    def one(self, version: int) -> dict[str, Any]:
+        records, active = self.store.records()
+        for r in records:
+            if r.version == version:
+                return r.to_json(active)
+        raise NotFound(f"version {version} does not exist")
+
+    def activate(self, version: int) -> dict[str, Any]:
+        self.store.activate(version)
+        log.info("activated version %d", version)
+        self._changed()
+        return self.one(version)
+
+    def delete(self, version: int) -> dict[str, Any]:
+        """Retire a version (its keys go once no process can still answer from it); a staging one
+        stops its publish at the next batch."""
+        records, _ = self.store.records()
+        for r in records:
+            if r.version == version:
+                self.shadow.tombstone(r.identity.publish_id)
+                self.shadow.save()
+        former = self.store.retire(version, "deleted through the API")
+        log.info("retired version %d (was %s)", version, former)
+        self._changed()
+        note = (
+            "its publish stops at the next batch"
+            if former == STAGING
+            else "keys are deleted once no reader uses it"
+        )
+        return {"version": version, "state": "retiring", "was": former, "note": note}
+
+    # --- pins -----------------------------------------------------------------------------------
+    def pin(self, version: int, holder: str, ttl_s: float) -> Pin:
+        if not holder or len(holder) > MAX_HOLDER_CHARS or "|" in holder:
+            raise InvalidArgument(f"holder must be 1-{MAX_HOLDER_CHARS} characters without '|'")
+        if not 1.0 <= ttl_s <= self.limits.max_pin_ttl_s:
+            raise InvalidArgument(f"ttl_s must be within [1, {self.limits.max_pin_ttl_s:.0f}]")
+        return self.store.pin(version, holder, ttl_s)
+
+    def unpin(self, version: int, holder: str) -> dict[str, Any]:
+        if not self.store.unpin(version, holder):
+            raise NotFound(f"version {version} has no pin held by {holder!r}")
+        return {"version": version, "holder": holder, "unpinned": True}
+
+    def _changed(self) -> None:
+        if self.janitor is not None:
+            self.janitor.kick()
+        try:
+            self.view.refresh()
+        except Exception as err:  # the view refreshes itself within its TTL anyway
+            log.debug("view refresh after a change failed: %s", err)

@@ -1,0 +1,519 @@
+"""The version registry in Redis (:class:`gkc.store.VersionRegistry`): a few hashes under one hash tag,
+changed only by Lua scripts, so every state change is atomic, in Cluster too.
+
+Keys (all share the hash tag ``{reg}``, hence one slot)::
+
+    gkc:{reg}:next       string  the last number handed out (INCR; raised to the caller's floor)
+    gkc:{reg}:epoch      string  random id drawn when the registry is created (changes after data loss)
+    gkc:{reg}:state      hash    number -> staging | ready | retiring | damaged
+    gkc:{reg}:record     hash    number -> JSON {publish_id, checksum, dims, keys, sample}
+    gkc:{reg}:manifest   hash    number -> the bundle manifest JSON
+    gkc:{reg}:updated    hash    number -> registry time of the last heartbeat / state change
+    gkc:{reg}:reason     hash    number -> why it is damaged / retiring
+    gkc:{reg}:active     string  the active number
+    gkc:{reg}:pins       hash    "<number>|<holder>" -> pin JSON
+    gkc:{reg}:pinexp     hash    "<number>|<holder>" -> registry time the lease expires
+
+Times come from Redis ``TIME``, so every process (and the two-phase deletion) uses one clock.
+
+Every script starts with ``DEL gkc:{reg}:scratch``: a write that is allowed when Redis is out of memory
+(``noeviction`` refuses only commands that may grow memory). A script that has already written may
+finish (Redis cannot stop it half-way), so registry changes (DELETE, activate, retire, abandon) keep
+working when Redis is full, while bulk data writes are refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import redis.exceptions
+from redis.exceptions import ClusterError, ReadOnlyError, RedisClusterException, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gkc.bundle import Dims
+from gkc.store import READY, Pin, RegistryView, Staging, VersionIdentity, VersionRecord
+from services.errors import Conflict, InsufficientStorage, KeepError, NotFound, Unavailable
+
+REG = "gkc:{reg}:"
+K_SCRATCH, K_NEXT, K_EPOCH, K_STATE, K_RECORD, K_MANIFEST, K_UPDATED, K_REASON, K_ACTIVE = (
+    REG + s
+    for s in ("scratch", "next", "epoch", "state", "record", "manifest", "updated", "reason", "active")
+)
+K_PINS, K_PINEXP = REG + "pins", REG + "pinexp"
+ALL_HASHES = (K_STATE, K_RECORD, K_MANIFEST, K_UPDATED, K_REASON)
+
+
+#: redis-py's "OOM" reply (4.4+; the types-redis stubs lag behind it).
+OutOfMemoryError: type[Exception] = getattr(redis.exceptions, "OutOfMemoryError")  # noqa: B009
+
+#: Redis cannot answer now but may soon (transport failure, cluster down or failing over, a loading or
+#: read-only node): retryable. Told apart by exception type, never by message text.
+_DOWN = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterError,
+    TryAgainError,
+    ReadOnlyError,
+    RedisClusterException,
+    OSError,
+)
+
+
+@contextlib.contextmanager
+def guard() -> Iterator[None]:
+    """Redis failures → :class:`Unavailable` (retryable) or :class:`InsufficientStorage` (out of memory);
+    other protocol errors stay internal."""
+    try:
+        yield
+    except KeepError:
+        raise
+    except _DOWN as err:
+        raise Unavailable(f"redis unavailable: {type(err).__name__}: {err}") from err
+    except OutOfMemoryError as err:
+        raise InsufficientStorage(f"redis is out of memory: {err}") from err
+
+
+def namespace(number: int, publish_id: str) -> str:
+    """Where a version's keys live: unique per identity, so no two publishes ever share a key."""
+    return f"gkc:v{number}.{publish_id[:8]}:"
+
+
+_PRELUDE = """
+redis.call('DEL', KEYS[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+"""
+
+# pinned[number] = true for every live lease (KEYS[pinexp] given as `pk`)
+_PINNED = """
+local function pinned_set(pk)
+  local out = {}
+  local all = redis.call('HGETALL', pk)
+  for i = 1, #all, 2 do
+    if tonumber(all[i + 1]) > now then out[string.match(all[i], '^(%d+)|')] = true end
+  end
+  return out
+end
+"""
+
+# KEYS scratch next epoch state record manifest updated; ARGV floor record manifest epoch
+_BEGIN = (
+    _PRELUDE
+    + """
+local n = redis.call('INCR', KEYS[2])
+local floor = tonumber(ARGV[1])
+if n <= floor then n = floor + 1; redis.call('SET', KEYS[2], n) end
+redis.call('SET', KEYS[3], ARGV[4], 'NX')
+local v = tostring(n)
+redis.call('HSET', KEYS[4], v, 'staging')
+redis.call('HSET', KEYS[5], v, ARGV[2])
+redis.call('HSET', KEYS[6], v, ARGV[3])
+redis.call('HSET', KEYS[7], v, tostring(now))
+return n
+"""
+)
+
+# KEYS scratch state updated; ARGV number
+_HEARTBEAT = (
+    _PRELUDE
+    + """
+local st = redis.call('HGET', KEYS[2], ARGV[1])
+if st ~= 'staging' then return st or 'missing' end
+redis.call('HSET', KEYS[3], ARGV[1], tostring(now))
+return 'ok'
+"""
+)
+
+# KEYS scratch state record updated active reason pinexp; ARGV number max_ready record
+_FINISH = (
+    _PRELUDE
+    + _PINNED
+    + """
+local v = ARGV[1]
+local st = redis.call('HGET', KEYS[2], v)
+if st ~= 'staging' then return {'state', st or 'missing'} end
+local active = redis.call('GET', KEYS[5]) or v
+local pinned = pinned_set(KEYS[7])
+local all = redis.call('HGETALL', KEYS[2])
+local ready = {}
+for i = 1, #all, 2 do if all[i + 1] == 'ready' then table.insert(ready, tonumber(all[i])) end end
+table.sort(ready)
+local n = #ready + 1
+local retire = {}
+for _, r in ipairs(ready) do
+  if n <= tonumber(ARGV[2]) then break end
+  local s = tostring(r)
+  if s ~= active and not pinned[s] then table.insert(retire, s); n = n - 1 end
+end
+if n > tonumber(ARGV[2]) then return {'full'} end
+redis.call('HSET', KEYS[2], v, 'ready')
+redis.call('HSET', KEYS[3], v, ARGV[3])
+redis.call('HSET', KEYS[4], v, tostring(now))
+if not redis.call('GET', KEYS[5]) then redis.call('SET', KEYS[5], v) end
+for _, s in ipairs(retire) do
+  redis.call('HSET', KEYS[2], s, 'retiring')
+  redis.call('HSET', KEYS[4], s, tostring(now))
+  redis.call('HSET', KEYS[6], s, 'retired by the publish of v' .. v)
+end
+local out = {'ok'}
+for _, s in ipairs(retire) do table.insert(out, s) end
+return out
+"""
+)
+
+# KEYS scratch state active; ARGV number
+_ACTIVATE = (
+    _PRELUDE
+    + """
+local st = redis.call('HGET', KEYS[2], ARGV[1])
+if not st then return 'missing' end
+if st ~= 'ready' then return st end
+redis.call('SET', KEYS[3], ARGV[1])
+return 'ok'
+"""
+)
+
+# KEYS scratch state active updated reason pinexp; ARGV number reason
+_RETIRE = (
+    _PRELUDE
+    + _PINNED
+    + """
+local st = redis.call('HGET', KEYS[2], ARGV[1])
+if not st then return 'missing' end
+if st == 'retiring' then return 'retiring' end
+if redis.call('GET', KEYS[3]) == ARGV[1] then return 'active' end
+if pinned_set(KEYS[6])[ARGV[1]] then return 'pinned' end
+redis.call('HSET', KEYS[2], ARGV[1], 'retiring')
+redis.call('HSET', KEYS[4], ARGV[1], tostring(now))
+redis.call('HSET', KEYS[5], ARGV[1], ARGV[2])
+return 'was:' .. st
+"""
+)
+
+# KEYS scratch state updated reason; ARGV number reason from_state
+_MARK = (
+    _PRELUDE
+    + """
+local st = redis.call('HGET', KEYS[2], ARGV[1])
+if st ~= ARGV[3] then return st or 'missing' end
+redis.call('HSET', KEYS[2], ARGV[1], 'damaged')
+redis.call('HSET', KEYS[3], ARGV[1], tostring(now))
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
+return 'ok'
+"""
+)
+
+# KEYS scratch state record updated reason next; ARGV number record reason
+_LOST = (
+    _PRELUDE
+    + """
+if redis.call('HSETNX', KEYS[2], ARGV[1], 'damaged') == 0 then return 'exists' end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[4], ARGV[1], tostring(now))
+redis.call('HSET', KEYS[5], ARGV[1], ARGV[3])
+local n = tonumber(redis.call('GET', KEYS[6]) or '0')
+if n < tonumber(ARGV[1]) then redis.call('SET', KEYS[6], ARGV[1]) end
+return 'ok'
+"""
+)
+
+# KEYS scratch state updated reason; ARGV lease_s
+_ABANDON = (
+    _PRELUDE
+    + """
+local all = redis.call('HGETALL', KEYS[2])
+local out = {}
+for i = 1, #all, 2 do
+  if all[i + 1] == 'staging' then
+    local ts = tonumber(redis.call('HGET', KEYS[3], all[i]) or '0')
+    if ts < now - tonumber(ARGV[1]) then
+      redis.call('HSET', KEYS[2], all[i], 'retiring')
+      redis.call('HSET', KEYS[3], all[i], tostring(now))
+      redis.call('HSET', KEYS[4], all[i], 'abandoned: no publisher heartbeat')
+      table.insert(out, tonumber(all[i]))
+    end
+  end
+end
+return out
+"""
+)
+
+# KEYS scratch state record manifest updated reason pins pinexp; ARGV number
+_FORGET = (
+    _PRELUDE
+    + """
+local st = redis.call('HGET', KEYS[2], ARGV[1])
+if st and st ~= 'retiring' then return st end
+for i = 2, 6 do redis.call('HDEL', KEYS[i], ARGV[1]) end
+local prefix = ARGV[1] .. '|'
+for i = 7, 8 do
+  local names = redis.call('HKEYS', KEYS[i])
+  for _, f in ipairs(names) do
+    if string.sub(f, 1, #prefix) == prefix then redis.call('HDEL', KEYS[i], f) end
+  end
+end
+return 'ok'
+"""
+)
+
+# KEYS scratch state record pins pinexp; ARGV number holder ttl
+_PIN = (
+    _PRELUDE
+    + """
+local st = redis.call('HGET', KEYS[2], ARGV[1])
+if st ~= 'ready' then return {'state', st or 'missing'} end
+local rec = cjson.decode(redis.call('HGET', KEYS[3], ARGV[1]))
+local field = ARGV[1] .. '|' .. ARGV[2]
+local since = now
+local old = redis.call('HGET', KEYS[4], field)
+local exp = tonumber(redis.call('HGET', KEYS[5], field) or '0')
+if old and exp > now then since = cjson.decode(old)['since'] end
+local pin = {number = tonumber(ARGV[1]), holder = ARGV[2], publish_id = rec['publish_id'],
+             since = since, heartbeat = now, expires = now + tonumber(ARGV[3])}
+local body = cjson.encode(pin)
+redis.call('HSET', KEYS[4], field, body)
+redis.call('HSET', KEYS[5], field, tostring(now + tonumber(ARGV[3])))
+return {'ok', body}
+"""
+)
+
+# KEYS scratch epoch; ARGV new epoch
+_EPOCH = (
+    _PRELUDE
+    + """
+redis.call('SET', KEYS[2], ARGV[1], 'NX')
+return redis.call('GET', KEYS[2])
+"""
+)
+
+# KEYS scratch pins pinexp
+_EXPIRE_PINS = (
+    _PRELUDE
+    + """
+local all = redis.call('HGETALL', KEYS[3])
+local n = 0
+for i = 1, #all, 2 do
+  if tonumber(all[i + 1]) <= now then
+    redis.call('HDEL', KEYS[2], all[i]); redis.call('HDEL', KEYS[3], all[i]); n = n + 1
+  end
+end
+return n
+"""
+)
+
+
+def _record(number: int, state: str, raw: bytes, **extra: Any) -> VersionRecord:
+    data = json.loads(raw)
+    identity = VersionIdentity(number, data["publish_id"], data["checksum"])
+    return VersionRecord(
+        identity=identity,
+        state=state,
+        namespace=namespace(number, identity.publish_id),
+        dims=Dims(**data["dims"]),
+        keys=int(data.get("keys", 0)),
+        sample=data.get("sample", {}),
+        **extra,
+    )
+
+
+def _record_json(publish_id: str, checksum: str, dims: Dims, keys: int = 0, sample: Any = None) -> str:
+    body = {"publish_id": publish_id, "checksum": checksum, "dims": vars(dims), "keys": keys}
+    return json.dumps({**body, "sample": sample or {}}, sort_keys=True)
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisRegistry:
+    """:class:`gkc.store.VersionRegistry` over a redis-py client (single node or Cluster); every call
+    runs inside :func:`guard`."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        names = ("begin", "heartbeat", "finish", "activate", "retire", "mark", "lost", "abandon")
+        sources = (_BEGIN, _HEARTBEAT, _FINISH, _ACTIVATE, _RETIRE, _MARK, _LOST, _ABANDON)
+        self._scripts = {n: client.register_script(s) for n, s in zip(names, sources, strict=True)}
+        for name, src in (
+            ("forget", _FORGET),
+            ("pin", _PIN),
+            ("expire_pins", _EXPIRE_PINS),
+            ("epoch", _EPOCH),
+        ):
+            self._scripts[name] = client.register_script(src)
+        self._scripts["now"] = client.register_script("return redis.call('TIME')")
+
+    def _run(self, name: str, keys: list[str], *args: Any) -> Any:
+        with guard():
+            return self._scripts[name](keys=[K_SCRATCH, *keys], args=list(args))
+
+    # --- reads ----------------------------------------------------------------------------------
+    def view(self) -> RegistryView:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(K_STATE)
+        pipe.hgetall(K_RECORD)
+        pipe.get(K_ACTIVE)
+        pipe.get(K_EPOCH)
+        with guard():
+            states, records, active, epoch = pipe.execute()
+        ready = tuple(
+            _record(int(v), READY, records[v]) for v, s in states.items() if s == b"ready" and v in records
+        )
+        return RegistryView(
+            records=ready,
+            active=int(active) if active is not None else None,
+            epoch=_s(epoch) if epoch else None,
+        )
+
+    def records(self) -> tuple[list[VersionRecord], int | None]:
+        pipe = self.client.pipeline(transaction=False)
+        for key in (K_STATE, K_RECORD, K_MANIFEST, K_UPDATED, K_REASON, K_PINS, K_PINEXP):
+            pipe.hgetall(key)
+        pipe.get(K_ACTIVE)
+        with guard():
+            states, recs, manifests, updated, reasons, pins, _, active = pipe.execute()
+        by_version: dict[int, list[Pin]] = {}
+        for body in pins.values():
+            pin = Pin(**json.loads(body))
+            by_version.setdefault(pin.number, []).append(pin)
+        out = [
+            _record(
+                int(v),
+                _s(s),
+                recs[v],
+                manifest=json.loads(manifests.get(v, b"{}")),
+                updated=float(updated.get(v, b"0")),
+                reason=_s(reasons.get(v, b"")),
+                pins=tuple(sorted(by_version.get(int(v), []), key=lambda p: p.holder)),
+            )
+            for v, s in states.items()
+            if v in recs
+        ]
+        out.sort(key=lambda r: r.version)
+        return out, int(active) if active is not None else None
+
+    def now(self) -> float:
+        # a script, so that it runs on the registry's node: the clock every registry change used
+        with guard():
+            seconds, micros = self._scripts["now"](keys=[K_SCRATCH], args=[])
+        return float(seconds) + float(micros) / 1e6
+
+    def ensure_epoch(self) -> str:
+        return _s(self._run("epoch", [K_EPOCH], secrets.token_hex(8)))
+
+    # --- changes --------------------------------------------------------------------------------
+    def begin(self, manifest: dict[str, Any], checksum: str, dims: Dims, floor: int = 0) -> Staging:
+        publish_id = secrets.token_hex(8)
+        keys = [K_NEXT, K_EPOCH, K_STATE, K_RECORD, K_MANIFEST, K_UPDATED]
+        body = json.dumps(manifest, sort_keys=True)
+        number = int(
+            self._run(
+                "begin", keys, floor, _record_json(publish_id, checksum, dims), body, secrets.token_hex(8)
+            )
+        )
+        return Staging(VersionIdentity(number, publish_id, checksum), namespace(number, publish_id))
+
+    def heartbeat(self, number: int) -> None:
+        state = _s(self._run("heartbeat", [K_STATE, K_UPDATED], number))
+        if state != "ok":
+            raise Conflict(
+                f"version {number} is {state}, no longer staging (deleted or abandoned); publish again"
+            )
+
+    def finish(self, number: int, max_ready: int, keys: int, sample: dict[str, Any]) -> list[int]:
+        records, _ = self.records()
+        mine = next((r for r in records if r.version == number), None)
+        if mine is None:
+            raise Conflict(f"version {number} is gone; publish again")
+        body = _record_json(mine.identity.publish_id, mine.identity.checksum, mine.dims, keys, sample)
+        result = [
+            _s(x)
+            for x in self._run(
+                "finish",
+                [K_STATE, K_RECORD, K_UPDATED, K_ACTIVE, K_REASON, K_PINEXP],
+                number,
+                max_ready,
+                body,
+            )
+        ]
+        if result[0] == "state":
+            raise Conflict(
+                f"version {number} is {result[1]}, no longer staging (deleted or abandoned); publish again"
+            )
+        if result[0] == "full":
+            raise Conflict(self._full_reason(max_ready))
+        return [int(v) for v in result[1:]]
+
+    def _full_reason(self, max_ready: int) -> str:
+        records, active = self.records()
+        pins = [
+            f"v{r.version}: {', '.join(p.holder for p in r.pins)}"
+            for r in records
+            if r.state == READY and r.pins
+        ]
+        return (
+            f"{max_ready} ready versions are kept and none can be retired (active v{active}; pinned "
+            f"{'; '.join(pins) or 'none'}); delete one or wait for its pins to end"
+        )
+
+    def activate(self, number: int) -> None:
+        result = _s(self._run("activate", [K_STATE, K_ACTIVE], number))
+        if result == "missing":
+            raise NotFound(f"version {number} does not exist")
+        if result != "ok":
+            raise Conflict(f"version {number} is {result}; only a ready version can be activated")
+
+    def retire(self, number: int, reason: str) -> str:
+        keys = [K_STATE, K_ACTIVE, K_UPDATED, K_REASON, K_PINEXP]
+        result = _s(self._run("retire", keys, number, reason))
+        if result == "missing":
+            raise NotFound(f"version {number} does not exist")
+        if result == "active":
+            raise Conflict(f"version {number} is active; activate another version before deleting it")
+        if result == "pinned":
+            records, _ = self.records()
+            holders = [p.holder for r in records if r.version == number for p in r.pins]
+            raise Conflict(
+                f"version {number} is pinned by {', '.join(holders) or 'a consumer'}; it cannot be deleted"
+            )
+        return result.removeprefix("was:")
+
+    def mark_damaged(self, number: int, reason: str) -> None:
+        self._run("mark", [K_STATE, K_UPDATED, K_REASON], number, reason, READY)
+
+    def record_lost(self, identity: VersionIdentity, dims: Dims, reason: str) -> None:
+        body = _record_json(identity.publish_id, identity.checksum, dims)
+        self._run("lost", [K_STATE, K_RECORD, K_UPDATED, K_REASON, K_NEXT], identity.number, body, reason)
+
+    def abandon_stale(self, lease_s: float) -> list[int]:
+        return [int(v) for v in self._run("abandon", [K_STATE, K_UPDATED, K_REASON], lease_s)]
+
+    def forget(self, number: int) -> None:
+        result = _s(self._run("forget", [*ALL_HASHES, K_PINS, K_PINEXP], number))
+        if result != "ok":
+            raise Conflict(f"version {number} is {result}, not retiring")
+
+    def pin(self, number: int, holder: str, ttl_s: float) -> Pin:
+        result = self._run("pin", [K_STATE, K_RECORD, K_PINS, K_PINEXP], number, holder, ttl_s)
+        if _s(result[0]) != "ok":
+            state = _s(result[1])
+            if state == "missing":
+                raise NotFound(f"version {number} does not exist")
+            raise Conflict(f"version {number} is {state}; only a ready version can be pinned")
+        return Pin(**json.loads(result[1]))
+
+    def unpin(self, number: int, holder: str) -> bool:
+        field = f"{number}|{holder}"
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hdel(K_PINS, field)
+        pipe.hdel(K_PINEXP, field)
+        with guard():
+            return bool(pipe.execute()[0])
+
+    def expire_pins(self) -> int:
+        return int(self._run("expire_pins", [K_PINS, K_PINEXP]))

@@ -1,0 +1,143 @@
+"""A serving process' view of the version registry: which versions it may answer from, for how long.
+
+The view is re-read every ``ttl_s`` (another process may publish, activate or retire) and at once when
+a version nobody has seen yet is asked for. When the registry cannot be read (its Redis node fails over,
+a network blip), the last good view keeps serving, but never longer than ``stale_s`` after it was read:
+that bound is what makes deletion safe. A version that leaves the ready set is deleted only
+``stale_s + grace`` after it was marked retiring (:class:`gkc.janitor.Janitor`), so no process can still
+answer from it by then.
+
+Age is measured from the moment the read *started*, so a slow registry read cannot stretch it. When a
+version's identity disappears from the view (retired, damaged, or lost together with Redis' data) the
+``on_drop`` callback gets its namespace (the item cache forgets its rows).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from gkc.store import RegistryView, VersionRecord, VersionRegistry
+from services.errors import NotFound, Unavailable
+
+log = logging.getLogger(__name__)
+
+
+class ServingView:
+    def __init__(
+        self,
+        registry: VersionRegistry,
+        *,
+        ttl_s: float = 1.0,
+        stale_s: float = 10.0,
+        on_drop: Callable[[str], None] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.ttl_s = ttl_s
+        self.stale_s = max(stale_s, ttl_s)
+        self.on_drop = on_drop
+        self._ready: dict[int, VersionRecord] = {}
+        self._active: int | None = None
+        self._epoch: str | None = None
+        self._read_at = -float("inf")  # monotonic start of the last good read
+        self._lock = threading.Lock()
+        self.last_error: str | None = None
+        #: Set while the store must not be served from (e.g. it may evict keys): every read is
+        #: refused with this reason (:class:`gkc.health.HealthMonitor` sets and clears it).
+        self.refusal: str | None = None
+
+    @property
+    def active(self) -> int | None:
+        return self._active
+
+    @property
+    def age_s(self) -> float:
+        return time.monotonic() - self._read_at
+
+    def ready(self) -> dict[int, VersionRecord]:
+        return dict(self._ready)
+
+    def refresh(self) -> RegistryView:
+        """Read the registry now (raises Unavailable when it cannot be read)."""
+        with self._lock:
+            return self._refresh_locked()
+
+    def _refresh_locked(self) -> RegistryView:
+        started = time.monotonic()
+        try:
+            view = self.registry.view()
+        except Unavailable as err:
+            if self.last_error is None:
+                log.warning(
+                    "registry unreadable; serving the last good view for up to %.0f s: %s", self.stale_s, err
+                )
+            self.last_error = err.message
+            raise
+        if self.last_error is not None:
+            log.info("registry readable again")
+            self.last_error = None
+        ready = {r.version: r for r in view.records}
+        if self._epoch is not None and view.epoch != self._epoch:
+            log.error(
+                "the registry's epoch changed (%s -> %s): Redis lost or replaced its data; "
+                "dropping every cached version",
+                self._epoch,
+                view.epoch,
+            )
+        gone = {r.namespace for r in self._ready.values()} - {r.namespace for r in ready.values()}
+        self._ready, self._active, self._epoch, self._read_at = ready, view.active, view.epoch, started
+        if self.on_drop is not None:
+            for ns in gone:
+                self.on_drop(ns)
+        return view
+
+    def _usable(self, now: float) -> bool:
+        return now - self._read_at <= self.stale_s
+
+    def _ensure_fresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        age = now - self._read_at
+        if age <= self.ttl_s and not force:
+            return
+        if self._usable(now):
+            # one reader refreshes; the others keep answering from the current (still usable) view
+            if not self._lock.acquire(blocking=False):
+                return
+        else:
+            self._lock.acquire()
+        try:
+            if force or time.monotonic() - self._read_at > self.ttl_s:
+                try:
+                    self._refresh_locked()
+                except Unavailable:
+                    if not self._usable(time.monotonic()):
+                        raise Unavailable(
+                            f"the version registry has been unreadable for over {self.stale_s:.0f} s: "
+                            f"{self.last_error}"
+                        ) from None
+        finally:
+            self._lock.release()
+
+    def resolve(self, version: int) -> VersionRecord:
+        """The ready version that answers ``version`` (0 = active), or NotFound."""
+        if self.refusal is not None:
+            raise Unavailable(self.refusal)
+        self._ensure_fresh()
+        if version == 0:
+            if self._active is None:
+                self._ensure_fresh(force=time.monotonic() - self._read_at > 0.05)
+            if self._active is None:
+                raise NotFound("no knowledge version has been published yet")
+            record = self._ready.get(self._active)
+            if record is None:
+                raise NotFound(f"the active version {self._active} is not ready (damaged?); activate another")
+            return record
+        record = self._ready.get(version)
+        if record is None and time.monotonic() - self._read_at > 0.05:
+            self._ensure_fresh(force=True)
+            record = self._ready.get(version)
+        if record is None:
+            raise NotFound(f"knowledge version {version} does not exist or is not ready")
+        return record
