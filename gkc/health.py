@@ -1,7 +1,7 @@
 """Whether this GKC process can answer, decided by checking, not assumed.
 
 :class:`HealthMonitor` runs in every serving process (a thread, every ``interval_s``): it pings every
-Redis primary, re-reads the registry view and, every few rounds, checks the store's fitness. Its
+Redis primary, reads the store's memory figures (fitness, headroom) and re-reads the registry view. Its
 verdict drives gRPC health (NOT_SERVING while a check fails) and ``/healthz`` (503), and both come back
 by themselves once the checks pass again.
 
@@ -62,15 +62,12 @@ class HealthMonitor:
         *,
         accept_eviction: bool = False,
         interval_s: float = 1.0,
-        fitness_every: int = 5,
     ) -> None:
         self.store = store
         self.view = view
         self.accept_eviction = accept_eviction
         self.interval_s = interval_s
-        self.fitness_every = fitness_every
         self.state = HealthState()
-        self._round = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gkc-health", daemon=True)
@@ -83,14 +80,12 @@ class HealthMonitor:
     def _check(self) -> str | None:
         try:
             self.store.ping()
-            if self._round % self.fitness_every == 0:
-                self.state.memory = self.store.memory()
-                self.view.refusal = fitness_problem(self.state.memory, self.accept_eviction)
+            self.state.memory = self.store.memory()
+            self.view.refusal = fitness_problem(self.state.memory, self.accept_eviction)
             self.view.refresh()
             problem = self.view.refusal
         except KeepError as err:
             problem = err.message
-        self._round += 1
         if problem != self.state.problem:
             if problem is None:
                 log.info("GKC can answer again")

@@ -93,6 +93,8 @@ class Shadow:
     def observe(self, records: Sequence[VersionRecord], epoch: str | None) -> bool:
         """Take in what the registry holds now; returns whether anything changed (then save)."""
         before = (self.epoch, self.floor, len(self.versions), len(self.tombstones))
+        if epoch is not None and self.epoch is not None and epoch != self.epoch:
+            return False  # another registry: reconcile() decides what is lost; nothing is "deleted"
         self.epoch = epoch or self.epoch
         present = {r.version for r in records}
         for r in records:
@@ -142,6 +144,7 @@ def reconcile(store: IntegrityStore, shadow: Shadow, *, sample: bool = True) -> 
     records, _ = store.records()
     problems += check_versions(store, [r for r in records if r.state == READY], sample=sample)
     shadow.floor = max([shadow.floor, *(r.version for r in records)])
+    shadow.epoch = None  # the registry as it is now is the one to follow
     shadow.observe(records, store.ensure_epoch())
     shadow.save()
     for line in problems:

@@ -9,7 +9,9 @@ Each pass (every ``interval_s``, or at once after :meth:`Janitor.kick`):
   ``GKC_REGISTRY_STALE_S`` or stops answering (:mod:`gkc.serving_view`), so by then none can still
   answer from it. Deletion is SCAN + UNLINK in batches (memory freed off Redis' main thread), never
   one blocking call; then the registry entry is dropped;
-- the registry's shadow (:mod:`gkc.integrity`) takes in what changed;
+- the registry's shadow (:mod:`gkc.integrity`) takes in what changed; when the registry's epoch changed
+  (Redis lost its data, or evicted the registry), the start-up check runs again: versions that are gone
+  are listed ``damaged`` ("lost");
 - when the store evicted keys since the last pass (only possible where an eviction policy was
   explicitly accepted), every ready version's key count is verified and failing ones are marked
   ``damaged``.
@@ -21,7 +23,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from gkc.integrity import IntegrityStore, Shadow, check_versions
+from gkc.integrity import IntegrityStore, Shadow, check_versions, reconcile
 from gkc.store import READY, RETIRING
 from services.errors import KeepError
 
@@ -67,6 +69,12 @@ class Janitor:
     def run_once(self) -> list[int]:
         """One pass; returns the versions whose data was deleted."""
         store = self.store
+        seen = store.view().epoch
+        if self.shadow.epoch is not None and seen != self.shadow.epoch:
+            # Redis lost its data (or evicted the registry) while GKC ran: say so, list what is gone
+            lines = reconcile(store, self.shadow, sample=False)
+            if lines and self.on_damaged is not None:
+                self.on_damaged(lines)
         epoch = store.ensure_epoch()
         store.abandon_stale(self.lease_s)
         store.expire_pins()

@@ -24,6 +24,7 @@ import numpy as np
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
 from gkc.redis_registry import RedisRegistry, guard, namespace
@@ -55,11 +56,13 @@ class RedisStore(RedisRegistry):
         self.cluster = cluster
         opts: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
         self.client: Any
-        # one retry without backoff: a failover costs one fresh attempt, not seconds of sleeping
+        # A dropped connection (a restarted Redis, a failover) is retried once at once, a timeout never:
+        # a stuck node then costs one timeout, not seconds of retries and backoff.
+        retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
         if cluster:
-            self.client = RedisCluster.from_url(url, retry=Retry(NoBackoff(), 1), **opts)
+            self.client = RedisCluster.from_url(url, retry=retry, **opts)
         else:
-            self.client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 1), **opts)
+            self.client = redis.Redis.from_url(url, retry=retry, **opts)
         super().__init__(self.client)
 
     # --- reads ----------------------------------------------------------------------------------

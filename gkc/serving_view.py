@@ -1,8 +1,9 @@
 """A serving process' view of the version registry: which versions it may answer from, for how long.
 
-The view is re-read every ``ttl_s`` (another process may publish, activate or retire) and at once when
-a version nobody has seen yet is asked for. When the registry cannot be read (its Redis node fails over,
-a network blip), the last good view keeps serving, but never longer than ``stale_s`` after it was read:
+The view is re-read every ``ttl_s`` (another process may publish, activate or retire; in the background,
+so that no request waits for it) and at once when a version nobody has seen yet is asked for. When the
+registry cannot be read (its Redis node fails over, a network blip), the last good view keeps serving,
+but never longer than ``stale_s`` after it was read:
 that bound is what makes deletion safe. A version that leaves the ready set is deleted only
 ``stale_s + grace`` after it was marked retiring (:class:`gkc.janitor.Janitor`), so no process can still
 answer from it by then.
@@ -43,6 +44,7 @@ class ServingView:
         self._epoch: str | None = None
         self._read_at = -float("inf")  # monotonic start of the last good read
         self._lock = threading.Lock()
+        self._refreshing = False
         self.last_error: str | None = None
         #: Set while the store must not be served from (e.g. it may evict keys): every read is
         #: refused with this reason (:class:`gkc.health.HealthMonitor` sets and clears it).
@@ -98,27 +100,35 @@ class ServingView:
 
     def _ensure_fresh(self, force: bool = False) -> None:
         now = time.monotonic()
-        age = now - self._read_at
-        if age <= self.ttl_s and not force:
+        if now - self._read_at <= self.ttl_s and not force:
             return
-        if self._usable(now):
-            # one reader refreshes; the others keep answering from the current (still usable) view
-            if not self._lock.acquire(blocking=False):
-                return
-        else:
-            self._lock.acquire()
+        if not force and self.ttl_s > 0 and self._usable(now):
+            # stale but usable: refresh in the background, answer from the current view meanwhile, so
+            # that no request waits on a slow or failing registry read while the view may still serve
+            if not self._refreshing:
+                self._refreshing = True
+                threading.Thread(target=self._refresh_in_background, name="gkc-view", daemon=True).start()
+            return
+        with self._lock:
+            if not force and time.monotonic() - self._read_at <= self.ttl_s:
+                return  # another thread refreshed it meanwhile
+            try:
+                self._refresh_locked()
+            except Unavailable:
+                if not self._usable(time.monotonic()):
+                    raise Unavailable(
+                        f"the version registry has been unreadable for over {self.stale_s:.0f} s: "
+                        f"{self.last_error}"
+                    ) from None
+
+    def _refresh_in_background(self) -> None:
         try:
-            if force or time.monotonic() - self._read_at > self.ttl_s:
-                try:
-                    self._refresh_locked()
-                except Unavailable:
-                    if not self._usable(time.monotonic()):
-                        raise Unavailable(
-                            f"the version registry has been unreadable for over {self.stale_s:.0f} s: "
-                            f"{self.last_error}"
-                        ) from None
+            with self._lock:
+                self._refresh_locked()
+        except Exception as err:  # logged by _refresh_locked; the view serves until it is unusable
+            log.debug("background registry read failed: %s", err)
         finally:
-            self._lock.release()
+            self._refreshing = False
 
     def resolve(self, version: int) -> VersionRecord:
         """The ready version that answers ``version`` (0 = active), or NotFound."""

@@ -155,7 +155,9 @@ class ReadLoad(BackgroundCallers):
 
     def _run(self, seed: int) -> None:
         rng = random.Random(seed)
-        with grpc.insecure_channel(self.addr) as channel:
+        # its own TCP connection per thread (channels to one target share one by default), so that
+        # the load reaches every worker process behind SO_REUSEPORT
+        with grpc.insecure_channel(self.addr, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
             call = gkc_pb2_grpc.GkcStub(channel).BatchGet
             while not self._stop.is_set():
                 request = random_request(rng, self.pick_version(rng))

@@ -174,3 +174,83 @@ def test_good_bundle_after_the_refusals_still_publishes(
     )
     assert response.status_code == 201, response.text
     assert response.json()["version"] > max(versions.values())
+
+
+def _malform(path: Path, kind: str) -> None:
+    manifest = json.loads((path / "manifest.json").read_text())
+    raw: bytes | None = None
+    if kind in ("list", "null", "number"):
+        raw = {"list": b"[]", "null": b"null", "number": b"42"}[kind]
+    elif kind == "dims-list":
+        manifest["dims"] = [4, 4, 4]
+    elif kind == "counts-huge":
+        manifest["counts"]["items"] = 1e300
+    elif kind == "not-utf8":
+        raw = json.dumps(manifest).encode().replace(b'"source"', b'"sou\xff\xferce"')
+    elif kind == "deep-nesting":
+        raw = (
+            json.dumps(manifest)
+            .encode()
+            .replace(b'"source": {', b'"source": {"x": ' + b"[" * 100_000 + b"]" * 100_000 + b", ", 1)
+        )
+    elif kind == "header-128gib":  # an .npy header that claims 2^32 x 8 float32 rows; the data is 8 bytes
+        header = {"descr": "<f4", "fortran_order": False, "shape": (2**32, 8)}
+        with (path / "item_vectors.npy").open("wb") as fh:
+            np.lib.format.write_array_header_1_0(fh, header)
+            fh.write(b"\0" * 8)
+        manifest["dims"]["item"] = 8
+        manifest["counts"]["items"] = 2**32
+        manifest["checksums"]["item_vectors.npy"] = hashlib.sha256(
+            (path / "item_vectors.npy").read_bytes()
+        ).hexdigest()
+    elif kind == "long-ids":  # ids beyond the documented limit (gkc.bundle.MAX_ID_CHARS)
+        np.save(path / "item_ids.npy", np.array([f"{n}-" + "x" * 600 for n in range(200)]))
+        _rewrite_checksums(path)
+        manifest = json.loads((path / "manifest.json").read_text())
+    else:
+        raise AssertionError(kind)
+    (path / "manifest.json").write_bytes(raw if raw is not None else json.dumps(manifest).encode())
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "list",
+        "null",
+        "number",
+        "dims-list",
+        "counts-huge",
+        "not-utf8",
+        "deep-nesting",
+        "header-128gib",
+        "long-ids",
+    ],
+)
+def test_malformed_bundle_is_422_with_a_reason_and_versions_untouched(
+    rest_gkc: tuple[GkcService, dict[float, int]], tmp_path: Path, kind: str
+) -> None:
+    """Case 9. A manifest of ``[]``, ``null`` or ``42``, dims as a list, a huge count, invalid UTF-8,
+    deep nesting, an ``.npy`` header claiming 128 GiB, ids over the length limit → 422 with the reason;
+    the versions are untouched and the GKC's memory did not jump.
+
+    Before: each of these but the huge count was a 500 with a traceback (the 128 GiB header made
+    ``np.load`` try to allocate it), and ids over the limit were published (201)."""
+    svc, versions = rest_gkc
+    path = tagged_bundle(tmp_path / "bundle", 9.0)
+    _malform(path, kind)
+    ops = GkcOpsClient(svc.http_url, svc.token)
+    before = ops.versions(include_all=True)
+    response = httpx.post(
+        f"{svc.http_url}/v1/versions",
+        content=_tar(path, tmp_path / "upload.tar"),
+        headers={"Authorization": f"Bearer {svc.token}", "Content-Type": "application/x-tar"},
+        timeout=60,
+    )
+    assert response.status_code == 422, (response.status_code, response.text[:500])
+    body = response.json()
+    assert body["error"] and body["code"] == "INVALID_ARGUMENT", body
+    assert ops.versions(include_all=True) == before
+    with grpc.insecure_channel(svc.grpc_addr) as channel:
+        resp = gkc_pb2_grpc.GkcStub(channel).BatchGet(random_request(random.Random(1), 0), timeout=10)
+    assert (resp.version, response_tags(resp)) == (versions[3.0], ({3.0}, 0))
+    print(f"\nRELIABILITY malformed_bundle kind={kind} status=422 reason={body['error'][:80]!r}")
