@@ -51,7 +51,7 @@ protos: $(STAMP) ## regenerate the committed gRPC/protobuf code from protos/*.pr
 
 lint: $(STAMP) ## ruff and mypy
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check services contract gkc ranker trainer tests loadtests
+	$(VENV)/bin/ruff format --check services contract gkc ranker trainer tests loadtests bench
 	$(VENV)/bin/mypy
 
 UP_ARGS ?=

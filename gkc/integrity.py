@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,8 @@ class Shadow:
     floor: int = 0
     versions: dict[int, dict[str, Any]] = field(default_factory=dict)
     tombstones: list[str] = field(default_factory=list)
+    #: The janitor and the REST threads both update it.
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @classmethod
     def open(cls, data_dir: Path | None) -> Shadow:
@@ -79,19 +82,27 @@ class Shadow:
     def save(self) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.lock:
+            self._save(self.path)
+
+    def _save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
         body = {
             "epoch": self.epoch,
             "floor": self.floor,
             "versions": {str(k): v for k, v in sorted(self.versions.items())},
             "tombstones": self.tombstones[-MAX_TOMBSTONES:],
         }
-        tmp = self.path.with_suffix(".tmp")
+        tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(body, sort_keys=True))
-        os.replace(tmp, self.path)
+        os.replace(tmp, path)
 
     def observe(self, records: Sequence[VersionRecord], epoch: str | None) -> bool:
         """Take in what the registry holds now; returns whether anything changed (then save)."""
+        with self.lock:
+            return self._observe(records, epoch)
+
+    def _observe(self, records: Sequence[VersionRecord], epoch: str | None) -> bool:
         before = (self.epoch, self.floor, len(self.versions), len(self.tombstones))
         if epoch is not None and self.epoch is not None and epoch != self.epoch:
             return False  # another registry: reconcile() decides what is lost; nothing is "deleted"
@@ -113,6 +124,10 @@ class Shadow:
         return before != (self.epoch, self.floor, len(self.versions), len(self.tombstones))
 
     def tombstone(self, publish_id: str) -> None:
+        with self.lock:
+            self._tombstone(publish_id)
+
+    def _tombstone(self, publish_id: str) -> None:
         if publish_id not in self.tombstones:
             self.tombstones.append(publish_id)
             del self.tombstones[:-MAX_TOMBSTONES]

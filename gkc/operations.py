@@ -126,6 +126,8 @@ class VersionOps:
                 replica_timeout_s=self.limits.replica_timeout_s,
             )
         self.shadow.floor = max(self.shadow.floor, result.version)
+        # known as ready from now on: if Redis later loses it, it is listed "lost", never silently gone
+        self.shadow.observe(self.store.records()[0], None)
         self.shadow.save()
         self._changed()
         return result

@@ -219,3 +219,31 @@ def test_redis_cluster_publish_read_and_delete(tmp_path: Path, make_bundle: Call
         st.close()
     finally:
         cluster.stop()
+
+
+def test_pinned_versions_are_never_retired_and_a_publish_that_needs_one_is_refused(
+    store: RedisStore, tmp_path: Path, make_bundle: Callable[..., Path]
+) -> None:
+    """Retirement skips pinned versions; when every retirable version is pinned (or active) the
+    publish is refused with 409 naming the pins before it writes; an expired pin frees the version."""
+    bundle = gkc_bundle.load(make_bundle(tmp_path / "b", users=5, items=10))
+    numbers = [publish(store, bundle, progress=False, max_ready=3).version for _ in range(3)]
+    store.pin(numbers[1], "ranker@a:ctr", 60)
+    store.pin(numbers[2], "keep-train@b", 60)
+    again = store.pin(numbers[1], "ranker@a:ctr", 60)  # a heartbeat keeps "since"
+    assert again.since <= again.heartbeat and again.publish_id
+    records, _ = store.records()
+    assert {r.version: [p.holder for p in r.pins] for r in records}[numbers[1]] == ["ranker@a:ctr"]
+    with pytest.raises(Conflict, match="ranker@a:ctr") as err:
+        publish(store, bundle, progress=False, max_ready=3)  # v1 active, v2 and v3 pinned
+    assert "keep-train@b" in str(err.value)
+    assert len(store.records()[0]) == 3  # refused before a staging version was made
+    with pytest.raises(Conflict, match="pinned"):
+        store.retire(numbers[2], "test")
+    assert store.unpin(numbers[2], "keep-train@b")
+    result = publish(store, bundle, progress=False, max_ready=3)
+    assert result.retired == [numbers[2]]  # the unpinned one, not the pinned older one
+    store.pin(numbers[1], "ranker@a:ctr", 1)
+    time.sleep(1.2)
+    assert store.expire_pins() == 1
+    assert publish(store, bundle, progress=False, max_ready=3).retired == [numbers[1]]
