@@ -103,11 +103,13 @@ class Shadow:
             return self._observe(records, epoch)
 
     def _observe(self, records: Sequence[VersionRecord], epoch: str | None) -> bool:
+        """Ready versions are remembered; a retiring one is tombstoned and forgotten (every deletion
+        goes through ``retiring``). A remembered version that vanished is kept: it was lost, and
+        :func:`record_lost` lists it."""
         before = (self.epoch, self.floor, len(self.versions), len(self.tombstones))
         if epoch is not None and self.epoch is not None and epoch != self.epoch:
-            return False  # another registry: reconcile() decides what is lost; nothing is "deleted"
+            return False  # another registry: reconcile() decides what is lost
         self.epoch = epoch or self.epoch
-        present = {r.version for r in records}
         for r in records:
             self.floor = max(self.floor, r.version)
             if r.state == READY:
@@ -117,10 +119,10 @@ class Shadow:
                     "dims": vars(r.dims),
                 }
             elif r.state == RETIRING:
-                self.tombstone(r.identity.publish_id)
+                self._tombstone(r.identity.publish_id)
                 self.versions.pop(r.version, None)
-        for gone in set(self.versions) - present:  # deleted by a janitor pass we did not see
-            self.tombstone(self.versions.pop(gone)["publish_id"])
+            elif r.state == DAMAGED:
+                self.versions.pop(r.version, None)
         return before != (self.epoch, self.floor, len(self.versions), len(self.tombstones))
 
     def tombstone(self, publish_id: str) -> None:
@@ -133,6 +135,21 @@ class Shadow:
             del self.tombstones[:-MAX_TOMBSTONES]
 
 
+def record_lost(store: IntegrityStore, shadow: Shadow, records: Sequence[VersionRecord]) -> list[str]:
+    """List every version the shadow knew as ready that the registry lacks as ``damaged`` ("lost")."""
+    known = {r.version for r in records}
+    problems = []
+    for number, seen in sorted(shadow.versions.items()):
+        if number not in known:
+            identity = VersionIdentity(number, seen["publish_id"], seen["checksum"])
+            reason = (
+                "lost: Redis no longer has this version (data loss, eviction, a missing or truncated AOF)"
+            )
+            store.record_lost(identity, Dims(**seen["dims"]), reason)
+            problems.append(f"{identity} {reason}")
+    return problems
+
+
 def reconcile(store: IntegrityStore, shadow: Shadow, *, sample: bool = True) -> list[str]:
     """The start-up check (see the module docstring); returns one line per problem found."""
     view = store.view()
@@ -143,13 +160,7 @@ def reconcile(store: IntegrityStore, shadow: Shadow, *, sample: bool = True) -> 
             "(a missing or truncated AOF, a FLUSHALL, another Redis)"
         )
     records, _ = store.records()
-    known = {r.version: r for r in records}
-    for number, seen in sorted(shadow.versions.items()):
-        if number not in known:
-            identity = VersionIdentity(number, seen["publish_id"], seen["checksum"])
-            reason = "lost: Redis no longer has this version (data loss, a missing or truncated AOF)"
-            store.record_lost(identity, Dims(**seen["dims"]), reason)
-            problems.append(f"{identity} {reason}")
+    problems += record_lost(store, shadow, records)
     for r in records:
         if r.identity.publish_id in shadow.tombstones and r.state in (READY, DAMAGED):
             reason = "deleted before; it reappeared when Redis loaded older data"

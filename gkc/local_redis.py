@@ -3,8 +3,8 @@
 :class:`EmbeddedRedis` is GKC's default store when ``GKC_REDIS_URL`` is unset: one server under a data
 dir with AOF persistence (fsync every second) plus RDB snapshots, listening on a unix socket in the
 data dir (or a free loopback port when the path is too long for a socket), so data survives restarts.
-:class:`LocalCluster` starts an N-master Redis Cluster on free loopback ports (tests, ``--cluster``
-benchmarks).
+:class:`LocalCluster` starts an N-master Redis Cluster (optionally with replicas) on free loopback ports
+(tests, ``--cluster`` benchmarks, failover proofs).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from services.errors import Unavailable
 
@@ -65,14 +67,29 @@ def free_cluster_port() -> int:
 
 
 def _send(address: str | tuple[str, int], *args: str, timeout: float = 1.0) -> bytes:
-    """A tiny RESP client (no redis-py import here) for ping / shutdown / cluster setup."""
+    """A tiny RESP client (no redis-py import here) for ping / shutdown / cluster setup: one command,
+    its whole reply as raw RESP bytes."""
     family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(address)
         payload = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
         s.sendall(payload.encode())
-        return s.recv(1 << 16)
+        with s.makefile("rb") as reply:
+            return _read_reply(reply)
+
+
+def _read_reply(reply: Any) -> bytes:
+    line: bytes = reply.readline()
+    if not line:
+        raise OSError("redis closed the connection")
+    kind, rest = line[:1], line[1:].strip()
+    if kind == b"$" and int(rest) >= 0:
+        return line + reply.read(int(rest) + 2)
+    if kind in (b"*", b"%", b"~") and int(rest) > 0:
+        count = int(rest) * (2 if kind == b"%" else 1)
+        return line + b"".join(_read_reply(reply) for _ in range(count))
+    return line
 
 
 class RedisProcess:
@@ -159,20 +176,30 @@ class EmbeddedRedis(RedisProcess):
 
 
 class LocalCluster:
-    """An N-master Redis Cluster (no replicas) on free loopback ports, for tests and benchmarks."""
+    """An N-master Redis Cluster on free loopback ports, each master with ``replicas`` replicas
+    (tests, benchmarks, failover proofs). ``node_timeout_ms``: how long a silent master takes to be
+    failed over by its replica."""
 
-    def __init__(self, masters: int = 3, workdir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        masters: int = 3,
+        workdir: str | os.PathLike[str] | None = None,
+        *,
+        replicas: int = 0,
+        node_timeout_ms: int = 2000,
+    ) -> None:
         self._tmp = None if workdir else tempfile.mkdtemp(prefix="gkc-cluster-")
         root = Path(workdir or self._tmp or ".")
+        self.masters = masters
         self.nodes = []
-        for n in range(masters):
+        for n in range(masters * (1 + replicas)):
             port = free_cluster_port()
             config = {
                 "port": str(port),
                 "bind": "127.0.0.1",
                 "cluster-enabled": "yes",
                 "cluster-config-file": f"nodes-{port}.conf",
-                "cluster-node-timeout": "2000",
+                "cluster-node-timeout": str(node_timeout_ms),
                 "appendonly": "no",
                 "save": '""',
                 "dir": str(root / f"node{n}"),
@@ -183,7 +210,7 @@ class LocalCluster:
     def url(self) -> str:
         return self.nodes[0].url
 
-    def start(self, timeout_s: float = 20.0) -> LocalCluster:
+    def start(self, timeout_s: float = 30.0) -> LocalCluster:
         try:
             return self._start(timeout_s)
         except BaseException:
@@ -193,10 +220,11 @@ class LocalCluster:
     def _start(self, timeout_s: float) -> LocalCluster:
         for node in self.nodes:
             node.start()
+        masters = self.nodes[: self.masters]
         slots = 16384
-        per = slots // len(self.nodes)
-        for i, node in enumerate(self.nodes):
-            lo, hi = i * per, (slots if i == len(self.nodes) - 1 else (i + 1) * per)
+        per = slots // len(masters)
+        for i, node in enumerate(masters):
+            lo, hi = i * per, (slots if i == len(masters) - 1 else (i + 1) * per)
             reply = _send(node.address, "CLUSTER", "ADDSLOTS", *map(str, range(lo, hi)), timeout=5)
             if not reply.startswith(b"+OK"):
                 raise Unavailable(f"CLUSTER ADDSLOTS failed: {reply!r}")
@@ -204,19 +232,67 @@ class LocalCluster:
         assert isinstance(first, tuple)
         for node in self.nodes[1:]:
             _send(node.address, "CLUSTER", "MEET", first[0], str(first[1]))
+        self._wait(
+            timeout_s,
+            lambda infos: all(f"cluster_known_nodes:{len(self.nodes)}".encode() in i for i in infos),
+        )
+        for n, node in enumerate(self.nodes[self.masters :]):
+            master = masters[n % self.masters]
+            node_id = _send(master.address, "CLUSTER", "MYID").split(b"\r\n")[1].decode()
+            reply = _send(node.address, "CLUSTER", "REPLICATE", node_id, timeout=5)
+            if not reply.startswith(b"+OK"):
+                raise Unavailable(f"CLUSTER REPLICATE failed: {reply!r}")
+        self._wait(timeout_s, lambda infos: all(b"cluster_state:ok" in i for i in infos))
+        if len(self.nodes) > self.masters:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                links = [_send(n.address, "INFO", "replication") for n in self.nodes[self.masters :]]
+                if all(b"master_link_status:up" in link for link in links):
+                    return self
+                time.sleep(0.1)
+            raise Unavailable("redis cluster replicas did not sync with their masters")
+        return self
+
+    def _wait(self, timeout_s: float, ready: Callable[[list[bytes]], bool]) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            infos = [_send(n.address, "CLUSTER", "INFO") for n in self.nodes]
-            if all(
-                b"cluster_state:ok" in i and f"cluster_known_nodes:{len(self.nodes)}".encode() in i
-                for i in infos
-            ):
-                return self
+            if ready([_send(n.address, "CLUSTER", "INFO") for n in self.nodes if n.alive()]):
+                return
             time.sleep(0.1)
-        raise Unavailable("redis cluster did not reach cluster_state:ok")
+        raise Unavailable("redis cluster did not reach the expected state")
+
+    def node_of_slot(self, slot: int) -> RedisProcess:
+        """The live node that serves ``slot`` as a master now."""
+        for node in self.nodes:
+            if not node.alive():
+                continue
+            with contextlib.suppress(OSError):
+                reply = _send(node.address, "CLUSTER", "SLOTS", timeout=2)
+                for host_port in _slot_owners(reply, slot):
+                    for candidate in self.nodes:
+                        if candidate.address == host_port:
+                            return candidate
+        raise Unavailable(f"no live master serves slot {slot}")
 
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def _slot_owners(reply: bytes, slot: int) -> list[tuple[str, int]]:
+    """Parse a RESP ``CLUSTER SLOTS`` reply just enough: the master (host, port) of ``slot``."""
+    tokens = [t for t in reply.split(b"\r\n") if t and not t.startswith((b"*", b"$"))]
+    out: list[tuple[str, int]] = []
+    i = 0
+    while i + 3 < len(tokens):
+        if tokens[i].startswith(b":") and tokens[i + 1].startswith(b":"):
+            lo, hi = int(tokens[i][1:]), int(tokens[i + 1][1:])
+            host, port = tokens[i + 2].decode(), int(tokens[i + 3][1:])
+            if lo <= slot <= hi:
+                out.append((host, port))
+            i += 4
+        else:
+            i += 1
+    return out

@@ -36,6 +36,8 @@ MAX_HOLDER_CHARS = 200
 class Kickable(Protocol):
     def kick(self) -> None: ...
 
+    def sweep_soon(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class PublishLimits:
@@ -116,15 +118,20 @@ class VersionOps:
     def publish_tar(self, tar_path: Path, dest: Path) -> PublishResult:
         bundle = gkc_bundle.load(extract_bundle_tar(tar_path, dest), mmap=True)
         with self._publish_lock:
-            result = publish(
-                self.store,
-                bundle,
-                batch=self.limits.batch,
-                max_ready=self.limits.max_ready,
-                progress=False,
-                floor=self.shadow.floor,
-                replica_timeout_s=self.limits.replica_timeout_s,
-            )
+            try:
+                result = publish(
+                    self.store,
+                    bundle,
+                    batch=self.limits.batch,
+                    max_ready=self.limits.max_ready,
+                    progress=False,
+                    floor=self.shadow.floor,
+                    replica_timeout_s=self.limits.replica_timeout_s,
+                )
+            except BaseException:
+                if self.janitor is not None:
+                    self.janitor.sweep_soon()  # whatever the failed publish could not remove
+                raise
         self.shadow.floor = max(self.shadow.floor, result.version)
         # known as ready from now on: if Redis later loses it, it is listed "lost", never silently gone
         self.shadow.observe(self.store.records()[0], None)

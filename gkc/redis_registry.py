@@ -420,6 +420,8 @@ class RedisRegistry:
 
     def heartbeat(self, number: int) -> None:
         state = _s(self._run("heartbeat", [K_STATE, K_UPDATED], number))
+        if state == "missing":  # only a failover that lost the registry's last writes does this
+            raise Unavailable(f"version {number} vanished from the registry (a failover?); publish again")
         if state != "ok":
             raise Conflict(
                 f"version {number} is {state}, no longer staging (deleted or abandoned); publish again"
@@ -429,7 +431,7 @@ class RedisRegistry:
         records, _ = self.records()
         mine = next((r for r in records if r.version == number), None)
         if mine is None:
-            raise Conflict(f"version {number} is gone; publish again")
+            raise Unavailable(f"version {number} vanished from the registry (a failover?); publish again")
         body = _record_json(mine.identity.publish_id, mine.identity.checksum, mine.dims, keys, sample)
         result = [
             _s(x)
@@ -441,6 +443,8 @@ class RedisRegistry:
                 body,
             )
         ]
+        if result[0] == "state" and result[1] == "missing":
+            raise Unavailable(f"version {number} vanished from the registry (a failover?); publish again")
         if result[0] == "state":
             raise Conflict(
                 f"version {number} is {result[1]}, no longer staging (deleted or abandoned); publish again"

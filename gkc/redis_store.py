@@ -153,13 +153,15 @@ class RedisStore(RedisRegistry):
             pipe.unlink(key)
         return int(sum(int(r) for r in pipe.execute()))
 
-    def count_keys(self, namespaces: Sequence[str], batch: int = 1000) -> dict[str, int]:
-        counts = dict.fromkeys(namespaces, 0)
+    def count_keys(self, namespaces: Sequence[str] | None = None, batch: int = 1000) -> dict[str, int]:
+        counts: dict[str, int] = dict.fromkeys(namespaces or (), 0)
         with guard():
             for key in self.client.scan_iter(match="gkc:v*", count=batch):
                 text = key.decode(errors="replace")
                 ns = text[: text.find(":", 4) + 1]
-                if ns in counts:
+                if namespaces is None:
+                    counts[ns] = counts.get(ns, 0) + 1
+                elif ns in counts:
                     counts[ns] += 1
         return counts
 

@@ -261,8 +261,9 @@ class KnowledgeWriter(Protocol):
         """Remove a namespace's keys in batches (never one blocking call); returns keys removed."""
         ...
 
-    def count_keys(self, namespaces: Sequence[str]) -> dict[str, int]:
-        """Keys per namespace (one pass over the keyspace)."""
+    def count_keys(self, namespaces: Sequence[str] | None = None) -> dict[str, int]:
+        """Keys per namespace, of ``namespaces`` or of every namespace found (one pass over the
+        keyspace)."""
         ...
 
     def memory(self) -> MemoryInfo: ...

@@ -133,7 +133,11 @@ class ReadLoad(BackgroundCallers):
     check: Callable[[gkc_pb2.BatchGetRequest, gkc_pb2.BatchGetResponse], None] | None = None
     threads: int = 3
     timeout_s: float = 3.0
+    #: ``(rng, version) -> request``; default :func:`random_request`.
+    make_request: Callable[[random.Random, int], gkc_pb2.BatchGetRequest] | None = None
     codes: Counter[str] = field(default_factory=Counter)
+    #: (monotonic time, code) of every answer, for rates over a window.
+    answers: list[tuple[float, str]] = field(default_factory=list)
     failed_latency_s: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -143,6 +147,12 @@ class ReadLoad(BackgroundCallers):
     def total(self) -> int:
         with self._lock:
             return sum(self.codes.values())
+
+    def rate(self, code: str, start: float, end: float) -> float:
+        """Answers with ``code`` per second between two ``time.monotonic()`` points."""
+        with self._lock:
+            n = sum(1 for t, c in self.answers if c == code and start <= t < end)
+        return n / max(end - start, 1e-9)
 
     def wait_for(self, code: str, count: int = 1, timeout_s: float = 30.0) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -160,7 +170,8 @@ class ReadLoad(BackgroundCallers):
         with grpc.insecure_channel(self.addr, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
             call = gkc_pb2_grpc.GkcStub(channel).BatchGet
             while not self._stop.is_set():
-                request = random_request(rng, self.pick_version(rng))
+                make = self.make_request or random_request
+                request = make(rng, self.pick_version(rng))
                 start = time.perf_counter()
                 try:
                     resp = call(request, timeout=self.timeout_s)
@@ -171,6 +182,7 @@ class ReadLoad(BackgroundCallers):
                 elapsed = time.perf_counter() - start
                 with self._lock:
                     self.codes[code] += 1
+                    self.answers.append((time.monotonic(), code))
                     if resp is None:
                         self.failed_latency_s.append(elapsed)
                 if resp is not None and self.check is not None:

@@ -4,21 +4,35 @@ recovers by itself."""
 
 from __future__ import annotations
 
+import random
 import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import httpx
 import pytest
-from faultkit import ReadLoad, launch_gkc, publish_tagged, response_tags
+from faultkit import (
+    CATEGORIES,
+    ITEMS,
+    USERS,
+    ReadLoad,
+    launch_gkc,
+    publish_tagged,
+    random_request,
+    response_tags,
+    tagged_bundle,
+)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from redis.crc import key_slot
 
-from gkc.local_redis import EmbeddedRedis
-from protos import gkc_pb2
+from gkc.client import GkcOpsClient, tar_bundle
+from gkc.local_redis import EmbeddedRedis, LocalCluster, RedisProcess
+from protos import gkc_pb2, gkc_pb2_grpc
 
 pytestmark = pytest.mark.reliability
 TIMEOUT_S = 0.5
@@ -111,3 +125,150 @@ def test_a_stopped_redis_gives_unavailable_within_the_timeout_and_health_follows
             server.proc.send_signal(signal.SIGCONT)
         svc.stop()
         server.stop()
+
+
+@dataclass
+class ClusterMap:
+    """Which tagged-bundle users and items live on which master (by their keys' slots)."""
+
+    cluster: LocalCluster
+    ns: str
+
+    def master_of(self, key: str) -> RedisProcess:
+        return self.cluster.node_of_slot(key_slot(key.encode()))
+
+    def requests_avoiding(
+        self, *nodes: RedisProcess
+    ) -> Callable[[random.Random, int], gkc_pb2.BatchGetRequest]:
+        """Requests whose every key (user hash, items) lives on masters other than ``nodes``."""
+        owners = {n.address for n in nodes}
+        users = [f"u{u}" for u in range(USERS) if self.master_of(f"{self.ns}u:u{u}").address not in owners]
+        items = [f"i{i}" for i in range(ITEMS) if self.master_of(f"{self.ns}i:i{i}").address not in owners]
+        assert users and items
+
+        def make(rng: random.Random, version: int) -> gkc_pb2.BatchGetRequest:
+            picked = [rng.choice(items) for _ in range(20)]
+            cats = [f"c{rng.randrange(CATEGORIES)}" for _ in picked]
+            return gkc_pb2.BatchGetRequest(
+                user_id=rng.choice(users), item_ids=picked, category_ids=cats, version=version
+            )
+
+        return make
+
+
+def _kill(node: RedisProcess) -> None:
+    assert node.proc is not None
+    node.proc.send_signal(signal.SIGKILL)
+    node.proc.wait()
+
+
+@pytest.mark.slow
+def test_cluster_failover_under_read_load_and_during_a_publish(tmp_path: Path) -> None:
+    """Case 12. A 3-master + 3-replica Redis Cluster on loopback; masters are SIGKILLed under read load:
+    0 wrong answers; requests whose keys live on healthy masters keep their rate within 2x, also while
+    the master holding the registry fails over (the last good registry view serves); GKC recovers
+    without a restart; a publish that meets a failover is retried (201) or answered 503, never 500;
+    with a master and its replica both dead, answers are UNAVAILABLE (not INTERNAL) and health says so.
+
+    Before: while the registry's master was down 100% of requests failed; with a data-only master down
+    the rate for healthy masters fell from ~1,140 to 11-72/s; a publish during the failover was a 500
+    ("does not read back"); a dead master + replica gave INTERNAL (ClusterDownError matched by text)
+    with both health checks green."""
+    cluster = LocalCluster(3, tmp_path / "cluster", replicas=1, node_timeout_ms=2000).start()
+    env = {"GKC_REDIS_CLUSTER": "true", "GKC_REDIS_TIMEOUT_S": str(TIMEOUT_S), "GKC_REGISTRY_STALE_S": "15"}
+    svc = launch_gkc(tmp_path / "gkc", cluster.url, **env)
+    figures: dict[str, object] = {}
+    try:
+        ops = GkcOpsClient(svc.http_url, svc.token)
+        version = publish_tagged(svc, tmp_path, [1.0])[1.0]
+        identity = ops.version(version)["identity"]
+        where = ClusterMap(cluster, f"gkc:v{version}.{identity['publish_id'][:8]}:")
+        registry_master = cluster.node_of_slot(key_slot(b"gkc:{reg}:state"))
+        masters = [cluster.node_of_slot(s) for s in (0, 8000, 16000)]
+        data_master = next(m for m in masters if m is not registry_master)
+
+        def check(request: gkc_pb2.BatchGetRequest, resp: gkc_pb2.BatchGetResponse) -> None:
+            assert response_tags(resp) == ({1.0}, 0), "a wrong or partial answer"
+
+        def measure(load: ReadLoad, seconds: float) -> float:
+            start = time.monotonic()
+            time.sleep(seconds)
+            return load.rate("OK", start, time.monotonic())
+
+        # 1. a data-only master dies
+        healthy = where.requests_avoiding(data_master)
+        with (
+            ReadLoad(svc.grpc_addr, lambda r: version, check, 2, 3.0, make_request=healthy) as fine,
+            ReadLoad(svc.grpc_addr, lambda r: version, check, 2, 3.0) as mixed,
+        ):
+            assert fine.wait_for("OK", 100)
+            before = measure(fine, 4)
+            _kill(data_master)
+            during = measure(fine, 6)
+            recovered_at = time.monotonic()
+            assert mixed.wait_for("OK", mixed.codes["OK"] + 200, timeout_s=30)  # every slot answers again
+            figures["data_master"] = {"before_rps": round(before, 1), "during_rps": round(during, 1)}
+            assert during >= before / 2, figures
+            # 2. the master holding the registry dies; the last good view keeps serving
+            registry_healthy = where.requests_avoiding(registry_master)
+            with ReadLoad(
+                svc.grpc_addr, lambda r: version, check, 2, 3.0, make_request=registry_healthy
+            ) as reg:
+                assert reg.wait_for("OK", 100)
+                before2 = measure(reg, 4)
+                _kill(registry_master)
+                during2 = measure(reg, 6)
+            figures["registry_master"] = {"before_rps": round(before2, 1), "during_rps": round(during2, 1)}
+            assert during2 >= before2 / 2, (figures, dict(reg.codes))
+            assert mixed.wait_for("OK", mixed.codes["OK"] + 200, timeout_s=30)
+        for load in (fine, mixed, reg):
+            assert not load.errors, load.errors[:3]
+            assert set(load.codes) <= {"OK", "UNAVAILABLE"}, load.codes
+        figures["codes"] = dict(mixed.codes)
+        figures["recovered_s"] = round(time.monotonic() - recovered_at, 1)
+
+        # 3. a publish meets a failover: the one master that still has a replica dies mid-publish
+        last = next(m for m in masters if m.alive())
+        body = tar_bundle(
+            tagged_bundle(tmp_path / "big", 2.0, items=30_000), tmp_path / "big.tar"
+        ).read_bytes()
+        outcome: list[httpx.Response] = []
+        headers = {"Authorization": f"Bearer {svc.token}"}
+        thread = threading.Thread(
+            target=lambda: outcome.append(
+                httpx.post(f"{svc.http_url}/v1/versions", content=body, headers=headers, timeout=300)
+            ),
+            daemon=True,
+        )
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not any(v["state"] == "staging" for v in ops.versions(True)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _kill(last)
+        thread.join(300)
+        assert outcome and outcome[0].status_code in (201, 503), (
+            outcome[0].status_code,
+            outcome[0].text[:300],
+        )
+        figures["publish_during_failover"] = outcome[0].status_code
+        if outcome[0].status_code == 201:
+            with grpc.insecure_channel(svc.grpc_addr) as channel:
+                resp = gkc_pb2_grpc.GkcStub(channel).BatchGet(
+                    random_request(random.Random(0), outcome[0].json()["version"]), timeout=5
+                )
+            assert response_tags(resp) == ({2.0}, 0)
+
+        # 4. a master and its replica both dead: the cluster is down
+        promoted = cluster.node_of_slot(key_slot(where.ns.encode() + b"u:u0"))
+        _kill(promoted)
+        with ReadLoad(svc.grpc_addr, lambda r: version, check, 2, 3.0) as down:
+            assert down.wait_for("UNAVAILABLE", 30, timeout_s=30)
+            time.sleep(3)
+        assert "INTERNAL" not in down.codes and "UNKNOWN" not in down.codes, down.codes
+        health = httpx.get(f"{svc.http_url}/healthz", timeout=10)
+        assert health.status_code == 503, health.text
+        figures["cluster_down_codes"] = dict(down.codes)
+        print(f"\nRELIABILITY cluster_failover {figures}")
+    finally:
+        svc.stop()
+        cluster.stop()
