@@ -212,7 +212,10 @@ return 'ok'
 _LOST = (
     _PRELUDE
     + """
-if redis.call('HSETNX', KEYS[2], ARGV[1], 'damaged') == 0 then return 'exists' end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 and redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
+  return 'exists'
+end
+redis.call('HSET', KEYS[2], ARGV[1], 'damaged')
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[4], ARGV[1], tostring(now))
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[3])

@@ -81,6 +81,7 @@ def test_a_redis_that_may_evict_is_refused_or_its_damaged_versions_are_never_ser
             assert {v["version"] for v in damaged} == set(versions.values()), states
             # lost keys, or the whole registry entry (allkeys-lru evicts the registry's keys too)
             assert all("keys in Redis" in v["reason"] or "lost" in v["reason"] for v in damaged), damaged
+            time.sleep(2.5)  # every process re-reads the registry within GKC_REGISTRY_TTL_S (1 s)
             with grpc.insecure_channel(svc.grpc_addr) as channel:
                 stub = gkc_pb2_grpc.GkcStub(channel)
                 for version in versions.values():
