@@ -22,7 +22,7 @@ from typing import Any
 
 from grpc_health.v1 import health_pb2
 
-from gkc.grpc_service import SERVICE_NAME, GkcServicer, register
+from gkc.grpc_service import POOLED_S, SERVICE_NAME, GkcServicer, register
 from gkc.health import HealthMonitor, fitness_problem
 from gkc.integrity import Shadow, reconcile
 from gkc.janitor import Janitor
@@ -89,6 +89,8 @@ async def _grpc(settings: GkcSettings, proc: Process, stop: asyncio.Event) -> No
                 await health.set(name, status)
 
     def on_change(problem: str | None) -> None:  # called from the monitor's thread
+        if problem is not None:
+            servicer.pool_for(POOLED_S)
         asyncio.run_coroutine_threadsafe(follow(problem), loop)
 
     proc.monitor.state.listeners.append(on_change)

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from gkc.bundle import Dims
+from services.errors import Conflict
 
 STAGING = "staging"
 READY = "ready"
@@ -57,6 +58,10 @@ class VersionIdentity:
 
     def __str__(self) -> str:
         return f"v{self.number} (publish {self.publish_id}, content {self.checksum[:12]})"
+
+
+class IdentityMismatch(Conflict):
+    """Knowledge whose identity is not the one a consumer pinned (a model trained on other knowledge)."""
 
 
 @dataclass(frozen=True)
