@@ -33,7 +33,7 @@ from services.errors import (
     Unauthenticated,
     Unavailable,
 )
-from services.settings import MIN_TOKEN_CHARS
+from services.settings import MIN_TOKEN_LENGTH
 
 _BY_CODE: dict[grpc.StatusCode, type[KeepError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
@@ -217,7 +217,7 @@ class GkcOpsClient:
         if not self.token:
             raise Unauthenticated(
                 f"no GKC token: pass --token or set GKC_API_TOKEN (the GKC at {self.base_url} was started "
-                f"with it; at least {MIN_TOKEN_CHARS} characters, not a placeholder)"
+                f"with it; at least {MIN_TOKEN_LENGTH} characters, not a placeholder)"
             )
         try:
             response = self.http.get("/v1/auth")
@@ -226,7 +226,7 @@ class GkcOpsClient:
         if response.status_code == 401:
             raise Unauthenticated(
                 f"GKC at {self.base_url} refused the token: it must equal the server's GKC_API_TOKEN "
-                f"(at least {MIN_TOKEN_CHARS} characters, not a placeholder such as 'changeme')"
+                f"(at least {MIN_TOKEN_LENGTH} characters, not a placeholder such as 'changeme')"
             )
         if response.status_code != 404:  # 404: a GKC without /v1/auth; the upload tells then
             self._check(response)

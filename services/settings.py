@@ -9,7 +9,7 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The shortest token accepted (shorter ones count as placeholders).
-MIN_TOKEN_CHARS = 8
+MIN_TOKEN_LENGTH = 8
 #: Tokens that look like someone forgot to set a real one.
 PLACEHOLDER_TOKENS = frozenset({"", "changeme", "change-me", "secret", "token", "dev", "test", "password"})
 
@@ -31,4 +31,4 @@ def is_placeholder(token: SecretStr | None) -> bool:
     if token is None:
         return True
     value = token.get_secret_value().strip()
-    return value.lower() in PLACEHOLDER_TOKENS or len(value) < MIN_TOKEN_CHARS
+    return value.lower() in PLACEHOLDER_TOKENS or len(value) < MIN_TOKEN_LENGTH
