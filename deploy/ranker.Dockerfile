@@ -15,6 +15,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY services ./services
 COPY contract ./contract
+COPY bench ./bench
 COPY protos ./protos
 COPY gkc ./gkc
 COPY ranker ./ranker

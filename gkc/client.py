@@ -18,7 +18,7 @@ from urllib.parse import quote
 import grpc
 import httpx
 
-from gkc.bundle import canonical_ids
+from contract.ids import canonical_ids
 from gkc.lookup import Lookup
 from gkc.wire import lookup_from_proto
 from protos import gkc_pb2, gkc_pb2_grpc

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from gkc.bundle import Dims
+from contract.knowledge import Dims
 from gkc.store import (
     DAMAGED,
     READY,

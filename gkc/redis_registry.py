@@ -35,7 +35,7 @@ from redis.exceptions import ClusterError, ReadOnlyError, RedisClusterException,
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gkc.bundle import Dims
+from contract.knowledge import Dims
 from gkc.store import READY, Pin, RegistryView, Staging, VersionIdentity, VersionRecord
 from services.errors import Conflict, InsufficientStorage, KeepError, NotFound, Unavailable
 

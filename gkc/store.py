@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from gkc.bundle import Dims
+from contract.knowledge import Dims
 from services.errors import Conflict
 
 STAGING = "staging"

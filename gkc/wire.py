@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gkc.bundle import Dims
+from contract.knowledge import Dims
 from gkc.lookup import Lookup
 from protos import gkc_pb2
 from services.errors import KeepError
