@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+from gkc import bundle as gkc_bundle
 from gkc.bundle_reader import BundleReader
 from gkc.client import GkcClient, GkcOpsClient, tar_bundle
 from gkc.local_redis import EmbeddedRedis
@@ -107,6 +108,54 @@ def test_writes_need_the_token(gkc_service, make_bundle: Callable[..., Path], tm
         GkcOpsClient(url, "wrong-token-value").publish(tmp_path / "b", progress=False)
     assert httpx.get(f"{url}/v1/versions").status_code == 200
     assert gkc_service.token not in gkc_service.log()
+
+
+def test_publish_checks_the_token_before_it_uploads(
+    gkc_service, make_bundle: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong or missing token is told by a cheap authenticated request before any upload, with what
+    a token must be (issue 18: publish uploaded the whole bundle, then said 401)."""
+    bundle = make_bundle(tmp_path / "b")
+    uploads: list[str] = []
+    real_post = httpx.Client.post
+    monkeypatch.setattr(
+        httpx.Client, "post", lambda self, *a, **k: uploads.append(str(a)) or real_post(self, *a, **k)
+    )
+    with pytest.raises(Unauthenticated, match="at least 8 characters"):
+        GkcOpsClient(gkc_service.http_url, "wrong-token-value").publish(bundle, progress=False)
+    monkeypatch.delenv("GKC_API_TOKEN", raising=False)
+    with pytest.raises(Unauthenticated, match="no GKC token: pass --token or set GKC_API_TOKEN"):
+        GkcOpsClient(gkc_service.http_url, "").publish(bundle, progress=False)
+    assert uploads == []  # neither sent a byte of the bundle
+    assert httpx.get(f"{gkc_service.http_url}/v1/auth").status_code == 401
+
+
+def test_the_client_takes_int_ids_and_is_importable_from_the_package(
+    gkc_service, make_bundle: Callable[..., Path], tmp_path: Path
+) -> None:
+    """``from gkc import GkcClient`` works and int64 ids are sent as their canonical strings (issue 18)."""
+    from gkc import GkcClient as PackageClient
+
+    rng = np.random.default_rng(5)
+    built = gkc_bundle.build(
+        user_ids=[7, 8],
+        user_vectors=rng.normal(size=(2, 4)),
+        item_ids=[100, 101, 2**40],
+        item_vectors=rng.normal(size=(3, 4)),
+        uc_user_ids=[7],
+        uc_category_ids=[3],
+        uc_vectors=rng.normal(size=(1, 2)),
+    )
+    path = gkc_bundle.save(built, tmp_path / "ints")
+    version = GkcOpsClient(gkc_service.http_url, gkc_service.token).publish(path, progress=False)["version"]
+    with PackageClient(gkc_service.grpc_addr) as client:
+        got = client.batch_get(7, [101, 2**40, 5], [3, 3, 3], version)
+        want = BundleReader.open(path).batch_get("7", ["101", str(2**40), "5"], ["3", "3", "3"])
+    assert (
+        got.item_found.tolist() == [True, True, False] and got.user_found and got.uc_found.tolist() == [True]
+    )
+    np.testing.assert_array_equal(got.items, want.items)
+    assert got.checksum == want.checksum == gkc_bundle.read_manifest(path).content_checksum()
 
 
 @pytest.mark.parametrize("damage", ["truncate", "dims", "dtype", "not-a-tar", "missing-file"])
