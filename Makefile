@@ -29,8 +29,10 @@ test: $(STAMP) ## run the test suite (everything not marked slow)
 test-slow: $(STAMP) ## run the slow tests (experiments, cluster, long fault scenarios)
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
+RELIABILITY_MARK ?= reliability
+
 reliability: $(STAMP) ## fault, bad-input and security proofs, the slow ones included (tests/reliability)
-	$(PY) -m pytest -m reliability tests/reliability $(PYTEST_ARGS)
+	$(PY) -m pytest -m "$(RELIABILITY_MARK)" tests/reliability $(PYTEST_ARGS)
 
 LOAD_ARGS ?=
 
