@@ -73,8 +73,9 @@ def make_requests(users: int, items: int, n: int, seed: int = 1) -> list[tuple[s
 
 
 class RawFloor:
-    """What a hand-written reader does: one pipeline round trip, numpy decode, no service. The keys are
-    the store's own (:mod:`gkc.redis_store`), so a schema change moves the floor with it."""
+    """What a hand-written reader does with the store's own read (:meth:`gkc.redis_store.RedisStore.read`:
+    one pipeline round trip, the store's key schema) and a numpy decode: no service, no cache, no
+    packing. A key schema change moves the floor with it."""
 
     def __init__(self, url: str, version: int, cluster: bool) -> None:
         from gkc.redis_store import RedisStore
@@ -82,30 +83,12 @@ class RawFloor:
         self.store = RedisStore(url, cluster=cluster, timeout_s=5.0)
         records, _ = self.store.records()
         self.ns = next(r.namespace for r in records if r.version == version)
-        self.client: Any = self.store.client
-        self.cluster = cluster
         self.zero = bytes(4 * DIM)
 
     def get(self, user: str, items: list[str], cats: list[str]) -> np.ndarray:
-        from gkc.redis_store import USER_FIELD, item_key, uc_field, user_key
-
-        ns = self.ns
-        uitems = list(dict.fromkeys(items))
-        ucats = list(dict.fromkeys(cats))
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hmget(user_key(ns, user), [USER_FIELD, *[uc_field(c) for c in ucats]])
-        keys = [item_key(ns, i) for i in uitems]
-        if self.cluster:
-            for key in keys:
-                pipe.get(key)
-            replies = pipe.execute()
-            item_vals = replies[1:]
-        else:
-            pipe.mget(keys)
-            replies = pipe.execute()
-            item_vals = replies[1]
+        raw = self.store.read(self.ns, user, list(dict.fromkeys(cats)), list(dict.fromkeys(items)))
         z = self.zero
-        blob = b"".join([*(x or z for x in replies[0]), *(x or z for x in item_vals)])
+        blob = b"".join([raw.user or z, *(x or z for x in raw.ucs), *(x or z for x in raw.items)])
         return np.frombuffer(blob, dtype="<f4").reshape(-1, DIM)
 
 

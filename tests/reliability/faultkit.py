@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import numpy as np
 
 from gkc import bundle as gkc_bundle
@@ -251,6 +252,43 @@ class LatencyProxy:
         self._server.close()
         for s in self._conns:
             s.close()
+
+
+class BackgroundUpload:
+    """``POST /v1/versions`` of a tar ``body`` in a thread (a publish to interfere with)."""
+
+    def __init__(self, svc: Any, body: bytes, timeout_s: float = 300.0) -> None:
+        self.outcome: list[httpx.Response | Exception] = []
+        headers = {"Authorization": f"Bearer {svc.token}"}
+
+        def upload() -> None:
+            try:
+                self.outcome.append(
+                    httpx.post(
+                        f"{svc.http_url}/v1/versions", content=body, headers=headers, timeout=timeout_s
+                    )
+                )
+            except httpx.TransportError as err:
+                self.outcome.append(err)
+
+        self._thread = threading.Thread(target=upload, daemon=True)
+        self._thread.start()
+
+    def result(self, timeout_s: float = 300.0) -> httpx.Response | Exception:
+        self._thread.join(timeout_s)
+        assert self.outcome, "the upload did not finish"
+        return self.outcome[0]
+
+
+def wait_staging(ops: Any, timeout_s: float = 60.0) -> int:
+    """The number of the version being published, once the registry lists it as staging."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        staging = next((v["version"] for v in ops.versions(True) if v["state"] == "staging"), None)
+        if staging is not None:
+            return int(staging)
+        time.sleep(0.01)
+    raise AssertionError("the publish never reached the staging state")
 
 
 def publish_tagged(svc: Any, tmp: Path, tags: Sequence[float]) -> dict[float, int]:

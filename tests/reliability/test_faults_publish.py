@@ -14,9 +14,17 @@ import time
 from pathlib import Path
 
 import grpc
-import httpx
 import pytest
-from faultkit import ReadLoad, launch_gkc, publish_tagged, random_request, response_tags, tagged_bundle
+from faultkit import (
+    BackgroundUpload,
+    ReadLoad,
+    launch_gkc,
+    publish_tagged,
+    random_request,
+    response_tags,
+    tagged_bundle,
+    wait_staging,
+)
 
 from gkc.client import GkcOpsClient, tar_bundle
 from gkc.local_redis import EmbeddedRedis
@@ -72,33 +80,12 @@ def test_gkc_killed_mid_publish_leaves_no_partial_version(tmp_path: Path) -> Non
         good = publish_tagged(svc, tmp_path, [1.0])[1.0]
         big = tagged_bundle(tmp_path / "big", 2.0, items=30_000)
         body = tar_bundle(big, tmp_path / "big.tar").read_bytes()
-        outcome: list[object] = []
-
-        def upload() -> None:
-            try:
-                r = httpx.post(
-                    f"{svc.http_url}/v1/versions",
-                    content=body,
-                    headers={"Authorization": f"Bearer {svc.token}"},
-                    timeout=120,
-                )
-                outcome.append(r.status_code)
-            except httpx.TransportError as err:
-                outcome.append(err)
-
-        thread = threading.Thread(target=upload, daemon=True)
-        thread.start()
+        upload = BackgroundUpload(svc, body, timeout_s=120)
         ops = GkcOpsClient(svc.http_url, svc.token)
-        staging = None
-        deadline = time.monotonic() + 60
-        while staging is None and time.monotonic() < deadline:
-            staging = next((v["version"] for v in ops.versions(True) if v["state"] == "staging"), None)
-            time.sleep(0.01)
-        assert staging is not None, "the publish never reached the staging state"
+        staging = wait_staging(ops)
         time.sleep(0.2)  # some batches are in Redis now
         svc.stop(signal.SIGKILL)
-        thread.join(30)
-        assert outcome and not isinstance(outcome[0], int), outcome  # the upload died with the server
+        assert isinstance(upload.result(30), Exception)  # the upload died with the server
 
         again = launch_gkc(tmp_path / "gkc2", redis.url, **env)
         started.append(again)

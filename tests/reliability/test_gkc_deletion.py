@@ -10,7 +10,15 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from faultkit import ReadLoad, launch_gkc, publish_tagged, response_tags, tagged_bundle
+from faultkit import (
+    BackgroundUpload,
+    ReadLoad,
+    launch_gkc,
+    publish_tagged,
+    response_tags,
+    tagged_bundle,
+    wait_staging,
+)
 
 from gkc.client import GkcOpsClient, tar_bundle
 from gkc.local_redis import EmbeddedRedis
@@ -101,29 +109,15 @@ def test_delete_of_a_staging_version_stops_its_publish_and_leaves_no_keys(tmp_pa
         body = tar_bundle(
             tagged_bundle(tmp_path / "big", 2.0, items=40_000), tmp_path / "big.tar"
         ).read_bytes()
-        outcome: list[httpx.Response] = []
-
-        def upload() -> None:
-            headers = {"Authorization": f"Bearer {svc.token}"}
-            outcome.append(
-                httpx.post(f"{svc.http_url}/v1/versions", content=body, headers=headers, timeout=300)
-            )
-
-        thread = threading.Thread(target=upload, daemon=True)
-        thread.start()
+        upload = BackgroundUpload(svc, body)
         ops = GkcOpsClient(svc.http_url, svc.token)
-        staging = None
-        deadline = time.monotonic() + 60
-        while staging is None and time.monotonic() < deadline:
-            staging = next((v["version"] for v in ops.versions(True) if v["state"] == "staging"), None)
-            time.sleep(0.01)
-        assert staging is not None, "the publish never reached the staging state"
+        staging = wait_staging(ops)
         time.sleep(0.3)  # some batches are in Redis now
         assert _keys_outside(server.url, _namespaces(ops)) == 0 < _keys_outside(server.url, {f"gkc:v{good}"})
         ops.delete(staging)
-        thread.join(120)
-        assert outcome and outcome[0].status_code == 409, (outcome[0].status_code, outcome[0].text[:300])
-        assert "publish again" in outcome[0].json()["error"]
+        answer = upload.result()
+        assert isinstance(answer, httpx.Response) and answer.status_code == 409, answer
+        assert "publish again" in answer.json()["error"]
         deadline = time.monotonic() + 30
         while any(v["version"] == staging for v in ops.versions(True)) and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -6,7 +6,6 @@ memory without bound."""
 from __future__ import annotations
 
 import random
-import threading
 import time
 from pathlib import Path
 
@@ -14,7 +13,15 @@ import grpc
 import httpx
 import pytest
 import redis
-from faultkit import launch_gkc, publish_tagged, random_request, response_tags, tagged_bundle
+from faultkit import (
+    BackgroundUpload,
+    launch_gkc,
+    publish_tagged,
+    random_request,
+    response_tags,
+    tagged_bundle,
+    wait_staging,
+)
 
 from gkc.client import GkcOpsClient, tar_bundle
 from gkc.local_redis import RedisProcess, free_port
@@ -120,23 +127,12 @@ def test_a_full_redis_refuses_before_writing_cleans_a_failed_publish_and_still_d
         assert _gkc_keys(server.url) == keys_before  # refused before a byte was written
 
         body = tar_bundle(tagged_bundle(tmp_path / "mid", 4.0, items=60_000, dim=16), tmp_path / "mid.tar")
-        outcome: list[httpx.Response] = []
-        thread = threading.Thread(
-            target=lambda: outcome.append(
-                httpx.post(
-                    f"{svc.http_url}/v1/versions", content=body.read_bytes(), headers=headers, timeout=300
-                )
-            ),
-            daemon=True,
-        )
-        thread.start()
-        deadline = time.monotonic() + 60
-        while not any(v["state"] == "staging" for v in ops.versions(True)) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        upload = BackgroundUpload(svc, body.read_bytes())
+        wait_staging(ops)
         _fill(server.url, 64)  # Redis is full now, under the running publish
-        thread.join(120)
-        assert outcome and outcome[0].status_code == 507, (outcome[0].status_code, outcome[0].text[:300])
-        assert "out of memory" in outcome[0].json()["error"]
+        answer = upload.result()
+        assert isinstance(answer, httpx.Response) and answer.status_code == 507, answer
+        assert "out of memory" in answer.json()["error"]
         assert _gkc_keys(server.url) == keys_before  # the failed version's keys are gone
         assert sorted(v["version"] for v in ops.versions(True)) == [first, second]
 
@@ -144,7 +140,9 @@ def test_a_full_redis_refuses_before_writing_cleans_a_failed_publish_and_still_d
         assert ops.activate(first)["active"]
         assert ops.delete(second)["state"] == "retiring"
         health = httpx.get(f"{svc.http_url}/healthz").json()
-        assert health["redis"]["free_bytes"] < 1 << 20, health
+        redis_side = health["redis"]
+        assert redis_side["free_bytes"] == redis_side["limit_bytes"] - redis_side["used_bytes"], health
+        assert redis_side["free_bytes"] < redis_side["limit_bytes"] // 10, health  # full, and it says so
         small = tar_bundle(tagged_bundle(tmp_path / "small", 5.0), tmp_path / "small.tar")
         r = httpx.post(f"{svc.http_url}/v1/versions", content=small.read_bytes(), headers=headers, timeout=60)
         assert r.status_code == 507, (r.status_code, r.text[:300])

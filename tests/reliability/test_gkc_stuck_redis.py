@@ -20,12 +20,14 @@ from faultkit import (
     CATEGORIES,
     ITEMS,
     USERS,
+    BackgroundUpload,
     ReadLoad,
     launch_gkc,
     publish_tagged,
     random_request,
     response_tags,
     tagged_bundle,
+    wait_staging,
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.crc import key_slot
@@ -232,29 +234,16 @@ def test_cluster_failover_under_read_load_and_during_a_publish(tmp_path: Path) -
         body = tar_bundle(
             tagged_bundle(tmp_path / "big", 2.0, items=30_000), tmp_path / "big.tar"
         ).read_bytes()
-        outcome: list[httpx.Response] = []
-        headers = {"Authorization": f"Bearer {svc.token}"}
-        thread = threading.Thread(
-            target=lambda: outcome.append(
-                httpx.post(f"{svc.http_url}/v1/versions", content=body, headers=headers, timeout=300)
-            ),
-            daemon=True,
-        )
-        thread.start()
-        deadline = time.monotonic() + 60
-        while not any(v["state"] == "staging" for v in ops.versions(True)) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        upload = BackgroundUpload(svc, body)
+        wait_staging(ops)
         _kill(last)
-        thread.join(300)
-        assert outcome and outcome[0].status_code in (201, 503), (
-            outcome[0].status_code,
-            outcome[0].text[:300],
-        )
-        figures["publish_during_failover"] = outcome[0].status_code
-        if outcome[0].status_code == 201:
+        answer = upload.result()
+        assert isinstance(answer, httpx.Response) and answer.status_code in (201, 503), answer
+        figures["publish_during_failover"] = answer.status_code
+        if answer.status_code == 201:
             with grpc.insecure_channel(svc.grpc_addr) as channel:
                 resp = gkc_pb2_grpc.GkcStub(channel).BatchGet(
-                    random_request(random.Random(0), outcome[0].json()["version"]), timeout=5
+                    random_request(random.Random(0), answer.json()["version"]), timeout=5
                 )
             assert response_tags(resp) == ({2.0}, 0)
 
