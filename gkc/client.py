@@ -279,9 +279,11 @@ class GkcOpsClient:
     def delete(self, version: int) -> dict[str, Any]:
         return dict(self._request("DELETE", f"/v1/versions/{version}"))
 
-    def pin(self, version: int, holder: str, ttl_s: float = 60.0) -> dict[str, Any]:
-        """Take or renew ``holder``'s lease on ``version`` (GKC never retires a pinned version)."""
-        return dict(self._request("PUT", f"/v1/versions/{version}/pins", {"holder": holder, "ttl_s": ttl_s}))
+    def pin(self, version: int, holder: str, ttl_s: float = 60.0, publish_id: str = "") -> dict[str, Any]:
+        """Take or renew ``holder``'s lease on ``version`` (GKC never retires a pinned version); with
+        ``publish_id``, 409 unless the version is that publish (it is other knowledge)."""
+        body = {"holder": holder, "ttl_s": ttl_s, "publish_id": publish_id}
+        return dict(self._request("PUT", f"/v1/versions/{version}/pins", body))
 
     def unpin(self, version: int, holder: str) -> dict[str, Any]:
         return dict(self._request("DELETE", f"/v1/versions/{version}/pins/{quote(holder, safe='')}"))

@@ -18,7 +18,6 @@ import time
 from typing import Any
 
 from gkc.client import GkcOpsClient
-from gkc.store import IdentityMismatch
 from services.errors import KeepError
 
 log = logging.getLogger(__name__)
@@ -54,7 +53,7 @@ class Lease:
 
     def renew(self, *, raise_errors: bool = False) -> bool:
         try:
-            pin = self.ops.pin(self.version, self.holder, self.ttl_s)
+            pin = self.ops.pin(self.version, self.holder, self.ttl_s, self.publish_id or "")
         except KeepError as err:
             if raise_errors:
                 raise
@@ -63,14 +62,6 @@ class Lease:
                     "could not renew the pin on GKC version %d (%s): %s", self.version, self.holder, err
                 )
             self.last_error = err.message
-            return False
-        if self.publish_id and pin.get("publish_id") != self.publish_id:
-            self.last_error = (
-                f"GKC version {self.version} is publish {pin.get('publish_id')}, not {self.publish_id}"
-            )
-            if raise_errors:
-                raise IdentityMismatch(self.last_error)
-            log.error("pinned the wrong identity: %s", self.last_error)
             return False
         self.pin, self.last_error = pin, None
         return True

@@ -177,12 +177,12 @@ class VersionOps:
         return {"version": version, "state": "retiring", "was": former, "note": note}
 
     # --- pins -----------------------------------------------------------------------------------
-    def pin(self, version: int, holder: str, ttl_s: float) -> Pin:
+    def pin(self, version: int, holder: str, ttl_s: float, publish_id: str = "") -> Pin:
         if not holder or len(holder) > MAX_HOLDER_CHARS or "|" in holder:
             raise InvalidArgument(f"holder must be 1-{MAX_HOLDER_CHARS} characters without '|'")
         if not 1.0 <= ttl_s <= self.limits.max_pin_ttl_s:
             raise InvalidArgument(f"ttl_s must be within [1, {self.limits.max_pin_ttl_s:.0f}]")
-        return self.store.pin(version, holder, ttl_s)
+        return self.store.pin(version, holder, ttl_s, publish_id)
 
     def unpin(self, version: int, holder: str) -> dict[str, Any]:
         if not self.store.unpin(version, holder):

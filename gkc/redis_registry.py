@@ -37,7 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from contract.knowledge import Dims
 from gkc import redis_scripts as lua
-from gkc.store import READY, Pin, RegistryView, Staging, VersionIdentity, VersionRecord
+from gkc.store import READY, IdentityMismatch, Pin, RegistryView, Staging, VersionIdentity, VersionRecord
 from services.errors import Conflict, InsufficientStorage, KeepError, NotFound, Unavailable
 
 REG = "gkc:{reg}:"
@@ -288,8 +288,12 @@ class RedisRegistry:
         if result != "ok":
             raise Conflict(f"version {number} is {result}, not retiring")
 
-    def pin(self, number: int, holder: str, ttl_s: float) -> Pin:
-        result = self._run("pin", [K_STATE, K_RECORD, K_PINS, K_PINEXP], number, holder, ttl_s)
+    def pin(self, number: int, holder: str, ttl_s: float, publish_id: str = "") -> Pin:
+        result = self._run("pin", [K_STATE, K_RECORD, K_PINS, K_PINEXP], number, holder, ttl_s, publish_id)
+        if _s(result[0]) == "identity":
+            raise IdentityMismatch(
+                f"version {number} is publish {_s(result[1])}, not {publish_id}: not the knowledge pinned"
+            )
         if _s(result[0]) != "ok":
             state = _s(result[1])
             if state == "missing":

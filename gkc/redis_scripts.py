@@ -188,13 +188,14 @@ return 'ok'
 """
 )
 
-# KEYS scratch state record pins pinexp; ARGV number holder ttl
+# KEYS scratch state record pins pinexp; ARGV number holder ttl expected_publish_id ('' = any)
 PIN = (
     PRELUDE
     + """
 local st = redis.call('HGET', KEYS[2], ARGV[1])
 if st ~= 'ready' then return {'state', st or 'missing'} end
 local rec = cjson.decode(redis.call('HGET', KEYS[3], ARGV[1]))
+if ARGV[4] ~= '' and rec['publish_id'] ~= ARGV[4] then return {'identity', rec['publish_id']} end
 local field = ARGV[1] .. '|' .. ARGV[2]
 local since = now
 local old = redis.call('HGET', KEYS[4], field)

@@ -25,6 +25,7 @@ from services.metrics import render
 class PinIn(BaseModel):
     holder: str = Field(min_length=1, max_length=MAX_HOLDER_CHARS, description="who holds the lease")
     ttl_s: float = Field(60.0, description="the lease ends unless renewed within this many seconds")
+    publish_id: str = Field("", max_length=64, description="refuse (409) unless the version is this publish")
 
 
 def create_app(
@@ -85,7 +86,7 @@ def create_app(
     @app.put("/v1/versions/{version}/pins", dependencies=auth)
     async def pin(version: int, body: PinIn) -> dict[str, Any]:
         """Create or renew a lease: GKC never retires a version while a lease on it is live."""
-        pinned = await run_in_threadpool(ops.pin, version, body.holder, body.ttl_s)
+        pinned = await run_in_threadpool(ops.pin, version, body.holder, body.ttl_s, body.publish_id)
         return pinned.to_json()
 
     @app.delete("/v1/versions/{version}/pins/{holder}", dependencies=auth)

@@ -234,8 +234,9 @@ class VersionRegistry(Protocol):
         """Drop a retiring version's registry entry once its data is gone."""
         ...
 
-    def pin(self, number: int, holder: str, ttl_s: float) -> Pin:
-        """Create or renew ``holder``'s lease on a ready version."""
+    def pin(self, number: int, holder: str, ttl_s: float, publish_id: str = "") -> Pin:
+        """Create or renew ``holder``'s lease on a ready version; :class:`IdentityMismatch` when
+        ``publish_id`` is given and the version is another publish."""
         ...
 
     def unpin(self, number: int, holder: str) -> bool: ...
