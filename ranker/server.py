@@ -22,10 +22,11 @@ import uvicorn
 
 from ranker.breaker import CircuitBreaker
 from ranker.features import open_store
+from ranker.gkc_pins import ModelPins, holder_name
 from ranker.gkc_source import GkcKnowledgeSource
 from ranker.grpc_app import SERVICE_NAME, RankerServicer, register
 from ranker.metrics import RankerMetrics
-from ranker.registry import ModelRegistry
+from ranker.registry import ModelRegistry, ModelSnapshot
 from ranker.rest_app import create_app
 from ranker.service import Budget, RankerService
 from ranker.settings import RankerSettings
@@ -63,14 +64,24 @@ async def build(settings: RankerSettings) -> AsyncIterator[Ranker]:
     torch.set_num_threads(settings.torch_threads)
     metrics = RankerMetrics()
     loop = asyncio.get_running_loop()
+    pins = ModelPins(
+        settings.gkc_api_url,
+        settings.gkc_api_token.get_secret_value() if settings.gkc_api_token else None,
+        holder=holder_name(settings.grpc_port),
+        ttl_s=settings.pin_ttl_s,
+        ca_file=settings.gkc_ca_file,
+    )
+
+    def on_change(snaps: list[ModelSnapshot]) -> None:
+        metrics.set_models([(s.name, s.revision, s.knowledge_version) for s in snaps])
+        pins.sync(snaps)  # a lease per model on its knowledge version (ranker.gkc_pins)
+
     features = await loop.run_in_executor(None, open_store, settings.features_path, settings.features_max_len)
     registry = ModelRegistry(
         settings.model_dir,
         default_model=settings.default_model,
         shared_features=features,
-        on_change=lambda snaps: metrics.set_models(
-            [(s.name, s.revision, s.knowledge_version) for s in snaps]
-        ),
+        on_change=on_change,
         on_load=lambda result: metrics.reloads.labels(result).inc(),
     )
     report = await loop.run_in_executor(None, registry.reload)
@@ -95,6 +106,7 @@ async def build(settings: RankerSettings) -> AsyncIterator[Ranker]:
     try:
         yield Ranker(settings, service, registry, metrics, source, executor)
     finally:
+        await loop.run_in_executor(None, pins.close)
         await source.close()
         executor.shutdown(wait=True)
 

@@ -51,6 +51,13 @@ class RankerSettings(ServiceSettings):
     torch_threads: int = 1
     #: Threads running models concurrently (0 = one per CPU core).
     model_workers: int = 0
+    #: GKC's REST URL: each loaded model holds a lease (pin) there on its knowledge version, so GKC never
+    #: retires it while the model serves. Unset: nothing is pinned (logged).
+    gkc_api_url: str | None = None
+    #: Token for the pins (GKC's ``GKC_API_TOKEN``).
+    gkc_api_token: SecretStr | None = None
+    #: A pin ends this long after the ranker stops renewing it (it renews every third of it).
+    pin_ttl_s: float = 60.0
     #: Bearer token for ``POST /v1/models/reload``; unset = no token needed (bind to localhost then).
     admin_token: SecretStr | None = None
 
