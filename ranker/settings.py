@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from contract.schema import DEFAULT_MAX_LEN
@@ -54,8 +54,10 @@ class RankerSettings(ServiceSettings):
     #: GKC's REST URL: each loaded model holds a lease (pin) there on its knowledge version, so GKC never
     #: retires it while the model serves. Unset: nothing is pinned (logged).
     gkc_api_url: str | None = None
-    #: Token for the pins (GKC's ``GKC_API_TOKEN``).
-    gkc_api_token: SecretStr | None = None
+    #: Token for the pins: GKC's own ``GKC_API_TOKEN`` (read under that name too, so one secret serves).
+    gkc_api_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("RANKER_GKC_API_TOKEN", "GKC_API_TOKEN")
+    )
     #: A pin ends this long after the ranker stops renewing it (it renews every third of it).
     pin_ttl_s: float = 60.0
     #: Bearer token for ``POST /v1/models/reload``; unset = no token needed (bind to localhost then).
