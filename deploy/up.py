@@ -241,6 +241,7 @@ def plan_env(args: argparse.Namespace, redis: Sequence[int]) -> dict[str, str]:
         RANKER_GRPC_PORT=str(ranker_grpc),
         RANKER_HTTP_PORT=str(ranker_http),
         RANKER_GKC_ADDR=f"127.0.0.1:{gkc_grpc}",
+        RANKER_GKC_API_URL=f"http://127.0.0.1:{gkc_http}",  # each model pins its knowledge version
         RANKER_MODEL_DIR=str(models / "current"),
         RANKER_ADMIN_TOKEN=env.get("RANKER_ADMIN_TOKEN") or token,
         KEEP_GKC_URL=f"http://127.0.0.1:{gkc_http}",
