@@ -10,10 +10,16 @@ A bundle is a directory::
     uc_user_ids.npy          <U  [N_uc]         (user, category) pairs that occur
     uc_category_ids.npy      <U  [N_uc]
     uc_vectors.npy           <f4 [N_uc, d_uc]   K̂_uc
+    user_scales.npy, item_scales.npy, uc_scales.npy   <f4 [N]   int8 bundles only: per-row scales
+
+The vectors are stored at the manifest's ``dtype`` (:mod:`contract.quantize`): ``float32`` (``<f4``),
+``float16`` (``<f2``) or ``int8`` (``i1`` codes plus a float32 scale per row). Readers turn them into
+float32 through :func:`contract.quantize.dequantize` only (:meth:`Bundle.rows` gives the stored rows, the
+bytes GKC keeps in Redis).
 
 Ids are the raw ids of the data contract in their canonical string form (an int64 id ``42`` is
 ``"42"``), so GKC keys and wire messages never depend on a trainer's vocabulary. Arrays are plain
-``.npy`` (no pickle), little-endian float32. The manifest carries a SHA-256 per file; :func:`load`
+``.npy`` (no pickle), little-endian. The manifest carries a SHA-256 per file; :func:`load`
 verifies shapes, dtypes, counts and checksums and raises :class:`BundleError` naming what is wrong.
 
 K̂_u ⊙ K̂_i is not stored: anyone holding K̂_u and K̂_i derives it, so ``d_user == d_item`` is required
@@ -27,13 +33,13 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from contract import quantize as quant
 from contract.ids import canonical_ids
 from contract.knowledge import Dims
 from services.errors import InvalidArgument
@@ -49,7 +55,22 @@ ARRAY_FILES = (
     "uc_category_ids.npy",
     "uc_vectors.npy",
 )
+#: The int8 layout's per-row scales (not in a float bundle).
+SCALE_FILES = ("user_scales.npy", "item_scales.npy", "uc_scales.npy")
 FLOAT_DTYPE = np.dtype("<f4")
+#: Block name (as ``Bundle.rows`` and the publisher call them) -> (vectors field, scales field).
+BLOCK_FIELDS = {
+    "users": ("user_vectors", "user_scales"),
+    "items": ("item_vectors", "item_scales"),
+    "ucs": ("uc_vectors", "uc_scales"),
+}
+
+
+def array_files(dtype: str) -> tuple[str, ...]:
+    """The ``.npy`` files a bundle of this stored dtype has."""
+    return ARRAY_FILES + SCALE_FILES if dtype == quant.INT8 else ARRAY_FILES
+
+
 #: Longest id (characters) a bundle may hold and a BatchGet may ask for; longer → 422 / INVALID_ARGUMENT.
 #: It bounds what one id can cost in GKC's memory (item cache keys, request buffers).
 MAX_ID_CHARS = 256
@@ -98,14 +119,16 @@ class Manifest:
         return asdict(self)
 
     def content_checksum(self) -> str:
-        """SHA-256 of what the bundle holds (format, dims, counts, per-array checksums): the same bytes
-        give the same checksum, wherever they were exported or published."""
+        """SHA-256 of what the bundle holds (format, dims, counts, stored dtype, per-array checksums):
+        the same bytes give the same checksum, wherever they were exported or published."""
         body = {
             "format_version": self.format_version,
             "dims": asdict(self.dims),
             "counts": asdict(self.counts),
             "checksums": dict(sorted(self.checksums.items())),
         }
+        if self.dtype != quant.FLOAT32:  # float32 identities stay what they were before dtypes existed
+            body["dtype"] = self.dtype
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
     @classmethod
@@ -124,7 +147,7 @@ class Manifest:
                 counts=Counts(
                     **_ints(data.get("counts"), "counts", ("users", "items", "user_categories"), low=0)
                 ),
-                dtype=_typed(data.get("dtype", "float32"), str, "dtype"),
+                dtype=_dtype(data.get("dtype", quant.FLOAT32)),
                 interaction=_typed(data.get("interaction", True), bool, "interaction"),
                 strategy=_typed(data.get("strategy", "serving"), str, "strategy"),
                 source=_typed(data.get("source", {}), dict, "source"),
@@ -158,6 +181,12 @@ def _typed(value: Any, kind: type | tuple[type, ...], name: str) -> Any:
     return value
 
 
+def _dtype(value: Any) -> str:
+    if value not in quant.DTYPES:
+        raise BundleError(f"manifest dtype {value!r} is not one of {', '.join(quant.DTYPES)}")
+    return str(value)
+
+
 def _ints(value: Any, name: str, keys: tuple[str, ...], *, low: int) -> dict[str, int]:
     if not isinstance(value, dict) or set(value) != set(keys):
         raise BundleError(f"manifest field {name!r} must be an object with exactly {list(keys)}")
@@ -186,9 +215,26 @@ class Bundle:
     uc_user_ids: np.ndarray
     uc_category_ids: np.ndarray
     uc_vectors: np.ndarray
+    #: int8 bundles: float32 scale per row of each block (None otherwise).
+    user_scales: np.ndarray | None = None
+    item_scales: np.ndarray | None = None
+    uc_scales: np.ndarray | None = None
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {name: getattr(self, name.removesuffix(".npy")) for name in ARRAY_FILES}
+        return {name: getattr(self, name.removesuffix(".npy")) for name in array_files(self.manifest.dtype)}
+
+    def rows(self, block: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Stored rows ``[start, stop)`` of ``block`` (users | items | ucs), ``uint8 [n, row_bytes]``:
+        the bytes GKC stores per entry (a view for float dtypes, a copy for int8)."""
+        vectors, scales = BLOCK_FIELDS[block]
+        sc = getattr(self, scales)
+        return quant.encode_rows(getattr(self, vectors)[start:stop], None if sc is None else sc[start:stop])
+
+    def dequantized(self, block: str) -> np.ndarray:
+        """A whole block as float32 (through :func:`contract.quantize.dequantize`)."""
+        dims = self.manifest.dims
+        dim = {"users": dims.user, "items": dims.item, "ucs": dims.uc}[block]
+        return quant.dequantize(self.rows(block), self.manifest.dtype, dim)
 
 
 def _sha256(path: Path) -> str:
@@ -211,14 +257,22 @@ def build(
     strategy: str = "serving",
     source: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
+    dtype: str = quant.FLOAT32,
 ) -> Bundle:
-    """Assemble and validate an in-memory bundle (checksums are filled in by :func:`save`)."""
+    """Assemble and validate an in-memory bundle stored at ``dtype`` (checksums are filled in by
+    :func:`save`); the vectors given are float32."""
     uv = np.ascontiguousarray(user_vectors, dtype=FLOAT_DTYPE)
     iv = np.ascontiguousarray(item_vectors, dtype=FLOAT_DTYPE)
     cv = np.ascontiguousarray(uc_vectors, dtype=FLOAT_DTYPE)
+    dims = Dims(user=_dim(uv), item=_dim(iv), uc=_dim(cv))
+    try:
+        (uq, us), (iq, is_), (cq, cs) = (quant.quantize(v, dtype) for v in (uv, iv, cv))
+    except InvalidArgument as err:
+        raise BundleError(str(err)) from err
     manifest = Manifest(
-        dims=Dims(user=_dim(uv), item=_dim(iv), uc=_dim(cv)),
+        dims=dims,
         counts=Counts(users=len(uv), items=len(iv), user_categories=len(cv)),
+        dtype=dtype,
         interaction=_dim(uv) == _dim(iv),
         strategy=strategy,
         source=dict(source or {}),
@@ -228,12 +282,15 @@ def build(
     bundle = Bundle(
         manifest=manifest,
         user_ids=canonical_ids(user_ids),
-        user_vectors=uv,
+        user_vectors=uq,
         item_ids=canonical_ids(item_ids),
-        item_vectors=iv,
+        item_vectors=iq,
         uc_user_ids=canonical_ids(uc_user_ids),
         uc_category_ids=canonical_ids(uc_category_ids),
-        uc_vectors=cv,
+        uc_vectors=cq,
+        user_scales=us,
+        item_scales=is_,
+        uc_scales=cs,
     )
     validate(bundle)
     return bundle
@@ -249,18 +306,35 @@ def validate(bundle: Bundle) -> None:
     """Shapes, dtypes, counts and uniqueness agree with the manifest; raises :class:`BundleError`."""
     m = bundle.manifest
     blocks = (
-        ("user", bundle.user_vectors, m.dims.user, m.counts.users),
-        ("item", bundle.item_vectors, m.dims.item, m.counts.items),
-        ("uc", bundle.uc_vectors, m.dims.uc, m.counts.user_categories),
+        ("user", bundle.user_vectors, bundle.user_scales, m.dims.user, m.counts.users),
+        ("item", bundle.item_vectors, bundle.item_scales, m.dims.item, m.counts.items),
+        ("uc", bundle.uc_vectors, bundle.uc_scales, m.dims.uc, m.counts.user_categories),
     )
-    for name, vectors, dim, count in blocks:
-        if vectors.dtype != FLOAT_DTYPE:
-            raise BundleError(f"{name} vectors have dtype {vectors.dtype}, expected float32")
+    stored = quant.STORAGE[m.dtype]
+    for name, vectors, scales, dim, count in blocks:
+        if vectors.dtype != stored:
+            raise BundleError(f"{name} vectors have dtype {vectors.dtype}, the manifest says {m.dtype}")
         if vectors.ndim != 2 or vectors.shape != (count, dim):
             raise BundleError(f"{name} vectors have shape {vectors.shape}, manifest says ({count}, {dim})")
-        if not all_finite(vectors):
-            raise BundleError(f"{name} vectors contain NaN or inf")
+        if m.dtype != quant.INT8:
+            if scales is not None:
+                raise BundleError(f"{name} scales in a {m.dtype} bundle")
+            if not all_finite(vectors):
+                raise BundleError(f"{name} vectors contain NaN or inf")
+            continue
+        if scales is None or scales.dtype != quant.SCALE_DTYPE or scales.shape != (count,):
+            got = None if scales is None else (scales.dtype, scales.shape)
+            raise BundleError(f"{name} scales are {got}, expected float32 ({count},)")
+        check_scales(name, scales)
+        if any(bool((vectors[i : i + 65_536] == -128).any()) for i in range(0, len(vectors), 65_536)):
+            raise BundleError(f"{name} int8 codes outside ±{quant.INT8_MAX}")
     validate_ids(m, bundle.user_ids, bundle.item_ids, bundle.uc_user_ids, bundle.uc_category_ids)
+
+
+def check_scales(name: str, scales: np.ndarray) -> None:
+    """int8 scales are finite and not negative (a garbage scale would read back as garbage)."""
+    if not all_finite(scales.reshape(-1, 1)) or (len(scales) and float(scales.min()) < 0):
+        raise BundleError(f"{name} scales contain NaN, inf or negative values")
 
 
 def validate_ids(
@@ -270,8 +344,8 @@ def validate_ids(
     uc_user_ids: np.ndarray,
     uc_category_ids: np.ndarray,
 ) -> None:
-    if m.dtype != "float32":
-        raise BundleError(f"manifest dtype is {m.dtype!r}; only float32 is supported")
+    if m.dtype not in quant.DTYPES:
+        raise BundleError(f"manifest dtype is {m.dtype!r}, not one of {', '.join(quant.DTYPES)}")
     for name, ids, count in (
         ("user", user_ids, m.counts.users),
         ("item", item_ids, m.counts.items),
@@ -314,7 +388,7 @@ def tmp_dir(target: Path) -> Path:
 
 def seal(tmp: Path, target: Path, manifest: Manifest) -> Path:
     """Checksum every array file in ``tmp``, write the manifest, rename ``tmp`` to ``target``."""
-    checksums = {name: _sha256(tmp / name) for name in ARRAY_FILES}
+    checksums = {name: _sha256(tmp / name) for name in array_files(manifest.dtype)}
     sealed = Manifest(
         **{**asdict(manifest), "dims": manifest.dims, "counts": manifest.counts, "checksums": checksums}
     )
@@ -347,21 +421,28 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     return Manifest.parse(raw)
 
 
-def expected_arrays(m: Manifest) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """Array name -> (dtype kind, shape) that the manifest promises."""
+def expected_arrays(m: Manifest) -> dict[str, tuple[str | np.dtype[Any], tuple[int, ...]]]:
+    """Array name -> (``"U"`` for ids or the numpy dtype of the values, shape) the manifest promises."""
     c, d = m.counts, m.dims
-    return {
+    v = quant.STORAGE[m.dtype]
+    out: dict[str, tuple[str | np.dtype[Any], tuple[int, ...]]] = {
         "user_ids": ("U", (c.users,)),
-        "user_vectors": ("f", (c.users, d.user)),
+        "user_vectors": (v, (c.users, d.user)),
         "item_ids": ("U", (c.items,)),
-        "item_vectors": ("f", (c.items, d.item)),
+        "item_vectors": (v, (c.items, d.item)),
         "uc_user_ids": ("U", (c.user_categories,)),
         "uc_category_ids": ("U", (c.user_categories,)),
-        "uc_vectors": ("f", (c.user_categories, d.uc)),
+        "uc_vectors": (v, (c.user_categories, d.uc)),
     }
+    if m.dtype == quant.INT8:
+        s = quant.SCALE_DTYPE
+        out.update(
+            user_scales=(s, (c.users,)), item_scales=(s, (c.items,)), uc_scales=(s, (c.user_categories,))
+        )
+    return out
 
 
-def check_npy_header(file: Path, kind: str, shape: tuple[int, ...]) -> None:
+def check_npy_header(file: Path, kind: str | np.dtype[Any], shape: tuple[int, ...]) -> None:
     """Refuse an ``.npy`` file whose header is not what the manifest promises *before* loading it: a
     header may claim any shape (e.g. 128 GiB of rows), and ``np.load`` would allocate it."""
     try:
@@ -374,8 +455,8 @@ def check_npy_header(file: Path, kind: str, shape: tuple[int, ...]) -> None:
         raise BundleError(f"{file.name}: not a valid .npy file ({err})") from err
     if fortran or got_shape != shape:
         raise BundleError(f"{file.name}: header says shape {got_shape}, the manifest says {shape}")
-    if kind == "f" and dtype != FLOAT_DTYPE:
-        raise BundleError(f"{file.name}: dtype {dtype}, expected float32")
+    if kind != "U" and dtype != kind:
+        raise BundleError(f"{file.name}: dtype {dtype}, the manifest's dtype needs {np.dtype(kind)}")
     if kind == "U" and (dtype.kind != "U" or dtype.itemsize > 4 * MAX_ID_CHARS):
         raise BundleError(
             f"{file.name}: dtype {dtype}, expected strings of at most {MAX_ID_CHARS} characters"
@@ -411,11 +492,3 @@ def load(path: str | os.PathLike[str], *, verify_checksums: bool = True, mmap: b
     bundle = Bundle(manifest=manifest, **arrays)
     validate(bundle)
     return bundle
-
-
-def iter_rows(
-    ids: np.ndarray, vectors: np.ndarray, batch: int = 10_000
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Batches of (ids, vectors) for streaming writes with progress."""
-    for start in range(0, len(ids), batch):
-        yield ids[start : start + batch], vectors[start : start + batch]

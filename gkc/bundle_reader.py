@@ -1,7 +1,9 @@
 """Answer ``batch_get`` from a local bundle in memory: the trainer's offline path.
 
 Same contract and same bytes as :class:`gkc.client.GkcClient` (same dedupe order, zeros and found-mask
-for missing rows), so a model trained from a bundle sees exactly what it later gets from GKC.
+for missing rows, the stored rows of the bundle's dtype turned into float32 by the same
+:func:`contract.quantize.dequantize`), so a model trained from a bundle sees exactly what it later gets
+from GKC.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from contract import quantize as quant
 from gkc.bundle import Bundle, load
 from gkc.lookup import Lookup, dedupe
 from services.errors import InvalidArgument, NotFound
@@ -24,6 +27,8 @@ class BundleReader:
         self.manifest = bundle.manifest
         #: The content checksum every answer carries (what a model trained from this bundle pins).
         self.checksum = bundle.manifest.content_checksum()
+        #: Stored rows per block (views for float dtypes), dequantized per answer as GKC does.
+        self._rows = {block: bundle.rows(block) for block in ("users", "items", "ucs")}
         self._users = {u: i for i, u in enumerate(bundle.user_ids.tolist())}
         self._items = {u: i for i, u in enumerate(bundle.item_ids.tolist())}
         self._ucs = {
@@ -44,7 +49,7 @@ class BundleReader:
             raise NotFound(f"this bundle is version {self.version}, not {version}")
         if len(item_ids) != len(category_ids):
             raise InvalidArgument("item_ids and category_ids must be parallel")
-        b = self.bundle
+        dims, dtype = self.manifest.dims, self.manifest.dtype
         items, item_index = dedupe(item_ids)
         cats, uc_index = dedupe(category_ids)
         urow = self._users.get(user_id)
@@ -52,24 +57,23 @@ class BundleReader:
         uc_rows = [self._ucs.get((user_id, c)) for c in cats]
         return Lookup(
             version=version or self.version,
-            user=b.user_vectors[urow].copy()
-            if urow is not None
-            else np.zeros(b.manifest.dims.user, np.float32),
+            user=_gather(self._rows["users"], [urow], dtype, dims.user)[0],
             user_found=urow is not None,
-            items=_gather(b.item_vectors, item_rows),
+            items=_gather(self._rows["items"], item_rows, dtype, dims.item),
             item_found=np.array([r is not None for r in item_rows], dtype=bool),
             item_index=item_index,
-            ucs=_gather(b.uc_vectors, uc_rows),
+            ucs=_gather(self._rows["ucs"], uc_rows, dtype, dims.uc),
             uc_found=np.array([r is not None for r in uc_rows], dtype=bool),
             uc_index=uc_index,
             checksum=self.checksum,
         )
 
 
-def _gather(vectors: np.ndarray, rows: list[int | None]) -> np.ndarray:
-    out = np.zeros((len(rows), vectors.shape[1]), dtype=np.float32)
+def _gather(stored: np.ndarray, rows: list[int | None], dtype: str, dim: int) -> np.ndarray:
+    """float32 ``[len(rows), dim]``: the stored rows dequantized, zeros where ``None``."""
+    out = np.zeros((len(rows), dim), dtype=np.float32)
     found = [(pos, r) for pos, r in enumerate(rows) if r is not None]
     if found:
         pos, idx = zip(*found, strict=True)
-        out[list(pos)] = vectors[list(idx)]
+        out[list(pos)] = quant.dequantize(stored[list(idx)], dtype, dim)
     return out

@@ -231,9 +231,12 @@ class GkcOpsClient:
         if response.status_code != 404:  # 404: a GKC without /v1/auth; the upload tells then
             self._check(response)
 
-    def publish(self, bundle_dir: str | os.PathLike[str], *, progress: bool = True) -> dict[str, Any]:
+    def publish(
+        self, bundle_dir: str | os.PathLike[str], *, progress: bool = True, dtype: str | None = None
+    ) -> dict[str, Any]:
         """Check the token, upload the bundle (streamed, with a progress bar) and return
-        ``{"version": N, "identity": {...}, ...}``."""
+        ``{"version": N, "identity": {...}, ...}``. ``dtype``: store a float32 bundle as float16 / int8
+        (GKC converts it; the version's checksum is that of the converted bundle)."""
         from tqdm import tqdm
 
         self.check_token()
@@ -251,7 +254,7 @@ class GkcOpsClient:
 
             try:
                 response = self.http.post(
-                    "/v1/versions",
+                    "/v1/versions" if dtype is None else f"/v1/versions?dtype={dtype}",
                     content=chunks(),
                     headers={"Content-Type": "application/x-tar", "Content-Length": str(size)},
                 )

@@ -14,6 +14,12 @@ def register(sub: Any) -> None:
     pub.add_argument("bundle", help="bundle directory (keep export --out)")
     _common(pub)
     pub.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pub.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "int8"],
+        default=None,
+        help="store a float32 bundle at this dtype (default: as exported)",
+    )
     pub.set_defaults(func=publish_command)
 
     ver = sub.add_parser("versions", help="list / show / activate / delete GKC knowledge versions")
@@ -35,7 +41,7 @@ def publish_command(args: argparse.Namespace) -> int:
 
     ops = GkcOpsClient(args.gkc, args.token, ca_file=args.ca_file)
     try:
-        result = ops.publish(args.bundle, progress=not args.no_progress)
+        result = ops.publish(args.bundle, progress=not args.no_progress, dtype=args.dtype)
     finally:
         ops.close()
     print(result["version"])

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from contract import quantize as quant
 from gkc import bundle as gkc_bundle
+from gkc.bundle_writer import convert
 from gkc.integrity import Shadow
 from gkc.publish import PublishResult, PublishStore, publish
 from gkc.serving_view import ServingView
@@ -28,7 +30,9 @@ from gkc.store import READY, STAGING, Pin
 from services.errors import InvalidArgument, NotFound, ResourceExhausted
 
 log = logging.getLogger(__name__)
-ALLOWED_FILES = {gkc_bundle.MANIFEST, *gkc_bundle.ARRAY_FILES}
+REQUIRED_FILES = {gkc_bundle.MANIFEST, *gkc_bundle.ARRAY_FILES}
+#: int8 bundles add their scales (whether they must be there is :func:`gkc.bundle.load`'s check).
+ALLOWED_FILES = REQUIRED_FILES | set(gkc_bundle.SCALE_FILES)
 #: Longest pin holder name.
 MAX_HOLDER_CHARS = 200
 
@@ -68,7 +72,7 @@ def extract_bundle_tar(tar_path: Path, dest: Path) -> Path:
                 seen.add(name)
     except (tarfile.TarError, EOFError, UnicodeError) as err:
         raise gkc_bundle.BundleError(f"the upload is not a readable tar stream: {err}") from err
-    missing = ALLOWED_FILES - seen
+    missing = REQUIRED_FILES - seen
     if missing:
         raise gkc_bundle.BundleError(f"the upload lacks {sorted(missing)} (truncated?)")
     return dest
@@ -92,8 +96,13 @@ class VersionOps:
         self._publish_lock = threading.Lock()
 
     # --- publish --------------------------------------------------------------------------------
-    async def publish_upload(self, body: AsyncIterator[bytes], declared: str | None) -> dict[str, Any]:
-        """Stream the upload to disk under the size cap, then verify and publish it (a thread)."""
+    async def publish_upload(
+        self, body: AsyncIterator[bytes], declared: str | None, dtype: str | None = None
+    ) -> dict[str, Any]:
+        """Stream the upload to disk under the size cap, then verify and publish it (a thread), stored
+        at ``dtype`` when given (a float32 bundle converted first)."""
+        if dtype is not None:
+            quant.check_dtype(dtype)
         cap = self.limits.max_upload_bytes
         if declared is not None:
             if not declared.isdigit():
@@ -112,11 +121,14 @@ class VersionOps:
             if size == 0:
                 raise InvalidArgument("empty upload: send the bundle directory as a tar stream")
             loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(None, self.publish_tar, tar_path, Path(tmp) / "bundle")
+            result = await loop.run_in_executor(None, self.publish_tar, tar_path, Path(tmp) / "bundle", dtype)
         return result.to_json()
 
-    def publish_tar(self, tar_path: Path, dest: Path) -> PublishResult:
+    def publish_tar(self, tar_path: Path, dest: Path, dtype: str | None = None) -> PublishResult:
         bundle = gkc_bundle.load(extract_bundle_tar(tar_path, dest), mmap=True)
+        if dtype is not None and dtype != bundle.manifest.dtype:
+            converted = convert(bundle, dtype, dest.with_name(f"{dest.name}-{dtype}"))
+            bundle = gkc_bundle.load(converted, mmap=True)
         with self._publish_lock:
             try:
                 result = publish(

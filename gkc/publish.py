@@ -28,7 +28,8 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from gkc.bundle import Bundle, Counts, Manifest, iter_rows
+from contract import quantize as quant
+from gkc.bundle import Bundle, Counts, Manifest
 from gkc.integrity import entry_digest as _digest
 from gkc.store import READY, KnowledgeReader, KnowledgeWriter, Staging, VersionIdentity, VersionRegistry
 from services.errors import Conflict, InsufficientStorage, KeepError, Unavailable
@@ -71,7 +72,10 @@ def estimate_bytes(manifest: Manifest, id_chars: int = 12) -> int:
     ns = 24 + id_chars  # namespace + block + id
     keys = (c.users + c.items) * (KEY_OVERHEAD + ns)
     fields = (c.users + c.user_categories) * (FIELD_OVERHEAD + id_chars + 2)
-    values = 4 * (c.users * d.user + c.items * d.item + c.user_categories * d.uc)
+    values = sum(
+        n * quant.row_bytes(manifest.dtype, dim)
+        for n, dim in ((c.users, d.user), (c.items, d.item), (c.user_categories, d.uc))
+    )
     return keys + fields + int(values * 1.25)
 
 
@@ -107,8 +111,9 @@ def write_data(
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, int]:
-    """Write every row of ``bundle`` into the staging namespace (a heartbeat per batch, which stops the
-    publish with Conflict once the version was deleted); returns new entries per block."""
+    """Write every row of ``bundle`` into the staging namespace, stored at the bundle's dtype (its
+    :meth:`~gkc.bundle.Bundle.rows`), a heartbeat per batch (which stops the publish with Conflict once
+    the version was deleted); returns new entries per block."""
     m, ns = bundle.manifest, staging.namespace
     total = m.counts.users + m.counts.user_categories + m.counts.items
     bar = tqdm(total=total, desc=f"publish v{staging.number}", unit="vec", disable=not progress, leave=False)
@@ -122,18 +127,21 @@ def write_data(
             on_batch(n)
 
     try:
-        for ids, vecs in iter_rows(bundle.user_ids, bundle.user_vectors, batch):
-            step("users", len(ids), store.write_user_vectors(ns, ids, vecs))
+        for start in range(0, len(bundle.user_ids), batch):
+            ids = bundle.user_ids[start : start + batch]
+            step(
+                "users",
+                len(ids),
+                store.write_user_vectors(ns, ids, bundle.rows("users", start, start + batch)),
+            )
         for start in range(0, len(bundle.uc_user_ids), batch):
             sl = slice(start, start + batch)
             ids = bundle.uc_user_ids[sl]
-            step(
-                "ucs",
-                len(ids),
-                store.write_uc_vectors(ns, ids, bundle.uc_category_ids[sl], bundle.uc_vectors[sl]),
-            )
-        for ids, vecs in iter_rows(bundle.item_ids, bundle.item_vectors, batch):
-            step("items", len(ids), store.write_items(ns, ids, vecs))
+            rows = bundle.rows("ucs", start, start + batch)
+            step("ucs", len(ids), store.write_uc_vectors(ns, ids, bundle.uc_category_ids[sl], rows))
+        for start in range(0, len(bundle.item_ids), batch):
+            ids = bundle.item_ids[start : start + batch]
+            step("items", len(ids), store.write_items(ns, ids, bundle.rows("items", start, start + batch)))
     finally:
         bar.close()
     return written
@@ -249,21 +257,22 @@ def sample_digests(store: KnowledgeReader, ns: str, ids: Bundle, n: int = 8) -> 
 def verify_sample(store: KnowledgeReader, ns: str, number: int, bundle: Bundle, samples: int) -> None:
     """Read ``samples`` random users, (user, category) pairs and items back and compare bytes."""
     rng = np.random.default_rng(number)
-    for row in rng.choice(len(bundle.uc_user_ids), min(samples, len(bundle.uc_user_ids)), replace=False):
-        uid = str(bundle.uc_user_ids[row])
-        if (
-            store.read(ns, uid, [str(bundle.uc_category_ids[row])], []).ucs[0]
-            != bundle.uc_vectors[row].tobytes()
-        ):
+
+    def row(block: str, i: int) -> bytes:
+        return bundle.rows(block, int(i), int(i) + 1).tobytes()
+
+    for r in rng.choice(len(bundle.uc_user_ids), min(samples, len(bundle.uc_user_ids)), replace=False):
+        uid = str(bundle.uc_user_ids[r])
+        if store.read(ns, uid, [str(bundle.uc_category_ids[r])], []).ucs[0] != row("ucs", r):
             raise PublishVerificationError(f"version {number}: K̂_uc of {uid!r} does not read back")
     for urow in rng.choice(len(bundle.user_ids), min(samples, len(bundle.user_ids)), replace=False):
-        if store.read(ns, str(bundle.user_ids[urow]), [], []).user != bundle.user_vectors[urow].tobytes():
+        if store.read(ns, str(bundle.user_ids[urow]), [], []).user != row("users", urow):
             raise PublishVerificationError(f"version {number}: K̂_u of {bundle.user_ids[urow]!r} differs")
     items = rng.choice(len(bundle.item_ids), min(samples, len(bundle.item_ids)), replace=False)
     if len(items):
         raw = store.read(ns, "\x00", [], [str(i) for i in bundle.item_ids[items]])
         for got, irow in zip(raw.items, items, strict=True):
-            if got != bundle.item_vectors[irow].tobytes():
+            if got != row("items", irow):
                 raise PublishVerificationError(f"version {number}: K̂_i of {bundle.item_ids[irow]!r} differs")
 
 

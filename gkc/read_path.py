@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from contract import quantize as quant
 from gkc.bundle import MAX_ID_CHARS
 from gkc.item_cache import ItemCache
 from gkc.lookup import Lookup, dedupe
@@ -72,7 +73,7 @@ class KnowledgeCenter:
         if len(category_ids) != n:
             raise InvalidArgument(f"{n} item ids but {len(category_ids)} category ids; they are parallel")
         record = self.view.resolve(version)
-        version, dims, ns = record.version, record.dims, record.namespace
+        version, dims, ns, dtype = record.version, record.dims, record.namespace, record.dtype
         items, item_index = dedupe(item_ids)
         cats, uc_index = dedupe(category_ids)
         if (
@@ -82,7 +83,7 @@ class KnowledgeCenter:
         ):
             raise InvalidArgument(f"an id is longer than {MAX_ID_CHARS} characters (the limit of every id)")
 
-        width = 4 * dims.item
+        width = quant.row_bytes(dtype, dims.item)
         cached = self.cache.get_many(ns, items, width)
         todo = cached.todo
         missing_ids = [items[p] for p in todo]
@@ -96,15 +97,19 @@ class KnowledgeCenter:
                     cached.found[pos] = True
             self.cache.put_many(ns, missing_ids, raw.items, width)
         items_b, items_f = cached.rows.tobytes(), cached.found.view(np.uint8).tobytes()
-        zero_c = bytes(4 * dims.uc)
+        zero_c = bytes(quant.row_bytes(dtype, dims.uc))
         ucs = [zero_c if value is None else value for value in raw.ucs]
         ucs_b, ucs_f = b"".join(ucs), bytes(map(is_not, raw.ucs, repeat(None)))
         user_found = raw.user is not None
-        user = raw.user if raw.user is not None else bytes(4 * dims.user)
-        if len(user) != 4 * dims.user or len(ucs_b) != len(zero_c) * len(cats):
+        user_width = quant.row_bytes(dtype, dims.user)
+        user = raw.user if raw.user is not None else bytes(user_width)
+        if len(user) != user_width or len(ucs_b) != len(zero_c) * len(cats):
             raise CorruptData(f"stored vectors of version {version} do not match its manifest dims")
-        if float16:
-            user, items_b, ucs_b = (_to_f16(b) for b in (user, items_b, ucs_b))
+        if dtype != quant.FLOAT32 or float16:
+            user, items_b, ucs_b = (
+                _wire(b, dtype, dim, float16)
+                for b, dim in ((user, dims.user), (items_b, dims.item), (ucs_b, dims.uc))
+            )
         if self.observer is not None:
             self.observer(version, user_found, items_f.count(1), len(items), ucs_f.count(1), len(cats))
         return Packed(
@@ -132,5 +137,11 @@ class KnowledgeCenter:
         return self.batch_get(user_id, item_ids, category_ids, version).to_lookup()
 
 
-def _to_f16(data: bytes) -> bytes:
-    return np.frombuffer(data, dtype=F32).astype(F16).tobytes()
+def _wire(data: bytes, dtype: str, dim: int, float16: bool) -> bytes:
+    """Stored rows → the wire format asked for (float16 rows stored as float16 pass through)."""
+    if dtype == quant.FLOAT16 and float16:
+        return data
+    if dtype == quant.FLOAT32:
+        return np.frombuffer(data, dtype=F32).astype(F16).tobytes()
+    values = quant.dequantize(data, dtype, dim)
+    return (values.astype(F16) if float16 else values).tobytes()

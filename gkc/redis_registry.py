@@ -6,7 +6,7 @@ Keys (all share the hash tag ``{reg}``, hence one slot)::
     gkc:{reg}:next       string  the last number handed out (INCR; raised to the caller's floor)
     gkc:{reg}:epoch      string  random id drawn when the registry is created (changes after data loss)
     gkc:{reg}:state      hash    number -> staging | ready | retiring | damaged
-    gkc:{reg}:record     hash    number -> JSON {publish_id, checksum, dims, keys, sample}
+    gkc:{reg}:record     hash    number -> JSON {publish_id, checksum, dims, dtype, keys, sample}
     gkc:{reg}:manifest   hash    number -> the bundle manifest JSON
     gkc:{reg}:updated    hash    number -> registry time of the last heartbeat / state change
     gkc:{reg}:reason     hash    number -> why it is damaged / retiring
@@ -94,13 +94,16 @@ def _record(number: int, state: str, raw: bytes, **extra: Any) -> VersionRecord:
         dims=Dims(**data["dims"]),
         keys=int(data.get("keys", 0)),
         sample=data.get("sample", {}),
+        dtype=str(data.get("dtype", "float32")),
         **extra,
     )
 
 
-def _record_json(publish_id: str, checksum: str, dims: Dims, keys: int = 0, sample: Any = None) -> str:
+def _record_json(
+    publish_id: str, checksum: str, dims: Dims, keys: int = 0, sample: Any = None, dtype: str = "float32"
+) -> str:
     body = {"publish_id": publish_id, "checksum": checksum, "dims": vars(dims), "keys": keys}
-    return json.dumps({**body, "sample": sample or {}}, sort_keys=True)
+    return json.dumps({**body, "dtype": dtype, "sample": sample or {}}, sort_keys=True)
 
 
 def _s(value: Any) -> str:
@@ -199,7 +202,12 @@ class RedisRegistry:
         body = json.dumps(manifest, sort_keys=True)
         number = int(
             self._run(
-                "begin", keys, floor, _record_json(publish_id, checksum, dims), body, secrets.token_hex(8)
+                "begin",
+                keys,
+                floor,
+                _record_json(publish_id, checksum, dims, dtype=str(manifest.get("dtype", "float32"))),
+                body,
+                secrets.token_hex(8),
             )
         )
         return Staging(VersionIdentity(number, publish_id, checksum), namespace(number, publish_id))
@@ -218,7 +226,9 @@ class RedisRegistry:
         mine = next((r for r in records if r.version == number), None)
         if mine is None:
             raise Unavailable(f"version {number} vanished from the registry (a failover?); publish again")
-        body = _record_json(mine.identity.publish_id, mine.identity.checksum, mine.dims, keys, sample)
+        body = _record_json(
+            mine.identity.publish_id, mine.identity.checksum, mine.dims, keys, sample, mine.dtype
+        )
         result = [
             _s(x)
             for x in self._run(

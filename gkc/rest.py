@@ -80,8 +80,9 @@ def create_app(
         return await run_in_threadpool(ops.delete, version)
 
     @app.post("/v1/versions", status_code=201, dependencies=auth)
-    async def publish_version(request: Request) -> dict[str, Any]:
-        return await ops.publish_upload(request.stream(), request.headers.get("content-length"))
+    async def publish_version(request: Request, dtype: str | None = None) -> dict[str, Any]:
+        """``?dtype=float16|int8``: store a float32 bundle at that dtype (docs/gkc.md, Stored dtypes)."""
+        return await ops.publish_upload(request.stream(), request.headers.get("content-length"), dtype)
 
     @app.put("/v1/versions/{version}/pins", dependencies=auth)
     async def pin(version: int, body: PinIn) -> dict[str, Any]:

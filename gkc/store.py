@@ -109,6 +109,8 @@ class VersionRecord:
     #: Why a version is damaged or retiring (empty otherwise).
     reason: str = ""
     pins: tuple[Pin, ...] = ()
+    #: How its vectors are stored (:mod:`contract.quantize`): float32 | float16 | int8.
+    dtype: str = "float32"
 
     @property
     def version(self) -> int:
@@ -140,7 +142,7 @@ class RegistryView:
 
 @dataclass(frozen=True)
 class RawRead:
-    """Raw float32 bytes as stored; ``None`` where a key or field does not exist."""
+    """Stored rows as bytes (the version's dtype layout); ``None`` where a key or field does not exist."""
 
     user: bytes | None
     ucs: list[bytes | None]

@@ -162,6 +162,13 @@ class Runner:
             export_loaded(
                 load_extractor(path), self.data.super, bundle_dir, source=self.cfg.super_path, progress=False
             )
+        if method.dtype != "float32":  # the same export stored at the method's dtype
+            from gkc.bundle_writer import convert
+
+            stored = path.parent / f"bundle_{method.extractor}_{method.dtype}"
+            if not (stored / bundle_mod.MANIFEST).is_file():
+                convert(bundle_mod.load(bundle_dir, mmap=True), method.dtype, stored)
+            bundle_dir = stored
         reader = open_bundle_reader(bundle_dir)
         schema = manifest_schema(bundle_mod.read_manifest(bundle_dir))
         provider = GkcKnowledge(reader=reader, version=0, schema=schema)

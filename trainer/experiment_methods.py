@@ -37,6 +37,8 @@ class Method:
     zero: bool = False
     #: A Table 2 baseline of ``trainer.baselines`` (conet, darec, bert4rec, s3rec).
     baseline: str | None = None
+    #: How the bundle a ``via_bundle`` method reads is stored (float32 | float16 | int8; issue 13).
+    dtype: str = "float32"
 
 
 EXTRACTORS = {
@@ -71,10 +73,15 @@ def method_table(separate_extractors: bool = False) -> dict[str, Method]:
         Method("keep_decomposition", "8", "decomposition" if sep else "serving", SERVING_BLOCKS[:3]),
         Method("keep_degeneration", "8", "degeneration" if sep else "serving", SERVING_BLOCKS[3:]),
         Method("keep_decomposition_degeneration", "8", "serving", SERVING_BLOCKS, via_bundle=True),
+        # the same bundle stored at a smaller dtype (docs/gkc.md, "Stored dtypes"): the GAUC cost
+        Method("keep_fp16", "8", "serving", SERVING_BLOCKS, via_bundle=True, dtype="float16"),
+        Method("keep_int8", "8", "serving", SERVING_BLOCKS, via_bundle=True, dtype="int8"),
     ]
     return {m.name: m for m in rows}
 
 
-#: The default set: every paper method. Controls (``keep_zero``) run only when named in --methods.
+#: The default set: every paper method. Controls (``keep_zero``) and the stored-dtype variants of
+#: ``keep_decomposition_degeneration`` (``keep_fp16``, ``keep_int8``) run only when named in --methods.
 CONTROLS = ("keep_zero",)
-METHOD_NAMES = tuple(n for n in method_table() if n not in CONTROLS)
+OPT_IN = (*CONTROLS, "keep_fp16", "keep_int8")
+METHOD_NAMES = tuple(n for n in method_table() if n not in OPT_IN)

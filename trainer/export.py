@@ -84,14 +84,17 @@ def export(
     super_path: str | os.PathLike[str] | None = None,
     batch_size: int = 4096,
     progress: bool = True,
+    dtype: str = "float32",
 ) -> tuple[Path, ExportStats]:
-    """Write the bundle for ``extractor`` to ``out``; returns its path and timings."""
+    """Write the bundle for ``extractor`` to ``out``, stored at ``dtype``; returns its path and timings."""
     ext = load_extractor(extractor)
     check_exportable(ext)
     if Path(out).exists():
         raise InvalidArgument(f"{out} already exists; refusing to overwrite a bundle")
     source = Path(super_path or ext.config.data.super)
-    return export_loaded(ext, read_log(source), out, source=source, batch_size=batch_size, progress=progress)
+    return export_loaded(
+        ext, read_log(source), out, source=source, batch_size=batch_size, progress=progress, dtype=dtype
+    )
 
 
 def check_exportable(ext: LoadedExtractor) -> None:
@@ -152,8 +155,11 @@ class ExportPlan:
             return {"item_ids": self.item_ids[lo:hi]}
         return {"uc_user_ids": self.uc_user_ids[lo:hi], "uc_category_ids": self.uc_category_ids[lo:hi]}
 
-    def bundle(self, spans: dict[str, tuple[int, int]], batch_size: int, progress: bool) -> gkc_bundle.Bundle:
-        """The bundle of rows ``spans[block]`` of every block (all rows: the whole export)."""
+    def bundle(
+        self, spans: dict[str, tuple[int, int]], batch_size: int, progress: bool, dtype: str = "float32"
+    ) -> gkc_bundle.Bundle:
+        """The bundle of rows ``spans[block]`` of every block (all rows: the whole export), stored at
+        ``dtype``."""
         total = sum(hi - lo for lo, hi in spans.values())
         with _bar(total, progress) as bar:
             parts: dict[str, np.ndarray] = {}
@@ -164,7 +170,9 @@ class ExportPlan:
                 self.stats.seconds[name] = time.perf_counter() - t0
                 parts.update(self.ids(name, lo, hi))
                 parts[VECTORS[name]] = vectors
-        return gkc_bundle.build(**parts, strategy="serving", source=self.source, metrics=self.metrics)
+        return gkc_bundle.build(
+            **parts, strategy="serving", source=self.source, metrics=self.metrics, dtype=dtype
+        )
 
     def id_bundle(self) -> gkc_bundle.Bundle:
         """The whole export's ids with zero-width vectors (for the finaliser's presence checks)."""
@@ -297,13 +305,14 @@ def export_loaded(
     source: Path,
     batch_size: int = 4096,
     progress: bool = True,
+    dtype: str = "float32",
 ) -> tuple[Path, ExportStats]:
     """:func:`export` for an extractor already in memory and its super-domain log (benchmarks).
 
     Streams: each batch's vectors are appended to the bundle's files
     (:class:`gkc.bundle_writer.BundleWriter`), so the memory needed does not grow with the K̂_uc block."""
     plan = prepare(ext, df, source=source)
-    writer = BundleWriter(out, plan.counts(), plan.dims())
+    writer = BundleWriter(out, plan.counts(), plan.dims(), dtype)
     try:
         with _bar(sum(b.n for b in plan.blocks.values()), progress) as bar:
             for name, block in plan.blocks.items():

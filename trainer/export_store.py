@@ -41,6 +41,7 @@ def export_to_store(
     max_ready: int = 5,
     samples: int = 64,
     progress: bool = True,
+    dtype: str = "float32",
 ) -> tuple[gkc_publish.PublishResult, ExportStats]:
     """Compute this rank's span of every block and publish them together as one new version.
 
@@ -50,7 +51,7 @@ def export_to_store(
     spans = {n: group.span(b.n, batch_size) for n, b in plan.blocks.items()}
     shard: gkc_bundle.Bundle | None = None
     try:
-        shard = plan.bundle(spans, batch_size, progress and group.is_writer)
+        shard = plan.bundle(spans, batch_size, progress and group.is_writer, dtype)
         mine: dict[str, str] | str = gkc_publish.array_digests(shard)
     except Exception as err:  # tell the others instead of leaving them waiting
         mine = f"rank {group.rank}: {type(err).__name__}: {err}"
@@ -63,6 +64,7 @@ def export_to_store(
     manifest = gkc_bundle.Manifest(
         dims=model_dims,
         counts=plan.counts(),
+        dtype=dtype,
         interaction=model_dims.user == model_dims.item,
         source={**plan.source, "sharded": {"ranks": group.world, "batch_size": batch_size}},
         metrics=plan.metrics,

@@ -98,3 +98,32 @@ def test_all_methods_on_small(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     )  # fmt: skip
     assert code == 0, capsys.readouterr().err
     _check_outputs(out, list(METHOD_NAMES), seeds=1)
+
+
+def test_stored_dtype_methods_read_the_same_export_quantized(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``keep_fp16`` / ``keep_int8`` (issue 13): the serving export stored at float16 / int8, read through
+    the bundle reader; the knowledge differs from float32 by at most the dtype's bound."""
+    from gkc import bundle as gkc_bundle
+
+    data = _world(tmp_path, "tiny")
+    out = tmp_path / "exp"
+    methods = "keep_decomposition_degeneration,keep_fp16,keep_int8"
+    code = main(
+        [
+            "experiment", "--super", str(data / "super.parquet"), "--train", str(data / "train.parquet"),
+            "--test", str(data / "test.parquet"), "--out", str(out), "--methods", methods,
+            "--seeds", "1", "--max-epochs", "1", "--reuse-extractors", "--no-progress", "--threads", "1",
+        ]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    _check_outputs(out, methods.split(","), seeds=1)
+    bundles = {p.name: p for p in out.rglob("bundle_serving*") if (p / "manifest.json").is_file()}
+    assert set(bundles) == {"bundle_serving", "bundle_serving_float16", "bundle_serving_int8"}
+    full = gkc_bundle.load(bundles["bundle_serving"])
+    for name, dtype in (("bundle_serving_float16", "float16"), ("bundle_serving_int8", "int8")):
+        stored = gkc_bundle.load(bundles[name])
+        assert stored.manifest.dtype == dtype and stored.uc_vectors.dtype.itemsize < 4
+        err = abs(stored.dequantized("ucs") - full.uc_vectors)
+        assert 0 < float(err.max()) <= float(abs(full.uc_vectors).max()) / 200

@@ -1,4 +1,4 @@
-"""``keep bench gkc|ranker|train|metrics``: one JSON object on stdout per run (DESIGN §4).
+"""``keep bench gkc|publish|ranker|train|metrics``: one JSON object on stdout per run (DESIGN §4).
 
 Each target lives beside the code it measures; this module only dispatches (lazy imports).
 """
@@ -16,6 +16,7 @@ TARGETS: dict[str, str] = {
     "train": "trainer.bench_train:run",
     "metrics": "trainer.bench_metrics:run",
     "gkc": "bench.gkc:run",
+    "publish": "bench.publish:run",
     "ranker": "ranker.bench:run",
 }
 

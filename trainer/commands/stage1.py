@@ -45,6 +45,12 @@ def register(sub: Any) -> None:
         "over the ranks under torchrun)",
     )
     e.add_argument("--gkc-redis-cluster", action="store_true", help="the --gkc-redis URL is a Redis Cluster")
+    e.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "int8"],
+        default="float32",
+        help="how the vectors are stored (int8: per-row scale; docs/gkc.md, Stored dtypes)",
+    )
     e.add_argument("--max-ready", type=int, default=5, help="ready versions kept (GKC_MAX_READY_VERSIONS)")
     e.add_argument("--super", default=None, dest="super_path", help="log for histories (default: as trained)")
     e.add_argument("--batch-size", type=int, default=4096)
@@ -127,8 +133,9 @@ def run_export(args: argparse.Namespace) -> int:
         super_path=args.super_path,
         batch_size=args.batch_size,
         progress=not args.no_progress,
+        dtype=args.dtype,
     )
-    summary = {"bundle": str(path), **stats.to_json()}
+    summary = {"bundle": str(path), "dtype": args.dtype, **stats.to_json()}
     print(json.dumps(summary, sort_keys=True))
     return 0
 
@@ -160,6 +167,7 @@ def _export_to_gkc(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             max_ready=args.max_ready,
             progress=not args.no_progress,
+            dtype=args.dtype,
         )
     finally:
         store.close()
