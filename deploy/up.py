@@ -7,7 +7,7 @@ Same services, same order, same environment variables as ``docker-compose.yml``:
       → trainer (one-shot ``deploy/scripts/publish-and-train.sh``: synth, pretrain, export, publish, train)
       → ranker (``keep serve ranker`` on the model the trainer wrote)
 
-It never touches a Redis already running on the machine: the default ports are the DESIGN ones for the
+It never touches a Redis already running on the machine: the default ports are docs/deploy.md's for the
 services and 6390+ for Redis, and ``--free-ports`` picks unused ones for everything (what the e2e test does).
 When everything is healthy it prints one line ``keep-up: ready {json}`` (also written to
 ``WORK/endpoints.json``) and runs until Ctrl-C / SIGTERM / ``make down``, then stops the services in reverse

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
-
-from gkc.server import serve
-from services.errors import KeepError
+from services.cli import run_command
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(serve(argparse.Namespace(workers=None)))
-    except KeepError as err:
-        print(f"gkc: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
+    from gkc.server import serve
+    from gkc.settings import GkcSettings
+
+    raise SystemExit(run_command("gkc", lambda: serve(GkcSettings())))

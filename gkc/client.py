@@ -58,7 +58,10 @@ _BY_HTTP: dict[int, type[KeepError]] = {
 def from_rpc_error(err: grpc.RpcError) -> KeepError:
     code = err.code()
     cls = _BY_CODE.get(code, KeepError)
-    return cls(f"GKC {code.name}: {err.details()}")
+    details = str(err.details())
+    if "HTTP/2" in details or "http1" in details.lower():
+        details += " (an HTTP/1 server answered: is this GKC's REST port? --gkc takes the gRPC address)"
+    return cls(f"GKC {code.name}: {details}")
 
 
 def channel_credentials(

@@ -8,7 +8,6 @@ calls finish, workers stop, then Redis is shut down cleanly (it writes its AOF/R
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import logging
@@ -34,9 +33,10 @@ from gkc.redis_store import RedisStore
 from gkc.rest import create_app
 from gkc.settings import GkcSettings
 from services.errors import Unavailable
-from services.grpc_server import build_server, graceful_stop
-from services.http import Uvicorn, uvicorn_config
+from services.grpc_server import add_port, build_server, graceful_stop
+from services.http import http_server
 from services.logging import setup_logging
+from services.ports import require_free
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +70,7 @@ def build_process(settings: GkcSettings, url: str, metrics_dir: str | None = Non
 async def _grpc(settings: GkcSettings, proc: Process, stop: asyncio.Event) -> None:
     servicer = GkcServicer(proc.center, proc.metrics, threads=settings.read_threads)
     server, health = build_server([register(servicer)], [SERVICE_NAME], so_reuseport=settings.workers > 1)
-    address = f"{settings.host}:{settings.grpc_port}"
-    if settings.tls_cert and settings.tls_key:
-        import grpc
-
-        creds = grpc.ssl_server_credentials([(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())])
-        server.add_secure_port(address, creds)
-    else:
-        server.add_insecure_port(address)
+    add_port(server, f"{settings.host}:{settings.grpc_port}", settings.tls_cert, settings.tls_key)
     loop = asyncio.get_running_loop()
 
     async def follow(problem: str | None) -> None:
@@ -159,16 +152,7 @@ async def _main(
     )
     ops = VersionOps(store, proc.center.view, limits, janitor=janitor, shadow=shadow)
     metrics.watch_registry(store.records, lambda: proc.monitor.state.memory, lambda: proc.monitor.state.ok)
-    app = create_app(settings, ops, metrics, proc.monitor)
-    config = uvicorn_config(
-        app,
-        settings.host,
-        settings.http_port,
-        log_level=settings.log_level,
-        tls_cert=settings.tls_cert,
-        tls_key=settings.tls_key,
-    )
-    http = Uvicorn(config)
+    http = http_server(create_app(settings, ops, metrics, proc.monitor), settings, settings.http_port)
     http_task = asyncio.create_task(http.serve())
     grpc_task = asyncio.create_task(_grpc(settings, proc, stop))
     log.info(
@@ -208,6 +192,9 @@ def _worker(settings_json: str, url: str, metrics_dir: str | None) -> None:
 def run(settings: GkcSettings) -> None:
     """Run until SIGTERM / SIGINT."""
     settings.check()
+    require_free(
+        settings.host, [(settings.grpc_port, "GKC_GRPC_PORT"), (settings.http_port, "GKC_HTTP_PORT")]
+    )
     embedded = None
     url = settings.redis_url
     if url is None:
@@ -245,12 +232,8 @@ def run(settings: GkcSettings) -> None:
         log.info("GKC stopped")
 
 
-def serve(args: argparse.Namespace) -> int:
-    """Entry point for ``keep serve gkc`` (settings from ``GKC_*``)."""
-    overrides: dict[str, Any] = {}
-    if getattr(args, "workers", None):
-        overrides["workers"] = args.workers
-    settings = GkcSettings(**overrides)
+def serve(settings: GkcSettings) -> int:
+    """Entry point for ``keep serve gkc`` and ``python -m gkc`` (settings built by the caller)."""
     setup_logging(settings.log_level, settings.log_json)
     run(settings)
     return 0

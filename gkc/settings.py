@@ -8,7 +8,7 @@ from pydantic import SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.errors import InvalidArgument
-from services.settings import ServiceSettings, is_placeholder
+from services.settings import MIN_TOKEN_LENGTH, ServiceSettings, is_placeholder
 
 
 class GkcSettings(ServiceSettings):
@@ -51,15 +51,14 @@ class GkcSettings(ServiceSettings):
     publish_batch: int = 2000
     #: Ready versions kept; publishing one more retires the oldest non-active one.
     max_ready_versions: int = 5
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
 
     def check(self) -> None:
         """Refuse to run with settings that are unsafe outside dev mode."""
         if is_placeholder(self.api_token) and not self.dev_mode:
             raise InvalidArgument(
-                "GKC_API_TOKEN is unset or a placeholder; "
-                "set a real token (or GKC_DEV_MODE=true for local use)"
+                f"GKC_API_TOKEN is unset, shorter than {MIN_TOKEN_LENGTH} characters or a placeholder; "
+                "set a real one, e.g. export GKC_API_TOKEN=$(openssl rand -hex 16) "
+                "(or GKC_DEV_MODE=true for local use)"
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise InvalidArgument("set both GKC_TLS_CERT and GKC_TLS_KEY, or neither")

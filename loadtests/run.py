@@ -4,7 +4,8 @@ Steps: start ``python -m gkc`` on free loopback ports (embedded Redis unless ``-
 ``--versions`` random bundles, run ``locust --headless`` for ``--duration`` seconds with the users of
 ``loadtests/locustfile_gkc.py``, write the CSV + HTML report under ``--out`` (default
 ``results/load/``), print one JSON summary and exit 1 when any request failed or a p99 is above its
-threshold in :data:`P99_THRESHOLDS_MS`. Only loopback targets: this never load-tests another machine.
+threshold in :data:`P99_THRESHOLDS_MS` (``--p99 NAME=MS`` overrides one); the last lines are the verdict,
+one per check. Only loopback targets: this never load-tests another machine.
 
 With ``--ranker`` it also starts ``python -m ranker`` serving a ``ranker.synthetic.make_artifact`` model
 pinned to the last published version (through that GKC), and runs the ``ranker.Rank`` user of
@@ -147,17 +148,42 @@ def read_stats(csv_path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def verdict(rows: list[dict[str, Any]]) -> list[str]:
-    problems = []
+def verdict(
+    rows: list[dict[str, Any]], thresholds: dict[str, float], max_error_rate: float = MAX_ERROR_RATE
+) -> list[tuple[bool, str]]:
+    """One ``(passed, line)`` per check: errors per request name, then p99 per threshold."""
+    checks: list[tuple[bool, str]] = []
     if not rows or sum(r["requests"] for r in rows) == 0:
-        problems.append("no requests were made")
+        checks.append((False, "no requests were made"))
     for r in rows:
-        if r["requests"] and r["failures"] / r["requests"] > MAX_ERROR_RATE:
-            problems.append(f"{r['name']}: {r['failures']} of {r['requests']} requests failed")
-        limit = P99_THRESHOLDS_MS.get(r["name"])
-        if limit is not None and r["p99_ms"] > limit:
-            problems.append(f"{r['name']}: p99 {r['p99_ms']} ms > {limit} ms")
-    return problems
+        if r["requests"]:
+            rate = r["failures"] / r["requests"]
+            checks.append(
+                (
+                    rate <= max_error_rate,
+                    f"{r['name']}: {r['failures']} errors in {r['requests']} requests "
+                    f"(allowed rate {max_error_rate:g})",
+                )
+            )
+        limit = thresholds.get(r["name"])
+        if limit is not None:
+            ok = r["p99_ms"] <= limit
+            checks.append((ok, f"{r['name']}: p99 {r['p99_ms']:g} ms {'<=' if ok else '>'} {limit:g} ms"))
+    return checks
+
+
+def parse_thresholds(given: list[str]) -> dict[str, float]:
+    """The defaults with ``NAME=MS`` overrides (``--p99 gkc.BatchGet=25``)."""
+    out = dict(P99_THRESHOLDS_MS)
+    for item in given:
+        name, sep, value = item.rpartition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise SystemExit(f"run.py: error: --p99 takes NAME=MS (e.g. gkc.BatchGet=25), got {item!r}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,7 +201,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ranker", action="store_true", help="also start a ranker and load ranker.Rank")
     p.add_argument("--max-candidates", type=int, default=1000, help="top of the Rank candidate range")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "load")
+    p.add_argument(
+        "--p99",
+        action="append",
+        default=[],
+        metavar="NAME=MS",
+        help="p99 threshold for a request name, repeatable (defaults: "
+        + ", ".join(f"{k}={v:g}" for k, v in P99_THRESHOLDS_MS.items())
+        + ")",
+    )
+    p.add_argument(
+        "--max-error-rate", type=float, default=MAX_ERROR_RATE, help="failed/requests allowed (default 0)"
+    )
     args = p.parse_args(argv)
+    thresholds = parse_thresholds(args.p99)
     args.out.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(24)
     with tempfile.TemporaryDirectory(prefix="keep-load-") as tmp:
@@ -247,10 +286,10 @@ def main(argv: list[str] | None = None) -> int:
                 stop(ranker_proc)
             stop(proc)
     rows = read_stats(Path(f"{prefix}_stats.csv"))
-    problems = verdict(rows)
+    checks = verdict(rows, thresholds, args.max_error_rate)
     lost = sorted(set(versions) - set(after))
-    if lost:
-        problems.append(f"versions lost during the run: {lost}")
+    checks.append((not lost, f"versions lost during the run: {lost or 'none'}"))
+    problems = [line for ok, line in checks if not ok]
     summary = {
         "target": target,
         "duration_s": args.duration,
@@ -262,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         "errors": sum(r["failures"] for r in rows),
         **({"degraded_by_reason": degraded} if args.ranker else {}),
         "by_name": rows,
-        "thresholds_p99_ms": P99_THRESHOLDS_MS,
+        "thresholds_p99_ms": thresholds,
         "problems": problems,
         "report": str(args.out / f"{target}.html"),
     }
@@ -270,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(summary, indent=2)
     )
     print(json.dumps(summary))
+    for ok, line in checks:  # the verdict, one line per check, last so that it is what one reads
+        print(f"{'PASS' if ok else 'FAIL'} {line}")
+    print(f"load {target}: {'FAIL, ' + str(len(problems)) + ' problem(s)' if problems else 'PASS'}")
     return 1 if problems else 0
 
 

@@ -14,8 +14,11 @@ Not thread-safe on purpose: the ranker calls it from its one event loop.
 from __future__ import annotations
 
 import enum
+import logging
 import time
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 
 class BreakerState(enum.IntEnum):
@@ -91,3 +94,15 @@ class CircuitBreaker:
             self._state = state
             if self._on_change is not None:
                 self._on_change(state)
+
+
+def log_breaker(state: BreakerState, gkc_addr: str) -> None:
+    """One log line per breaker transition (issue 18: the ranker said nothing when GKC went down)."""
+    if state == BreakerState.OPEN:
+        log.warning(
+            "GKC at %s keeps failing: circuit breaker OPEN, answers are degraded (base model only)", gkc_addr
+        )
+    elif state == BreakerState.HALF_OPEN:
+        log.info("circuit breaker half-open: probing GKC at %s", gkc_addr)
+    else:
+        log.warning("GKC at %s answers again: circuit breaker closed, knowledge is back", gkc_addr)

@@ -6,7 +6,7 @@ those windows from the log strictly before each row's ``ts``; online, the ranker
 for every user, in canonical string ids (each model maps them through its own vocabulary per request).
 
 Embedded default (no feature service): a store file ``features.npz`` built from the sub-domain log with
-:func:`build_store` (``python -m ranker.features LOG OUT``). The ranker looks for it
+:func:`build_store` (``keep features LOG OUT``). The ranker looks for it
 
 1. beside each model, ``<artifact>/features.npz``, so a model and the histories it was trained on are
    swapped together; else
@@ -20,7 +20,6 @@ Order matches the trainer: clicks sorted by (user, ts), ties kept in file order 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from dataclasses import dataclass, field
@@ -140,7 +139,7 @@ def build_store(log_path: str | os.PathLike[str], max_len: int = DEFAULT_MAX_LEN
     except ImportError as err:  # the ranker image has no pandas: ship a features.npz instead
         raise InvalidArgument(
             f"reading the log {log_path} needs pandas; build {FEATURES_FILE} with "
-            "`python -m ranker.features` where the trainer is installed"
+            "`keep features` where the trainer is installed"
         ) from err
     df = read_log(log_path, columns=HISTORY_COLUMNS)
     return SequenceStore.from_clicks(
@@ -167,19 +166,10 @@ def open_store(path: str | os.PathLike[str] | None, max_len: int = DEFAULT_MAX_L
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ranker.features LOG OUT [--max-len N]``: write a store beside a model."""
-    parser = argparse.ArgumentParser(prog="python -m ranker.features", description=main.__doc__)
-    parser.add_argument("log", help="sub-domain impression log (Parquet or CSV)")
-    parser.add_argument("out", help=f"output file, or a model directory (writes {FEATURES_FILE} there)")
-    parser.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN)
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    if out.is_dir():
-        out = out / FEATURES_FILE
-    store = build_store(args.log, args.max_len)
-    store.save(out)
-    print(f"{out}: {len(store)} users, {len(store.items)} clicks (last {args.max_len} per user)")
-    return 0
+    """``python -m ranker.features LOG OUT [--max-len N]``: the same as ``keep features``."""
+    from ranker.commands import features_main
+
+    return features_main(argv)
 
 
 if __name__ == "__main__":

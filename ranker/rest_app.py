@@ -2,27 +2,30 @@
 
 - ``POST /v1/rank``: ``{"user_id": "u1", "candidates": [{"item_id": "i1", "category_id": "c1",
   "shop_id": "s1"?}, ...], "model": "click"?}`` → ``{"scores": [...], "model", "model_revision",
-  "knowledge_version", "degraded", "degraded_reason"}``. Ids may be JSON strings or integers.
-- ``GET /healthz``: 200 with the loaded models and breaker state, 503 while no model is loaded.
+  "knowledge_version", "degraded", "degraded_reason", "unknown_items", "history_len"}``: unknown ids
+  are scored (an unseen item from its category, an unknown user as a cold user) and counted, never
+  silently. Ids may be JSON strings or integers.
+- ``GET /healthz``: 200 with the loaded models and breaker state (``status`` ``ok``, or ``degraded``
+  while the breaker is open and answers come from the base model), 503 while no model is loaded.
 - ``GET /metrics``: Prometheus exposition.
 - ``GET /v1/models``; ``POST /v1/models/reload`` (bearer ``RANKER_ADMIN_TOKEN`` when one is set).
 
-Errors: a :class:`services.errors.KeepError` becomes its HTTP status with ``{"error": reason}`` (invalid
-request 422, unknown model 404); a malformed body is FastAPI's 422.
+Errors: ``{"error": reason, "code": GRPC_CODE}`` with the error's HTTP status (invalid request or a
+malformed body 422, unknown model 404), the same body as GKC's (:func:`services.http.install_errors`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from ranker.service import RankerService, RankQuery
-from services.errors import KeepError, Unauthenticated
+from services.errors import KeepError
+from services.http import BearerToken, install_errors
 from services.metrics import render
 
 
@@ -45,15 +48,18 @@ class RankOut(BaseModel):
     knowledge_version: int
     degraded: bool
     degraded_reason: str
+    #: Candidates whose item id the model never saw (scored from their category and the history).
+    unknown_items: int = 0
+    #: The user's clicks the ranker knows; 0 = an unknown (cold) user.
+    history_len: int = 0
 
 
 def create_app(service: RankerService, admin_token: str | None = None) -> FastAPI:
     app = FastAPI(title="KEEP ranker", version="1")
     metrics = service.metrics
 
-    @app.exception_handler(KeepError)
-    async def keep_error(_: Request, err: KeepError) -> JSONResponse:
-        return JSONResponse({"error": err.message}, status_code=err.http_status)
+    install_errors(app)
+    admin = [Depends(BearerToken(admin_token, name="RANKER_ADMIN_TOKEN"))] if admin_token else []
 
     @app.post("/v1/rank", response_model=RankOut)
     async def rank(body: RankIn) -> RankOut:
@@ -84,12 +90,16 @@ def create_app(service: RankerService, admin_token: str | None = None) -> FastAP
             knowledge_version=ranking.knowledge_version,
             degraded=ranking.degraded,
             degraded_reason=ranking.reason,
+            unknown_items=ranking.unknown_items,
+            history_len=ranking.history_len,
         )
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         health = service.health()
-        return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
+        # "degraded" (GKC down, breaker open) stays 200: the ranker still answers, and every replica
+        # would be degraded alike, so a balancer must not take them out
+        return JSONResponse(health, status_code=503 if health["status"] == "no_models" else 200)
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -104,14 +114,8 @@ def create_app(service: RankerService, admin_token: str | None = None) -> FastAP
             "models": [m.describe() for m in registry.snapshots()],
         }
 
-    @app.post("/v1/models/reload")
-    async def reload(request: Request) -> dict[str, object]:
-        if admin_token:
-            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(given.encode(), admin_token.encode()):
-                raise Unauthenticated(
-                    "POST /v1/models/reload needs 'Authorization: Bearer <RANKER_ADMIN_TOKEN>'"
-                )
+    @app.post("/v1/models/reload", dependencies=admin)
+    async def reload() -> dict[str, object]:
         return await asyncio.get_running_loop().run_in_executor(None, service.registry.reload)
 
     return app

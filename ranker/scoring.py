@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from contract.artifact import Artifact, ArtifactError
-from contract.ids import IdEncoder
+from contract.ids import OOV, IdEncoder
 from contract.knowledge import GKC_KIND, KnowledgeSpec
 from gkc.lookup import Lookup
 from ranker.features import SequenceStore
@@ -35,6 +35,10 @@ class Encoded:
 
     batch: Batch
     n: int
+    #: Candidates whose item id the model never saw (scored from category and history alone).
+    unknown_items: int = 0
+    #: Clicks in the user's history (0: a user the features do not know, scored as a cold user).
+    history_len: int = 0
 
 
 class Scorer:
@@ -79,15 +83,16 @@ class Scorer:
         else:
             shop = np.zeros(n, dtype=np.int64)
         user = self.users.encode([user_id]) if self.users is not None else np.zeros(1, dtype=np.int64)
+        items = self.items.encode(item_ids)
         batch = Batch(
             user=torch.from_numpy(user),
-            item=torch.from_numpy(self.items.encode(item_ids)),
+            item=torch.from_numpy(items),
             category=torch.from_numpy(self.categories.encode(category_ids)),
             shop=torch.from_numpy(shop),
             hist_item=torch.from_numpy(hist[0:1]),
             hist_category=torch.from_numpy(hist[1:2]),
         )
-        return Encoded(batch=batch, n=n)
+        return Encoded(batch=batch, n=n, unknown_items=int((items == OOV).sum()), history_len=k)
 
     def knowledge_matrix(self, lookup: Lookup) -> np.ndarray:
         """K̂ for the candidates, assembled by the one code path the trainer uses."""

@@ -8,19 +8,17 @@ health goes NOT_SERVING, in-flight calls finish, then the process exits.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
-import uvicorn
 
-from ranker.breaker import CircuitBreaker
+from ranker.breaker import BreakerState, CircuitBreaker, log_breaker
 from ranker.features import open_store
 from ranker.gkc_pins import ModelPins, holder_name
 from ranker.gkc_source import GkcKnowledgeSource
@@ -30,19 +28,12 @@ from ranker.registry import ModelRegistry, ModelSnapshot
 from ranker.rest_app import create_app
 from ranker.service import Budget, RankerService
 from ranker.settings import RankerSettings
-from services.errors import InvalidArgument
-from services.grpc_server import build_server, graceful_stop, mark_serving
+from services.grpc_server import add_port, build_server, graceful_stop, mark_serving
+from services.http import http_server
 from services.logging import setup_logging
+from services.ports import require_free
 
 log = logging.getLogger(__name__)
-
-
-class _Uvicorn(uvicorn.Server):
-    """Uvicorn without its own signal handling: the ranker process decides when to stop."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 @dataclass
@@ -90,9 +81,12 @@ async def build(settings: RankerSettings) -> AsyncIterator[Ranker]:
             "no model loaded from %s yet; waiting for one (health is NOT_SERVING)", settings.model_dir
         )
     source = GkcKnowledgeSource(settings.gkc_addr, ca_file=settings.gkc_ca_file, tls=settings.gkc_tls)
-    breaker = CircuitBreaker(
-        settings.breaker_failures, settings.breaker_reset_s, on_change=metrics.on_breaker
-    )
+
+    def on_breaker(state: BreakerState) -> None:
+        metrics.on_breaker(state)
+        log_breaker(state, settings.gkc_addr)
+
+    breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s, on_change=on_breaker)
     executor = ThreadPoolExecutor(settings.workers(), thread_name_prefix="ranker-model")
     service = RankerService(
         registry,
@@ -136,22 +130,17 @@ async def run_async(
     settings: RankerSettings, stop: asyncio.Event, ready: asyncio.Event | None = None
 ) -> None:
     """Serve until ``stop`` is set (tests and the bench run this in a thread of their own)."""
+    ports = [(settings.grpc_port, "RANKER_GRPC_PORT"), (settings.http_port, "RANKER_HTTP_PORT")]
+    require_free(settings.host, ports)
     async with build(settings) as ranker:
         servicer = RankerServicer(ranker.service)
         server, health = build_server([register(servicer)], [SERVICE_NAME])
-        server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        add_port(server, f"{settings.host}:{settings.grpc_port}", settings.tls_cert, settings.tls_key)
         await server.start()
         if ranker.registry.snapshots():
             await mark_serving(health, [SERVICE_NAME])
         token = settings.admin_token.get_secret_value() if settings.admin_token else None
-        config = uvicorn.Config(
-            create_app(ranker.service, token),
-            host=settings.host,
-            port=settings.http_port,
-            log_level=settings.log_level.lower(),
-            access_log=False,
-        )
-        http = _Uvicorn(config)
+        http = http_server(create_app(ranker.service, token), settings, settings.http_port)
         http_task = asyncio.create_task(http.serve())
         poll_task = asyncio.create_task(_poll_models(ranker, health, stop))
         log.info(
@@ -184,21 +173,12 @@ async def _main(settings: RankerSettings) -> None:
     log.info("ranker stopped")
 
 
-def settings_from_args(args: argparse.Namespace | None = None) -> RankerSettings:
-    """``RANKER_*`` settings; ``--workers N`` sets the model worker threads (``RANKER_MODEL_WORKERS``).
+def serve(settings: RankerSettings) -> int:
+    """Entry point for ``keep serve ranker`` and ``python -m ranker`` (settings built by the caller).
 
     The ranker is one process: torch releases the GIL, so threads already use the cores, and one
     process keeps one copy of every model and of the feature store in memory.
     """
-    workers = getattr(args, "workers", None)
-    if workers is not None and workers < 1:
-        raise InvalidArgument(f"--workers must be >= 1, got {workers}")
-    return RankerSettings(**({"model_workers": workers} if workers else {}))
-
-
-def serve(args: argparse.Namespace | None = None) -> int:
-    """Entry point for ``keep serve ranker`` (settings from ``RANKER_*``)."""
-    settings = settings_from_args(args)
     setup_logging(settings.log_level, settings.log_json)
     asyncio.run(_main(settings))
     return 0

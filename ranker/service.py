@@ -30,6 +30,7 @@ from gkc.lookup import Lookup
 from ranker.breaker import BreakerState, CircuitBreaker
 from ranker.metrics import RankerMetrics
 from ranker.registry import ModelRegistry, ModelSnapshot
+from ranker.scoring import Encoded
 from services.errors import DeadlineExceeded, InvalidArgument, KeepError, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,9 @@ class Ranking:
     reason: str
     gkc_s: float
     model_s: float
+    #: Candidates with an item id the model never saw, and the user's clicks found in its history.
+    unknown_items: int = 0
+    history_len: int = 0
 
 
 @dataclass(frozen=True)
@@ -140,10 +144,12 @@ class RankerService:
         lookup, reason, gkc_s = await self._knowledge(snapshot, q, deadline)
         t0 = self.clock()
         if self.executor is None:
-            scores, model_reason = self._score(snapshot, q, lookup)
+            scores, model_reason, encoded = self._score(snapshot, q, lookup)
         else:
             loop = asyncio.get_running_loop()
-            scores, model_reason = await loop.run_in_executor(self.executor, self._score, snapshot, q, lookup)
+            scores, model_reason, encoded = await loop.run_in_executor(
+                self.executor, self._score, snapshot, q, lookup
+            )
         model_s = self.clock() - t0
         reason = reason or model_reason
         if self.metrics is not None:
@@ -160,10 +166,15 @@ class RankerService:
             reason=reason,
             gkc_s=gkc_s,
             model_s=model_s,
+            unknown_items=encoded.unknown_items,
+            history_len=encoded.history_len,
         )
 
-    def _score(self, snapshot: ModelSnapshot, q: RankQuery, lookup: Lookup | None) -> tuple[np.ndarray, str]:
-        """Probabilities and a degraded reason ("" = none) when K̂ cannot be built from ``lookup``."""
+    def _score(
+        self, snapshot: ModelSnapshot, q: RankQuery, lookup: Lookup | None
+    ) -> tuple[np.ndarray, str, Encoded]:
+        """Probabilities, a degraded reason ("" = none) when K̂ cannot be built from ``lookup``, and
+        the encoded request (its unknown-id counts)."""
         scorer = snapshot.scorer
         encoded = scorer.encode(q.user_id, q.item_ids, q.category_ids, q.shop_ids)
         knowledge, reason = None, ""
@@ -173,7 +184,7 @@ class RankerService:
             except KeepError as err:  # e.g. the version's dims differ from what the model was trained on
                 self._loud(snapshot, lookup.version, f"knowledge is unusable: {err}")
                 reason = KNOWLEDGE_ERROR
-        return scorer.score(encoded, knowledge), reason
+        return scorer.score(encoded, knowledge), reason, encoded
 
     async def _knowledge(
         self, snapshot: ModelSnapshot, q: RankQuery, deadline: float
@@ -231,8 +242,11 @@ class RankerService:
 
     def health(self) -> dict[str, object]:
         models = self.registry.snapshots()
+        breaker = BreakerState(self.breaker.state)
+        # "degraded": serving, but every answer from a model with knowledge comes from its base part
+        status = "no_models" if not models else ("degraded" if breaker == BreakerState.OPEN else "ok")
         return {
-            "status": "ok" if models else "no_models",
+            "status": status,
             "models": [m.name for m in models],
             "default_model": self.registry.default_name() if models else None,
             "breaker": BreakerState(self.breaker.state).name.lower(),

@@ -1,4 +1,4 @@
-"""Ranker settings (env prefix ``RANKER_``, DESIGN §4). Built by the CLI / ``__main__`` and passed in."""
+"""Ranker settings (env prefix ``RANKER_``, docs/ranker.md). Built by the CLI / ``__main__`` and passed in."""
 
 from __future__ import annotations
 
@@ -68,6 +68,11 @@ class RankerSettings(ServiceSettings):
 
     def check(self) -> None:
         """Refuse settings that cannot work, with the variable's name in the message."""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidArgument("set both RANKER_TLS_CERT and RANKER_TLS_KEY, or neither")
+        for name, path in (("RANKER_TLS_CERT", self.tls_cert), ("RANKER_TLS_KEY", self.tls_key)):
+            if path is not None and not path.is_file():
+                raise InvalidArgument(f"{name} {path} is not a readable file")
         if self.gkc_ca_file is not None and not self.gkc_ca_file.is_file():
             raise InvalidArgument(f"RANKER_GKC_CA_FILE {self.gkc_ca_file} is not a readable file")
         if self.max_candidates < 1:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -120,6 +121,15 @@ def build_server(
         server,
     )
     return server, health_servicer
+
+
+def add_port(server: aio.Server, address: str, tls_cert: Path | None, tls_key: Path | None) -> None:
+    """Listen on ``address``: TLS with the PEM ``tls_cert``/``tls_key`` when both are set, else plaintext."""
+    if tls_cert is not None and tls_key is not None:
+        creds = grpc.ssl_server_credentials([(tls_key.read_bytes(), tls_cert.read_bytes())])
+        server.add_secure_port(address, creds)
+    else:
+        server.add_insecure_port(address)
 
 
 async def mark_serving(health_servicer: health.aio.HealthServicer, names: Iterable[str]) -> None:

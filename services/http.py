@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import SecretStr
 
 from services.errors import InvalidArgument, KeepError, Unauthenticated
-from services.settings import is_placeholder
+from services.settings import ServiceSettings, is_placeholder
 
 #: The token of a dev-mode service that has none configured (never accepted outside dev mode).
 DEV_TOKEN = "dev"
@@ -105,6 +105,20 @@ class Uvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def http_server(app: FastAPI, settings: ServiceSettings, port: int) -> Uvicorn:
+    """The service's REST server on ``settings.host:port`` (TLS when ``settings.tls_cert`` is set)."""
+    return Uvicorn(
+        uvicorn_config(
+            app,
+            settings.host,
+            port,
+            log_level=settings.log_level,
+            tls_cert=settings.tls_cert,
+            tls_key=settings.tls_key,
+        )
+    )
 
 
 def uvicorn_config(

@@ -5,6 +5,8 @@ Settings are built in ``__main__`` / the CLI and passed in; nothing reads the en
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -24,6 +26,9 @@ class ServiceSettings(BaseSettings):
     log_json: bool = False
     #: Dev mode allows placeholder secrets; never set it in production.
     dev_mode: bool = False
+    #: PEM certificate and key: gRPC and REST serve TLS (set both, or neither for plaintext).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 def is_placeholder(token: SecretStr | None) -> bool:
@@ -32,3 +37,43 @@ def is_placeholder(token: SecretStr | None) -> bool:
         return True
     value = token.get_secret_value().strip()
     return value.lower() in PLACEHOLDER_TOKENS or len(value) < MIN_TOKEN_LENGTH
+
+
+def settings_help(cls: type[BaseSettings]) -> str:
+    """``PREFIX_NAME (default X): what it does`` per field, for ``keep serve <service> --help``.
+
+    The descriptions are the ``#:`` comments above each field (read from the class source, as Sphinx
+    does), so the settings are documented once, where they are defined.
+    """
+    import inspect
+
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    comments: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not (isinstance(klass, type) and issubclass(klass, BaseSettings)) or klass is BaseSettings:
+            continue
+        try:
+            lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):
+            continue
+        pending: list[str] = []
+        for line in lines:
+            text = line.strip()
+            if text.startswith("#:"):
+                pending.append(text[2:].strip())
+            elif ":" in text and not text.startswith(("#", "def ", "class ", '"', "@")):
+                name = text.split(":", 1)[0].strip()
+                if name.isidentifier() and pending:
+                    comments[name] = " ".join(pending)
+                pending = []
+            elif text:
+                pending = []
+    out = []
+    for name, field in cls.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = "unset" if default is None else ("(secret)" if isinstance(default, SecretStr) else default)
+        line = f"  {prefix}{name.upper()} (default: {shown})"
+        if name in comments:
+            line += f": {comments[name]}"
+        out.append(line)
+    return "\n".join(out)

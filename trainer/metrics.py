@@ -1,4 +1,4 @@
-"""Ranking metrics: AUC with ties, and the paper's GAUC (DESIGN §1, paper eq. 7), vectorised.
+"""Ranking metrics: AUC with ties, and the paper's GAUC (paper eq. 7), vectorised.
 
 ``GAUC = Σ_u n_u·AUC_u / Σ_u n_u`` over the users whose rows have both labels, ``n_u`` the user's
 impressions. Users with one class have no AUC and are left out of both sums (torch-rechub's gauc

@@ -54,6 +54,9 @@ from trainer.models.extractor import Extractor, build_extractor
 
 log = logging.getLogger(__name__)
 
+#: What ``keep pretrain`` trains unless told otherwise: the forms ``keep export`` can serve.
+DEFAULT_STRATEGY = "serving"
+
 
 @dataclass(frozen=True)
 class PretrainConfig:
@@ -61,7 +64,8 @@ class PretrainConfig:
     out: Path
     tasks: tuple[str, ...] = TASKS
     alpha: float = 0.25
-    strategy: str = "full"
+    #: ``None``: the ``init`` (or resumed) checkpoint's strategy, else ``serving`` (what export needs).
+    strategy: str | None = None
     seed: int = 0
     batch_size: int = 2000
     lr: float = 1e-3
@@ -83,6 +87,8 @@ class PretrainResult:
     seconds: float
     metrics: dict[str, Any] = field(default_factory=dict)
     completed: bool = True
+    #: The run had already completed before this call; nothing was trained.
+    already_done: bool = False
 
 
 def day_batches(days: np.ndarray, seed: int, batch_size: int) -> list[np.ndarray]:
@@ -209,17 +215,20 @@ def _plan(
         optimizer = make_optimizer(model, cfg.lr)
         optimizer.load_state_dict(load_state(prev.path)["optimizer"])
         model_tasks = model.cfg.tasks
-        if model.cfg.strategy != cfg.strategy:
+        if cfg.strategy is not None and model.cfg.strategy != cfg.strategy:
             raise InvalidArgument(
-                f"--strategy {cfg.strategy} does not match {cfg.init} (strategy {model.cfg.strategy})"
+                f"--strategy {cfg.strategy} does not match {cfg.init} (strategy {model.cfg.strategy}); "
+                "leave --strategy out to continue with the checkpoint's"
             )
+        strategy = model.cfg.strategy
         window_first = first
     else:
         run_days = train_days
         mask = np.isin(day_of(df["ts"].to_numpy()), run_days)
         vocabs = Vocabs.build(df[mask])
         torch.manual_seed(cfg.seed)
-        model = build_extractor(extractor_config(vocabs, cfg.strategy, tasks, cfg.max_len))
+        strategy = cfg.strategy or DEFAULT_STRATEGY
+        model = build_extractor(extractor_config(vocabs, strategy, tasks, cfg.max_len))
         optimizer = make_optimizer(model, cfg.lr)
         model_tasks = tasks
         window_first = run_days[0]
@@ -231,7 +240,7 @@ def _plan(
             seed=cfg.seed,
             batch_size=cfg.batch_size,
             lr=cfg.lr,
-            strategy=cfg.strategy,
+            strategy=strategy,
             model_tasks=tuple(model_tasks),
         ),
         data=TrainingWindow(
@@ -252,12 +261,10 @@ def _plan(
 
 def _resume_plan(cfg: PretrainConfig, tasks: tuple[str, ...]) -> _Plan:
     prev = load_extractor(cfg.out)
-    if prev.progress.get("state") == "done":
-        raise Conflict(f"{cfg.out}: this run already completed; use --init {cfg.out} --out NEW to continue")
     saved = prev.config.train
     asked = {"tasks": tasks, "alpha": cfg.alpha, "seed": cfg.seed, "batch_size": cfg.batch_size}
     diff = [k for k, v in asked.items() if getattr(saved, k) != v]
-    if diff or saved.strategy != cfg.strategy:
+    if diff or (cfg.strategy is not None and saved.strategy != cfg.strategy):
         raise CheckpointError(f"{cfg.out}: cannot resume with different {diff or ['strategy']}")
     model = prev.model
     model.train()
@@ -279,6 +286,9 @@ def pretrain(
     """
     group = group or DataParallel()
     started = time.perf_counter()
+    finished = _finished_run(cfg)
+    if finished is not None:
+        return finished
     df = read_log(cfg.super_path)
     train_days, holdout = split_days(df, cfg.holdout_days, str(cfg.super_path))
     plan = _plan(cfg, df, train_days, holdout, writer=group.is_writer)
@@ -302,7 +312,7 @@ def pretrain(
         total=rows_left,
         unit="rows",
         unit_scale=True,
-        desc=f"pretrain {cfg.strategy} days {plan.run_days[0]}-{plan.run_days[-1]}",
+        desc=f"pretrain {plan.config.train.strategy} days {plan.run_days[0]}-{plan.run_days[-1]}",
         file=sys.stderr,
         disable=not (cfg.progress and group.is_writer),
         dynamic_ncols=True,
@@ -359,6 +369,25 @@ def pretrain(
         ran,
         time.perf_counter() - started,
         metrics,
+    )
+
+
+def _finished_run(cfg: PretrainConfig) -> PretrainResult | None:
+    """A rerun of a completed run (same ``--out``): report it instead of training again."""
+    if not (cfg.out / STATE).is_file():
+        return None
+    prev = load_extractor(cfg.out)
+    if prev.progress.get("state") != "done":
+        return None
+    return PretrainResult(
+        cfg.out,
+        prev.window,
+        list(prev.config.data.run_days),
+        int(prev.progress.get("rows_done", 0)),
+        0,
+        0.0,
+        prev.metrics,
+        already_done=True,
     )
 
 

@@ -45,7 +45,7 @@ echo "publish-and-train: exporting the knowledge bundle" >&2
 echo "publish-and-train: publishing to $GKC_URL" >&2
 # The token travels in the environment (GKC_API_TOKEN), not on the command line where `ps` shows it.
 export GKC_API_TOKEN
-version="$("$KEEP" publish "$run/bundle" --gkc "$GKC_URL" --no-progress | tail -n 1)"
+version="$("$KEEP" publish "$run/bundle" --gkc-api "$GKC_URL" --no-progress | tail -n 1)"
 case "$version" in
     '' | *[!0-9]*) echo "publish-and-train: keep publish printed '$version', not a version number" >&2; exit 1 ;;
 esac

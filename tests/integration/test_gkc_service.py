@@ -294,19 +294,52 @@ def test_cli_publish_and_versions(gkc_service, make_bundle: Callable[..., Path],
     env = {**os.environ, "GKC_API_TOKEN": gkc_service.token}
     cmd = [sys.executable, "-m", "trainer"]
     out = subprocess.run(
-        [*cmd, "publish", str(make_bundle(tmp_path / "b")), "--gkc", gkc_service.http_url, "--no-progress"],
+        [
+            *cmd,
+            "publish",
+            str(make_bundle(tmp_path / "b")),
+            "--gkc-api",
+            gkc_service.http_url,
+            "--no-progress",
+        ],
         env=env,
         capture_output=True,
         text=True,
         check=True,
     )
     version = int(out.stdout.strip())
+    # issue 18: whether the new version became active was not said
+    assert f"version {version} is ready" in out.stderr and "active" in out.stderr
     listed = subprocess.run(
-        [*cmd, "versions", "list", "--gkc", gkc_service.http_url], capture_output=True, text=True, check=True
+        [*cmd, "versions", "list", "--json", "--gkc-api", gkc_service.http_url],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert version in [v["version"] for v in json.loads(listed.stdout)]
+    table = subprocess.run(
+        [*cmd, "versions", "list", "--gkc-api", gkc_service.http_url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert table[0].split()[:3] == ["version", "state", "active"]
+    assert any(line.split()[:2] == [str(version), "ready"] for line in table[1:])
+    # issue 18: --gkc (gRPC elsewhere) and a host:port are refused in one line naming --gkc-api
+    for wrong in (["--gkc", gkc_service.http_url], ["--gkc-api", "127.0.0.1:50051"]):
+        bad = subprocess.run([*cmd, "versions", "list", *wrong], capture_output=True, text=True)
+        assert bad.returncode == 2 and "--gkc-api" in bad.stderr and len(bad.stderr.splitlines()) == 1
     refused = subprocess.run(
-        [*cmd, "versions", "activate", str(version), "--gkc", gkc_service.http_url, "--token", "bad-token-x"],
+        [
+            *cmd,
+            "versions",
+            "activate",
+            str(version),
+            "--gkc-api",
+            gkc_service.http_url,
+            "--token",
+            "bad-token-x",
+        ],
         capture_output=True,
         text=True,
         env={k: v for k, v in os.environ.items() if k != "GKC_API_TOKEN"},

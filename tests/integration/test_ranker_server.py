@@ -185,8 +185,11 @@ def test_invalid_grpc_requests(
     ],
 )
 def test_invalid_rest_requests(world: World, body: dict, status: int, match: str) -> None:
+    """One body shape for every refusal, GKC's (issue 18: FastAPI's ``{"detail": [...]}`` came back for a
+    malformed body and ``{"error"}`` for the others)."""
     response = httpx.post(f"{world.ranker.http_url}/v1/rank", json=body, timeout=30)
     assert response.status_code == status and match in response.text
+    assert set(response.json()) == {"error", "code"}
 
 
 def test_health_models_and_metrics(world: World) -> None:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import datetime
 import inspect
-import ipaddress
 import random
 import signal
 import ssl
@@ -17,7 +15,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from faultkit import ROOT, launch_gkc, random_request, response_tags, tagged_bundle
+from faultkit import ROOT, launch_gkc, random_request, response_tags, self_signed_cert, tagged_bundle
 
 import gkc.rest
 import services.http
@@ -98,42 +96,6 @@ def test_wrong_tokens_are_refused_and_never_logged(start_gkc, tmp_path: Path) ->
     assert SECRET not in redis_log.read_text(errors="replace")
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
-
-
 async def _ranker_source_read(addr: str, ca_file: Path, request: Any) -> int:
     source = GkcKnowledgeSource(addr, ca_file=ca_file)
     try:
@@ -146,7 +108,7 @@ async def _ranker_source_read(addr: str, ca_file: Path, request: Any) -> int:
 
 
 def test_read_path_behind_tls_with_a_self_signed_cert(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     grpc_port, http_port = free_port(), free_port()
     tls_env = {"GKC_TLS_CERT": str(cert), "GKC_TLS_KEY": str(key)}
     env = launch.gkc_env(grpc_port, http_port, SECRET, data_dir=tmp_path / "data", **tls_env)

@@ -1,4 +1,4 @@
-"""The impression-log contract (DESIGN §3): readers, validation errors, vocabularies, leakage-free
+"""The impression-log contract (README): readers, validation errors, vocabularies, leakage-free
 behaviour sequences and the day ordering."""
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from deploy_files import DEPLOY, DOCKERFILES, REPO, hadolint
 
-#: DESIGN §4 defaults each image exposes.
+#: The default ports (docs/deploy.md) each image exposes.
 PORTS = {"gkc": {"50051", "8081"}, "ranker": {"50052", "8082"}, "trainer": set()}
 
 

@@ -1,4 +1,4 @@
-"""``keep experiment``: writes results.json (DESIGN §4), report.md and the plots."""
+"""``keep experiment``: writes results.json, report.md and the plots."""
 
 from __future__ import annotations
 

@@ -86,7 +86,11 @@ def test_bundle_equals_the_offline_knowledge_for_rows_after_the_window(
 
 def test_export_needs_the_serving_strategy(trained: tuple[Path, Path], tmp_path: Path) -> None:
     super_path, _ = trained
-    pretrain(PretrainConfig(super_path=super_path, out=tmp_path / "full", batch_size=400, progress=False))
+    pretrain(
+        PretrainConfig(
+            super_path=super_path, out=tmp_path / "full", strategy="full", batch_size=400, progress=False
+        )
+    )
     with pytest.raises(InvalidArgument, match="--strategy serving"):
         export(tmp_path / "full", tmp_path / "bundle", progress=False)
     assert not (tmp_path / "bundle").exists()

@@ -20,7 +20,9 @@ def full(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
     root = tmp_path_factory.mktemp("kfn")
     df = tiny_log(users=30, items=40, categories=5, days=3, rows_per_day=600)
     path = write_log(df, root / "super.parquet")
-    pretrain(PretrainConfig(super_path=path, out=root / "full", batch_size=300, progress=False))
+    pretrain(
+        PretrainConfig(super_path=path, out=root / "full", strategy="full", batch_size=300, progress=False)
+    )
     return root / "full", df
 
 

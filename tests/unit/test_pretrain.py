@@ -11,7 +11,7 @@ from stage1_data import tiny_log, write_tiny
 
 from contract.log import read_log, write_log
 from contract.schema import day_of
-from services.errors import Conflict, InvalidArgument
+from services.errors import InvalidArgument
 from trainer.data.dataset import EncodedLog
 from trainer.losses import pointwise_loss
 from trainer.models.batch import make_batch
@@ -23,7 +23,12 @@ SMALL = {"users": 30, "items": 40, "categories": 5, "days": 5, "rows_per_day": 1
 
 
 def cfg(super_path: Path, out: Path, **kw: object) -> PretrainConfig:
-    base: dict[str, object] = {"batch_size": 250, "progress": False, "checkpoint_every": 2}
+    base: dict[str, object] = {
+        "batch_size": 250,
+        "progress": False,
+        "checkpoint_every": 2,
+        "strategy": "full",
+    }
     base.update(kw)
     return PretrainConfig(super_path=super_path, out=out, **base)  # type: ignore[arg-type]
 
@@ -124,14 +129,34 @@ def test_continuation_keeps_the_vocabulary_and_maps_new_ids_to_oov(tmp_path: Pat
     assert b.vocabs.user.lookup(np.array([999_999]))[0] == 1  # OOV
 
 
-def test_rerunning_a_completed_run_or_continuing_without_new_days_is_refused(
+def test_rerunning_a_completed_run_reports_it_and_continuing_without_new_days_is_refused(
     log_file: Path, tmp_path: Path
 ) -> None:
-    pretrain(cfg(log_file, tmp_path / "a"))
-    with pytest.raises(Conflict, match="already completed"):
-        pretrain(cfg(log_file, tmp_path / "a"))
+    """Issue 18: rerunning a finished ``keep pretrain`` exited 2; now it says the run is done."""
+    first = pretrain(cfg(log_file, tmp_path / "a"))
+    before = load_state(tmp_path / "a")["progress"]
+    again = pretrain(cfg(log_file, tmp_path / "a"))
+    assert again.already_done and again.batches == 0 and not first.already_done
+    assert again.window == first.window and again.rows == first.rows and again.metrics == first.metrics
+    assert load_state(tmp_path / "a")["progress"] == before  # nothing was trained or written
     with pytest.raises(InvalidArgument, match="no training day after"):
         pretrain(cfg(log_file, tmp_path / "b", init=tmp_path / "a"))
+
+
+def test_the_default_strategy_is_serving_and_init_carries_the_checkpoints(
+    log_file: Path, tmp_path: Path
+) -> None:
+    """Issue 18: ``--init`` of a serving run failed with "--strategy full does not match"."""
+    df = read_log(log_file)
+    first = tmp_path / "first.parquet"
+    days = day_of(df["ts"].to_numpy())
+    write_log(df[days <= days.min() + 1], first)
+    pretrain(cfg(first, tmp_path / "a", strategy=None))
+    assert load_extractor(tmp_path / "a").model.cfg.strategy == "serving"
+    pretrain(cfg(log_file, tmp_path / "b", init=tmp_path / "a", strategy=None))
+    assert load_extractor(tmp_path / "b").model.cfg.strategy == "serving"
+    with pytest.raises(InvalidArgument, match="leave --strategy out"):
+        pretrain(cfg(log_file, tmp_path / "c", init=tmp_path / "a", strategy="full"))
 
 
 def test_resume_with_other_settings_is_refused(log_file: Path, tmp_path: Path) -> None:

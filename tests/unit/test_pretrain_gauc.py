@@ -19,7 +19,9 @@ def small_super(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_click_gauc_on_the_held_out_super_day_beats_popularity(small_super: Path, tmp_path: Path) -> None:
-    result = pretrain(PretrainConfig(super_path=small_super, out=tmp_path / "ext", progress=False))
+    result = pretrain(
+        PretrainConfig(super_path=small_super, out=tmp_path / "ext", strategy="full", progress=False)
+    )
     click = result.metrics["click"]
     assert click["gauc"] > 0.6
     assert click["gauc"] > click["gauc_popularity"] + 0.03

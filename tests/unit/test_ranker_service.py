@@ -19,7 +19,7 @@ from contract import artifact as artifact_mod
 from gkc.bundle_reader import BundleReader
 from gkc.lookup import Lookup
 from ranker import synthetic
-from ranker.breaker import CircuitBreaker
+from ranker.breaker import CircuitBreaker, log_breaker
 from ranker.knowledge import manifest_schema
 from ranker.metrics import RankerMetrics
 from ranker.registry import ModelRegistry
@@ -121,6 +121,18 @@ def test_scores_equal_offline_predict(world: dict) -> None:
         np.testing.assert_allclose(got.scores, expected[part.index], rtol=0, atol=1e-6, err_msg=str(user))
 
 
+def test_unknown_users_and_items_are_counted_not_silent(world: dict) -> None:
+    """Issue 18: unknown users and items were scored with no flag or count."""
+    svc, _ = service(world)
+    rows = later_rows(world["log"], ["u2"], items=4)
+    known = rank(svc, rows)
+    assert known.unknown_items == 0 and known.history_len > 0
+    rows.loc[:1, "item_id"] = ["never-seen-1", "never-seen-2"]
+    rows["user_id"] = "a-user-nobody-knows"
+    cold = rank(svc, rows)
+    assert cold.unknown_items == 2 and cold.history_len == 0 and len(cold.scores) == 4
+
+
 def test_unavailable_gkc_gives_the_base_model(world: dict) -> None:
     """Degraded = plug-in output zeroed: the same as the artifact with its plug-in's last layer at 0."""
     metrics = RankerMetrics()
@@ -145,13 +157,20 @@ def test_slow_gkc_is_abandoned_at_its_timeout(world: dict) -> None:
     assert got.gkc_s < 1.0  # abandoned, not waited out (a loose bound: this is not a speed test)
 
 
-def test_breaker_stops_calling_a_dead_gkc(world: dict) -> None:
-    svc, source = service(world, breaker=CircuitBreaker(3, 60.0))
+def test_breaker_stops_calling_a_dead_gkc(world: dict, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 18: the ranker logged nothing when GKC went down and ``/healthz`` stayed ``ok``."""
+    svc, source = service(
+        world, breaker=CircuitBreaker(3, 60.0, on_change=lambda state: log_breaker(state, "gkc:1"))
+    )
+    assert svc.health()["status"] == "ok"
     source.fault = Unavailable("GKC down")
     rows = later_rows(world["log"], ["u2"], items=5)
-    reasons = [rank(svc, rows).reason for _ in range(6)]
+    with caplog.at_level(logging.WARNING, logger="ranker.breaker"):
+        reasons = [rank(svc, rows).reason for _ in range(6)]
     assert reasons == ["gkc_unavailable"] * 3 + ["breaker_open"] * 3
     assert source.calls == 3
+    assert [r.getMessage() for r in caplog.records if "breaker OPEN" in r.getMessage()]
+    assert svc.health()["status"] == "degraded" and svc.health()["breaker"] == "open"
 
 
 def test_retired_version_is_degraded_and_loud(world: dict, caplog: pytest.LogCaptureFixture) -> None:

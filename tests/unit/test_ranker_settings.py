@@ -51,14 +51,15 @@ def test_check_refuses_unworkable_settings(field: str, value: float | str, match
 
 
 def test_serve_workers_flag_sets_model_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    import argparse
+    from trainer.cli import build_parser
+    from trainer.commands.serve import _workers
 
-    from ranker.server import settings_from_args
+    def settings(*argv: str) -> RankerSettings:
+        return RankerSettings(**_workers(build_parser().parse_args(["serve", "ranker", *argv])))
 
     monkeypatch.delenv("RANKER_MODEL_WORKERS", raising=False)
     monkeypatch.setenv("RANKER_MODEL_WORKERS", "5")
-    assert settings_from_args(argparse.Namespace(workers=None)).workers() == 5
-    assert settings_from_args(argparse.Namespace(workers=3)).workers() == 3
-    assert settings_from_args(None).workers() == 5
+    assert settings().workers() == 5
+    assert settings("--workers", "3").workers() == 3
     with pytest.raises(InvalidArgument, match="--workers"):
-        settings_from_args(argparse.Namespace(workers=0))
+        settings("--workers", "0")

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from contract.ids import PAD
+from contract.schema import DEFAULT_MAX_LEN
 from trainer.baselines.sequences import trim_padding
 
 
@@ -29,7 +30,7 @@ class EncoderConfig:
     dim: int = 64
     layers: int = 2
     heads: int = 2
-    max_len: int = 50
+    max_len: int = DEFAULT_MAX_LEN
     dropout: float = 0.1
 
     def to_json(self) -> dict[str, Any]:

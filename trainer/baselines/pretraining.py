@@ -29,6 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from contract.ids import PAD
+from contract.schema import DEFAULT_MAX_LEN
 from trainer.baselines.bert4rec import Bert4Rec, ClozeConfig
 from trainer.baselines.encoder import EncoderConfig, SequenceEncoder
 from trainer.baselines.s3rec import S3Rec, S3RecConfig
@@ -52,7 +53,7 @@ class SequencePretrainConfig:
     dim: int = 64
     layers: int = 2
     heads: int = 2
-    max_len: int = 50
+    max_len: int = DEFAULT_MAX_LEN
     dropout: float = 0.1
     batch_size: int = 128
     lr: float = 1e-3

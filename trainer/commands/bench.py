@@ -1,4 +1,4 @@
-"""``keep bench gkc|publish|ranker|train|metrics``: one JSON object on stdout per run (DESIGN §4).
+"""``keep bench gkc|publish|ranker|train|metrics``: one JSON object on stdout per run.
 
 Each target lives beside the code it measures; this module only dispatches (lazy imports).
 """

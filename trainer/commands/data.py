@@ -1,4 +1,4 @@
-"""``keep data synth | taobao | check``: make and validate impression logs (DESIGN §3, §4)."""
+"""``keep data synth | taobao | days | check``: make and validate impression logs (README "Data contract")."""
 
 from __future__ import annotations
 
@@ -15,20 +15,38 @@ def register(sub: Any) -> None:
 
     synth = data_sub.add_parser("synth", help="generate a synthetic super/sub-domain world")
     synth.add_argument("--out", required=True, help="output folder (super/train/test.parquet, truth.json)")
-    synth.add_argument("--scale", default="small", choices=("tiny", "small", "medium"))
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--scale", default="small", choices=("tiny", "small", "medium"), help="world size")
+    synth.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
     synth.set_defaults(func=run_synth)
 
     taobao = data_sub.add_parser("taobao", help="convert the Taobao ad sample (Tianchi data set 56)")
     taobao.add_argument(
         "--src",
         default=None,
-        help="folder with ad_impressions.csv (default: $KEEP_TAOBAO_DIR, else ../shared/data/taobao)",
+        help="folder with ad_impressions.csv (default: $KEEP_TAOBAO_DIR, else shared/data/taobao beside the "
+        "repository)",
     )
     taobao.add_argument("--out", required=True, help="output folder (super/train/test.parquet, truth.json)")
     taobao.add_argument("--fold", type=int, default=0, help="user fold on the test day (default 0)")
     taobao.add_argument("--folds", type=int, default=5, help="user folds (default 5; fold+1 validates)")
     taobao.set_defaults(func=run_taobao)
+
+    days = data_sub.add_parser(
+        "days",
+        help="keep the rows of some days (e.g. yesterday's log for --init continuations)",
+        description="Write the rows of LOG on the chosen days (a day is ts // 86400) to --out: "
+        "--last N keeps the last N days the log holds, --drop-last N all but those; --from/--to "
+        "bound the day numbers.",
+    )
+    days.add_argument("--last", type=int, default=None, help="keep only the log's last N days")
+    days.add_argument("--drop-last", type=int, default=None, help="drop the log's last N days")
+    days.add_argument("log", help="a .parquet or .csv impression log")
+    days.add_argument(
+        "--from", dest="first", type=int, default=None, help="first day kept (default: the log's)"
+    )
+    days.add_argument("--to", type=int, default=None, help="last day number kept")
+    days.add_argument("--out", required=True, help="output file (.parquet or .csv)")
+    days.set_defaults(func=run_days)
 
     check = data_sub.add_parser("check", help="validate a log and print a one-line JSON summary")
     check.add_argument("file", help="a .parquet or .csv impression log")
@@ -67,6 +85,35 @@ def run_taobao(args: argparse.Namespace) -> int:
     src = Path(args.src) if args.src else default_taobao_dir()
     paths, truth = convert(src, args.out, fold=args.fold, folds=args.folds)
     _print_written(paths, truth)
+    return 0
+
+
+def run_days(args: argparse.Namespace) -> int:
+    from contract.log import read_log, write_log
+    from contract.schema import day_of
+    from services.errors import InvalidArgument
+
+    df = read_log(args.log)
+    days = day_of(df["ts"].to_numpy())
+    present = sorted(set(days.tolist()))
+    first = present[0] if args.first is None else args.first
+    last = present[-1] if args.to is None else args.to
+    for flag, n in (("--last", args.last), ("--drop-last", args.drop_last)):
+        if n is not None and not 0 < n < len(present) + (flag == "--last"):
+            raise InvalidArgument(f"{flag} {n}: the log holds {len(present)} days")
+    if args.last is not None:
+        first = max(first, present[-args.last])
+    if args.drop_last is not None:
+        last = min(last, present[-args.drop_last - 1])
+    kept = df[(days >= first) & (days <= last)]
+    if kept.empty:
+        raise InvalidArgument(
+            f"{args.log}: no rows in days {first}-{last} (the log holds days {present[0]}-{present[-1]})"
+        )
+    if Path(args.out).resolve() == Path(args.log).resolve():
+        raise InvalidArgument(f"--out {args.out} is the input log; write to another file")
+    write_log(kept.reset_index(drop=True), args.out)
+    print(json.dumps({"out": str(args.out), "rows": len(kept), "first_day": first, "last_day": last}))
     return 0
 
 

@@ -1,16 +1,13 @@
 """``keep demo``: the whole pipeline on a tiny synthetic world, end to end, through a real GKC.
 
 synth → pretrain (serving strategy) → export → start GKC (embedded Redis) → publish → train the base
-model and the KEEP model through GKC → evaluate both → print a GAUC table. Every step is the public
-CLI, called in process, so the demo is also a check that the CLI contract holds together.
+model and the KEEP model through GKC → evaluate both → print a GAUC table. Every step is a call of the
+pipeline API (:mod:`trainer.pipeline`), the same functions the CLI commands call.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import json
 import secrets
 import sys
 import time
@@ -18,31 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from services import launch
-from trainer.cli import CommandError
+from services.errors import InvalidArgument
 
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("demo", help="run the whole pipeline on tiny synthetic data")
     parser.add_argument("--out", default=".keep/demo", help="working directory (default .keep/demo)")
     parser.add_argument("--scale", default="tiny", choices=["tiny", "small"], help="synthetic world size")
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=7, help="seed of the world and the models")
     parser.set_defaults(func=run)
 
 
 def _step(title: str) -> None:
     print(f"\n==> {title}", file=sys.stderr, flush=True)
-
-
-def _keep(*argv: str) -> str:
-    """Run one ``keep`` command in process; return its stdout; raise on a non-zero exit."""
-    from trainer.cli import main
-
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        code = main(list(argv))
-    if code:
-        raise CommandError(f"`keep {' '.join(argv)}` exited {code}")
-    return buffer.getvalue()
 
 
 class _Gkc:
@@ -67,32 +52,29 @@ class _Gkc:
                 self.proc, "GKC", f"{self.url}/healthz", log_path=self.log_path, timeout_s=timeout_s
             )
         except launch.ServiceStartError as err:
-            raise CommandError(str(err)) from None
+            raise InvalidArgument(str(err)) from None
 
     def stop(self) -> None:
         launch.stop(self.proc)
 
 
 def run(args: argparse.Namespace) -> int:
+    from trainer import pipeline
+    from trainer.data.synth import generate, write_world
+
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data, extractor, bundle = out / "data", out / "extractor", out / "bundle"
     started = time.perf_counter()
 
     _step(f"synthetic world ({args.scale}) → {data}")
-    _keep("data", "synth", "--out", str(data), "--scale", args.scale, "--seed", str(args.seed))
+    write_world(generate(args.scale, args.seed), data)
 
     _step("stage 1: multi-task pre-training on the super-domain log (serving forms)")
-    _keep(
-        "pretrain",
-        "--super",
-        str(data / "super.parquet"),
-        "--out",
-        str(extractor),
-        "--strategy",
-        "serving",
-        "--seed",
-        str(args.seed),
+    pipeline.pretrain(
+        pipeline.PretrainConfig(
+            super_path=data / "super.parquet", out=extractor, strategy="serving", seed=args.seed
+        )
     )
 
     _step("export the knowledge bundle")
@@ -100,46 +82,35 @@ def run(args: argparse.Namespace) -> int:
         import shutil
 
         shutil.rmtree(bundle)
-    _keep("export", "--extractor", str(extractor), "--out", str(bundle))
+    pipeline.export(pipeline.ExportConfig(extractor=extractor, out=bundle))
 
     _step("start GKC (embedded Redis) and publish the bundle")
     gkc = _Gkc(out / "gkc")
     try:
         gkc.wait_healthy()
-        version = (
-            _keep("publish", str(bundle), "--gkc", gkc.url, "--token", gkc.token).strip().splitlines()[-1]
-        )
+        version = pipeline.publish(pipeline.PublishConfig(bundle, gkc.url, gkc.token)).version
 
         results: dict[str, dict[str, Any]] = {}
-        for name, extra in (("base", ["--no-knowledge"]), ("keep", [])):
-            _step(f"stage 2: train the downstream model '{name}'" + (" through GKC" if not extra else ""))
+        source = pipeline.KnowledgeSource(gkc=gkc.addr)
+        for name, with_knowledge in (("base", False), ("keep", True)):
+            _step(
+                f"stage 2: train the downstream model '{name}'" + (" through GKC" if with_knowledge else "")
+            )
             model = out / f"model-{name}"
-            _keep(
-                "train",
-                "--train",
-                str(data / "train.parquet"),
-                "--gkc",
-                gkc.addr,
-                "--knowledge-version",
-                version,
-                "--out",
-                str(model),
-                "--seed",
-                str(args.seed),
-                *extra,
+            pipeline.train(
+                pipeline.TrainJob(
+                    train=data / "train.parquet",
+                    out=model,
+                    knowledge=source if with_knowledge else None,
+                    knowledge_version=version,
+                    config=pipeline.TrainConfig(seed=args.seed),
+                )
             )
-            report = _keep(
-                "evaluate",
-                "--model",
-                str(model),
-                "--test",
-                str(data / "test.parquet"),
-                "--train",
-                str(data / "train.parquet"),
-                "--gkc",
-                gkc.addr,
+            results[name] = pipeline.evaluate(
+                pipeline.EvaluateJob(
+                    model=model, test=data / "test.parquet", train=data / "train.parquet", knowledge=source
+                )
             )
-            results[name] = json.loads(report.strip().splitlines()[-1])
     finally:
         gkc.stop()
 

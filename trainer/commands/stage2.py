@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from contract.schema import TASKS
-from trainer.cli import CommandError
+from services.errors import InvalidArgument
+from trainer.commands.common import add_threads, set_threads
 
 
 def register(sub: Any) -> None:
@@ -19,12 +19,12 @@ def register(sub: Any) -> None:
     _knowledge_args(t)
     t.add_argument("--knowledge-version", type=int, default=0, help="GKC version to pin (0 = active)")
     t.add_argument("--init", default=None, help="previous model artifact to warm-start from")
-    t.add_argument("--task", default="click", choices=TASKS)
+    t.add_argument("--task", default="click", choices=TASKS, help="label the model predicts")
     t.add_argument("--no-knowledge", action="store_true", help="train the base model (no plug-in)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch order")
     t.add_argument("--epochs", type=int, default=1, help="passes over the days (default 1)")
-    t.add_argument("--batch-size", type=int, default=256)
-    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--batch-size", type=int, default=256, help="rows per batch")
+    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     t.add_argument("--plugin-layer", type=int, default=1, help="MLP layer m that receives h^k (1-based)")
     _common(t)
     t.set_defaults(func=run_train)
@@ -38,12 +38,12 @@ def register(sub: Any) -> None:
     e.set_defaults(func=run_evaluate)
 
     x = sub.add_parser("experiment", help="reproduce the paper's tables (results.json, report.md, plots)")
-    x.add_argument("--super", required=True, dest="super_path")
-    x.add_argument("--train", required=True)
-    x.add_argument("--test", required=True)
-    x.add_argument("--out", required=True)
+    x.add_argument("--super", required=True, dest="super_path", help="super-domain impression log")
+    x.add_argument("--train", required=True, help="sub-domain training log (its last day picks the passes)")
+    x.add_argument("--test", required=True, help="sub-domain test log (never used to choose anything)")
+    x.add_argument("--out", required=True, help="folder for results.json, report.md and the plots")
     x.add_argument("--methods", default=None, help="comma-separated (default: all)")
-    x.add_argument("--seeds", type=int, default=3)
+    x.add_argument("--seeds", type=int, default=3, help="downstream seeds per method (mean ± std)")
     x.add_argument("--max-epochs", type=int, default=3, help="largest pass count tried on validation")
     x.add_argument(
         "--reuse-extractors", action="store_true", help="pre-train once (seed 0) for all seeds (faster)"
@@ -54,137 +54,62 @@ def register(sub: Any) -> None:
 
 
 def _knowledge_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gkc", default=None, help="GKC gRPC address host:port")
+    p.add_argument("--gkc", default=None, metavar="HOST:PORT", help="GKC's gRPC read address")
     p.add_argument("--bundle", default=None, help="local knowledge bundle instead of GKC (offline)")
-    p.add_argument("--gkc-timeout", type=float, default=5.0)
+    p.add_argument("--gkc-timeout", type=float, default=5.0, help="seconds per GKC read")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
-    p.add_argument("--no-progress", action="store_true")
+    add_threads(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _threads(n: int) -> None:
-    import torch
+def _knowledge(args: argparse.Namespace) -> Any:
+    from trainer.pipeline import KnowledgeSource
 
-    torch.set_num_threads(n if n > 0 else os.cpu_count() or 1)
-
-
-def _reader(args: argparse.Namespace) -> Any:
-    if args.bundle and args.gkc:
-        raise CommandError("give --gkc or --bundle, not both")
-    if args.bundle:
-        from gkc.bundle_reader import BundleReader
-
-        return BundleReader.open(args.bundle, version=getattr(args, "knowledge_version", 0) or 0)
-    if args.gkc:
-        from gkc.client import GkcClient  # type: ignore[import-not-found,unused-ignore]
-
-        return GkcClient(args.gkc, timeout_s=args.gkc_timeout)
-    return None
-
-
-def gkc_provider(reader: Any, version: int, df: Any, progress: bool) -> Any:
-    """Probe the reader once for the version's actual number and block dims, then pin both."""
-    from contract.ids import canonical_ids
-    from contract.knowledge import Dims, KnowledgeSchema
-    from ranker.knowledge import manifest_schema
-    from trainer.train import GkcKnowledge
-
-    first = df.iloc[:1]
-    lookup = reader.batch_get(
-        str(canonical_ids(first["user_id"].to_numpy())[0]),
-        canonical_ids(first["item_id"].to_numpy()).tolist(),
-        canonical_ids(first["category_id"].to_numpy()).tolist(),
-        version,
+    return KnowledgeSource(
+        gkc=args.gkc, bundle=Path(args.bundle) if args.bundle else None, timeout_s=args.gkc_timeout
     )
-    du, di, dc = lookup.user.shape[-1], lookup.items.shape[-1], lookup.ucs.shape[-1]
-    manifest = getattr(reader, "manifest", None)
-    if manifest is not None:
-        schema = manifest_schema(manifest)
-    else:
-        schema = KnowledgeSchema.gkc(Dims(user=du, item=di, uc=dc), interaction=du == di)
-    return GkcKnowledge(reader=reader, version=lookup.version or version, schema=schema, progress=progress)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from contract import artifact as artifact_mod
-    from contract.log import read_log
-    from trainer.distributed import from_env, shutdown
-    from trainer.train import TrainConfig, task_rows, train
+    from trainer.pipeline import TrainConfig, TrainJob, train
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun: share the cores between ranks
-    _threads(args.threads or max(1, (os.cpu_count() or 1) // world))
-    df = read_log(args.train)
-    reader = None if args.no_knowledge else _reader(args)
-    if reader is None and not args.no_knowledge:
-        raise CommandError("knowledge needs --gkc ADDR or --bundle DIR (or pass --no-knowledge)")
-    providers: list[Any] = []
-    if reader is not None:
-        providers.append(gkc_provider(reader, args.knowledge_version, df, not args.no_progress))
-    init = artifact_mod.load(args.init) if args.init else None
-    cfg = TrainConfig(
-        task=args.task,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        plugin_layer=args.plugin_layer,
-        progress=not args.no_progress,
+    job = TrainJob(
+        train=Path(args.train),
+        out=Path(args.out),
+        knowledge=None if args.no_knowledge else _knowledge(args),
+        knowledge_version=args.knowledge_version,
+        init=Path(args.init) if args.init else None,
+        config=TrainConfig(
+            task=args.task,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            plugin_layer=args.plugin_layer,
+            progress=not args.no_progress,
+        ),
+        threads=args.threads,
     )
-    task_rows(df, args.task)  # fail early on a missing label column
-    group = from_env()  # a no-op outside torchrun
-    try:
-        art = train(df, cfg, providers, init, train_file=str(args.train), group=group)
-    finally:
-        shutdown(group)
-    if not group.is_writer:
-        return 0
-    artifact_mod.save(art, args.out)
-    print(
-        json.dumps(
-            {
-                "out": str(Path(args.out)),
-                "rows": art.training.rows,
-                "task": art.task,
-                "knowledge": {k: v.to_json() for k, v in art.knowledge.items()},
-                "warm_start": art.training.warm_start,
-                "world_size": group.world,
-            },
-            sort_keys=True,
-        )
-    )
+    summary = train(job)
+    if summary:
+        print(json.dumps(summary, sort_keys=True))
     return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    import pandas as pd
+    from trainer.pipeline import EvaluateJob, evaluate
 
-    from contract import artifact as artifact_mod
-    from contract.log import read_log
-    from trainer.evaluate import evaluate
-    from trainer.train import GkcKnowledge
-
-    _threads(args.threads)
-    art = artifact_mod.load(args.model)
-    test = read_log(args.test)
-    history = pd.concat([read_log(args.train), test], ignore_index=True) if args.train else test
-    providers: list[Any] = []
-    if art.knowledge:
-        args.knowledge_version = art.pinned_version
-        reader = _reader(args)
-        if reader is None:
-            raise CommandError(f"the model needs knowledge {sorted(art.knowledge)}: give --gkc or --bundle")
-        manifest = getattr(reader, "manifest", None)
-        for name, spec in art.knowledge.items():
-            if manifest is not None:
-                from ranker.knowledge import manifest_schema
-
-                art.require_knowledge(name, manifest_schema(manifest))
-            providers.append(
-                GkcKnowledge(reader, spec.version, spec.schema, name=name, progress=not args.no_progress)
-            )
-    print(json.dumps(evaluate(art, test, providers, history_from=history), sort_keys=True))
+    job = EvaluateJob(
+        model=Path(args.model),
+        test=Path(args.test),
+        train=Path(args.train) if args.train else None,
+        knowledge=_knowledge(args),
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+    print(json.dumps(evaluate(job), sort_keys=True))
     return 0
 
 
@@ -193,10 +118,10 @@ def run_experiment_cmd(args: argparse.Namespace) -> int:
     from trainer.experiment_methods import METHOD_NAMES
     from trainer.train import TrainConfig
 
-    _threads(args.threads)
+    set_threads(args.threads)
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip()) if args.methods else METHOD_NAMES
     if args.seeds < 1:
-        raise CommandError("--seeds must be >= 1")
+        raise InvalidArgument("--seeds must be >= 1")
     cfg = ExperimentConfig(
         super_path=Path(args.super_path),
         train_path=Path(args.train),

@@ -1,1 +1,1 @@
-"""The impression-log data contract (DESIGN §3): schema, readers, vocabularies, behaviour sequences."""
+"""The impression-log data contract (README, "Data contract"): schema, readers, vocabularies, histories."""

@@ -3,7 +3,7 @@
 DIN scores each behaviour ``k`` against the candidate ``q`` with an MLP over ``[q, k, q - k, q * k]``.
 The first layer of that MLP is linear, so ``W [q, k, q-k, q*k] = (Wq + Wd) q + (Wk - Wd) k + Wp (q*k)``:
 the ``q`` term is computed once per row instead of once per behaviour, and the ``q - k`` block (a
-quarter of the input) disappears. Same function class, 20-25% faster (DESIGN §6). The hidden layers
+quarter of the input) disappears. Same function class, 20-25% faster. The hidden layers
 use ReLU (DeepCTR's Dice spends a third of a step in BatchNorm) and the weights are not normalised
 (DIN keeps the intensity of the interest). Sequences are packed: padding is never computed.
 """

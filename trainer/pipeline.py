@@ -1,0 +1,159 @@
+"""The KEEP pipeline as a Python API: one function per step, each taking a frozen config.
+
+    pretrain(PretrainConfig)  → an extractor checkpoint          (trainer.pretrain)
+    export(ExportConfig)      → a knowledge bundle, or a version written straight into GKC's store
+    publish(PublishConfig)    → a GKC version (REST upload; gkc.publishing, torch-free)
+    train(TrainJob)           → a downstream model artifact      (trainer.pipeline_downstream)
+    evaluate(EvaluateJob)     → its GAUC / AUC on a log
+
+The ``keep`` CLI only parses arguments into these configs and prints what they return; ``keep demo``
+calls them directly. Each step owns the torchrun process group it needs (a no-op outside torchrun) and
+returns a summary that the CLI prints as one JSON line. Errors are :class:`services.errors.KeepError`
+subclasses (user errors are :class:`services.errors.InvalidArgument`), which the CLI turns into one line
+and exit status 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gkc.publishing import PublishConfig, PublishOutcome, publish
+from services.errors import InvalidArgument
+from trainer.pipeline_downstream import EvaluateJob, KnowledgeSource, TrainJob, evaluate, train
+from trainer.pretrain import PretrainConfig
+from trainer.train import TrainConfig
+
+__all__ = [
+    "EvaluateJob",
+    "ExportConfig",
+    "KnowledgeSource",
+    "PretrainConfig",
+    "PublishConfig",
+    "PublishOutcome",
+    "TrainConfig",
+    "TrainJob",
+    "evaluate",
+    "export",
+    "pretrain",
+    "publish",
+    "train",
+]
+
+
+def _positive(name: str, value: int) -> None:
+    if value <= 0:
+        raise InvalidArgument(f"{name} must be positive, got {value}")
+
+
+def pretrain(cfg: PretrainConfig, *, threads: int = 1) -> dict[str, Any]:
+    """Pre-train (resume, or continue from ``cfg.init``) an extractor; rank 0's summary, ``{}`` on others."""
+    from trainer import pretrain as pretrain_mod
+    from trainer.distributed import from_env, set_threads, shutdown
+
+    _positive("--batch-size", cfg.batch_size)
+    _positive("--checkpoint-every", cfg.checkpoint_every)
+    set_threads(threads)
+    group = from_env()  # a no-op outside torchrun
+    try:
+        result = pretrain_mod.pretrain(cfg, group=group)
+    finally:
+        shutdown(group)
+    if not group.is_writer:
+        return {}
+    return {
+        "out": str(result.out),
+        "window": list(result.window),
+        "trained_days": result.trained_days,
+        "rows": result.rows,
+        "seconds": round(result.seconds, 2),
+        "metrics": result.metrics,
+        "world_size": group.world,
+        **({"already_done": True} if result.already_done else {}),
+    }
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """``out`` (a bundle directory) or ``gkc_redis`` (GKC's store; sharded under torchrun), not both."""
+
+    extractor: Path
+    out: Path | None = None
+    gkc_redis: str | None = None
+    gkc_redis_cluster: bool = False
+    #: Ready versions GKC keeps (``GKC_MAX_READY_VERSIONS``); only for ``gkc_redis``.
+    max_ready: int = 5
+    #: The log whose histories are exported (default: the one the extractor was trained on).
+    super_path: Path | None = None
+    batch_size: int = 4096
+    threads: int = 1
+    progress: bool = True
+    #: How the vectors are stored: float32, float16 or int8 (per-row scale; docs/gkc.md).
+    dtype: str = "float32"
+
+
+def export(cfg: ExportConfig) -> dict[str, Any]:
+    """Write the knowledge of a ``serving`` extractor; rank 0's summary, ``{}`` on the other ranks."""
+    _positive("--batch-size", cfg.batch_size)
+    _positive("--max-ready", cfg.max_ready)
+    if (cfg.out is None) == (cfg.gkc_redis is None):
+        raise InvalidArgument("give --out DIR (a bundle) or --gkc-redis URL (publish into GKC's store)")
+    from trainer.distributed import set_threads
+
+    set_threads(cfg.threads)
+    if cfg.gkc_redis is not None:
+        return _export_to_store(cfg, cfg.gkc_redis)
+    assert cfg.out is not None
+    from trainer.export import export as export_bundle
+
+    path, stats = export_bundle(
+        cfg.extractor,
+        cfg.out,
+        super_path=cfg.super_path,
+        batch_size=cfg.batch_size,
+        progress=cfg.progress,
+        dtype=cfg.dtype,
+    )
+    return {"bundle": str(path), "dtype": cfg.dtype, **stats.to_json()}
+
+
+def _export_to_store(cfg: ExportConfig, url: str) -> dict[str, Any]:
+    """Every rank computes its span of the blocks and writes it; rank 0 begins and finalises the version."""
+    from contract.log import read_log
+    from gkc.redis_store import RedisStore
+    from trainer.distributed import from_env, shutdown
+    from trainer.export import check_exportable
+    from trainer.export_store import export_to_store
+    from trainer.models.checkpoint import load_extractor
+
+    ext = load_extractor(cfg.extractor)
+    check_exportable(ext)
+    source = Path(cfg.super_path or ext.config.data.super)
+    df = read_log(source)
+    store = RedisStore(url, cluster=cfg.gkc_redis_cluster, timeout_s=10.0)
+    group = from_env()  # a no-op outside torchrun
+    try:
+        result, stats = export_to_store(
+            ext,
+            df,
+            store,
+            source=source,
+            group=group,
+            batch_size=cfg.batch_size,
+            max_ready=cfg.max_ready,
+            progress=cfg.progress,
+            dtype=cfg.dtype,
+        )
+    finally:
+        store.close()
+        shutdown(group)
+    if not group.is_writer:
+        return {}
+    return {
+        "version": result.version,
+        "retired": result.retired,
+        "entries": result.entries,
+        "world_size": group.world,
+        **stats.to_json(),
+    }
