@@ -10,7 +10,9 @@ per dtype (float32, float16, int8) with the GKC's own publisher (``gkc.publish.p
   without) / categories per user. Key names are the real ones (``gkc:v<N>.<pub>:u:<id>``, ids of 7-8
   characters), so the figures include the key and field names.
 - ``used_memory_per_entry``: ``used_memory`` growth of the whole publish / entries (includes Redis'
-  dict tables; the figure to size with);
+  dict tables and the version's key log; the figure to size with); ``recorded_bytes``: what the
+  version's record says (``GET /v1/versions/{v}``); ``keylog_bytes_per_key``: the key log's
+  ``MEMORY USAGE`` per key of the version (deletion reads it);
 - ``publish_entries_per_s`` (one writer, pipelined batches of ``GKC_PUBLISH_BATCH``);
 - ``read``: the in-process read path (``KnowledgeCenter.batch_get``, 1 user × 500 uniformly drawn
   candidates, each dtype with its own item cache filling up as in serving, float32 wire), p50 / p99 in
@@ -117,7 +119,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from gkc.bundle_writer import convert
     from gkc.local_redis import EmbeddedRedis
     from gkc.publish import publish
-    from gkc.redis_store import RedisStore
+    from gkc.redis_store import RedisStore, keylog_key
 
     size = "quick" if getattr(args, "quick", False) else "full"
     shape = SIZES[size]
@@ -140,8 +142,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 result = publish(store, bundle, batch=batch, progress=False, max_ready=10)
                 seconds = time.perf_counter() - t0
                 after = int(store.client.info("memory")["used_memory"])
-                ns = next(r.namespace for r in store.records()[0] if r.version == result.version)
+                record = next(r for r in store.records()[0] if r.version == result.version)
+                ns = record.namespace
                 versions[dtype] = result.version
+                keylog = int(store.client.memory_usage(keylog_key(ns), samples=0) or 0)
                 out[dtype] = {
                     "row_bytes": {
                         "user": quant.row_bytes(dtype, USER_DIM),
@@ -151,6 +155,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "bytes_per_entry": entry_bytes(store.client, ns, bundle),
                     "used_memory_bytes": after - before,
                     "used_memory_per_entry": round((after - before) / result.entries, 1),
+                    "recorded_bytes": record.size_bytes,
+                    "keylog_bytes": keylog,
+                    "keylog_bytes_per_key": round(keylog / record.keys, 1),
                     "entries": result.entries,
                     "publish_seconds": round(seconds, 3),
                     "publish_entries_per_s": round(result.entries / seconds),

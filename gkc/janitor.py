@@ -7,8 +7,9 @@ Each pass (every ``interval_s``, or at once after :meth:`Janitor.kick`):
 - a retiring version's keys are deleted **only** ``delete_after_s`` after it was marked retiring
   (two-phase deletion): every serving process re-reads the registry at least every
   ``GKC_REGISTRY_STALE_S`` or stops answering (:mod:`gkc.serving_view`), so by then none can still
-  answer from it. Deletion is SCAN + UNLINK in batches (memory freed off Redis' main thread), never
-  one blocking call; then the registry entry is dropped;
+  answer from it. Deletion reads the version's keys from its own key log and UNLINKs them in batches
+  (memory freed off Redis' main thread; never a scan of the keyspace, never one blocking call); then
+  the registry entry is dropped;
 - the registry's shadow (:mod:`gkc.integrity`) takes in what changed; when the registry's epoch changed
   (Redis lost its data, or evicted the registry), the start-up check runs again: versions that are gone
   are listed ``damaged`` ("lost");
@@ -84,7 +85,7 @@ class Janitor:
         orphans -= {r.namespace for r in records}
         removed = 0
         for ns in sorted(orphans):
-            removed += self.store.delete_namespace(ns, self.batch)
+            removed += self.store.delete_namespace(ns, self.batch, scan=True)
             log.warning("deleted %d orphaned keys under %s (no registry entry names them)", present[ns], ns)
         return removed
 
@@ -117,7 +118,7 @@ class Janitor:
         done = []
         for record in records:
             if record.state == RETIRING and now - record.updated >= self.delete_after_s:
-                removed = store.delete_namespace(record.namespace, self.batch)
+                removed = store.delete_namespace(record.namespace, self.batch, scan=not record.keylog)
                 store.forget(record.version)
                 log.info("deleted %s (%d keys)", record.identity, removed)
                 done.append(record.version)

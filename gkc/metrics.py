@@ -20,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from gkc.store import STATES, MemoryInfo, VersionRecord
+from gkc.store import READY, STATES, MemoryInfo, VersionRecord
 from services.errors import KeepError
 from services.metrics import LATENCY_BUCKETS, SIZE_BUCKETS, new_registry
 
@@ -217,3 +217,19 @@ class _RegistryCollector(Collector):
             "Versions with at least one live pin",
             value=sum(1 for r in records if r.pins),
         )
+        entries = GaugeMetricFamily(
+            "keep_gkc_version_entries",
+            "Entries of each ready version (K̂_u + K̂_i + K̂_uc)",
+            labels=["version", "dtype"],
+        )
+        size = GaugeMetricFamily(
+            "keep_gkc_version_bytes",
+            "Redis memory each ready version took (used_memory growth while it was written)",
+            labels=["version", "dtype"],
+        )
+        for r in records:
+            if r.state == READY:
+                entries.add_metric([str(r.version), r.dtype], r.entries)
+                size.add_metric([str(r.version), r.dtype], r.size_bytes)
+        yield entries
+        yield size

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -177,6 +177,7 @@ def publish(
     check_room(store, m, max_ready, _id_chars(bundle))
     checksum = m.content_checksum()
     for attempt in range(1, attempts + 1):
+        used_before = store.memory().used_bytes
         staging = store.begin(m.to_json(), checksum, m.dims, floor)
         log.info("publishing %s (%d entries, attempt %d)", staging.identity, _entries(m.counts), attempt)
         try:
@@ -185,7 +186,10 @@ def publish(
             verify_sample(store, staging.namespace, staging.number, bundle, samples)
             sample = sample_digests(store, staging.namespace, bundle)
             store.wait_replicated(replica_timeout_s)
-            retired = store.finish(staging.number, max_ready, key_count(bundle), sample)
+            size = measured_size(store, used_before)
+            retired = store.finish(
+                staging.number, max_ready, key_count(bundle), sample, _entries(m.counts), size
+            )
         except (Unavailable, PublishVerificationError) as err:
             abort(store, staging, str(err))
             if attempt == attempts:
@@ -202,6 +206,13 @@ def publish(
         log.info("%s ready; retired %s", staging.identity, retired)
         return PublishResult(staging.number, retired, _entries(m.counts), staging.identity)
     raise AssertionError("unreachable")
+
+
+def measured_size(store: PublishStore, used_before: int) -> int:
+    """What the version took in the store: its ``used_memory`` growth since the version was begun
+    (publishes run one at a time per GKC; a concurrent writer elsewhere would be counted in).
+    0 = unknown."""
+    return max(0, store.memory().used_bytes - used_before) if used_before > 0 else 0
 
 
 def _entries(c: Counts) -> int:
@@ -309,7 +320,9 @@ def shard_checksums(digests: Sequence[dict[str, str]]) -> dict[str, str]:
 def begin_sharded(store: PublishStore, manifest: Manifest, max_ready: int) -> Staging:
     """The finalising rank opens the staging version every rank writes into."""
     check_room(store, manifest, max_ready)
-    return store.begin(manifest.to_json(), manifest.content_checksum(), manifest.dims)
+    used_before = store.memory().used_bytes
+    staging = store.begin(manifest.to_json(), manifest.content_checksum(), manifest.dims)
+    return replace(staging, used_before=used_before)
 
 
 def write_shard(
@@ -361,7 +374,10 @@ def finalise_shards(
         sample_digests(store, staging.namespace, ids, 64)  # a wider presence check than the record's
         sample = sample_digests(store, staging.namespace, ids)
         store.wait_replicated(replica_timeout_s)
-        retired = store.finish(staging.number, max_ready, key_count(ids), sample)
+        size = measured_size(store, staging.used_before)
+        retired = store.finish(
+            staging.number, max_ready, key_count(ids), sample, _entries(manifest.counts), size
+        )
     except BaseException as err:
         abort(store, staging, f"{type(err).__name__}: {err}")
         raise

@@ -6,7 +6,8 @@ Keys (all share the hash tag ``{reg}``, hence one slot)::
     gkc:{reg}:next       string  the last number handed out (INCR; raised to the caller's floor)
     gkc:{reg}:epoch      string  random id drawn when the registry is created (changes after data loss)
     gkc:{reg}:state      hash    number -> staging | ready | retiring | damaged
-    gkc:{reg}:record     hash    number -> JSON {publish_id, checksum, dims, dtype, keys, sample}
+    gkc:{reg}:record     hash    number -> JSON {publish_id, checksum, dims, dtype, keylog, keys,
+                                   entries, bytes, sample}
     gkc:{reg}:manifest   hash    number -> the bundle manifest JSON
     gkc:{reg}:updated    hash    number -> registry time of the last heartbeat / state change
     gkc:{reg}:reason     hash    number -> why it is damaged / retiring
@@ -95,15 +96,29 @@ def _record(number: int, state: str, raw: bytes, **extra: Any) -> VersionRecord:
         keys=int(data.get("keys", 0)),
         sample=data.get("sample", {}),
         dtype=str(data.get("dtype", "float32")),
+        keylog=bool(data.get("keylog", False)),
+        entries=int(data.get("entries", 0)),
+        size_bytes=int(data.get("bytes", 0)),
         **extra,
     )
 
 
 def _record_json(
-    publish_id: str, checksum: str, dims: Dims, keys: int = 0, sample: Any = None, dtype: str = "float32"
+    publish_id: str,
+    checksum: str,
+    dims: Dims,
+    keys: int = 0,
+    sample: Any = None,
+    dtype: str = "float32",
+    keylog: bool = True,
+    entries: int = 0,
+    size_bytes: int = 0,
 ) -> str:
     body = {"publish_id": publish_id, "checksum": checksum, "dims": vars(dims), "keys": keys}
-    return json.dumps({**body, "dtype": dtype, "sample": sample or {}}, sort_keys=True)
+    body.update(dtype=dtype, keylog=keylog)  # every version begun by this code logs its keys
+    if entries:
+        body.update(entries=entries, bytes=size_bytes)
+    return json.dumps({**body, "sample": sample or {}}, sort_keys=True)
 
 
 def _s(value: Any) -> str:
@@ -221,13 +236,28 @@ class RedisRegistry:
                 f"version {number} is {state}, no longer staging (deleted or abandoned); publish again"
             )
 
-    def finish(self, number: int, max_ready: int, keys: int, sample: dict[str, Any]) -> list[int]:
+    def finish(
+        self,
+        number: int,
+        max_ready: int,
+        keys: int,
+        sample: dict[str, Any],
+        entries: int = 0,
+        size_bytes: int = 0,
+    ) -> list[int]:
         records, _ = self.records()
         mine = next((r for r in records if r.version == number), None)
         if mine is None:
             raise Unavailable(f"version {number} vanished from the registry (a failover?); publish again")
         body = _record_json(
-            mine.identity.publish_id, mine.identity.checksum, mine.dims, keys, sample, mine.dtype
+            mine.identity.publish_id,
+            mine.identity.checksum,
+            mine.dims,
+            keys,
+            sample,
+            mine.dtype,
+            entries=entries,
+            size_bytes=size_bytes,
         )
         result = [
             _s(x)
@@ -287,7 +317,8 @@ class RedisRegistry:
         self._run("mark", [K_STATE, K_UPDATED, K_REASON], number, reason, READY)
 
     def record_lost(self, identity: VersionIdentity, dims: Dims, reason: str) -> None:
-        body = _record_json(identity.publish_id, identity.checksum, dims)
+        # what is left of a lost version may lack its key log: its deletion scans
+        body = _record_json(identity.publish_id, identity.checksum, dims, keylog=False)
         self._run("lost", [K_STATE, K_RECORD, K_UPDATED, K_REASON, K_NEXT], identity.number, body, reason)
 
     def abandon_stale(self, lease_s: float) -> list[int]:

@@ -4,18 +4,27 @@ Data keys (the registry's are in :mod:`gkc.redis_registry`; docs/gkc.md has the 
 
     <ns>u:<user_id>     hash    field "u" -> K̂_u, field "c:<category_id>" -> K̂_uc
     <ns>i:<item_id>     string  K̂_i
+    <ns>keys            list    the version's key log: per write batch one element, a JSON list of the
+                                batch's keys without the namespace ("u:<id>" / "i:<id>")
 
 where ``<ns>`` = ``gkc:v<number>.<publish id prefix>:`` is the version's namespace: unique per publish, so
 a reused number (after Redis lost its data) or a leftover key can never be read as another version's.
-Values are raw little-endian float32 bytes. A user's K̂_u and all their K̂_uc live in one hash, hence one
-slot: one HMGET answers the user side of a request. Items spread over the cluster; a pipeline groups
-their GETs by node, so a request costs one round trip per node.
+Values are the stored rows of the version's dtype (:mod:`contract.quantize`). A user's K̂_u and all
+their K̂_uc live in one hash, hence one slot: one HMGET answers the user side of a request. Items spread
+over the cluster; a pipeline groups their GETs by node, so a request costs one round trip per node.
+
+The key log makes deletion proportional to the version: :meth:`RedisStore.delete_namespace` reads the
+version's own keys from it (a batch at a time) and UNLINKs them, never scanning the keyspace. Every
+write batch appends its keys to the log *before* writing them, so the log covers every key a write may
+have created (a key listed but never written costs an UNLINK of nothing). It costs about the ids' bytes
+(+5 per key) in Redis.
 
 Every call runs inside :func:`gkc.redis_registry.guard` (Redis failures → domain errors by type).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -44,6 +53,14 @@ def item_key(ns: str, item_id: str) -> str:
 
 def uc_field(category_id: str) -> str:
     return f"c:{category_id}"
+
+
+def keylog_key(ns: str) -> str:
+    """The version's key log (see the module docstring)."""
+    return f"{ns}{KEYLOG}"
+
+
+KEYLOG = "keys"
 
 
 class RedisStore(RedisRegistry):
@@ -97,8 +114,14 @@ class RedisStore(RedisRegistry):
                 self.client.ping()
 
     # --- bulk data ------------------------------------------------------------------------------
+    def _log_keys(self, ns: str, kind: str, ids: Sequence[str]) -> None:
+        """Append a batch's keys to the version's key log (before they are written)."""
+        if ids:
+            self.client.rpush(keylog_key(ns), json.dumps([f"{kind}:{i}" for i in ids], ensure_ascii=False))
+
     def write_user_vectors(self, ns: str, user_ids: np.ndarray, vectors: np.ndarray) -> int:
         with guard():
+            self._log_keys(ns, "u", user_ids.tolist())
             pipe = self.client.pipeline(transaction=False)
             for uid, vec in zip(user_ids.tolist(), vectors, strict=True):
                 pipe.hset(user_key(ns, uid), USER_FIELD, vec.tobytes())
@@ -108,6 +131,7 @@ class RedisStore(RedisRegistry):
         self, ns: str, user_ids: np.ndarray, category_ids: np.ndarray, vectors: np.ndarray
     ) -> int:
         with guard():
+            self._log_keys(ns, "u", list(dict.fromkeys(user_ids.tolist())))
             pipe = self.client.pipeline(transaction=False)
             for uid, cid, vec in zip(user_ids.tolist(), category_ids.tolist(), vectors, strict=True):
                 pipe.hset(user_key(ns, uid), uc_field(cid), vec.tobytes())
@@ -115,6 +139,7 @@ class RedisStore(RedisRegistry):
 
     def write_items(self, ns: str, item_ids: np.ndarray, vectors: np.ndarray) -> int:
         with guard():
+            self._log_keys(ns, "i", item_ids.tolist())
             pipe = self.client.pipeline(transaction=False)
             for iid, vec in zip(item_ids.tolist(), vectors, strict=True):
                 pipe.set(item_key(ns, iid), vec.tobytes(), nx=True)
@@ -132,7 +157,26 @@ class RedisStore(RedisRegistry):
                     pipe.exists(item_key(ns, key[0]))
             return sum(1 for r in pipe.execute() if r)
 
-    def delete_namespace(self, ns: str, batch: int = 1000) -> int:
+    def delete_namespace(self, ns: str, batch: int = 1000, *, scan: bool = False) -> int:
+        """UNLINK the keys the version's key log names, one logged write batch at a time (popped only
+        once its keys are gone, so an interrupted deletion resumes), then the log. ``scan=True`` also
+        sweeps ``SCAN MATCH <ns>*`` afterwards: for orphans found by a scan and versions published
+        before key logs existed."""
+        removed = 0
+        log = keylog_key(ns)
+        prefix = ns.encode()
+        with guard():
+            while chunks := self.client.lrange(log, 0, 0):
+                keys = [prefix + suffix.encode() for suffix in json.loads(chunks[0])]
+                for start in range(0, len(keys), batch):
+                    removed += self._unlink(keys[start : start + batch])
+                self.client.lpop(log)
+            self.client.unlink(log)
+            if scan:
+                removed += self._scan_unlink(ns, batch)
+        return removed
+
+    def _scan_unlink(self, ns: str, batch: int) -> int:
         removed = 0
         with guard():
             chunk: list[bytes] = []
@@ -159,6 +203,10 @@ class RedisStore(RedisRegistry):
             for key in self.client.scan_iter(match="gkc:v*", count=batch):
                 text = key.decode(errors="replace")
                 ns = text[: text.find(":", 4) + 1]
+                if text[len(ns) :] == KEYLOG:  # the key log is not one of the version's entries
+                    if namespaces is None:
+                        counts.setdefault(ns, 0)
+                    continue
                 if namespaces is None:
                     counts[ns] = counts.get(ns, 0) + 1
                 elif ns in counts:

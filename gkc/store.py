@@ -86,6 +86,8 @@ class Staging:
 
     identity: VersionIdentity
     namespace: str
+    #: The store's used memory when the version was begun (its size is measured from it).
+    used_before: int = 0
 
     @property
     def number(self) -> int:
@@ -111,6 +113,12 @@ class VersionRecord:
     pins: tuple[Pin, ...] = ()
     #: How its vectors are stored (:mod:`contract.quantize`): float32 | float16 | int8.
     dtype: str = "float32"
+    #: Its keys are listed in a key log (deletion need not scan); False for versions from before.
+    keylog: bool = False
+    #: Entries (K̂_u + K̂_i + K̂_uc) and Redis memory it took (``used_memory`` growth while it was
+    #: written, measured by the publisher), once ready; 0 = unknown (versions from before).
+    entries: int = 0
+    size_bytes: int = 0
 
     @property
     def version(self) -> int:
@@ -125,6 +133,9 @@ class VersionRecord:
             "updated": self.updated,
             "reason": self.reason,
             "keys": self.keys,
+            "entries": self.entries,
+            "bytes": self.size_bytes,
+            "dtype": self.dtype,
             "pins": [p.to_json() for p in self.pins],
             "manifest": self.manifest,
         }
@@ -209,7 +220,15 @@ class VersionRegistry(Protocol):
         """The publisher is alive; raises Conflict when the version is no longer staging (deleted)."""
         ...
 
-    def finish(self, number: int, max_ready: int, keys: int, sample: dict[str, Any]) -> list[int]:
+    def finish(
+        self,
+        number: int,
+        max_ready: int,
+        keys: int,
+        sample: dict[str, Any],
+        entries: int = 0,
+        size_bytes: int = 0,
+    ) -> list[int]:
         """Atomically staging → ready (and active if none is); retire the oldest versions beyond
         ``max_ready`` that are neither active nor pinned. Raises Conflict when that is impossible or
         the version is no longer staging. Returns the retired version numbers."""
@@ -265,8 +284,10 @@ class KnowledgeWriter(Protocol):
         """How many of the ids (``(user,)``, ``(user, category)`` or ``(item,)``) exist in ``block``."""
         ...
 
-    def delete_namespace(self, namespace: str, batch: int = 1000) -> int:
-        """Remove a namespace's keys in batches (never one blocking call); returns keys removed."""
+    def delete_namespace(self, namespace: str, batch: int = 1000, *, scan: bool = False) -> int:
+        """Remove a namespace's keys in batches (never one blocking call), enumerated from the version
+        itself (its key log); ``scan`` also sweeps the keyspace for the namespace (orphans, versions
+        from before key logs). Returns keys removed."""
         ...
 
     def count_keys(self, namespaces: Sequence[str] | None = None) -> dict[str, int]:

@@ -98,3 +98,32 @@ def test_dtype_mismatch_or_garbage_is_refused_with_422(
     assert response.status_code == 422, response.text
     assert response.json()["error"]
     assert ops.versions(include_all=True) == before
+
+
+def test_a_version_reports_its_entries_and_measured_bytes(
+    gkc_service, make_bundle: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Deliver 5: ``GET /v1/versions/{v}`` and ``/metrics`` give each version's entries and the Redis
+    memory it took; int8 takes a fraction of float32's bytes for the same entries."""
+    path = make_bundle(tmp_path / "b", seed=23, users=60, items=300, categories=10, dim=32, uc_dim=96)
+    ops = GkcOpsClient(gkc_service.http_url, gkc_service.token)
+    m = gkc_bundle.read_manifest(path)
+    entries = m.counts.users + m.counts.items + m.counts.user_categories
+    sizes = {}
+    for dtype in ("float32", "int8"):
+        version = ops.publish(path, progress=False, dtype=dtype)["version"]
+        record = ops.version(version)
+        assert record["entries"] == entries and record["dtype"] == dtype
+        payload = sum(
+            n * quant.row_bytes(dtype, d)
+            for n, d in ((m.counts.users, 32), (m.counts.items, 32), (m.counts.user_categories, 96))
+        )
+        # measured by Redis: at least the vectors themselves, at most a few times them
+        assert payload < record["bytes"] < 4 * payload + 200 * entries, (dtype, record["bytes"], payload)
+        sizes[dtype] = record["bytes"]
+        text = httpx.get(f"{gkc_service.http_url}/metrics").text
+        assert (
+            f'keep_gkc_version_bytes{{dtype="{dtype}",version="{version}"}} {float(record["bytes"])}' in text
+        )
+        assert f'keep_gkc_version_entries{{dtype="{dtype}",version="{version}"}} {float(entries)}' in text
+    assert sizes["int8"] < 0.6 * sizes["float32"]
