@@ -14,6 +14,9 @@ per dtype (float32, float16, int8) with the GKC's own publisher (``gkc.publish.p
   version's record says (``GET /v1/versions/{v}``); ``keylog_bytes_per_key``: the key log's
   ``MEMORY USAGE`` per key of the version (deletion reads it);
 - ``publish_entries_per_s`` (one writer, pipelined batches of ``GKC_PUBLISH_BATCH``);
+- ``bulk``: the publisher's writes alone (``gkc.publish.write_data``: pipelined batches, the key log,
+  no verification) into one staging version, from 1 or 2 processes x 1 or 2 writer threads each,
+  entries/s from a common start (float32 and int8);
 - ``read``: the in-process read path (``KnowledgeCenter.batch_get``, 1 user × 500 uniformly drawn
   candidates, each dtype with its own item cache filling up as in serving, float32 wire), p50 / p99 in
   ms, the dtypes taking turns in blocks of 50 requests so that they share the machine's load.
@@ -113,6 +116,81 @@ def read_latency(store: Any, versions: dict[str, int], requests: list[Any]) -> d
     }
 
 
+def _part(bundle: gkc_bundle.Bundle, part: int, parts: int) -> gkc_bundle.Bundle:
+    """Rows ``[part/parts, (part+1)/parts)`` of every block (what one of ``parts`` writers writes)."""
+    import dataclasses
+
+    def span(n: int) -> slice:
+        return slice(n * part // parts, n * (part + 1) // parts)
+
+    c = bundle.manifest.counts
+    su, si, sc = span(c.users), span(c.items), span(c.user_categories)
+    fields: dict[str, Any] = {}
+    for name, sl in (("user", su), ("item", si), ("uc", sc)):
+        fields[f"{name}_vectors"] = getattr(bundle, f"{name}_vectors")[sl]
+        scales = getattr(bundle, f"{name}_scales")
+        fields[f"{name}_scales"] = None if scales is None else scales[sl]
+    counts = gkc_bundle.Counts(su.stop - su.start, si.stop - si.start, sc.stop - sc.start)
+    return gkc_bundle.Bundle(
+        manifest=dataclasses.replace(bundle.manifest, counts=counts),
+        user_ids=bundle.user_ids[su],
+        item_ids=bundle.item_ids[si],
+        uc_user_ids=bundle.uc_user_ids[sc],
+        uc_category_ids=bundle.uc_category_ids[sc],
+        **fields,
+    )
+
+
+def _writer(
+    url: str, path: str, staging: Any, part: int, parts: int, threads: int, batch: int, start: Any
+) -> int:
+    """One writer process: load its part, meet the others at the barrier, write, return entries."""
+    from gkc.publish import write_data
+    from gkc.redis_store import RedisStore
+
+    store = RedisStore(url, timeout_s=30.0)
+    bundle = _part(gkc_bundle.load(path, mmap=True, verify_checksums=False), part, parts)
+    start.wait()  # a barrier: every writer and the timer
+    written = write_data(store, staging, bundle, batch=batch, progress=False, writers=threads)
+    store.close()
+    return sum(written.values())
+
+
+def bulk_load(url: str, path: Path, processes: int, threads: int, batch: int) -> dict[str, Any]:
+    """Entries/s of the publisher's writes alone (no verification) into one staging version from
+    ``processes`` processes x ``threads`` writer threads; the version is removed afterwards."""
+    import multiprocessing as mp
+
+    from gkc.publish import abort
+    from gkc.redis_store import RedisStore
+
+    store = RedisStore(url, timeout_s=30.0)
+    m = gkc_bundle.read_manifest(path)
+    staging = store.begin(m.to_json(), m.content_checksum(), m.dims)
+    ctx = mp.get_context("spawn")
+    manager = ctx.Manager()
+    start = manager.Barrier(processes + 1)
+    with ctx.Pool(processes) as pool:
+        results = [
+            pool.apply_async(_writer, (url, str(path), staging, p, processes, threads, batch, start))
+            for p in range(processes)
+        ]
+        start.wait()  # every process has imported and loaded its part
+        t0 = time.perf_counter()
+        entries = sum(r.get() for r in results)
+        seconds = time.perf_counter() - t0
+    abort(store, staging, "bench")
+    store.close()
+    manager.shutdown()
+    return {
+        "processes": processes,
+        "threads": threads,
+        "entries": entries,
+        "seconds": round(seconds, 3),
+        "entries_per_s": round(entries / seconds),
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import os
 
@@ -165,6 +243,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             latency = read_latency(store, versions, _requests(base, shape["requests"]))
             for dtype, figures in latency.items():
                 out[dtype]["read"] = figures
+            for dtype in ("float32", "int8"):
+                out[dtype]["bulk"] = [
+                    bulk_load(redis.url, root / dtype, processes, threads, batch)
+                    for processes, threads in ((1, 1), (1, 2), (2, 1), (2, 2))
+                ]
         finally:
             store.close()
             redis.stop()

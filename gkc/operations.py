@@ -47,6 +47,7 @@ class Kickable(Protocol):
 class PublishLimits:
     max_upload_bytes: int = 4 * 1024**3
     batch: int = 2000
+    writers: int = 2
     max_ready: int = 5
     replica_timeout_s: float = 10.0
     max_pin_ttl_s: float = 3600.0
@@ -135,6 +136,7 @@ class VersionOps:
                     self.store,
                     bundle,
                     batch=self.limits.batch,
+                    writers=self.limits.writers,
                     max_ready=self.limits.max_ready,
                     progress=False,
                     floor=self.shadow.floor,

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -110,41 +112,70 @@ def write_data(
     batch: int = 2000,
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
+    writers: int = 1,
 ) -> dict[str, int]:
     """Write every row of ``bundle`` into the staging namespace, stored at the bundle's dtype (its
-    :meth:`~gkc.bundle.Bundle.rows`), a heartbeat per batch (which stops the publish with Conflict once
-    the version was deleted); returns new entries per block."""
+    :meth:`~gkc.bundle.Bundle.rows`), in pipelined batches of ``batch`` rows on ``writers`` threads (one
+    builds its next batch while another waits on Redis), a heartbeat per batch (which stops the publish
+    with Conflict once the version was deleted); returns new entries per block."""
     m, ns = bundle.manifest, staging.namespace
     total = m.counts.users + m.counts.user_categories + m.counts.items
     bar = tqdm(total=total, desc=f"publish v{staging.number}", unit="vec", disable=not progress, leave=False)
     written = {"users": 0, "ucs": 0, "items": 0}
+    lock = threading.Lock()
 
-    def step(kind: str, n: int, new: int) -> None:
-        written[kind] += new
-        bar.update(n)
+    def write(kind: str, start: int) -> None:
+        stop = start + batch
+        rows = bundle.rows(kind, start, stop)
+        if kind == "users":
+            ids = bundle.user_ids[start:stop]
+            new = store.write_user_vectors(ns, ids, rows)
+        elif kind == "ucs":
+            ids = bundle.uc_user_ids[start:stop]
+            new = store.write_uc_vectors(ns, ids, bundle.uc_category_ids[start:stop], rows)
+        else:
+            ids = bundle.item_ids[start:stop]
+            new = store.write_items(ns, ids, rows)
         store.heartbeat(staging.number)
-        if on_batch is not None:
-            on_batch(n)
+        with lock:
+            written[kind] += new
+            bar.update(len(ids))
+            if on_batch is not None:
+                on_batch(len(ids))
 
+    jobs = [
+        (kind, start)
+        for kind, n in (
+            ("users", m.counts.users),
+            ("ucs", m.counts.user_categories),
+            ("items", m.counts.items),
+        )
+        for start in range(0, n, batch)
+    ]
     try:
-        for start in range(0, len(bundle.user_ids), batch):
-            ids = bundle.user_ids[start : start + batch]
-            step(
-                "users",
-                len(ids),
-                store.write_user_vectors(ns, ids, bundle.rows("users", start, start + batch)),
-            )
-        for start in range(0, len(bundle.uc_user_ids), batch):
-            sl = slice(start, start + batch)
-            ids = bundle.uc_user_ids[sl]
-            rows = bundle.rows("ucs", start, start + batch)
-            step("ucs", len(ids), store.write_uc_vectors(ns, ids, bundle.uc_category_ids[sl], rows))
-        for start in range(0, len(bundle.item_ids), batch):
-            ids = bundle.item_ids[start : start + batch]
-            step("items", len(ids), store.write_items(ns, ids, bundle.rows("items", start, start + batch)))
+        if writers <= 1:
+            for job in jobs:
+                write(*job)
+        else:
+            _run_bounded(write, jobs, writers)
     finally:
         bar.close()
     return written
+
+
+def _run_bounded(fn: Callable[[str, int], None], jobs: list[tuple[str, int]], writers: int) -> None:
+    """``fn(*job)`` for every job on ``writers`` threads, at most ``2 × writers`` in flight; the first
+    failure stops submitting and is raised once the running ones are done."""
+    with ThreadPoolExecutor(writers, thread_name_prefix="gkc-publish") as pool:
+        pending: set[Future[None]] = set()
+        for job in jobs:
+            if len(pending) >= 2 * writers:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    f.result()
+            pending.add(pool.submit(fn, *job))
+        for f in pending:
+            f.result()
 
 
 def check_counts(number: int, written: dict[str, int], counts: Counts) -> None:
@@ -171,6 +202,7 @@ def publish(
     floor: int = 0,
     replica_timeout_s: float = 10.0,
     attempts: int = 2,
+    writers: int = 1,
 ) -> PublishResult:
     """Write ``bundle`` as a new version and make it ready (active if it is the first)."""
     m = bundle.manifest
@@ -181,7 +213,9 @@ def publish(
         staging = store.begin(m.to_json(), checksum, m.dims, floor)
         log.info("publishing %s (%d entries, attempt %d)", staging.identity, _entries(m.counts), attempt)
         try:
-            written = write_data(store, staging, bundle, batch=batch, progress=progress, on_batch=on_batch)
+            written = write_data(
+                store, staging, bundle, batch=batch, progress=progress, on_batch=on_batch, writers=writers
+            )
             check_counts(staging.number, written, m.counts)
             verify_sample(store, staging.namespace, staging.number, bundle, samples)
             sample = sample_digests(store, staging.namespace, bundle)
@@ -334,12 +368,13 @@ def write_shard(
     batch: int = 2000,
     samples: int = 64,
     progress: bool = False,
+    writers: int = 2,
 ) -> ShardReport:
     """One rank's slice of a sharded publish: write, check counts, read a sample back bit-exact.
 
     Never raises: the report carries the error, so the finalising rank hears from every live rank."""
     try:
-        written = write_data(store, staging, shard, batch=batch, progress=progress)
+        written = write_data(store, staging, shard, batch=batch, progress=progress, writers=writers)
         check_counts(staging.number, written, shard.manifest.counts)
         verify_sample(store, staging.namespace, staging.number, shard, samples)
         return ShardReport(rank=rank, written=written, digests=array_digests(shard))

@@ -120,29 +120,47 @@ class RedisStore(RedisRegistry):
             self.client.rpush(keylog_key(ns), json.dumps([f"{kind}:{i}" for i in ids], ensure_ascii=False))
 
     def write_user_vectors(self, ns: str, user_ids: np.ndarray, vectors: np.ndarray) -> int:
+        ids = user_ids.tolist()
+        values = _row_bytes(vectors)
         with guard():
-            self._log_keys(ns, "u", user_ids.tolist())
+            self._log_keys(ns, "u", ids)
             pipe = self.client.pipeline(transaction=False)
-            for uid, vec in zip(user_ids.tolist(), vectors, strict=True):
-                pipe.hset(user_key(ns, uid), USER_FIELD, vec.tobytes())
+            for uid, value in zip(ids, values, strict=True):
+                pipe.hset(user_key(ns, uid), USER_FIELD, value)
             return int(sum(int(r) for r in pipe.execute()))
 
     def write_uc_vectors(
         self, ns: str, user_ids: np.ndarray, category_ids: np.ndarray, vectors: np.ndarray
     ) -> int:
+        """One multi-field ``HSET`` per user of the batch (K̂_uc of a user share its hash): ~50x fewer
+        commands than one per entry; HSET answers how many fields were new."""
+        fields: dict[str, list[Any]] = {}
+        for uid, cid, value in zip(
+            user_ids.tolist(), category_ids.tolist(), _row_bytes(vectors), strict=True
+        ):
+            fields.setdefault(uid, []).extend((f"c:{cid}", value))
         with guard():
-            self._log_keys(ns, "u", list(dict.fromkeys(user_ids.tolist())))
+            self._log_keys(ns, "u", list(fields))
             pipe = self.client.pipeline(transaction=False)
-            for uid, cid, vec in zip(user_ids.tolist(), category_ids.tolist(), vectors, strict=True):
-                pipe.hset(user_key(ns, uid), uc_field(cid), vec.tobytes())
+            for uid, items in fields.items():
+                pipe.hset(user_key(ns, uid), items=items)
             return int(sum(int(r) for r in pipe.execute()))
 
     def write_items(self, ns: str, item_ids: np.ndarray, vectors: np.ndarray) -> int:
+        """Single node: one ``MSETNX`` per batch (all keys new, or none written: the publisher's count
+        check then fails); Cluster: ``SET NX`` per key (MSETNX needs one slot)."""
+        ids = item_ids.tolist()
+        values = _row_bytes(vectors)
         with guard():
-            self._log_keys(ns, "i", item_ids.tolist())
+            self._log_keys(ns, "i", ids)
+            if not self.cluster:
+                if not ids:
+                    return 0
+                created = self.client.msetnx({item_key(ns, i): v for i, v in zip(ids, values, strict=True)})
+                return len(ids) if created else 0
             pipe = self.client.pipeline(transaction=False)
-            for iid, vec in zip(item_ids.tolist(), vectors, strict=True):
-                pipe.set(item_key(ns, iid), vec.tobytes(), nx=True)
+            for iid, value in zip(ids, values, strict=True):
+                pipe.set(item_key(ns, iid), value, nx=True)
             return sum(1 for r in pipe.execute() if r)
 
     def has_entries(self, ns: str, block: str, ids: Sequence[tuple[str, ...]]) -> int:
@@ -260,6 +278,15 @@ class RedisStore(RedisRegistry):
 
     def close(self) -> None:
         self.client.close()
+
+
+def _row_bytes(rows: np.ndarray) -> list[bytes]:
+    """Each row's bytes, by slicing one buffer (much cheaper than ``row.tobytes()`` per row)."""
+    if not len(rows):
+        return []
+    blob = np.ascontiguousarray(rows).tobytes()
+    width = len(blob) // len(rows)
+    return [blob[i : i + width] for i in range(0, len(blob), width)]
 
 
 def _replica_offsets(info: dict[str, Any]) -> list[int]:

@@ -146,6 +146,7 @@ async def _main(
     limits = PublishLimits(
         max_upload_bytes=settings.max_upload_bytes,
         batch=settings.publish_batch,
+        writers=settings.publish_writers,
         max_ready=settings.max_ready_versions,
         replica_timeout_s=settings.replica_timeout_s,
         max_pin_ttl_s=settings.max_pin_ttl_s,

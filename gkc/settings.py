@@ -49,6 +49,8 @@ class GkcSettings(ServiceSettings):
     publish_lease_s: float = 120.0
     #: Entries per pipelined write batch when publishing.
     publish_batch: int = 2000
+    #: Threads writing a publish's batches in parallel (one builds a batch while another waits on Redis).
+    publish_writers: int = 2
     #: Ready versions kept; publishing one more retires the oldest non-active one.
     max_ready_versions: int = 5
 

@@ -115,7 +115,9 @@ def test_a_full_redis_refuses_before_writing_cleans_a_failed_publish_and_still_d
     Before: the overflowing publish was a 500, then DELETE, activate and even a small publish were
     500s, the half-written staging version was never cleaned and ``/healthz`` stayed 200 silently."""
     server = _redis(tmp_path / "redis", "48mb", "noeviction")
-    svc = launch_gkc(tmp_path / "gkc", server.url, GKC_PUBLISH_BATCH="200")
+    # small batches on one writer: the mid-way publish must still be running when Redis fills up (batched
+    # multi-entry writes made a 200-row batch publish finish first)
+    svc = launch_gkc(tmp_path / "gkc", server.url, GKC_PUBLISH_BATCH="20", GKC_PUBLISH_WRITERS="1")
     try:
         ops = GkcOpsClient(svc.http_url, svc.token)
         first, second = sorted(publish_tagged(svc, tmp_path, [1.0, 2.0]).values())
