@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -230,6 +231,13 @@ class Bundle:
         sc = getattr(self, scales)
         return quant.encode_rows(getattr(self, vectors)[start:stop], None if sc is None else sc[start:stop])
 
+    def release(self, block: str, start: int, stop: int) -> None:
+        """Done with rows ``[start, stop)`` of ``block``: let a memory-mapped bundle's pages go."""
+        for name in BLOCK_FIELDS[block]:
+            arr = getattr(self, name)
+            if arr is not None:
+                drop_pages(arr, start, stop)
+
     def dequantized(self, block: str) -> np.ndarray:
         """A whole block as float32 (through :func:`contract.quantize.dequantize`)."""
         dims = self.manifest.dims
@@ -376,8 +384,33 @@ def validate_ids(
 
 
 def all_finite(vectors: np.ndarray, rows: int = 65_536) -> bool:
-    """``np.isfinite(vectors).all()`` in row chunks (no full-size temporary for a big block)."""
-    return all(bool(np.isfinite(vectors[i : i + rows]).all()) for i in range(0, len(vectors), rows))
+    """``np.isfinite(vectors).all()`` in row chunks (no full-size temporary for a big block; the file
+    pages of a memory-mapped block are let go behind the scan)."""
+    for i in range(0, len(vectors), rows):
+        if not np.isfinite(vectors[i : i + rows]).all():
+            return False
+        drop_pages(vectors, i, i + rows)
+    return True
+
+
+def drop_pages(arr: np.ndarray, start: int, stop: int) -> None:
+    """Let the kernel drop the file pages of rows ``[start, stop)`` of a memory-mapped array (read again
+    from the file if touched later), so that reading a bundle through once, as a publish does, does not
+    grow the process's resident memory with the bundle. A no-op for arrays in memory."""
+    mm = getattr(arr, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or arr.ndim == 0 or not arr.flags.c_contiguous:
+        return
+    try:
+        base = np.frombuffer(mm, np.uint8).__array_interface__["data"][0]
+    except (TypeError, ValueError):
+        return
+    begin = arr.__array_interface__["data"][0] - base
+    row = arr.strides[0]
+    page = mmap.PAGESIZE
+    lo = -(-(begin + max(0, start) * row) // page) * page
+    hi = (begin + min(stop, len(arr)) * row) // page * page
+    if hi > lo:
+        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
 def tmp_dir(target: Path) -> Path:

@@ -136,6 +136,7 @@ def write_data(
         else:
             ids = bundle.item_ids[start:stop]
             new = store.write_items(ns, ids, rows)
+        bundle.release(kind, start, stop)
         store.heartbeat(staging.number)
         with lock:
             written[kind] += new

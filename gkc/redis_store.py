@@ -25,6 +25,7 @@ Every call runs inside :func:`gkc.redis_registry.guard` (Redis failures → doma
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -68,19 +69,35 @@ class RedisStore(RedisRegistry):
 
     The registry methods (:class:`gkc.store.VersionRegistry`) are :class:`RedisRegistry`'s."""
 
-    def __init__(self, url: str, *, cluster: bool = False, timeout_s: float = 0.5) -> None:
+    def __init__(
+        self, url: str, *, cluster: bool = False, timeout_s: float = 0.5, bulk_timeout_s: float = 10.0
+    ) -> None:
         self.url = url
         self.cluster = cluster
+        self.client: Any = self._connect(timeout_s)
+        self._bulk_timeout_s = max(timeout_s, bulk_timeout_s)
+        self._bulk: Any = None
+        self._bulk_lock = threading.Lock()
+        super().__init__(self.client)
+
+    def _connect(self, timeout_s: float) -> Any:
         opts: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
-        self.client: Any
         # A dropped connection (a restarted Redis, a failover) is retried once at once, a timeout never:
         # a stuck node then costs one timeout, not seconds of retries and backoff.
         retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
-        if cluster:
-            self.client = RedisCluster.from_url(url, retry=retry, **opts)
-        else:
-            self.client = redis.Redis.from_url(url, retry=retry, **opts)
-        super().__init__(self.client)
+        if self.cluster:
+            return RedisCluster.from_url(self.url, retry=retry, **opts)
+        return redis.Redis.from_url(self.url, retry=retry, **opts)
+
+    @property
+    def bulk(self) -> Any:
+        """The client of bulk writes and deletions (made on first use): its socket timeout is
+        ``bulk_timeout_s``, since a batch of thousands of entries may take longer than a read's
+        timeout on a busy Redis, and a publish is not latency-bound."""
+        with self._bulk_lock:
+            if self._bulk is None:
+                self._bulk = self._connect(self._bulk_timeout_s)
+            return self._bulk
 
     # --- reads ----------------------------------------------------------------------------------
     def read(self, ns: str, user_id: str, category_ids: Sequence[str], item_ids: Sequence[str]) -> RawRead:
@@ -117,14 +134,14 @@ class RedisStore(RedisRegistry):
     def _log_keys(self, ns: str, kind: str, ids: Sequence[str]) -> None:
         """Append a batch's keys to the version's key log (before they are written)."""
         if ids:
-            self.client.rpush(keylog_key(ns), json.dumps([f"{kind}:{i}" for i in ids], ensure_ascii=False))
+            self.bulk.rpush(keylog_key(ns), json.dumps([f"{kind}:{i}" for i in ids], ensure_ascii=False))
 
     def write_user_vectors(self, ns: str, user_ids: np.ndarray, vectors: np.ndarray) -> int:
         ids = user_ids.tolist()
         values = _row_bytes(vectors)
         with guard():
             self._log_keys(ns, "u", ids)
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self.bulk.pipeline(transaction=False)
             for uid, value in zip(ids, values, strict=True):
                 pipe.hset(user_key(ns, uid), USER_FIELD, value)
             return int(sum(int(r) for r in pipe.execute()))
@@ -141,7 +158,7 @@ class RedisStore(RedisRegistry):
             fields.setdefault(uid, []).extend((f"c:{cid}", value))
         with guard():
             self._log_keys(ns, "u", list(fields))
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self.bulk.pipeline(transaction=False)
             for uid, items in fields.items():
                 pipe.hset(user_key(ns, uid), items=items)
             return int(sum(int(r) for r in pipe.execute()))
@@ -156,16 +173,16 @@ class RedisStore(RedisRegistry):
             if not self.cluster:
                 if not ids:
                     return 0
-                created = self.client.msetnx({item_key(ns, i): v for i, v in zip(ids, values, strict=True)})
+                created = self.bulk.msetnx({item_key(ns, i): v for i, v in zip(ids, values, strict=True)})
                 return len(ids) if created else 0
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self.bulk.pipeline(transaction=False)
             for iid, value in zip(ids, values, strict=True):
                 pipe.set(item_key(ns, iid), value, nx=True)
             return sum(1 for r in pipe.execute() if r)
 
     def has_entries(self, ns: str, block: str, ids: Sequence[tuple[str, ...]]) -> int:
         with guard():
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self.bulk.pipeline(transaction=False)
             for key in ids:
                 if block == "users":
                     pipe.hexists(user_key(ns, key[0]), USER_FIELD)
@@ -184,12 +201,12 @@ class RedisStore(RedisRegistry):
         log = keylog_key(ns)
         prefix = ns.encode()
         with guard():
-            while chunks := self.client.lrange(log, 0, 0):
+            while chunks := self.bulk.lrange(log, 0, 0):
                 keys = [prefix + suffix.encode() for suffix in json.loads(chunks[0])]
                 for start in range(0, len(keys), batch):
                     removed += self._unlink(keys[start : start + batch])
-                self.client.lpop(log)
-            self.client.unlink(log)
+                self.bulk.lpop(log)
+            self.bulk.unlink(log)
             if scan:
                 removed += self._scan_unlink(ns, batch)
         return removed
@@ -198,7 +215,7 @@ class RedisStore(RedisRegistry):
         removed = 0
         with guard():
             chunk: list[bytes] = []
-            for key in self.client.scan_iter(match=ns + "*", count=batch):
+            for key in self.bulk.scan_iter(match=ns + "*", count=batch):
                 chunk.append(key)
                 if len(chunk) >= batch:
                     removed += self._unlink(chunk)
@@ -209,8 +226,8 @@ class RedisStore(RedisRegistry):
 
     def _unlink(self, keys: list[bytes]) -> int:
         if not self.cluster:
-            return int(self.client.unlink(*keys))
-        pipe = self.client.pipeline(transaction=False)
+            return int(self.bulk.unlink(*keys))
+        pipe = self.bulk.pipeline(transaction=False)
         for key in keys:
             pipe.unlink(key)
         return int(sum(int(r) for r in pipe.execute()))
@@ -278,6 +295,8 @@ class RedisStore(RedisRegistry):
 
     def close(self) -> None:
         self.client.close()
+        if self._bulk is not None:
+            self._bulk.close()
 
 
 def _row_bytes(rows: np.ndarray) -> list[bytes]:
