@@ -142,13 +142,21 @@ def _part(bundle: gkc_bundle.Bundle, part: int, parts: int) -> gkc_bundle.Bundle
 
 
 def _writer(
-    url: str, path: str, staging: Any, part: int, parts: int, threads: int, batch: int, start: Any
+    url: str,
+    path: str,
+    staging: Any,
+    part: int,
+    parts: int,
+    threads: int,
+    batch: int,
+    start: Any,
+    cluster: bool = False,
 ) -> int:
     """One writer process: load its part, meet the others at the barrier, write, return entries."""
     from gkc.publish import write_data
     from gkc.redis_store import RedisStore
 
-    store = RedisStore(url, timeout_s=30.0)
+    store = RedisStore(url, cluster=cluster, timeout_s=30.0)
     bundle = _part(gkc_bundle.load(path, mmap=True, verify_checksums=False), part, parts)
     start.wait()  # a barrier: every writer and the timer
     written = write_data(store, staging, bundle, batch=batch, progress=False, writers=threads)
@@ -156,7 +164,9 @@ def _writer(
     return sum(written.values())
 
 
-def bulk_load(url: str, path: Path, processes: int, threads: int, batch: int) -> dict[str, Any]:
+def bulk_load(
+    url: str, path: Path, processes: int, threads: int, batch: int, cluster: bool = False
+) -> dict[str, Any]:
     """Entries/s of the publisher's writes alone (no verification) into one staging version from
     ``processes`` processes x ``threads`` writer threads; the version is removed afterwards."""
     import multiprocessing as mp
@@ -164,7 +174,7 @@ def bulk_load(url: str, path: Path, processes: int, threads: int, batch: int) ->
     from gkc.publish import abort
     from gkc.redis_store import RedisStore
 
-    store = RedisStore(url, timeout_s=30.0)
+    store = RedisStore(url, cluster=cluster, timeout_s=30.0)
     m = gkc_bundle.read_manifest(path)
     staging = store.begin(m.to_json(), m.content_checksum(), m.dims)
     ctx = mp.get_context("spawn")
@@ -172,7 +182,7 @@ def bulk_load(url: str, path: Path, processes: int, threads: int, batch: int) ->
     start = manager.Barrier(processes + 1)
     with ctx.Pool(processes) as pool:
         results = [
-            pool.apply_async(_writer, (url, str(path), staging, p, processes, threads, batch, start))
+            pool.apply_async(_writer, (url, str(path), staging, p, processes, threads, batch, start, cluster))
             for p in range(processes)
         ]
         start.wait()  # every process has imported and loaded its part
@@ -188,6 +198,32 @@ def bulk_load(url: str, path: Path, processes: int, threads: int, batch: int) ->
         "entries": entries,
         "seconds": round(seconds, 3),
         "entries_per_s": round(entries / seconds),
+    }
+
+
+def _cluster_bulk(root: Path, size: str, shape: dict[str, int], batch: int) -> dict[str, Any]:
+    """``--cluster``: the bulk figures into a local 3-master Redis Cluster (``gkc.local_redis``)."""
+    import os
+
+    from gkc.local_redis import LocalCluster
+
+    cluster = LocalCluster(3, root / "cluster").start()
+    try:
+        bulk = {
+            dtype: [
+                bulk_load(cluster.url, root / dtype, p, t, batch, cluster=True) for p, t in ((1, 2), (2, 2))
+            ]
+            for dtype in ("float32", "int8")
+        }
+    finally:
+        cluster.stop()
+    return {
+        "bench": "publish",
+        "size": size,
+        "redis": "3-master Redis Cluster (gkc.local_redis.LocalCluster)",
+        "shape": {**shape, "categories": CATEGORIES, "dims": [USER_DIM, ITEM_DIM, UC_DIM], "batch": batch},
+        "bulk": bulk,
+        "load": os.getloadavg()[0],
     }
 
 
@@ -209,6 +245,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bundles = {"float32": saved}
         for dtype in ("float16", "int8"):
             bundles[dtype] = gkc_bundle.load(convert(saved, dtype, root / dtype))
+        if getattr(args, "cluster", False):
+            return _cluster_bulk(root, size, shape, batch)
         redis = EmbeddedRedis(root / "redis", persistent=False).start()
         store = RedisStore(redis.url, timeout_s=30.0)
         try:
