@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,10 @@ def register(sub: Any) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--gkc-api", default=DEFAULT_API_URL, metavar="URL", help="GKC's REST ops API (http:// or https://)"
+        "--gkc-api",
+        default=os.environ.get("GKC_API_URL") or DEFAULT_API_URL,
+        metavar="URL",
+        help=f"GKC's REST ops API, http(s):// (default: $GKC_API_URL, else {DEFAULT_API_URL})",
     )
     # --gkc is the gRPC read address everywhere else: here it only explains which flag to use
     parser.add_argument("--gkc", default=None, help=argparse.SUPPRESS)
