@@ -4,12 +4,17 @@ Raw ids are int64 or strings. Their *canonical spelling* (:func:`canonical_ids`)
 an int id or the string itself, so ``42`` and ``"42"`` are the same id: GKC keys, bundles and the wire
 use it, and a :class:`Vocab` built from ints answers string lookups (and the reverse) through it.
 
-A :class:`Vocab` numbers the known ids of a log: row ``RESERVED + position`` in sorted order, with
-:data:`PAD` (0) for padding and :data:`OOV` (1) for every unknown id. Training encodes whole columns with
-:meth:`Vocab.lookup` (vectorised, a pandas hash index); serving encodes a handful of ids per request with an
-:class:`IdEncoder` (:meth:`Vocab.encoder`: a dict keyed by canonical spelling, built once per model
-load; a dict lookup per id is far cheaper than a vectorised lookup's per-call conversion and sort when
-the request's string ids meet an int vocabulary). Both give the same rows (tested).
+A :class:`Vocab` numbers the known ids of a log: row ``RESERVED + position`` of ``keys``, with
+:data:`PAD` (0) for padding and :data:`OOV` (1) for every unknown id. A fresh vocabulary's keys are
+sorted; a continuation *grows* it (:meth:`Vocab.extended`): the new ids are appended, so every old id
+keeps its row and the tables grow by rows at the end. Vocabularies are saved as one ``.npy`` array of
+keys per table (:meth:`Vocabs.save`, memory-mapped on load); the older JSON form still loads.
+
+Training encodes whole columns with :meth:`Vocab.lookup` (vectorised, a pandas hash index); serving
+encodes a handful of ids per request with an :class:`IdEncoder` (:meth:`Vocab.encoder`: a dict keyed
+by canonical spelling, built once per model load; a dict lookup per id is far cheaper than a vectorised
+lookup's per-call conversion and sort when the request's string ids meet an int vocabulary). Both give
+the same rows (tested).
 
 Numpy at import (``gkc`` and the ranker image, which has no pandas, import this module); only
 :meth:`Vocab.lookup` needs pandas.
@@ -17,8 +22,10 @@ Numpy at import (``gkc`` and the ranker image, which has no pandas, import this 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -68,7 +75,8 @@ class IdEncoder:
 
 @dataclass(frozen=True)
 class Vocab:
-    """Known raw ids, sorted and unique (as ``np.unique`` makes them); id ``keys[k]`` is row ``2 + k``."""
+    """Known raw ids, unique, in row order: id ``keys[k]`` is row ``2 + k``. Sorted when built from a
+    log (as ``np.unique`` makes them); a grown vocabulary appends its new ids (:meth:`extended`)."""
 
     keys: np.ndarray
     _indexes: dict[bool, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -115,14 +123,34 @@ class Vocab:
         """The dict-based encoder of serving (same rows as :meth:`lookup`)."""
         return IdEncoder({key: RESERVED + pos for pos, key in enumerate(self.strings().tolist())})
 
-    def grown(self, values: Any) -> Vocab:
-        """This vocabulary plus the new ids in ``values`` (rows of old ids move; callers remap them)."""
+    def extended(self, values: Any) -> Vocab:
+        """This vocabulary plus the ids of ``values`` it does not know, appended (sorted) after the old
+        ones: every old id keeps its row. Int and string keys meet in canonical spelling."""
         new = np.asarray(values)
-        if _is_int(new) != _is_int(self.keys) and len(self.keys) and len(new):
-            return Vocab.build(np.concatenate([self.strings(), canonical_ids(new)]))
         if len(new) == 0:
             return self
-        return Vocab.build(np.concatenate([self.keys, new]) if len(self.keys) else new)
+        keys = self.keys
+        if len(keys) and _is_int(new) != _is_int(keys):
+            keys, new = self.strings(), canonical_ids(new)
+        fresh = np.unique(new if _is_int(new) else new.astype(str))
+        if len(keys):
+            fresh = fresh[~np.isin(fresh, keys)]
+        if len(fresh) == 0 and keys is self.keys:
+            return self
+        return Vocab(keys=np.concatenate([keys, fresh]) if len(keys) else fresh)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """The keys as one ``.npy`` array (int64 or fixed-width unicode), in row order."""
+        keys = self.keys.astype(np.int64) if _is_int(self.keys) else self.keys.astype(str)
+        np.save(Path(path), keys, allow_pickle=False)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, mmap: bool = True) -> Vocab:
+        """A vocabulary saved by :meth:`save`; ``mmap``: the keys stay on disk until touched."""
+        keys = np.load(Path(path), mmap_mode="r" if mmap else None, allow_pickle=False)
+        if not (_is_int(keys) or keys.dtype.kind == "U"):
+            raise InvalidArgument(f"{path}: vocabulary keys must be int64 or strings, not {keys.dtype}")
+        return cls(keys=keys)
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": "int" if _is_int(self.keys) else "str", "keys": self.keys.tolist()}
@@ -157,7 +185,7 @@ class Vocabs:
 
     @classmethod
     def build(cls, log: LogColumns, init: Vocabs | None = None) -> Vocabs:
-        """Vocabularies of ``log``'s ids; with ``init``, ``init``'s ids plus the new ones."""
+        """Vocabularies of ``log``'s ids; with ``init``, ``init``'s ids (same rows) plus the new ones."""
 
         def vocab(name: str) -> Vocab | None:
             column = VOCAB_COLUMNS[name]
@@ -165,7 +193,7 @@ class Vocabs:
             if column not in log.columns:
                 return old
             values = log[column].to_numpy()
-            return Vocab.build(values) if old is None else old.grown(values)
+            return Vocab.build(values) if old is None else old.extended(values)
 
         user, item, category = vocab("user"), vocab("item"), vocab("category")
         assert user is not None and item is not None and category is not None  # required columns
@@ -174,6 +202,35 @@ class Vocabs:
     def n_shops(self) -> int:
         """Rows of the shop table (padding and OOV only when the log has no shops)."""
         return len(self.shop) if self.shop is not None else RESERVED
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """``directory/{user,item,category[,shop]}.npy`` (written under a temporary name, then renamed)."""
+        root = Path(directory)
+        tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name in VOCAB_COLUMNS:
+            table = getattr(self, name)
+            if table is not None:
+                table.save(tmp / f"{name}.npy")
+        if root.exists():
+            import shutil
+
+            shutil.rmtree(root)
+        os.replace(tmp, root)
+        return root
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], *, mmap: bool = True) -> Vocabs:
+        """Vocabularies saved by :meth:`save` (memory-mapped by default)."""
+        root = Path(directory)
+        missing = [n for n in ("user", "item", "category") if not (root / f"{n}.npy").is_file()]
+        if missing:
+            raise InvalidArgument(
+                f"{root}: missing vocabulary file(s) {', '.join(f'{n}.npy' for n in missing)}"
+            )
+        tables = {n: Vocab.load(root / f"{n}.npy", mmap=mmap) for n in ("user", "item", "category")}
+        shop = root / "shop.npy"
+        return cls(**tables, shop=Vocab.load(shop, mmap=mmap) if shop.is_file() else None)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {k: getattr(self, k).to_json() for k in ("user", "item", "category")}

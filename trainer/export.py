@@ -7,8 +7,8 @@ batches; nothing is ever evaluated per (user, item) pair.
 Histories: a user's behaviour sequence is their last ``max_len`` clicks up to the end of the extractor's
 training window (the held-out day is not included), the state GKC serves until the next version. A
 (user, category) pair reuses its user's window, so the history index is built once, per user.
-Users and items outside the extractor's vocabulary (first seen after an ``--init`` continuation kept
-the old vocabulary) are not exported; GKC answers "not found" for them and the plug-in sees zeros.
+Every id of the extractor's vocabulary is exported, the ids an ``--init`` continuation added included
+(they have trained rows of their own); ids in the log after the extractor's window are not.
 
 :func:`trainer.export_store.export_to_store` writes the same entries straight into GKC's store
 instead of a bundle, sharded under torchrun.

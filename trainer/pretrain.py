@@ -6,9 +6,10 @@ run over days 1-4 and a run over days 1-2 continued with ``--init`` over days 3-
 batches, and a resumed run skips exactly the batches its checkpoint already holds: both give the
 parameters of one uninterrupted run (tested).
 
-Vocabulary on continuation: the previous vocabulary is kept and ids first seen in the new days map to
-the OOV row. Growing the tables would change every downstream consumer's id → row mapping between
-versions and would break the equality above; a fresh ``keep pretrain`` (no ``--init``) rebuilds it.
+Vocabulary on continuation: the previous vocabulary grows by the ids first seen in the new days; they
+get rows of their own appended to the tables (:mod:`trainer.models.growth`), old ids keep theirs, so
+they are trained and exported, never a silent OOV. When the new days bring no new id the tables are
+unchanged and the equality above holds bit for bit.
 
 Hold-out: the last ``holdout_days`` days of the super-domain file are not trained on; the extractor's
 per-task GAUC on them is stored in ``metrics.json`` (and later in the bundle manifest).
@@ -51,6 +52,7 @@ from trainer.models.checkpoint import (
     write_json,
 )
 from trainer.models.extractor import Extractor, build_extractor
+from trainer.models.growth import grow_extractor
 
 log = logging.getLogger(__name__)
 
@@ -209,11 +211,16 @@ def _plan(
         run_days = [d for d in train_days if d > last]
         if not run_days:
             raise InvalidArgument(f"{source}: no training day after day {last} (the end of {cfg.init})")
-        vocabs = prev.vocabs
-        model = prev.model
+        new_rows = df[np.isin(day_of(df["ts"].to_numpy()), run_days)]
+        vocabs = Vocabs.build(new_rows, init=prev.vocabs)
+        model, optimizer_state, added = grow_extractor(
+            prev.model, load_state(prev.path)["optimizer"], vocabs, seed=cfg.seed
+        )
+        if any(added.values()):
+            log.info("%s: new ids in days %s get rows of their own: %s", source, run_days, added)
         model.train()
         optimizer = make_optimizer(model, cfg.lr)
-        optimizer.load_state_dict(load_state(prev.path)["optimizer"])
+        optimizer.load_state_dict(optimizer_state)
         model_tasks = model.cfg.tasks
         if cfg.strategy is not None and model.cfg.strategy != cfg.strategy:
             raise InvalidArgument(
@@ -255,7 +262,7 @@ def _plan(
     if writer:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / CONFIG, config.to_json())
-        write_json(out / VOCABS, vocabs.to_json())
+        vocabs.save(out / VOCABS)
     return _Plan(model, optimizer, vocabs, config, run_days)
 
 

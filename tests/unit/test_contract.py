@@ -51,16 +51,40 @@ def test_encoder_pads_empty_ids_and_refuses_nothing() -> None:
     assert enc.known(5) == ["s1", "s2"]
 
 
-def test_grown_vocab_keeps_old_ids_and_adds_new_ones() -> None:
+def test_extended_vocab_keeps_old_rows_and_appends_new_ids() -> None:
+    """Issue 12 deliver 4: a continuation's new ids get rows after the old ones; no old row moves."""
     old = Vocab.build(np.array([3, 7]))
-    assert old.grown(np.array([], dtype=np.int64)) is old
-    grown = old.grown(np.array([5, 7]))
-    assert grown.keys.tolist() == [3, 5, 7]
-    mixed = old.grown(np.array(["x"]))
+    assert old.extended(np.array([], dtype=np.int64)) is old
+    assert old.extended(np.array([7, 3])) is old
+    grown = old.extended(np.array([9, 5, 7, 5]))
+    assert grown.keys.tolist() == [3, 7, 5, 9]
+    assert grown.lookup(np.array([3, 7, 5, 9, 4])).tolist() == [2, 3, 4, 5, OOV]
+    mixed = old.extended(np.array(["x"]))
     assert mixed.keys.tolist() == ["3", "7", "x"] and mixed.lookup(np.array([7]))[0] == 3
     df = pd.DataFrame({"user_id": [1], "item_id": [9], "category_id": [4]})
-    vocabs = Vocabs.build(df, init=Vocabs.build(df.assign(item_id=[8])))
-    assert vocabs.item.keys.tolist() == [8, 9] and vocabs.shop is None and vocabs.n_shops() == 2
+    vocabs = Vocabs.build(df, init=Vocabs.build(df.assign(item_id=[10])))
+    assert vocabs.item.keys.tolist() == [10, 9] and vocabs.shop is None and vocabs.n_shops() == 2
+
+
+@pytest.mark.parametrize(
+    "keys", [np.array([42, 7, 10**15]), np.array(["b", "a", "zz-longer"]), np.array([], dtype=np.int64)]
+)
+def test_vocabs_round_trip_as_memory_mapped_npy(tmp_path: Path, keys: np.ndarray) -> None:
+    """Issue 12 deliver 4: vocabularies are saved as ``.npy`` key arrays and load memory-mapped, with
+    the same rows (a grown, unsorted vocabulary included)."""
+    user = Vocab.build(keys).extended(np.array(["new"]) if keys.dtype.kind == "U" else np.array([1]))
+    vocabs = Vocabs(user=user, item=Vocab.build(keys), category=Vocab.build(np.array([5])), shop=None)
+    root = vocabs.save(tmp_path / "vocabs")
+    assert sorted(p.name for p in root.iterdir()) == ["category.npy", "item.npy", "user.npy"]
+    back = Vocabs.load(root)
+    assert isinstance(back.user.keys, np.memmap) or len(back.user.keys) == 0
+    assert back == vocabs
+    probe = np.concatenate([vocabs.user.keys, vocabs.user.keys[:1]])
+    np.testing.assert_array_equal(back.user.lookup(probe), vocabs.user.lookup(probe))
+    assert Vocabs.from_json(json.loads(json.dumps(vocabs.to_json()))) == back  # the old JSON form
+    (root / "item.npy").unlink()
+    with pytest.raises(InvalidArgument, match=r"item\.npy"):
+        Vocabs.load(root)
 
 
 def test_canonical_ids_refuse_floats() -> None:
@@ -129,8 +153,8 @@ def test_checkpoint_config_round_trip_and_refusals() -> None:
         CheckpointConfig.from_json({**data, "train": {"tasks": ["click"]}})
 
 
-def test_read_log_names_a_directory(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="is a directory"):
+def test_read_log_refuses_an_empty_directory(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="holds no Parquet files"):
         read_log(tmp_path)
 
 

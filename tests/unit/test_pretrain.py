@@ -11,8 +11,10 @@ from stage1_data import tiny_log, write_tiny
 
 from contract.log import read_log, write_log
 from contract.schema import day_of
+from gkc import bundle as gkc_bundle
 from services.errors import InvalidArgument
 from trainer.data.dataset import EncodedLog
+from trainer.export import export
 from trainer.losses import pointwise_loss
 from trainer.models.batch import make_batch
 from trainer.models.checkpoint import load_extractor, load_state
@@ -116,17 +118,37 @@ def test_init_continuation_equals_one_uninterrupted_run(log_file: Path, tmp_path
     assert_same_state(tmp_path / "all", tmp_path / "b")
 
 
-def test_continuation_keeps_the_vocabulary_and_maps_new_ids_to_oov(tmp_path: Path) -> None:
+def test_continuation_gives_new_ids_trained_rows_that_the_export_contains(tmp_path: Path) -> None:
+    """Issue 12 deliver 4: ids first seen in a continuation's days used to map to OOV and were never
+    exported; now they get rows of their own, trained and exported, and old ids keep their rows."""
     df = tiny_log(users=30, items=40, categories=5, days=4, rows_per_day=1200)
     days = day_of(df["ts"].to_numpy())
-    df.loc[days == days.max() - 1, "user_id"] = 999_999  # a user seen only in the new day
+    new_day = days == days.max() - 1
+    df.loc[new_day & (df["user_id"] == df["user_id"].iloc[0]), "user_id"] = 999_999  # a new user
+    df.loc[new_day & (df["item_id"] == df["item_id"].iloc[0]), "item_id"] = 888_888  # a new item
     path = write_log(df, tmp_path / "super.parquet")
     first = write_log(df[days <= days.min() + 1], tmp_path / "first.parquet")
-    pretrain(cfg(first, tmp_path / "a"))
-    pretrain(cfg(path, tmp_path / "b", init=tmp_path / "a"))
+    pretrain(cfg(first, tmp_path / "a", strategy="serving"))
+    pretrain(cfg(path, tmp_path / "b", strategy="serving", init=tmp_path / "a"))
     a, b = load_extractor(tmp_path / "a"), load_extractor(tmp_path / "b")
-    assert a.vocabs.to_json() == b.vocabs.to_json()
-    assert b.vocabs.user.lookup(np.array([999_999]))[0] == 1  # OOV
+    old_users = a.vocabs.user.keys
+    assert b.vocabs.user.lookup(old_users).tolist() == a.vocabs.user.lookup(old_users).tolist()
+    user_row = int(b.vocabs.user.lookup(np.array([999_999]))[0])
+    item_row = int(b.vocabs.item.lookup(np.array([888_888]))[0])
+    assert user_row == len(a.vocabs.user) and item_row == len(a.vocabs.item)  # appended
+    assert b.model.cfg.n_users == len(b.vocabs.user) == len(a.vocabs.user) + 1
+    state = load_state(tmp_path / "b")
+    params = dict(b.model.named_parameters())
+    moments = dict(zip(params, state["optimizer"]["state"].values(), strict=True))
+    # Trained: the new rows received gradients (Adam's first moment is zero for an untouched row).
+    assert moments["embeddings.user.weight"]["exp_avg"][user_row].abs().sum() > 0
+    assert moments["embeddings.item.weight"]["exp_avg"][item_row].abs().sum() > 0
+    bundle_path, _ = export(tmp_path / "b", tmp_path / "bundle", progress=False)
+    bundle = gkc_bundle.load(bundle_path)
+    assert "999999" in bundle.user_ids.tolist() and "888888" in bundle.item_ids.tolist()
+    assert "999999" in bundle.uc_user_ids.tolist()
+    vec = bundle.user_vectors[bundle.user_ids.tolist().index("999999")]
+    assert np.isfinite(vec).all() and np.abs(vec).sum() > 0
 
 
 def test_rerunning_a_completed_run_reports_it_and_continuing_without_new_days_is_refused(

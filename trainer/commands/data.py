@@ -15,8 +15,18 @@ def register(sub: Any) -> None:
 
     synth = data_sub.add_parser("synth", help="generate a synthetic super/sub-domain world")
     synth.add_argument("--out", required=True, help="output folder (super/train/test.parquet, truth.json)")
-    synth.add_argument("--scale", default="small", choices=("tiny", "small", "medium"), help="world size")
+    synth.add_argument(
+        "--scale",
+        default="small",
+        choices=("tiny", "small", "medium", "large"),
+        help="world size (large: ~52M super rows, always written as day partitions)",
+    )
     synth.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
+    synth.add_argument(
+        "--partitioned",
+        action="store_true",
+        help="write super/ and train/ as datasets of day partitions (day=YYYY-MM-DD/), one day in memory",
+    )
     synth.set_defaults(func=run_synth)
 
     taobao = data_sub.add_parser("taobao", help="convert the Taobao ad sample (Tianchi data set 56)")
@@ -49,7 +59,7 @@ def register(sub: Any) -> None:
     days.set_defaults(func=run_days)
 
     check = data_sub.add_parser("check", help="validate a log and print a one-line JSON summary")
-    check.add_argument("file", help="a .parquet or .csv impression log")
+    check.add_argument("file", help="an impression log: a .parquet/.csv file or a dataset directory")
     check.set_defaults(func=run_check)
 
 
@@ -63,8 +73,12 @@ def _print_written(paths: dict[str, Path], truth: dict[str, Any]) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from trainer.data.synth import generate, write_world
+    from trainer.data.synth import PARTITIONED_ONLY, generate, write_world, write_world_partitioned
 
+    if args.partitioned or args.scale in PARTITIONED_ONLY:
+        paths, truth = write_world_partitioned(args.scale, args.out, args.seed)
+        _print_written(paths, truth)
+        return 0
     world = generate(args.scale, args.seed)
     _print_written(write_world(world, args.out), world.truth)
     return 0
@@ -118,22 +132,7 @@ def run_days(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from contract.log import read_log, tasks_present
-    from contract.schema import day_of
+    from contract.log import summarise_log
 
-    df = read_log(args.file)
-    days = day_of(df["ts"].to_numpy())
-    summary = {
-        "file": str(args.file),
-        "rows": len(df),
-        "users": int(df["user_id"].nunique()),
-        "items": int(df["item_id"].nunique()),
-        "categories": int(df["category_id"].nunique()),
-        "days": len(set(days.tolist())),
-        "first_day": int(days.min()),
-        "last_day": int(days.max()),
-        "click_rate": round(float(df["click"].mean()), 6),
-        "tasks": tasks_present(df),
-    }
-    print(json.dumps(summary, sort_keys=True))
+    print(json.dumps({"file": str(args.file), **summarise_log(args.file)}, sort_keys=True))
     return 0

@@ -8,14 +8,18 @@ Generated day by day and vectorised with numpy (the medium scale, 5.4M super row
 minutes and a few hundred MB). Every random draw comes from a ``SeedSequence`` child keyed by
 (day, domain), so the same seed gives the same bytes in every file.
 
-Public API: :func:`generate` → :class:`World`, :func:`write_world`.
+Public API: :func:`generate` → :class:`World`, :func:`write_world`; :func:`write_world_partitioned`
+writes the same world day by day as hive day partitions (``super/day=YYYY-MM-DD/part-0.parquet``), in
+memory bounded by one day's rows (the only way to write the ``large`` scale).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +42,13 @@ from trainer.data.synth_model import (
     make_latents,
     sigmoid,
 )
+from trainer.data.synth_truth import LogTally, world_truth
 
 SUPER, SUB = 0, 1
 MAX_SESSIONS = 8
 SECONDS_PER_DAY = 86_400
-#: The paper's Table 7 user groups by super-domain click count.
-CLICK_GROUPS = ((0, 50), (50, 150), (150, 300), (300, None))
+#: Rows per block of the per-row dot products (bounds the ``[rows, dim]`` gathers of a big day).
+_ROW_BLOCK = 1 << 20
 LOG_COLUMNS = (
     "user_id",
     "item_id",
@@ -137,7 +142,7 @@ def _day(
     item = state.sampler.anywhere(rng, n)
     item[targeted] = state.sampler.in_categories(rng, fav_cat[targeted])
     cat = lat.item_category[item]
-    affinity = np.einsum("nd,nd->n", interest[row_user], lat.item_vec[item])
+    affinity = _affinity(interest, row_user, lat.item_vec, item)
     shop_q = lat.shop_quality[lat.item_shop[item]]
     if domain == SUPER:
         interest_part = p.super_interest_weight * affinity
@@ -186,87 +191,131 @@ def _day(
     return {k: v[order] for k, v in cols.items()}, {k: v[order] for k, v in oracle.items()}
 
 
+def _affinity(
+    interest: np.ndarray, row_user: np.ndarray, item_vec: np.ndarray, item: np.ndarray
+) -> np.ndarray:
+    """``<interest[row_user], item_vec[item]>`` per row, in blocks (row by row the same numbers)."""
+    out = np.empty(len(row_user), dtype=np.float64)
+    for lo in range(0, len(row_user), _ROW_BLOCK):
+        hi = lo + _ROW_BLOCK
+        out[lo:hi] = np.einsum("nd,nd->n", interest[row_user[lo:hi]], item_vec[item[lo:hi]])
+    return out
+
+
 def _frame(chunks: list[dict[str, np.ndarray]], with_scene: bool) -> pd.DataFrame:
     names = [*LOG_COLUMNS, "scene"] if with_scene else list(LOG_COLUMNS)
     return pd.DataFrame({c: np.concatenate([ch[c] for ch in chunks]) for c in names})
 
 
-def generate(scale: str | ScaleConfig = "small", seed: int = 0, *, progress: bool = True) -> World:
-    """Generate the world of ``scale`` (``tiny``, ``small``, ``medium`` or a :class:`ScaleConfig`)."""
+@dataclass(frozen=True)
+class DayChunk:
+    """One domain-day of the world: ``part`` is ``super``, ``train`` or ``test``."""
+
+    part: str
+    day: int
+    cols: dict[str, np.ndarray]
+    oracle: dict[str, np.ndarray]
+
+
+class _WorldDays:
+    """The world's days in order (super then sub per day), each drawn from its own seed child."""
+
+    def __init__(self, scale: str | ScaleConfig, seed: int) -> None:
+        self.cfg = SCALES[scale] if isinstance(scale, str) else scale
+        self.seed = seed
+        self.params = WorldParams()
+        root = np.random.SeedSequence(seed)
+        latent_seq, self.drift_seq, *self.day_seqs = root.spawn(2 + 2 * self.cfg.total_days)
+        self.lat = make_latents(np.random.default_rng(latent_seq), self.cfg, self.params)
+        lat, cfg = self.lat, self.cfg
+        ads = np.flatnonzero(lat.is_ad)
+        self.states = {
+            SUPER: _DomainState(
+                CategorySampler(np.arange(cfg.items), lat.item_category, lat.item_popularity, cfg.categories)
+            ),
+            SUB: _DomainState(
+                CategorySampler(
+                    ads,
+                    lat.item_category[ads],
+                    lat.item_popularity[ads] ** self.params.ad_exposure_power,
+                    cfg.categories,
+                )
+            ),
+        }
+        self.tallies = {
+            name: LogTally(cfg.users, cfg.items, cfg.categories) for name in ("super", "train", "test")
+        }
+
+    def __iter__(self) -> Iterator[DayChunk]:
+        cfg, lat, params = self.cfg, self.lat, self.params
+        users_super = np.arange(cfg.users)
+        users_sub = np.flatnonzero(lat.is_sub_user)
+        drift_rng = np.random.default_rng(self.drift_seq)
+        interest = lat.interest0
+        for day in range(cfg.total_days):
+            if day > 0:
+                interest = drift(drift_rng, interest, params.drift_per_day)
+            if day < cfg.super_days:
+                rng = np.random.default_rng(self.day_seqs[2 * day + SUPER])
+                state = self.states[SUPER]
+                cols, parts = _day(
+                    rng, SUPER, day, users_super, cfg.super_rows_per_day, interest, lat, params, state
+                )
+                self.tallies["super"].add(cols)
+                yield DayChunk("super", day, cols, parts)
+            if day >= cfg.pretrain_days:
+                rng = np.random.default_rng(self.day_seqs[2 * day + SUB])
+                cols, parts = _day(
+                    rng, SUB, day, users_sub, cfg.sub_rows_per_day, interest, lat, params, self.states[SUB]
+                )
+                part = "test" if day == cfg.super_days else "train"
+                self.tallies[part].add(cols)
+                yield DayChunk(part, day, cols, parts)
+
+    def truth(self, test: DayChunk) -> Any:
+        calibration = {
+            name: {k: getattr(self.states[d], k) for k in ("click_offset", "cv_offset", "cart_offset")}
+            for name, d in (("super", SUPER), ("sub", SUB))
+        }
+        return world_truth(
+            self.cfg, self.params, self.seed, self.tallies, test.cols, test.oracle, calibration
+        )
+
+
+def _bar(cfg: ScaleConfig, progress: bool) -> Any:
     from tqdm import tqdm
 
-    cfg = SCALES[scale] if isinstance(scale, str) else scale
-    params = WorldParams()
-    root = np.random.SeedSequence(seed)
-    latent_seq, drift_seq, *day_seqs = root.spawn(2 + 2 * cfg.total_days)
-    lat = make_latents(np.random.default_rng(latent_seq), cfg, params)
-    all_items = np.arange(cfg.items)
-    ads = np.flatnonzero(lat.is_ad)
-    states = {
-        SUPER: _DomainState(
-            CategorySampler(all_items, lat.item_category, lat.item_popularity, cfg.categories)
-        ),
-        SUB: _DomainState(
-            CategorySampler(
-                ads,
-                lat.item_category[ads],
-                lat.item_popularity[ads] ** params.ad_exposure_power,
-                cfg.categories,
-            )
-        ),
-    }
-    users_super = np.arange(cfg.users)
-    users_sub = np.flatnonzero(lat.is_sub_user)
-    drift_rng = np.random.default_rng(drift_seq)
-    interest = lat.interest0
-    super_chunks: list[dict[str, np.ndarray]] = []
-    train_chunks: list[dict[str, np.ndarray]] = []
-    test_chunks: list[dict[str, np.ndarray]] = []
-    oracle: dict[str, np.ndarray] = {}
-    bar = tqdm(
+    return tqdm(
         total=cfg.super_days + cfg.train_days + 1, desc=f"synth {cfg.name}", unit="day", disable=not progress
     )
-    for day in range(cfg.total_days):
-        if day > 0:
-            interest = drift(drift_rng, interest, params.drift_per_day)
-        if day < cfg.super_days:
-            rng = np.random.default_rng(day_seqs[2 * day + SUPER])
-            cols, _ = _day(
-                rng, SUPER, day, users_super, cfg.super_rows_per_day, interest, lat, params, states[SUPER]
-            )
-            super_chunks.append(cols)
-            bar.update()
-        if day >= cfg.pretrain_days:
-            rng = np.random.default_rng(day_seqs[2 * day + SUB])
-            cols, parts = _day(
-                rng, SUB, day, users_sub, cfg.sub_rows_per_day, interest, lat, params, states[SUB]
-            )
-            (test_chunks if day == cfg.super_days else train_chunks).append(cols)
-            if day == cfg.super_days:
-                oracle = parts
-            bar.update()
-    bar.close()
-    super_df = _frame(super_chunks, with_scene=True)
-    train_df = _frame(train_chunks, with_scene=False)
-    test_df = _frame(test_chunks, with_scene=False)
-    truth = _truth(cfg, params, seed, super_df, train_df, test_df, oracle, states)
-    return World(super=super_df, train=train_df, test=test_df, truth=truth, test_oracle=oracle)
 
 
-def _log_stats(df: pd.DataFrame) -> dict[str, Any]:
-    clicks = int(df["click"].sum())
-    return {
-        "rows": len(df),
-        "users": int(df["user_id"].nunique()),
-        "items": int(df["item_id"].nunique()),
-        "categories": int(df["category_id"].nunique()),
-        "clicks": clicks,
-        "conversions": int(df["conversion"].sum()),
-        "carts": int(df["cart"].sum()),
-        "click_rate": round(clicks / max(len(df), 1), 5),
-        "conversion_per_click": round(int(df["conversion"].sum()) / max(clicks, 1), 5),
-        "cart_per_click": round(int(df["cart"].sum()) / max(clicks, 1), 5),
-    }
+def generate(scale: str | ScaleConfig = "small", seed: int = 0, *, progress: bool = True) -> World:
+    """Generate the world of ``scale`` (``tiny``, ``small``, ``medium`` or a :class:`ScaleConfig`)
+    in memory (``large`` only as day partitions: :func:`write_world_partitioned`)."""
+    if isinstance(scale, str) and scale in PARTITIONED_ONLY:
+        raise ValueError(f"scale {scale!r} is written as day partitions only (write_world_partitioned)")
+    days = _WorldDays(scale, seed)
+    chunks: dict[str, list[dict[str, np.ndarray]]] = {"super": [], "train": [], "test": []}
+    test: DayChunk | None = None
+    with _bar(days.cfg, progress) as bar:
+        for chunk in days:
+            chunks[chunk.part].append(chunk.cols)
+            if chunk.part == "test":
+                test = chunk
+            bar.update()
+    assert test is not None
+    return World(
+        super=_frame(chunks["super"], with_scene=True),
+        train=_frame(chunks["train"], with_scene=False),
+        test=_frame(chunks["test"], with_scene=False),
+        truth=days.truth(test),
+        test_oracle=test.oracle,
+    )
+
+
+#: Scales too large for one in-memory world.
+PARTITIONED_ONLY = ("large",)
 
 
 def super_click_counts(super_df: pd.DataFrame, users: Any) -> np.ndarray:
@@ -275,71 +324,48 @@ def super_click_counts(super_df: pd.DataFrame, users: Any) -> np.ndarray:
     return counts.reindex(pd.Index(np.asarray(users)), fill_value=0).to_numpy(np.int64)
 
 
-def _truth(
-    cfg: ScaleConfig,
-    params: WorldParams,
-    seed: int,
-    super_df: pd.DataFrame,
-    train_df: pd.DataFrame,
-    test_df: pd.DataFrame,
-    oracle: dict[str, np.ndarray],
-    states: dict[int, _DomainState],
-) -> Any:
-    from trainer.metrics import gauc
+def day_partition(day: int) -> str:
+    """``day=YYYY-MM-DD``: the hive partition of synthetic day ``day``."""
+    date = dt.datetime.fromtimestamp(DAY0_TS + day * SECONDS_PER_DAY, tz=dt.UTC).date()
+    return f"day={date.isoformat()}"
 
-    sub_rows = len(train_df) + len(test_df)
-    sub_users = pd.concat([train_df["user_id"], test_df["user_id"]]).unique()
-    clicks = super_click_counts(super_df, np.sort(sub_users))
-    groups = {}
-    for lo, hi in CLICK_GROUPS:
-        name = f"{lo}-{hi}" if hi is not None else f">{lo}"
-        groups[name] = int(((clicks >= lo) & (clicks < (hi if hi is not None else np.inf))).sum())
-    y, u = test_df["click"].to_numpy(), test_df["user_id"].to_numpy()
-    day = lambda i: DAY0_TS + i * SECONDS_PER_DAY  # noqa: E731
-    truth = {
-        "generator": "keep synth v1",
-        "scale": cfg.name,
-        "seed": seed,
-        "scale_config": asdict(cfg),
-        "params": asdict(params),
-        "calibration": {
-            "super": {k: getattr(states[SUPER], k) for k in ("click_offset", "cv_offset", "cart_offset")},
-            "sub": {k: getattr(states[SUB], k) for k in ("click_offset", "cv_offset", "cart_offset")},
-        },
-        "days": {
-            "day0_ts": DAY0_TS,
-            "super": [0, cfg.super_days - 1],
-            "pretrain": [0, cfg.pretrain_days - 1],
-            "train": [cfg.pretrain_days, cfg.super_days - 1],
-            "test": cfg.super_days,
-            "super_ts": [day(0), day(cfg.super_days) - 1],
-            "train_ts": [day(cfg.pretrain_days), day(cfg.super_days) - 1],
-            "test_ts": [day(cfg.super_days), day(cfg.super_days + 1) - 1],
-        },
-        "sizes": {"super": _log_stats(super_df), "train": _log_stats(train_df), "test": _log_stats(test_df)},
-        "ratios": {
-            "impressions_super_per_sub": round(len(super_df) / max(sub_rows, 1), 3),
-            "users_super_per_sub": round(super_df["user_id"].nunique() / max(len(sub_users), 1), 3),
-        },
-        "super_clicks_of_sub_users": {
-            "mean": round(float(clicks.mean()), 3),
-            "quantiles": {
-                str(q): float(np.quantile(clicks, q)) for q in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
-            },
-            "groups": groups,
-            # The paper's thresholds are for billions of rows; these split this world's sub users
-            # into four buckets of about equal size (lower bounds of super-domain clicks).
-            "quartile_group_bounds": [int(b) for b in np.quantile(clicks, [0.0, 0.25, 0.5, 0.75])],
-        },
-        "oracle_test_gauc": {
-            "true_logit": round(gauc(u, y, oracle["logit"]), 5),
-            "interest_only": round(gauc(u, y, oracle["interest"]), 5),
-            "item_bias_only": round(gauc(u, y, oracle["item_bias"]), 5),
-            "super_click_model": round(gauc(u, y, oracle["super_logit"]), 5),
-        },
-    }
-    # Plain JSON types (tuples → lists), so the in-memory truth equals truth.json.
-    return json.loads(json.dumps(truth))
+
+def write_world_partitioned(
+    scale: str | ScaleConfig, out: str | os.PathLike[str], seed: int = 0, *, progress: bool = True
+) -> tuple[dict[str, Path], Any]:
+    """Write the world of ``scale`` as ``super/`` and ``train/`` datasets of day partitions, the test
+    day as ``test.parquet`` and ``truth.json``; one day in memory at a time. Returns (paths, truth).
+
+    For the scales :func:`generate` can hold, the rows are those of :func:`write_world` (the datasets
+    read back equal its files) and the truth is the same."""
+    from contract.log import write_log
+
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    days = _WorldDays(scale, seed)
+    test: DayChunk | None = None
+    with _bar(days.cfg, progress) as bar:
+        for chunk in days:
+            names = [*LOG_COLUMNS, "scene"] if chunk.part == "super" else list(LOG_COLUMNS)
+            frame = pd.DataFrame({c: chunk.cols[c] for c in names})
+            if chunk.part == "test":
+                write_log(frame, root / "test.parquet")
+                test = chunk
+            else:
+                write_log(frame, root / chunk.part / day_partition(chunk.day) / "part-0.parquet")
+            del frame
+            bar.update()
+    assert test is not None
+    truth = days.truth(test)
+    paths = {"super": root / "super", "train": root / "train", "test": root / "test.parquet"}
+    paths["truth"] = _write_truth(truth, root)
+    return paths, truth
+
+
+def _write_truth(truth: Any, root: Path) -> Path:
+    path = root / "truth.json"
+    path.write_text(json.dumps(truth, indent=2, sort_keys=True) + "\n")
+    return path
 
 
 def write_world(world: World, out: str | os.PathLike[str]) -> dict[str, Path]:
@@ -353,7 +379,5 @@ def write_world(world: World, out: str | os.PathLike[str]) -> dict[str, Path]:
         "train": write_log(world.train, root / "train.parquet"),
         "test": write_log(world.test, root / "test.parquet"),
     }
-    truth = root / "truth.json"
-    truth.write_text(json.dumps(world.truth, indent=2, sort_keys=True) + "\n")
-    paths["truth"] = truth
+    paths["truth"] = _write_truth(world.truth, root)
     return paths

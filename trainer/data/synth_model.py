@@ -68,6 +68,10 @@ SCALES: dict[str, ScaleConfig] = {
     "small": ScaleConfig("small", 2_000, 20_000, 100, 2_000, 1_000, 77_000, 7_200),
     # Benchmarks: ~5.4M super rows.
     "medium": ScaleConfig("medium", 60_000, 300_000, 1_000, 20_000, 15_000, 770_000, 72_000),
+    # Scale-out: ~52M super rows over 14 days, 4M users; written as day partitions only (bounded memory).
+    "large": ScaleConfig(
+        "large", 4_000_000, 2_000_000, 5_000, 100_000, 50_000, 3_700_000, 250_000, pretrain_days=12
+    ),
 }
 
 
@@ -142,6 +146,20 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
+def _unit_inplace(x: np.ndarray) -> np.ndarray:
+    """:func:`_unit` without a second ``[U, D]`` array (the same numbers)."""
+    x /= np.linalg.norm(x, axis=-1, keepdims=True)
+    return x
+
+
+def _favourite_mix(w: np.ndarray, centroid: np.ndarray, fav: np.ndarray, block: int = 1 << 18) -> np.ndarray:
+    """``einsum("uk,ukd->ud", w, centroid[fav])`` in user blocks (``centroid[fav]`` is [U, K, D])."""
+    out = np.empty((len(w), centroid.shape[1]), dtype=np.float64)
+    for lo in range(0, len(w), block):
+        out[lo : lo + block] = np.einsum("uk,ukd->ud", w[lo : lo + block], centroid[fav[lo : lo + block]])
+    return out
+
+
 def make_latents(rng: np.random.Generator, scale: ScaleConfig, p: WorldParams) -> Latents:
     c, n, d, u = scale.categories, scale.items, p.dim, scale.users
     centroid = _unit(rng.standard_normal((c, d)))
@@ -174,10 +192,13 @@ def make_latents(rng: np.random.Generator, scale: ScaleConfig, p: WorldParams) -
     w /= w.sum(axis=1, keepdims=True)
     fav_cum = np.cumsum(w, axis=1)
     fav_cum[:, -1] = 1.0
-    interest0 = _unit(
-        np.einsum("uk,ukd->ud", w, centroid[fav])
-        + p.interest_noise * rng.standard_normal((u, d)) / np.sqrt(d)
-    )
+    interest0 = _favourite_mix(w, centroid, fav)
+    noise = rng.standard_normal((u, d))
+    noise *= p.interest_noise
+    noise /= np.sqrt(d)
+    interest0 += noise
+    del noise
+    interest0 = _unit_inplace(interest0)
     activity = rng.lognormal(0.0, p.activity_sigma, u)
     activity /= activity.mean()
     is_sub_user = np.zeros(u, dtype=bool)
@@ -206,7 +227,11 @@ def make_latents(rng: np.random.Generator, scale: ScaleConfig, p: WorldParams) -
 def drift(rng: np.random.Generator, interest: np.ndarray, step: float) -> np.ndarray:
     """One day of slow interest drift: a small random step, back onto the unit sphere."""
     d = interest.shape[1]
-    return _unit(interest + step * rng.standard_normal(interest.shape) / np.sqrt(d))
+    out = rng.standard_normal(interest.shape)  # in place: two [U, D] arrays at most, not five
+    out *= step
+    out /= np.sqrt(d)
+    out += interest
+    return _unit_inplace(out)
 
 
 class CategorySampler:

@@ -3,7 +3,9 @@
 Layout::
 
     config.json      contract.extractor.CheckpointConfig: the extractor, its training, its days
-    vocabs.json      contract.ids.Vocabs — raw id → row for user, item, category, shop
+    vocabs/          contract.ids.Vocabs — raw id → row for user, item, category, shop: one
+                     {user,item,category,shop}.npy of keys each, memory-mapped on load
+                     (checkpoints of older versions have vocabs.json instead; both load)
     checkpoint.pt    {"model": state dict, "optimizer": state dict, "progress": {...}}
     progress.json    the same progress pointer, readable: state, days, batches done / total
     metrics.json     per-task GAUC on the held-out day(s) (written when the run completes)
@@ -30,7 +32,9 @@ from services.errors import InvalidArgument, NotFound
 from trainer.models.extractor import Extractor, build_extractor
 
 CONFIG = "config.json"
-VOCABS = "vocabs.json"
+VOCABS = "vocabs"
+#: The vocabularies of checkpoints written before they became ``.npy`` arrays.
+VOCABS_JSON = "vocabs.json"
 STATE = "checkpoint.pt"
 PROGRESS = "progress.json"
 METRICS = "metrics.json"
@@ -83,6 +87,15 @@ def load_state(out: Path) -> dict[str, Any]:
     return state
 
 
+def load_vocabs(root: Path) -> Vocabs:
+    """``root/vocabs/`` (memory-mapped ``.npy`` keys), else an older checkpoint's ``vocabs.json``."""
+    if (root / VOCABS).is_dir():
+        return Vocabs.load(root / VOCABS)
+    if (root / VOCABS_JSON).is_file():
+        return Vocabs.from_json(read_json(root / VOCABS_JSON))
+    raise NotFound(f"{root / VOCABS}: missing (not an extractor checkpoint?)")
+
+
 @dataclass
 class LoadedExtractor:
     """An extractor restored for inference: the module (eval mode), its vocabularies and config."""
@@ -122,7 +135,7 @@ def load_extractor(path: str | os.PathLike[str]) -> LoadedExtractor:
     return LoadedExtractor(
         path=root,
         model=model,
-        vocabs=Vocabs.from_json(read_json(root / VOCABS)),
+        vocabs=load_vocabs(root),
         config=config,
         progress=dict(state["progress"]),
         metrics=metrics,
