@@ -40,10 +40,10 @@ load: $(STAMP) ## Locust load test against a local suite (127.0.0.1); report und
 	$(PY) -m pip install -q -e '.[load]'
 	$(PY) loadtests/run.py $(LOAD_ARGS)
 
-BENCH_TARGETS ?= metrics train gkc publish ranker
+BENCH_TARGETS ?= metrics train gkc publish ranker scale
 BENCH_DIR ?= results/bench
 
-bench: $(STAMP) ## benchmarks (GAUC, training, GKC, ranker): one JSON object each, also under results/bench/
+bench: $(STAMP) ## benchmarks (GAUC, training, GKC, ranker, data-path scale): one JSON object each, also under results/bench/
 	$(PY) -m pip install -q -e '.[bench]'
 	mkdir -p $(BENCH_DIR)
 	for t in $(BENCH_TARGETS); do $(VENV)/bin/keep bench $$t --out $(BENCH_DIR)/$$t.json || exit 1; done

@@ -6,9 +6,11 @@ batches; nothing is ever evaluated per (user, item) pair.
 
 Histories: a user's behaviour sequence is their last ``max_len`` clicks up to the end of the extractor's
 training window (the held-out day is not included), the state GKC serves until the next version. A
-(user, category) pair reuses its user's window, so the history index is built once, per user.
-Every id of the extractor's vocabulary is exported, the ids an ``--init`` continuation added included
-(they have trained rows of their own); ids in the log after the extractor's window are not.
+(user, category) pair reuses its user's window, so the history index is built once, per user; the pairs
+are ordered by user and each batch builds a user's behaviour sequence and embeddings once for all of
+that user's categories (:meth:`ServingExtractor.uc_vector_per_user`; the same vectors as one row per
+pair). Every id of the extractor's vocabulary is exported, the ids an ``--init`` continuation added
+included (they have trained rows of their own); ids in the log after the extractor's window are not.
 
 :func:`trainer.export_store.export_to_store` writes the same entries straight into GKC's store
 instead of a bundle, sharded under torchrun.
@@ -115,8 +117,8 @@ class Block:
     name: str  # "users" | "items" | "user_categories"
     n: int
     dim: int
-    fn: Callable[[FeatureBatch], torch.Tensor]
-    make: Callable[[np.ndarray], FeatureBatch]
+    #: Rows (positions in the block) → their ``[len(rows), dim]`` vectors.
+    vectors: Callable[[np.ndarray], torch.Tensor]
 
     def compute(self, lo: int, hi: int, batch_size: int, bar: tqdm) -> np.ndarray:
         """Rows ``[lo, hi)``, in batches of ``batch_size`` from ``lo``, as one ``[hi - lo, dim]`` array."""
@@ -130,7 +132,7 @@ class Block:
         with torch.inference_mode():
             for start in range(lo, hi, batch_size):
                 sel = np.arange(start, min(start + batch_size, hi))
-                vectors = self.fn(self.make(sel)).numpy()
+                vectors = self.vectors(sel).numpy()
                 bar.update(len(sel))
                 yield start, vectors
 
@@ -246,36 +248,41 @@ def prepare(ext: LoadedExtractor, df: pd.DataFrame, *, source: Path) -> ExportPl
     known = pair_user >= RESERVED
     pairs, pair_user = pairs[known], pair_user[known]
     pair_cat = vocabs.category.lookup(pairs["category_id"].to_numpy())
+    by_user = np.lexsort((pair_cat, pair_user))  # a user's categories side by side: one state per user
+    pairs, pair_user, pair_cat = pairs.iloc[by_user], pair_user[by_user], pair_cat[by_user]
     item_cat, item_shop = _item_features(df, ext, len(vocabs.item.keys))
     item_index = np.arange(RESERVED, RESERVED + len(vocabs.item.keys), dtype=np.int64)
 
-    def user_rows(sel: np.ndarray) -> FeatureBatch:
+    def user_rows(rows: np.ndarray) -> FeatureBatch:
+        """Users (their row in the history index) with their behaviour sequences."""
         return id_batch(
-            user=user_index[sel],
-            hist_item=history.gather(sel, "item"),
-            hist_category=history.gather(sel, "category"),
+            user=user_index[rows],
+            hist_item=history.gather(rows, "item"),
+            hist_category=history.gather(rows, "category"),
             max_len=max_len,
         )
 
-    def item_rows(sel: np.ndarray) -> FeatureBatch:
-        return id_batch(item=item_index[sel], shop=item_shop[sel], category=item_cat[sel], max_len=max_len)
+    def user_vectors(sel: np.ndarray) -> torch.Tensor:
+        return model.user_vector(user_rows(sel))
 
-    def pair_rows(sel: np.ndarray) -> FeatureBatch:
-        hist_rows = pair_user[sel] - RESERVED  # the pair's user's row in the history index
-        return id_batch(
-            user=pair_user[sel],
-            category=pair_cat[sel],
-            hist_item=history.gather(hist_rows, "item"),
-            hist_category=history.gather(hist_rows, "category"),
-            max_len=max_len,
+    def item_vectors(sel: np.ndarray) -> torch.Tensor:
+        batch = id_batch(item=item_index[sel], shop=item_shop[sel], category=item_cat[sel], max_len=max_len)
+        return model.item_vector(batch)
+
+    def pair_vectors(sel: np.ndarray) -> torch.Tensor:
+        users, owner = np.unique(pair_user[sel], return_inverse=True)
+        return model.uc_vector_per_user(
+            user_rows(users - RESERVED),
+            torch.from_numpy(owner.astype(np.int64)),
+            torch.from_numpy(pair_cat[sel]),
         )
 
     dims = model.block_dims()
     stats = ExportStats(users=len(user_keys), items=len(item_index), user_categories=len(pairs))
     blocks = (
-        Block("users", stats.users, dims["ku_hat"], model.user_vector, user_rows),
-        Block("items", stats.items, dims["ki_hat"], model.item_vector, item_rows),
-        Block("user_categories", stats.user_categories, dims["kuc_hat"], model.uc_vector, pair_rows),
+        Block("users", stats.users, dims["ku_hat"], user_vectors),
+        Block("items", stats.items, dims["ki_hat"], item_vectors),
+        Block("user_categories", stats.user_categories, dims["kuc_hat"], pair_vectors),
     )
     return ExportPlan(
         user_ids=canonical_ids(user_keys),

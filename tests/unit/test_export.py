@@ -133,10 +133,10 @@ def test_a_failed_streamed_export_leaves_nothing(
     super_path, ckpt = trained
     ext = load_extractor(ckpt)
 
-    def broken(batch: object) -> object:
+    def broken(*batch: object) -> object:
         raise RuntimeError("out of memory, say")
 
-    monkeypatch.setattr(ext.model, "uc_vector", broken)
+    monkeypatch.setattr(ext.model, "uc_vector_per_user", broken)
     with pytest.raises(RuntimeError, match="out of memory"):
         export_loaded(ext, read_log(super_path), tmp_path / "b", source=super_path, progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -170,3 +170,43 @@ def test_bundle_writer_refuses_an_incomplete_block(tmp_path: Path) -> None:
         writer.finish(user_ids=[1, 2], item_ids=[], uc_user_ids=[], uc_category_ids=[])
     writer.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_per_user_kuc_equals_the_per_pair_path() -> None:
+    """Issue 12 deliver 5: the export computes a user's behaviour sequence once for all of their
+    categories; the vectors are exactly those of one row per (user, category) pair."""
+    import torch
+
+    from contract.extractor import ExtractorConfig
+    from trainer.models.batch import id_batch
+    from trainer.models.extractor import build_extractor
+    from trainer.models.towers import ServingExtractor
+
+    torch.manual_seed(0)
+    cfg = ExtractorConfig(n_users=9, n_items=30, n_shops=2, n_categories=8, strategy="serving", max_len=6)
+    model = build_extractor(cfg)
+    assert isinstance(model, ServingExtractor)
+    rng = np.random.default_rng(1)
+    hist_item = rng.integers(2, 30, (5, 6))
+    hist_item[:, :3] *= rng.random((5, 3)) < 0.5  # left padding of varying length; user 4 has none
+    hist_item[4] = 0
+    hist_cat = np.where(hist_item > 0, rng.integers(2, 8, (5, 6)), 0)
+    users = np.arange(2, 7)
+    owner = np.array([0, 0, 0, 1, 2, 2, 3, 4, 4])
+    category = rng.integers(2, 8, len(owner))
+    with torch.inference_mode():
+        per_user = model.uc_vector_per_user(
+            id_batch(user=users, hist_item=hist_item, hist_category=hist_cat, max_len=6),
+            torch.from_numpy(owner),
+            torch.from_numpy(category),
+        )
+        per_pair = model.uc_vector(
+            id_batch(
+                user=users[owner],
+                category=category,
+                hist_item=hist_item[owner],
+                hist_category=hist_cat[owner],
+                max_len=6,
+            )
+        )
+    np.testing.assert_array_equal(per_user.numpy(), per_pair.numpy())

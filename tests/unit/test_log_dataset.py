@@ -155,3 +155,19 @@ def test_pretrain_and_export_read_a_dataset_like_the_file(tmp_path: Path) -> Non
         assert torch.equal(value, b["model"][key]), key
     for field in ("user_ids", "item_ids", "uc_user_ids", "uc_category_ids", "user_vectors", "uc_vectors"):
         np.testing.assert_array_equal(getattr(bundles[0], field), getattr(bundles[1], field), err_msg=field)
+
+
+def test_train_and_evaluate_read_datasets_like_files(
+    worlds: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files, parts = worlds
+    results = []
+    for name, train in (("file", files / "train.parquet"), ("dir", parts / "train")):
+        model = tmp_path / name
+        common = ["--no-progress", "--threads", "1"]
+        assert main(["train", "--train", str(train), "--out", str(model), "--no-knowledge", *common]) == 0
+        capsys.readouterr()
+        test = ["--test", str(files / "test.parquet"), "--train", str(train)]
+        assert main(["evaluate", "--model", str(model), *test, *common]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    assert results[0] == results[1] and results[0]["gauc"] > 0.5

@@ -1,4 +1,4 @@
-"""``keep bench gkc|publish|ranker|train|metrics``: one JSON object on stdout per run.
+"""``keep bench gkc|publish|ranker|train|metrics|scale``: one JSON object on stdout per run.
 
 Each target lives beside the code it measures; this module only dispatches (lazy imports).
 """
@@ -18,6 +18,7 @@ TARGETS: dict[str, str] = {
     "gkc": "bench.gkc:run",
     "publish": "bench.publish:run",
     "ranker": "ranker.bench:run",
+    "scale": "trainer.bench_scale:run",
 }
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from trainer.data.synth_model import (
     CATEGORY_ID_BASE,
@@ -263,6 +264,7 @@ class _WorldDays:
                 )
                 self.tallies["super"].add(cols)
                 yield DayChunk("super", day, cols, parts)
+                del cols, parts  # not alive while the next day is drawn
             if day >= cfg.pretrain_days:
                 rng = np.random.default_rng(self.day_seqs[2 * day + SUB])
                 cols, parts = _day(
@@ -271,6 +273,7 @@ class _WorldDays:
                 part = "test" if day == cfg.super_days else "train"
                 self.tallies[part].add(cols)
                 yield DayChunk(part, day, cols, parts)
+                del cols, parts
 
     def truth(self, test: DayChunk) -> Any:
         calibration = {
@@ -353,7 +356,8 @@ def write_world_partitioned(
                 test = chunk
             else:
                 write_log(frame, root / chunk.part / day_partition(chunk.day) / "part-0.parquet")
-            del frame
+            del frame, chunk  # one day alive at a time: not this one while the next is drawn
+            pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed pages otherwise
             bar.update()
     assert test is not None
     truth = days.truth(test)

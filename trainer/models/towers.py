@@ -90,6 +90,31 @@ class DegenerationArch(nn.Module):
         hidden = self.towers.hidden(self.features(emb, b))
         return torch.cat(list(hidden.values()), dim=-1)
 
+    def uc_vector_per_user(
+        self, emb: EmbeddingArch, users: FeatureBatch, owner: torch.Tensor, category: torch.Tensor
+    ) -> torch.Tensor:
+        """K̂_uc of the pairs ``(users[owner[p]], category[p])``: each user's embeddings and behaviour
+        sequence once, then every one of their categories (export). The same numbers as
+        :meth:`uc_vector` on one row per pair: the attention sees the same rows in the same order."""
+        row, h_item, h_cat = emb.behaviours(users)
+        counts = torch.bincount(row, minlength=len(users))
+        per_pair = counts.index_select(0, owner)
+        pair_row = torch.repeat_interleave(torch.arange(len(owner)), per_pair)
+        offset = torch.arange(len(pair_row)) - torch.repeat_interleave(
+            torch.cumsum(per_pair, 0) - per_pair, per_pair
+        )
+        index = (
+            torch.repeat_interleave((torch.cumsum(counts, 0) - counts).index_select(0, owner), per_pair)
+            + offset
+        )
+        keys = h_cat.index_select(0, index)
+        values = torch.cat((h_item, h_cat), dim=-1).index_select(0, index)
+        cat_emb = emb.category(category)
+        interest = self.attention(cat_emb, keys, pair_row, values)
+        features = torch.cat((emb.users(users).index_select(0, owner), cat_emb, interest), dim=-1)
+        hidden = self.towers.hidden(features)
+        return torch.cat(list(hidden.values()), dim=-1)
+
 
 class _ServingForms(Extractor):
     """Shared plumbing: optional decomposition and degeneration arches on one embedding layer."""
@@ -136,6 +161,14 @@ class _ServingForms(Extractor):
         if self.degeneration is None:
             raise KeyError(f"strategy {self.cfg.strategy!r} has no degeneration form")
         return self.degeneration.uc_vector(self.embeddings, b)
+
+    def uc_vector_per_user(
+        self, users: FeatureBatch, owner: torch.Tensor, category: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`uc_vector` of many (user, category) pairs, each user's state computed once."""
+        if self.degeneration is None:
+            raise KeyError(f"strategy {self.cfg.strategy!r} has no degeneration form")
+        return self.degeneration.uc_vector_per_user(self.embeddings, users, owner, category)
 
     def _need_decomposition(self) -> DecompositionArch:
         if self.decomposition is None:

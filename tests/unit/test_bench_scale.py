@@ -1,0 +1,23 @@
+"""``keep bench scale --quick`` prints one JSON object: peak RSS and wall time per data-path step."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from trainer.cli import main
+
+
+@pytest.mark.slow
+def test_bench_scale_quick_prints_one_json_object(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "scale", "--quick"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["scales"] == ["tiny", "small"]
+    for scale in ("tiny", "small"):
+        steps = result[scale]
+        assert set(steps) == {"synth", "check", "read", "sequences"}
+        assert len({s["rows"] for s in steps.values()}) == 1  # every step saw the whole super log
+        assert all(s["peak_rss_mib"] > 0 and s["seconds"] > 0 for s in steps.values())
+    assert result["small"]["read"]["rows"] > 5 * result["tiny"]["read"]["rows"]
+    assert result["row_ratio"] > 5 and set(result["rss_ratio"]) == {"synth", "check", "read", "sequences"}

@@ -1,0 +1,82 @@
+"""``keep bench scale``: peak memory and wall time of the super-domain data path on two scales.
+
+For each scale (``small`` and ``medium``; ``tiny`` and ``small`` with ``--quick``) the world is written
+as day partitions (``keep data synth --partitioned``), then each step runs in a child process of its
+own, so its peak RSS (``ru_maxrss``) is that step's alone:
+
+- ``synth``: writing the partitioned world (one day in memory at a time);
+- ``check``: ``keep data check`` over the super-domain dataset (one fragment at a time);
+- ``read``: :func:`contract.log.read_log` of the whole dataset into one frame (today's pre-training);
+- ``sequences``: that, plus the vocabularies and the behaviour-sequence index of every row
+  (``EncodedLog.encode``), what pre-training builds before its first step.
+
+``rss_ratio`` is the larger scale's peak over the smaller's per step: ~1 for the streaming steps, the
+row ratio for the in-memory ones. Issue 12's remaining targets (streamed pre-training, sharded tables,
+export entries/s) are not measured here yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+_CHILD = r"""
+import json, resource, sys, time
+step, path, scale = sys.argv[1], sys.argv[2], sys.argv[3]
+t0 = time.perf_counter()
+rows = None
+if step == "synth":
+    from trainer.data.synth import write_world_partitioned
+    _, truth = write_world_partitioned(scale, path, seed=0, progress=False)
+    rows = truth["sizes"]["super"]["rows"]
+elif step == "check":
+    from contract.log import summarise_log
+    rows = summarise_log(path + "/super")["rows"]
+else:
+    from contract.log import read_log
+    df = read_log(path + "/super")
+    rows = len(df)
+    if step == "sequences":
+        from contract.ids import Vocabs
+        from trainer.data.dataset import EncodedLog
+        EncodedLog.encode(df, Vocabs.build(df))
+seconds = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"rows": rows, "seconds": round(seconds, 2), "peak_rss_mib": round(peak / 2**20, 1)}))
+"""
+
+STEPS = ("synth", "check", "read", "sequences")
+
+
+def _step(step: str, path: Path, scale: str) -> dict[str, Any]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, step, str(path), scale],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    scales = ("tiny", "small") if args.quick else ("small", "medium")
+    result: dict[str, Any] = {"scales": list(scales), "load_avg_1m": round(os.getloadavg()[0], 2)}
+    with tempfile.TemporaryDirectory(prefix="keep-bench-scale-") as tmp:
+        for scale in scales:
+            world = Path(tmp) / scale
+            result[scale] = {step: _step(step, world, scale) for step in STEPS}
+    small, large = (result[s] for s in scales)
+    result["rss_ratio"] = {
+        step: round(large[step]["peak_rss_mib"] / max(small[step]["peak_rss_mib"], 1e-9), 2) for step in STEPS
+    }
+    result["row_ratio"] = round(large["read"]["rows"] / max(small["read"]["rows"], 1), 2)
+    return result
