@@ -82,7 +82,7 @@ def test_a_closed_pipe_is_not_a_traceback(tmp_path: Path) -> None:
 
 def test_missing_files_and_directories_are_one_line(tmp_path: Path) -> None:
     one_line_refusal(keep("data", "check", str(tmp_path / "nope.parquet")), "nope.parquet", "no such file")
-    one_line_refusal(keep("data", "check", str(tmp_path)), "is a directory")
+    one_line_refusal(keep("data", "check", str(tmp_path)), "holds no Parquet files")  # a dataset dir
     one_line_refusal(keep("features", str(tmp_path / "nope.parquet"), str(tmp_path)), "nope.parquet")
     one_line_refusal(
         keep("features", str(tmp_path / "x.parquet"), str(tmp_path / "a" / "b" / "f.npz")), "no such"
