@@ -55,6 +55,8 @@ class TrainingInfo:
     train_file: str = ""
     #: Random weights made for tests and benchmarks, not trained.
     synthetic: bool = False
+    #: Per knowledge plug-in: the share of rows whose user / item / user_category knowledge was found.
+    coverage: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "days": list(self.days)}

@@ -102,14 +102,28 @@ class KnowledgeSchema:
 
 @dataclass(frozen=True)
 class KnowledgeSpec:
-    """One plug-in's knowledge: its schema and, for GKC knowledge, the pinned version (0: none)."""
+    """One plug-in's knowledge: its schema and, for GKC knowledge, the identity it was trained with.
+
+    The identity is what GKC's ``VersionIdentity`` holds: the version ``number`` (0: none, i.e. read
+    the active version; a model trained from a bundle that was never published), the ``publish_id``
+    of that publish ("" when trained from a bundle) and the content ``checksum``
+    (``Manifest.content_checksum``, the same for a bundle and for GKC's publish of it; "" in artifacts
+    written before identities existed, which therefore pin only the number)."""
 
     schema: KnowledgeSchema
     version: int = 0
     source: dict[str, Any] = field(default_factory=dict)
+    publish_id: str = ""
+    checksum: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"schema": self.schema.to_json(), "version": self.version, "source": self.source}
+        return {
+            "schema": self.schema.to_json(),
+            "version": self.version,
+            "source": self.source,
+            "publish_id": self.publish_id,
+            "checksum": self.checksum,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> KnowledgeSpec:
@@ -117,4 +131,31 @@ class KnowledgeSpec:
             schema=KnowledgeSchema.from_json(data["schema"]),
             version=int(data.get("version", 0)),
             source=dict(data.get("source", {})),
+            publish_id=str(data.get("publish_id", "")),
+            checksum=str(data.get("checksum", "")),
         )
+
+    def describe_identity(self) -> str:
+        number = f"v{self.version}" if self.version else "a bundle"
+        publish = f" publish {self.publish_id}" if self.publish_id else ""
+        return f"{number}{publish} content {self.checksum[:12] or '?'}"
+
+    def identity_problem(self, number: int, publish_id: str, checksum: str) -> str:
+        """Why knowledge answered as (``number``, ``publish_id``, ``checksum``) is not the knowledge
+        this spec pins ("" when it is). Unknown parts ("" / 0) of the offer are not compared, except a
+        missing checksum when one is pinned: knowledge that cannot say what it is is refused."""
+        if self.version and number and number != self.version:
+            return f"the model is pinned to version {self.version}, offered version {number}"
+        if self.checksum and checksum != self.checksum:
+            offered = checksum[:12] if checksum else "no checksum"
+            return (
+                f"the model was trained with knowledge content {self.checksum[:12]} "
+                f"({self.describe_identity()}), offered content {offered}"
+                f"{f' (version {number})' if number else ''}"
+            )
+        if self.publish_id and publish_id and publish_id != self.publish_id:
+            return (
+                f"the model was trained with publish {self.publish_id} of version {self.version}, "
+                f"offered publish {publish_id}"
+            )
+        return ""

@@ -25,6 +25,7 @@ from contract.knowledge import (
     USER_CATEGORY_BLOCK,
     KnowledgeMismatch,
     KnowledgeSchema,
+    KnowledgeSpec,
 )
 from gkc.bundle import Manifest
 from gkc.lookup import Lookup
@@ -92,6 +93,16 @@ def _user_groups(user_ids: np.ndarray) -> Iterable[tuple[str, np.ndarray]]:
         yield str(user_ids[rows[0]]), rows
 
 
+def found_flags(lookup: Lookup) -> np.ndarray:
+    """``[n_candidates, 3]`` bool: whether each candidate's user, item and (user, category) row was found."""
+    n = lookup.n_candidates
+    out = np.empty((n, 3), dtype=bool)
+    out[:, 0] = bool(lookup.user_found)
+    out[:, 1] = lookup.item_found[lookup.item_index] if n else False
+    out[:, 2] = lookup.uc_found[lookup.uc_index] if n else False
+    return out
+
+
 def knowledge_for_rows(
     reader: KnowledgeReader,
     version: int,
@@ -102,10 +113,14 @@ def knowledge_for_rows(
     *,
     max_batch: int = 500,
     progress: bool = False,
+    pin: KnowledgeSpec | None = None,
+    found: np.ndarray | None = None,
 ) -> np.ndarray:
     """K̂ for every row of a log: one ``batch_get`` per user (chunked at ``max_batch`` candidates).
 
-    Ids are raw ids of the data contract; they travel in their canonical string spelling.
+    Ids are raw ids of the data contract; they travel in their canonical string spelling. Every answer
+    must be ``version`` (when not 0) and, with ``pin``, the identity it pins (else
+    :class:`KnowledgeMismatch`). ``found``, an ``[n_rows, 3]`` bool array, receives :func:`found_flags`.
     """
     users = canonical_ids(user_ids)
     items = canonical_ids(item_ids)
@@ -123,5 +138,11 @@ def knowledge_for_rows(
             lookup = reader.batch_get(user, items[chunk].tolist(), cats[chunk].tolist(), version)
             if version and lookup.version != version:
                 raise KnowledgeMismatch(f"asked for knowledge version {version}, got {lookup.version}")
+            if pin is not None:
+                problem = pin.identity_problem(lookup.version, lookup.publish_id, lookup.checksum)
+                if problem:
+                    raise KnowledgeMismatch(problem)
             out[chunk] = assemble(lookup, schema)
+            if found is not None:
+                found[chunk] = found_flags(lookup)
     return out

@@ -2,15 +2,23 @@
 
 Names are what ``deploy/grafana/dashboards/keep.json`` queries: ``keep_ranker_request_seconds``,
 ``keep_ranker_requests_total{code}``, ``keep_ranker_degraded_total``, ``keep_ranker_gkc_breaker_state``
-(0 closed, 1 open, 2 half-open).
+(0 closed, 1 open, 2 half-open). ``keep_ranker_knowledge_coverage{model,kind}`` is the share of scored
+candidates whose user / item / user_category knowledge GKC found (since start), the same share
+``keep train`` and ``keep evaluate`` report (``trainer.coverage``); the two counters beside it give
+the share over any window (``rate(found) / rate(candidates)``).
 """
 
 from __future__ import annotations
+
+import threading
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from ranker.breaker import BreakerState
 from services.metrics import LATENCY_BUCKETS, SIZE_BUCKETS, new_registry
+
+#: The kinds of :func:`ranker.knowledge.found_flags`' columns (``trainer.coverage.KINDS``).
+COVERAGE_KINDS = ("user", "item", "user_category")
 
 
 class RankerMetrics:
@@ -58,6 +66,26 @@ class RankerMetrics:
             ["model", "revision", "knowledge_version"],
             registry=r,
         )
+        self.knowledge_candidates = Counter(
+            "keep_ranker_knowledge_candidates",
+            "Candidates scored with GKC knowledge, by model",
+            ["model"],
+            registry=r,
+        )
+        self.knowledge_found = Counter(
+            "keep_ranker_knowledge_found",
+            "Candidates whose knowledge of this kind (user, item, user_category) GKC found, by model",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.knowledge_coverage = Gauge(
+            "keep_ranker_knowledge_coverage",
+            "Share of candidates scored with knowledge whose user / item / user_category row was found",
+            ["model", "kind"],
+            registry=r,
+        )
+        self._coverage: dict[str, list[int]] = {}
+        self._coverage_lock = threading.Lock()
         self.reloads = Counter(
             "keep_ranker_model_reloads",
             "Model loads by result (loaded, failed, removed)",
@@ -68,6 +96,19 @@ class RankerMetrics:
     def observe_request(self, transport: str, method: str, code: str, seconds: float) -> None:
         self.latency.labels(transport, method, code).observe(seconds)
         self.requests.labels(transport, method, code).inc()
+
+    def observe_coverage(self, model: str, candidates: int, found: tuple[int, int, int]) -> None:
+        """One request's candidates and how many had user / item / user_category knowledge found."""
+        with self._coverage_lock:
+            totals = self._coverage.setdefault(model, [0, 0, 0, 0])
+            totals[0] += candidates
+            for i, n in enumerate(found):
+                totals[i + 1] += n
+            shares = [n / totals[0] if totals[0] else 0.0 for n in totals[1:]]
+        self.knowledge_candidates.labels(model).inc(candidates)
+        for kind, n, share in zip(COVERAGE_KINDS, found, shares, strict=True):
+            self.knowledge_found.labels(model, kind).inc(n)
+            self.knowledge_coverage.labels(model, kind).set(share)
 
     def on_breaker(self, state: BreakerState) -> None:
         self.breaker_state.set(int(state))

@@ -6,7 +6,8 @@ assemble K̂ with :func:`ranker.knowledge.assemble` (the trainer's code path) an
 candidates at once in a worker thread (torch releases the GIL, so workers use the cores).
 
 Faults never fail a request: when GKC is slow (its call is budgeted against the request deadline), down,
-behind an open circuit breaker, or has lost the pinned version, the base model answers (plug-in output
+behind an open circuit breaker, has lost the pinned version or answers with knowledge whose identity
+is not the one the model pins (``version_mismatch``), the base model answers (plug-in output
 zeroed) and the answer says ``degraded`` with the reason; a metric counts it. Only invalid requests and
 unknown models are errors.
 
@@ -28,6 +29,7 @@ import numpy as np
 
 from gkc.lookup import Lookup
 from ranker.breaker import BreakerState, CircuitBreaker
+from ranker.knowledge import found_flags
 from ranker.metrics import RankerMetrics
 from ranker.registry import ModelRegistry, ModelSnapshot
 from ranker.scoring import Encoded
@@ -40,6 +42,8 @@ BREAKER_OPEN = "breaker_open"
 GKC_TIMEOUT = "gkc_timeout"
 GKC_UNAVAILABLE = "gkc_unavailable"
 VERSION_NOT_FOUND = "version_not_found"
+#: GKC answered with knowledge whose identity (number, publish id, content checksum) is not the model's pin.
+VERSION_MISMATCH = "version_mismatch"
 DEADLINE = "deadline"
 KNOWLEDGE_ERROR = "knowledge_error"
 #: Below this much time left there is no point in calling GKC.
@@ -184,6 +188,12 @@ class RankerService:
             except KeepError as err:  # e.g. the version's dims differ from what the model was trained on
                 self._loud(snapshot, lookup.version, f"knowledge is unusable: {err}")
                 reason = KNOWLEDGE_ERROR
+            else:
+                if self.metrics is not None:
+                    found = found_flags(lookup).sum(axis=0)
+                    self.metrics.observe_coverage(
+                        snapshot.name, lookup.n_candidates, (int(found[0]), int(found[1]), int(found[2]))
+                    )
         return scorer.score(encoded, knowledge), reason, encoded
 
     async def _knowledge(
@@ -225,6 +235,10 @@ class RankerService:
             log.exception("GKC lookup failed unexpectedly for model %r", snapshot.name)
             return None, KNOWLEDGE_ERROR, self.clock() - t0
         self.breaker.record_success()
+        problem = scorer.knowledge[1].identity_problem(lookup.version, lookup.publish_id, lookup.checksum)
+        if problem:
+            self._loud(snapshot, version, f"GKC answered other knowledge than the model's: {problem}")
+            return None, VERSION_MISMATCH, self.clock() - t0
         return lookup, "", self.clock() - t0
 
     def _loud(self, snapshot: ModelSnapshot, version: int, message: str) -> None:

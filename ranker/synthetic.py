@@ -89,7 +89,8 @@ def make_artifact(
     mlp: tuple[int, ...] = (200, 80),
 ) -> Path:
     """A random-weight model over ``log``'s vocabularies; with ``bundle_dir``, a GKC plug-in pinned to
-    ``version``. Writes ``features.npz`` (the log's last ``max_len`` clicks per user) beside it."""
+    ``version`` and to the bundle's content checksum. Writes ``features.npz`` (the log's last
+    ``max_len`` clicks per user) beside it."""
     vocabs = Vocabs(
         user=Vocab.build(log["user_id"]),
         item=Vocab.build(log["item_id"]),
@@ -106,9 +107,12 @@ def make_artifact(
     )
     knowledge = {}
     if bundle_dir is not None:
-        schema = manifest_schema(gkc_bundle.load(bundle_dir).manifest)
+        manifest = gkc_bundle.load(bundle_dir).manifest
+        schema = manifest_schema(manifest)
         cfg = cfg.with_plugin("gkc", schema.dim)
-        knowledge["gkc"] = KnowledgeSpec(schema=schema, version=version, source={"synthetic": 1})
+        knowledge["gkc"] = KnowledgeSpec(
+            schema=schema, version=version, source={"synthetic": 1}, checksum=manifest.content_checksum()
+        )
     torch.manual_seed(seed)
     model = DownstreamModel(cfg)
     with torch.no_grad():

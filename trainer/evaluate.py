@@ -19,6 +19,7 @@ from contract.downstream import DownstreamConfig
 from contract.ids import Vocabs
 from ranker.model import Batch, build_model
 from services.errors import InvalidArgument
+from trainer.coverage import DEFAULT_MIN_COVERAGE, check_coverage
 from trainer.data.dataset import EncodedLog
 from trainer.train import KnowledgeProvider, make_batch, task_rows
 
@@ -33,12 +34,7 @@ def predict(
     batch_size: int = 4096,
 ) -> np.ndarray:
     """Click (or task) probabilities for every row of ``df``, in row order."""
-    offered = {p.name: p for p in providers}
-    for name in set(artifact.knowledge) | set(offered):
-        p = offered.get(name)
-        artifact.require_knowledge(
-            name, p.spec.schema if p else None, p.spec.version if p and p.spec.version else None
-        )
+    require_providers(artifact, providers)
     matrices = dict(knowledge or {})
     for p in providers:
         if p.name not in matrices:
@@ -51,6 +47,16 @@ def predict(
         knowledge=matrices,
         batch_size=batch_size,
     )
+
+
+def require_providers(artifact: Artifact, providers: Sequence[KnowledgeProvider]) -> None:
+    """Refuse providers whose plug-ins, schemas or pinned versions are not the artifact's."""
+    offered = {p.name: p for p in providers}
+    for name in set(artifact.knowledge) | set(offered):
+        p = offered.get(name)
+        artifact.require_knowledge(
+            name, p.spec.schema if p else None, p.spec.version if p and p.spec.version else None
+        )
 
 
 class Scorer(Protocol):
@@ -99,20 +105,35 @@ def evaluate(
     *,
     history_from: pd.DataFrame | None = None,
     knowledge: dict[str, np.ndarray] | None = None,
+    min_coverage: float = DEFAULT_MIN_COVERAGE,
 ) -> dict[str, Any]:
-    """``{gauc, auc, rows, users}`` on the task the artifact was trained for."""
+    """``{gauc, auc, rows, users, coverage}`` on the task the artifact was trained for; refuses
+    (:class:`trainer.coverage.CoverageTooLow`) knowledge found for fewer rows than ``min_coverage``."""
     from trainer.metrics import auc, gauc
 
     rows_df = task_rows(test, artifact.task)
     if len(rows_df) == 0:
         raise InvalidArgument(f"no test rows for task {artifact.task!r}")
     hist = history_from if history_from is not None else test
-    scores = predict(artifact, rows_df, providers, history_from=hist, knowledge=knowledge)
+    require_providers(artifact, providers)
+    matrices = dict(knowledge or {})
+    flags: list[tuple[str, np.ndarray]] = []
+    for p in providers:
+        if p.name not in matrices:
+            matrices[p.name] = p.rows(rows_df)
+            found = getattr(p, "found", None)
+            if found is not None:
+                flags.append((p.name, found))
+    coverage = check_coverage(flags, min_coverage)
+    scores = predict(artifact, rows_df, providers, history_from=hist, knowledge=matrices)
     labels = rows_df[artifact.task].to_numpy()
     users = rows_df["user_id"].astype(str).to_numpy()
-    return {
+    out: dict[str, Any] = {
         "gauc": float(gauc(users, labels, scores)),
         "auc": float(auc(labels, scores)),
         "rows": len(rows_df),
         "users": int(pd.Series(users).nunique()),
     }
+    if coverage:
+        out["coverage"] = coverage
+    return out

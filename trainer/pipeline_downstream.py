@@ -2,8 +2,10 @@
 
 :class:`KnowledgeSource` says where the knowledge is read (GKC's gRPC address or a local bundle),
 :class:`TrainJob` / :class:`EvaluateJob` what to do; :func:`train` and :func:`evaluate` return the
-summary the CLI prints. The knowledge version a model trains with is probed once and pinned in the
-artifact; evaluation reads exactly that version again.
+summary the CLI prints. The knowledge identity a model trains with (version number, publish id, content
+checksum) is probed once and pinned in the artifact; evaluation reads exactly that identity again and
+refuses other knowledge (:mod:`trainer.knowledge_pin`). Both report and check coverage
+(:mod:`trainer.coverage`) and, with ``KnowledgeSource.api_url``, hold a GKC lease while they read.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from services.errors import InvalidArgument
+from trainer.coverage import DEFAULT_MIN_COVERAGE
+from trainer.knowledge_pin import evaluation_knowledge, knowledge_lease, lease_holder, resolve_pin
 from trainer.train import TrainConfig
 
 
@@ -23,6 +27,11 @@ class KnowledgeSource:
     gkc: str | None = None
     bundle: Path | None = None
     timeout_s: float = 5.0
+    #: GKC's REST API (``http(s)://host:port``): while reading through ``gkc`` the run holds a lease on
+    #: the version it reads there (:func:`trainer.knowledge_pin.knowledge_lease`). ``None``: no lease.
+    api_url: str | None = None
+    #: The bearer token for the lease (``GKC_API_TOKEN``).
+    api_token: str | None = None
 
     def open(self, version: int) -> Any:
         """A reader with ``batch_get`` (:class:`gkc.GkcClient` or :class:`gkc.BundleReader`), or ``None``."""
@@ -67,29 +76,8 @@ class EvaluateJob:
     knowledge: KnowledgeSource = field(default_factory=KnowledgeSource)
     threads: int = 1
     progress: bool = True
-
-
-def gkc_provider(reader: Any, version: int, df: Any, progress: bool) -> Any:
-    """Probe the reader once for the version's actual number and block dims, then pin both."""
-    from contract.ids import canonical_ids
-    from contract.knowledge import Dims, KnowledgeSchema
-    from ranker.knowledge import manifest_schema
-    from trainer.train import GkcKnowledge
-
-    first = df.iloc[:1]
-    lookup = reader.batch_get(
-        str(canonical_ids(first["user_id"].to_numpy())[0]),
-        canonical_ids(first["item_id"].to_numpy()).tolist(),
-        canonical_ids(first["category_id"].to_numpy()).tolist(),
-        version,
-    )
-    du, di, dc = lookup.user.shape[-1], lookup.items.shape[-1], lookup.ucs.shape[-1]
-    manifest = getattr(reader, "manifest", None)
-    if manifest is not None:
-        schema = manifest_schema(manifest)
-    else:
-        schema = KnowledgeSchema.gkc(Dims(user=du, item=di, uc=dc), interaction=du == di)
-    return GkcKnowledge(reader=reader, version=lookup.version or version, schema=schema, progress=progress)
+    #: Refuse when fewer rows have their user or item knowledge found (``trainer.coverage``).
+    min_coverage: float = DEFAULT_MIN_COVERAGE
 
 
 def train(job: TrainJob) -> dict[str, Any]:
@@ -107,12 +95,14 @@ def train(job: TrainJob) -> dict[str, Any]:
         reader = job.knowledge.open(job.knowledge_version)
         if reader is None:
             raise InvalidArgument("knowledge needs --gkc ADDR or --bundle DIR (or pass --no-knowledge)")
-        providers.append(gkc_provider(reader, job.knowledge_version, df, job.config.progress))
+        # version 0 (the active one) is resolved here, once, with its publish id and content checksum
+        providers.append(resolve_pin(reader, job.knowledge_version, df, job.config.progress))
     init = artifact_mod.load(job.init) if job.init else None
     task_rows(df, job.config.task)  # fail early on a missing label column
     group = from_env()  # a no-op outside torchrun
     try:
-        art = train_model(df, job.config, providers, init, train_file=str(job.train), group=group)
+        with _lease(job.knowledge, providers, "train"):
+            art = train_model(df, job.config, providers, init, train_file=str(job.train), group=group)
     finally:
         shutdown(group)
     if not group.is_writer:
@@ -123,6 +113,7 @@ def train(job: TrainJob) -> dict[str, Any]:
         "rows": art.training.rows,
         "task": art.task,
         "knowledge": {k: v.to_json() for k, v in art.knowledge.items()},
+        "coverage": art.training.coverage,
         "warm_start": art.training.warm_start,
         "world_size": group.world,
     }
@@ -136,7 +127,6 @@ def evaluate(job: EvaluateJob) -> dict[str, Any]:
     from contract.log import read_log
     from trainer.distributed import set_threads
     from trainer.evaluate import evaluate as evaluate_model
-    from trainer.train import GkcKnowledge
 
     set_threads(job.threads)
     art = artifact_mod.load(job.model)
@@ -149,13 +139,16 @@ def evaluate(job: EvaluateJob) -> dict[str, Any]:
             raise InvalidArgument(
                 f"the model needs knowledge {sorted(art.knowledge)}: give --gkc or --bundle"
             )
-        manifest = getattr(reader, "manifest", None)
-        for name, spec in art.knowledge.items():
-            if manifest is not None:
-                from ranker.knowledge import manifest_schema
+        # the identity the model pins, from GKC and from a bundle alike (else one line, exit 2)
+        providers = list(evaluation_knowledge(art, reader, job.progress))
+    with _lease(job.knowledge, providers, "evaluate"):
+        result = evaluate_model(art, test, providers, history_from=history, min_coverage=job.min_coverage)
+    return dict(result)
 
-                art.require_knowledge(name, manifest_schema(manifest))
-            providers.append(
-                GkcKnowledge(reader, spec.version, spec.schema, name=name, progress=job.progress)
-            )
-    return dict(evaluate_model(art, test, providers, history_from=history))
+
+def _lease(source: KnowledgeSource | None, providers: list[Any], command: str) -> Any:
+    """A lease on the versions read through GKC while the block runs (none without ``api_url``)."""
+    reading_gkc = source is not None and source.gkc
+    api_url = source.api_url if source is not None and reading_gkc else None
+    token = source.api_token if source is not None else None
+    return knowledge_lease(api_url, token, providers, lease_holder(command))

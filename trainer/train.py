@@ -36,6 +36,7 @@ from contract.schema import DEFAULT_MAX_LEN, IMPRESSION_TASKS, require_task
 from ranker.knowledge import KnowledgeReader, knowledge_for_rows
 from ranker.model import Batch, DownstreamModel, load_base_into
 from services.errors import InvalidArgument
+from trainer.coverage import DEFAULT_MIN_COVERAGE, check_coverage
 from trainer.data.dataset import EncodedLog
 from trainer.distributed import DataParallel
 
@@ -63,6 +64,9 @@ class TrainConfig:
     plugin_layer: int = 1
     use_user_id: bool = False
     progress: bool = True
+    #: Refuse (``trainer.coverage.CoverageTooLow``) when a GKC provider found the user, item or
+    #: (user, category) knowledge of fewer rows than this share (0: report only).
+    min_coverage: float = DEFAULT_MIN_COVERAGE
 
 
 class KnowledgeProvider(Protocol):
@@ -79,20 +83,35 @@ class KnowledgeProvider(Protocol):
 
 @dataclass
 class GkcKnowledge:
-    """K̂ through a GKC-style reader for one pinned version (the serving path)."""
+    """K̂ through a GKC-style reader for one pinned version (the serving path).
+
+    ``version``, ``publish_id`` and ``checksum`` are the concrete identity read (see
+    :func:`trainer.knowledge_pin.resolve_pin`): every answer must carry it, else
+    :class:`contract.knowledge.KnowledgeMismatch`. After :meth:`rows`, ``found`` holds per row whether
+    the user, item and (user, category) knowledge were found (coverage, ``trainer.knowledge_pin``)."""
 
     reader: KnowledgeReader
     version: int
     schema: KnowledgeSchema
     name: str = "gkc"
     progress: bool = False
+    publish_id: str = ""
+    checksum: str = ""
+    found: np.ndarray | None = None
 
     @property
     def spec(self) -> KnowledgeSpec:
-        return KnowledgeSpec(schema=self.schema, version=self.version, source={"reader": "gkc"})
+        return KnowledgeSpec(
+            schema=self.schema,
+            version=self.version,
+            source={"reader": "gkc"},
+            publish_id=self.publish_id,
+            checksum=self.checksum,
+        )
 
     def rows(self, df: pd.DataFrame) -> np.ndarray:
-        return knowledge_for_rows(
+        found = np.zeros((len(df), 3), dtype=bool)
+        matrix = knowledge_for_rows(
             self.reader,
             self.version,
             self.schema,
@@ -100,7 +119,11 @@ class GkcKnowledge:
             df["item_id"].to_numpy(),
             df["category_id"].to_numpy(),
             progress=self.progress,
+            pin=self.spec,
+            found=found,
         )
+        self.found = found
+        return matrix
 
 
 def task_rows(df: pd.DataFrame, task: str) -> pd.DataFrame:
@@ -246,11 +269,16 @@ def train(
     model, fresh = prepare_model(vocabs, cfg, providers, init)
     log = EncodedLog.encode(rows_df, vocabs, history_from=df, max_len=model.cfg.max_len)
     matrices = dict(knowledge or {})
+    flags: list[tuple[str, np.ndarray]] = []
     for p in providers:
         if p.name not in matrices:
             matrices[p.name] = provider_rows(p, rows_df, group)
+            found = getattr(p, "found", None)
+            if found is not None:  # gathered like the rows, so every rank decides the same
+                flags.append((p.name, group.gather_rows(found.astype(np.uint8), len(rows_df))))
         if matrices[p.name].shape != (len(rows_df), p.spec.schema.dim):
             raise InvalidArgument(f"knowledge {p.name!r} has shape {matrices[p.name].shape}")
+    coverage = check_coverage(flags, cfg.min_coverage)
     fit_normalisers(model, fresh, matrices)
     model.to(group.device)
     group.broadcast_parameters(model)
@@ -296,5 +324,6 @@ def train(
             world_size=group.world,
             days=tuple(sorted({int(d) for d in np.unique(log.day)})),
             train_file=train_file,
+            coverage=coverage,
         ),
     )

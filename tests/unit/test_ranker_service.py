@@ -220,5 +220,6 @@ def test_schema_mismatch_degrades_instead_of_crashing(world: dict, tmp_path: Pat
     svc, source = service(world)
     source.reader = BundleReader.open(other, version=VERSION)
     got = rank(svc, later_rows(world["log"], ["u2"], items=4))
-    assert got.degraded and got.reason == "knowledge_error"
+    # other content than the model pins: refused on its identity before its dims are even looked at
+    assert got.degraded and got.reason == "version_mismatch"
     assert manifest_schema(source.reader.bundle.manifest).dim != 56  # really another schema

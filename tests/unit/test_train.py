@@ -57,7 +57,7 @@ def test_cli_base_then_plugged_warm_start_then_evaluate(
     code, out, err = _run([*ev, "--bundle", str(world["bundle"])], capsys)
     assert code == 0, err
     result = json.loads(out)
-    assert set(result) == {"gauc", "auc", "rows", "users"}
+    assert set(result) == {"gauc", "auc", "rows", "users", "coverage"}
     assert 0.0 < result["gauc"] < 1.0 and result["rows"] == len(pd.read_parquet(world["test"]))
 
     code, out, err = _run([*ev, "--bundle", str(world["bundle_other"])], capsys)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from contract.schema import TASKS
 from services.errors import InvalidArgument
 from trainer.commands.common import add_threads, set_threads
+from trainer.coverage import DEFAULT_MIN_COVERAGE
 
 
 def register(sub: Any) -> None:
@@ -57,6 +59,18 @@ def _knowledge_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gkc", default=None, metavar="HOST:PORT", help="GKC's gRPC read address")
     p.add_argument("--bundle", default=None, help="local knowledge bundle instead of GKC (offline)")
     p.add_argument("--gkc-timeout", type=float, default=5.0, help="seconds per GKC read")
+    p.add_argument(
+        "--gkc-api",
+        default=None,
+        metavar="URL",
+        help="GKC's REST API: hold a lease on the version read while running (token: env GKC_API_TOKEN)",
+    )
+    p.add_argument(
+        "--min-coverage",
+        type=float,
+        default=DEFAULT_MIN_COVERAGE,
+        help="refuse below this share of rows with user / item knowledge found",
+    )
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -68,7 +82,11 @@ def _knowledge(args: argparse.Namespace) -> Any:
     from trainer.pipeline import KnowledgeSource
 
     return KnowledgeSource(
-        gkc=args.gkc, bundle=Path(args.bundle) if args.bundle else None, timeout_s=args.gkc_timeout
+        gkc=args.gkc,
+        bundle=Path(args.bundle) if args.bundle else None,
+        timeout_s=args.gkc_timeout,
+        api_url=args.gkc_api,
+        api_token=os.environ.get("GKC_API_TOKEN"),
     )
 
 
@@ -89,6 +107,7 @@ def run_train(args: argparse.Namespace) -> int:
             seed=args.seed,
             plugin_layer=args.plugin_layer,
             progress=not args.no_progress,
+            min_coverage=args.min_coverage,
         ),
         threads=args.threads,
     )
@@ -108,6 +127,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         knowledge=_knowledge(args),
         threads=args.threads,
         progress=not args.no_progress,
+        min_coverage=args.min_coverage,
     )
     print(json.dumps(evaluate(job), sort_keys=True))
     return 0
