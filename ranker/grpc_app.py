@@ -6,6 +6,7 @@ Domain errors (``InvalidArgument``, ``NotFound``) become status codes in the sha
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -50,6 +51,9 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
             )
         except KeepError as err:
             code = err.grpc_code
+            raise
+        except asyncio.CancelledError:  # the client went away (or its deadline passed): counted, not logged
+            code = "CANCELLED"
             raise
         except Exception:
             code = "INTERNAL"

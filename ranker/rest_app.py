@@ -8,10 +8,13 @@
 - ``GET /healthz``: 200 with the loaded models and breaker state (``status`` ``ok``, or ``degraded``
   while the breaker is open and answers come from the base model), 503 while no model is loaded.
 - ``GET /metrics``: Prometheus exposition.
-- ``GET /v1/models``; ``POST /v1/models/reload`` (bearer ``RANKER_ADMIN_TOKEN`` when one is set).
+- ``GET /v1/models``; ``POST /v1/models/reload`` (bearer ``RANKER_ADMIN_TOKEN``; without a token the
+  call is open only while the ranker listens on loopback).
 
 Errors: ``{"error": reason, "code": GRPC_CODE}`` with the error's HTTP status (invalid request or a
 malformed body 422, unknown model 404), the same body as GKC's (:func:`services.http.install_errors`).
+Ids given as ``NaN`` / ``Infinity`` / ``1e400`` are 422 too (FastAPI's own handler echoed the
+input and failed to encode NaN: a 500).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from ranker.service import RankerService, RankQuery
-from services.errors import KeepError
+from services.errors import KeepError, Unauthenticated
 from services.http import BearerToken, install_errors
 from services.metrics import render
 
@@ -54,12 +57,28 @@ class RankOut(BaseModel):
     history_len: int = 0
 
 
-def create_app(service: RankerService, admin_token: str | None = None) -> FastAPI:
+def _reload_closed() -> None:
+    raise Unauthenticated(
+        "POST /v1/models/reload is disabled: RANKER_ADMIN_TOKEN is unset and the ranker listens beyond "
+        "loopback; set a token"
+    )
+
+
+def create_app(
+    service: RankerService, admin_token: str | None = None, *, reload_open: bool = True
+) -> FastAPI:
+    """``admin_token``: bearer token of ``POST /v1/models/reload``; without one the call is open only
+    when ``reload_open`` (the ranker listens on loopback only), else refused."""
     app = FastAPI(title="KEEP ranker", version="1")
     metrics = service.metrics
 
     install_errors(app)
-    admin = [Depends(BearerToken(admin_token, name="RANKER_ADMIN_TOKEN"))] if admin_token else []
+    if admin_token:
+        admin = [Depends(BearerToken(admin_token, name="RANKER_ADMIN_TOKEN"))]
+    elif reload_open:
+        admin = []
+    else:
+        admin = [Depends(_reload_closed)]
 
     @app.post("/v1/rank", response_model=RankOut)
     async def rank(body: RankIn) -> RankOut:

@@ -28,6 +28,9 @@ from ranker.features import SequenceStore
 from ranker.knowledge import assemble
 from ranker.model import Batch, DownstreamModel, build_model
 
+#: Known items scored by the load-time probe batch.
+PROBE_ITEMS = 8
+
 
 @dataclass
 class Encoded:
@@ -99,25 +102,43 @@ class Scorer:
         assert self.knowledge is not None
         return assemble(lookup, self.knowledge[1].schema)
 
-    def score(self, encoded: Encoded, knowledge: np.ndarray | None) -> np.ndarray:
-        """Probabilities [n] float32; ``knowledge=None`` on a plugged model runs the base model."""
+    def logits(self, encoded: Encoded, knowledge: np.ndarray | None) -> torch.Tensor:
+        """Logits [n]; ``knowledge=None`` on a plugged model runs the base model."""
         model = self.model
         batch = encoded.batch
         with torch.inference_mode():
             if self.knowledge is not None and knowledge is not None:
                 batch.knowledge = {self.knowledge[0]: torch.from_numpy(knowledge)}
-                logits = model(batch)
-            elif self.knowledge is None:
-                logits = model(batch)
-            else:
-                logits = model.over(model.base_features(batch), None)  # plug-in output zeroed
-            return torch.sigmoid(logits).numpy().astype(np.float32, copy=False)
+                return model(batch)
+            if self.knowledge is None:
+                return model(batch)
+            return model.over(model.base_features(batch), None)  # plug-in output zeroed
+
+    def score(self, encoded: Encoded, knowledge: np.ndarray | None) -> np.ndarray:
+        """Probabilities [n] float32; ``knowledge=None`` on a plugged model runs the base model."""
+        with torch.inference_mode():
+            return torch.sigmoid(self.logits(encoded, knowledge)).numpy().astype(np.float32, copy=False)
 
     def warm_up(self) -> None:
-        """One small forward pass so the first request does not pay for lazy initialisation."""
-        keys = self.items.known(2) or ["?"]
+        """Score a probe batch (known ids; the base model, and with zero and with random knowledge) so
+        the first request does not pay for lazy initialisation, and refuse (:class:`ArtifactError`) a
+        model whose scores are not finite: NaN or infinite weights, a broken normaliser. The registry
+        then keeps the previous model serving."""
+        keys = self.items.known(PROBE_ITEMS) or ["?"]
         cats = self.categories.known(1) or ["?"]
-        enc = self.encode("", keys, cats * len(keys), [])
-        self.score(enc, None)
+        user = (self.users.known(1) if self.users is not None else None) or [""]
+        enc = self.encode(user[0], keys, cats * len(keys), [])
+        probes: list[tuple[str, np.ndarray | None]] = [("base model", None)]
         if self.knowledge is not None:
-            self.score(enc, np.zeros((len(keys), self.knowledge[1].schema.dim), dtype=np.float32))
+            dim = self.knowledge[1].schema.dim
+            rng = np.random.default_rng(0)
+            probes.append(("zero knowledge", np.zeros((len(keys), dim), dtype=np.float32)))
+            probes.append(("random knowledge", rng.normal(size=(len(keys), dim)).astype(np.float32)))
+        for what, knowledge in probes:
+            logits = self.logits(enc, knowledge)
+            if not bool(torch.isfinite(logits).all()):
+                bad = int((~torch.isfinite(logits)).sum())
+                raise ArtifactError(
+                    f"{bad} of {len(keys)} scores on a probe batch ({what}) are not finite: "
+                    "NaN or infinite weights; refusing to serve this model"
+                )

@@ -28,7 +28,7 @@ from ranker.registry import ModelRegistry, ModelSnapshot
 from ranker.rest_app import create_app
 from ranker.service import Budget, RankerService
 from ranker.settings import RankerSettings
-from services.grpc_server import add_port, build_server, graceful_stop, mark_serving
+from services.grpc_server import add_port, build_server, graceful_stop, mark_not_serving, mark_serving
 from services.http import http_server
 from services.logging import setup_logging
 from services.ports import require_free
@@ -106,7 +106,8 @@ async def build(settings: RankerSettings) -> AsyncIterator[Ranker]:
 
 
 async def _poll_models(ranker: Ranker, health: object, stop: asyncio.Event) -> None:
-    """Reload changed artifacts every ``reload_poll_s``; flip gRPC health with model presence."""
+    """Reload changed artifacts every ``reload_poll_s``; flip gRPC health with model presence (both
+    ways, as ``/healthz``: SERVING while a model is loaded, NOT_SERVING while none is)."""
     loop = asyncio.get_running_loop()
     interval = ranker.settings.reload_poll_s
     serving = bool(ranker.registry.snapshots())
@@ -123,6 +124,8 @@ async def _poll_models(ranker: Ranker, health: object, stop: asyncio.Event) -> N
         now = bool(ranker.registry.snapshots())
         if now and not serving:
             await mark_serving(health, [SERVICE_NAME])
+        elif serving and not now:  # as /healthz: no model, nothing to serve
+            await mark_not_serving(health, [SERVICE_NAME])
         serving = now
 
 
@@ -140,7 +143,14 @@ async def run_async(
         if ranker.registry.snapshots():
             await mark_serving(health, [SERVICE_NAME])
         token = settings.admin_token.get_secret_value() if settings.admin_token else None
-        http = http_server(create_app(ranker.service, token), settings, settings.http_port)
+        if token is None and not settings.reload_open():
+            log.warning(
+                "RANKER_ADMIN_TOKEN is unset and the ranker listens on %s: POST /v1/models/reload is "
+                "refused (set a token to use it)",
+                settings.host,
+            )
+        app = create_app(ranker.service, token, reload_open=settings.reload_open())
+        http = http_server(app, settings, settings.http_port)
         http_task = asyncio.create_task(http.serve())
         poll_task = asyncio.create_task(_poll_models(ranker, health, stop))
         log.info(

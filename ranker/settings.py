@@ -10,7 +10,19 @@ from pydantic_settings import SettingsConfigDict
 
 from contract.schema import DEFAULT_MAX_LEN
 from services.errors import InvalidArgument
-from services.settings import ServiceSettings
+from services.settings import ServiceSettings, is_placeholder
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine reaches (``127.0.0.0/8``, ``::1``, ``localhost``)."""
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class RankerSettings(ServiceSettings):
@@ -60,14 +72,25 @@ class RankerSettings(ServiceSettings):
     )
     #: A pin ends this long after the ranker stops renewing it (it renews every third of it).
     pin_ttl_s: float = 60.0
-    #: Bearer token for ``POST /v1/models/reload``; unset = no token needed (bind to localhost then).
+    #: Bearer token for ``POST /v1/models/reload``. Unset: the call is open while ``host`` is loopback
+    #: and refused otherwise (the image binds 0.0.0.0); a placeholder (``changeme``, < 8 characters)
+    #: refuses to start outside dev mode, as GKC does.
     admin_token: SecretStr | None = None
+
+    def reload_open(self) -> bool:
+        """Whether ``POST /v1/models/reload`` needs no token: none is set and only loopback listens."""
+        return self.admin_token is None and is_loopback(self.host)
 
     def workers(self) -> int:
         return self.model_workers if self.model_workers > 0 else max(1, os.cpu_count() or 1)
 
     def check(self) -> None:
         """Refuse settings that cannot work, with the variable's name in the message."""
+        if self.admin_token is not None and is_placeholder(self.admin_token) and not self.dev_mode:
+            raise InvalidArgument(
+                "RANKER_ADMIN_TOKEN is a placeholder; set a real token (at least 8 characters) or unset it "
+                "(then POST /v1/models/reload is open on loopback only)"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise InvalidArgument("set both RANKER_TLS_CERT and RANKER_TLS_KEY, or neither")
         for name, path in (("RANKER_TLS_CERT", self.tls_cert), ("RANKER_TLS_KEY", self.tls_key)):

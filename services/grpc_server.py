@@ -137,6 +137,11 @@ async def mark_serving(health_servicer: health.aio.HealthServicer, names: Iterab
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
+async def mark_not_serving(health_servicer: health.aio.HealthServicer, names: Iterable[str]) -> None:
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
 async def graceful_stop(
     server: aio.Server, health_servicer: health.aio.HealthServicer, grace_s: float = 5.0
 ) -> None:
