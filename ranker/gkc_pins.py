@@ -29,6 +29,9 @@ class PinnedModel(Protocol):
     @property
     def knowledge_version(self) -> int: ...
 
+    @property
+    def knowledge_publish_id(self) -> str: ...
+
 
 def holder_name(port: int) -> str:
     """``ranker@<host>:<port>``: who holds the leases (shown by ``GET /v1/versions``)."""
@@ -59,11 +62,13 @@ class ModelPins:
         """Hold a lease per model on its knowledge version; drop the others. Returns the problems."""
         if self.leases is None:
             return {}
-        wanted = {m.name: m.knowledge_version for m in models if m.knowledge_version > 0}
+        wanted = {
+            m.name: (m.knowledge_version, m.knowledge_publish_id) for m in models if m.knowledge_version > 0
+        }
         problems: dict[str, str] = {}
-        for name, version in wanted.items():
-            try:
-                self.leases.hold(name, version)
+        for name, (version, publish_id) in wanted.items():
+            try:  # naming the publish: a pin on another publish of this number is refused (409)
+                self.leases.hold(name, version, publish_id or None)
                 problems[name] = ""
             except KeepError as err:
                 problems[name] = err.message

@@ -56,6 +56,12 @@ class ModelSnapshot:
     def knowledge_version(self) -> int:
         return self.scorer.knowledge_version
 
+    @property
+    def knowledge_publish_id(self) -> str:
+        """The publish the model was trained on ("" when trained from a bundle or before identities)."""
+        spec = self.scorer.knowledge
+        return spec[1].publish_id if spec else ""
+
     def describe(self) -> dict[str, Any]:
         spec = self.scorer.knowledge
         return {

@@ -21,6 +21,7 @@ from services.errors import Conflict, NotFound
 class Model:
     name: str
     knowledge_version: int
+    knowledge_publish_id: str = ""
 
 
 def test_leases_protect_versions_and_end_with_their_holder(
@@ -62,6 +63,11 @@ def test_leases_protect_versions_and_end_with_their_holder(
         time.sleep(0.2)
     assert ops.version(first)["pins"] == []
     pins.close()
+    # a model trained on another publish of that number is not pinned (and serves version_mismatch)
+    other = ModelPins(svc.http_url, svc.token, holder="ranker@other", ttl_s=1.5)  # type: ignore[attr-defined]
+    assert "not the knowledge pinned" in other.sync([Model("bad", first, "0" * 16)])["bad"]
+    assert ops.version(first)["pins"] == []
+    other.close()
 
 
 def test_a_lease_set_moves_a_key_to_a_new_version(
