@@ -40,6 +40,7 @@ from trainer.experiment_methods import (
     method_table,
 )
 from trainer.report import user_groups
+from trainer.stats import lift_stats
 from trainer.train import GkcKnowledge, TrainConfig, train
 
 
@@ -124,6 +125,26 @@ class Runner:
             )
         )
         self.timings[f"pretrain_{key}_s{seed}"] = time.perf_counter() - started
+        return out
+
+    def extractor_reports(self) -> dict[str, list[dict[str, Any]]]:
+        """Per extractor used, per seed: held-out metrics, passes, sub-domain validation score."""
+        from trainer.extractor_metrics import extractor_summary
+
+        out: dict[str, list[dict[str, Any]]] = {}
+        cache: dict[Path, dict[str, Any]] = {}
+        for key in EXTRACTORS:
+            for seed in range(self.cfg.seeds):
+                path = self.extractor_dir(key, seed)
+                if not (path / "progress.json").is_file():
+                    continue
+                if path not in cache:
+                    hist = self.data.super if EXTRACTORS[key].source == "super" else self.data.train
+                    cache[path] = {
+                        "trained_on": EXTRACTORS[key].source,
+                        **extractor_summary(path, self.data.train, hist),
+                    }
+                out.setdefault(key, []).append({**cache[path], "seed": seed})
         return out
 
     def extractor_knowledge(self, method: Method, seed: int) -> tuple[KnowledgeSpec, np.ndarray, np.ndarray]:
@@ -373,6 +394,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
                 f"[seed {seed + 1}/{cfg.seeds}] {name:<32} gauc {r['gauc']:.4f} auc {r['auc']:.4f} "
                 f"epochs {r['epochs']} ({r['seconds']:.1f}s)"
             )
+    aggregated = aggregate(runs)
+    result_methods = aggregated["methods"]
     result: dict[str, Any] = {
         "dataset": {
             "super": {"rows": len(d.super), "users": int(d.super["user_id"].nunique())},
@@ -380,7 +403,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             "test": {"rows": len(d.test), "users": int(d.test["user_id"].nunique())},
             "files": {"super": str(cfg.super_path), "train": str(cfg.train_path), "test": str(cfg.test_path)},
         },
-        **aggregate(runs),
+        **aggregated,
         "group_edges": group_info,
         #: Extra: the same split by the user's clicks in the downstream (sub-domain) training log.
         "group_edges_sub": sub_info,
@@ -393,6 +416,14 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             "lr": cfg.downstream.lr,
         },
         "pretrain_seconds": runner.timings,
+        #: Each extractor's held-out per-task GAUC/AUC and passes, per seed (trainer.extractor_metrics).
+        "extractor": runner.extractor_reports(),
+        #: Each method's lift over base, paired by seed (trainer.stats).
+        "stats": {
+            "reference": "base",
+            "gauc": lift_stats({m: r["gauc"]["runs"] for m, r in result_methods.items()}),
+            "auc": lift_stats({m: r["auc"]["runs"] for m, r in result_methods.items()}),
+        },
         "wall_seconds": time.perf_counter() - started,
     }
     (cfg.out / "results.json").write_text(json.dumps(result, indent=2, sort_keys=True))

@@ -54,6 +54,8 @@ def pretrain(cfg: PretrainConfig, *, threads: int = 1) -> dict[str, Any]:
 
     _positive("--batch-size", cfg.batch_size)
     _positive("--checkpoint-every", cfg.checkpoint_every)
+    _positive("--max-passes", cfg.max_passes)
+    _positive("--patience", cfg.patience)
     set_threads(threads)
     group = from_env()  # a no-op outside torchrun
     try:

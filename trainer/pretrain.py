@@ -1,4 +1,5 @@
-"""Stage 1 pre-training loop (paper §4.2, §6.1): one pass, days ascending, shuffled within a day.
+"""Stage 1 pre-training loop (paper §4.2, §6.1): days ascending, shuffled within a day; one pass on
+large data, a number of passes picked by early stopping on small data (``trainer.pretrain_passes``).
 
 Order and batches are a pure function of (rows of each day, seed): each day is permuted by its own
 generator seeded with ``(seed, day)`` and cut into batches that never cross a day boundary. Hence a
@@ -12,7 +13,10 @@ they are trained and exported, never a silent OOV. When the new days bring no ne
 unchanged and the equality above holds bit for bit.
 
 Hold-out: the last ``holdout_days`` days of the super-domain file are not trained on; the extractor's
-per-task GAUC on them is stored in ``metrics.json`` (and later in the bundle manifest).
+per-task GAUC and AUC on them is stored in ``metrics.json`` (and later in the bundle manifest), beside
+``passes`` (how many and why) and, when early stopping ran, ``validation``: the per-task metrics of its
+best pass on its held-out super-domain day. So ``metrics.json`` is never empty, even with
+``holdout_days=0`` (what ``keep experiment`` uses).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from services.errors import Conflict, InvalidArgument
 from trainer.data.dataset import EncodedLog
 from trainer.distributed import DataParallel
 from trainer.losses import hybrid_loss
-from trainer.metrics import gauc
+from trainer.metrics import auc, gauc
 from trainer.models.batch import make_batch
 from trainer.models.checkpoint import (
     CONFIG,
@@ -53,6 +57,7 @@ from trainer.models.checkpoint import (
 )
 from trainer.models.extractor import Extractor, build_extractor
 from trainer.models.growth import grow_extractor
+from trainer.pretrain_passes import AUTO, ONE_PASS_ROWS, PassPlan, choose_passes, pass_batches
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +82,14 @@ class PretrainConfig:
     checkpoint_every: int = 200
     max_len: int = DEFAULT_MAX_LEN
     progress: bool = True
+    #: Passes over the training days; AUTO (0): one on large data, early stopping on small data.
+    passes: int = AUTO
+    #: Early stopping's budget, patience (passes without a gain of min_delta click GAUC) and the size
+    #: (training rows) from which AUTO is the paper's single pass.
+    max_passes: int = 8
+    patience: int = 2
+    min_delta: float = 0.001
+    one_pass_rows: int = ONE_PASS_ROWS
 
 
 @dataclass
@@ -93,15 +106,17 @@ class PretrainResult:
     already_done: bool = False
 
 
-def day_batches(days: np.ndarray, seed: int, batch_size: int) -> list[np.ndarray]:
-    """Row-index batches: days ascending, each day permuted by ``rng(seed, day)``, cut per day."""
+def day_batches(days: np.ndarray, seed: int, batch_size: int, epoch: int = 0) -> list[np.ndarray]:
+    """Row-index batches: days ascending, each day permuted by ``rng(seed, day)`` (pass ``epoch`` > 0:
+    ``rng(seed, day, epoch)``), cut per day."""
     out: list[np.ndarray] = []
     order = np.argsort(days, kind="stable")
     bounds = np.flatnonzero(np.diff(days[order])) + 1
     for chunk in np.split(order, bounds):
         if len(chunk) == 0:
             continue
-        rng = np.random.default_rng([seed, int(days[chunk[0]])])
+        key = [seed, int(days[chunk[0]])] + ([epoch] if epoch else [])
+        rng = np.random.default_rng(key)
         chunk = chunk[rng.permutation(len(chunk))]
         out += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     return out
@@ -191,6 +206,8 @@ class _Plan:
     config: CheckpointConfig
     run_days: list[int]
     done: int = 0
+    #: Passes a resumed run was started with (0: a new run, decided by ``choose_passes``).
+    passes: int = 0
 
 
 def _plan(
@@ -278,7 +295,10 @@ def _resume_plan(cfg: PretrainConfig, tasks: tuple[str, ...]) -> _Plan:
     optimizer = make_optimizer(model, cfg.lr)
     optimizer.load_state_dict(load_state(cfg.out)["optimizer"])
     run_days = list(prev.config.data.run_days)
-    return _Plan(model, optimizer, prev.vocabs, prev.config, run_days, int(prev.progress["batches_done"]))
+    done = int(prev.progress["batches_done"])
+    return _Plan(
+        model, optimizer, prev.vocabs, prev.config, run_days, done, int(prev.progress.get("passes", 1))
+    )
 
 
 def pretrain(
@@ -306,9 +326,11 @@ def pretrain(
     window = df[np.isin(all_days, plan.run_days)].reset_index(drop=True)
     history = df[all_days <= plan.run_days[-1]]
     encoded = EncodedLog.encode(window, plan.vocabs, history_from=history, max_len=cfg.max_len)
-    batches = day_batches(encoded.day, cfg.seed, cfg.batch_size)
+    passes = _passes(cfg, df, plan, tasks, group)
+    batches = pass_batches(encoded.day, cfg.seed, cfg.batch_size, passes.passes)
     progress: dict[str, Any] = {
         "state": "running",
+        "passes": passes.passes,
         "run_days": plan.run_days,
         "batches_done": plan.done,
         "batches_total": len(batches),
@@ -366,6 +388,11 @@ def pretrain(
     if group.is_writer:
         save_state(cfg.out, model, optimizer, progress)
         metrics = evaluate_holdout(model, df, plan.vocabs, holdout, tasks, cfg.max_len) if holdout else {}
+        metrics["passes"] = passes.to_json()
+        if passes.validation:
+            metrics["validation"] = passes.validation
+        if not holdout and not passes.validation:
+            metrics["held_out"] = "none: --holdout-days 0 and no early stopping (every day was trained on)"
         write_json(cfg.out / METRICS, metrics)
     group.barrier()  # the others wait for rank 0's checkpoint before they exit
     return PretrainResult(
@@ -396,6 +423,20 @@ def _finished_run(cfg: PretrainConfig) -> PretrainResult | None:
         prev.metrics,
         already_done=True,
     )
+
+
+def _passes(
+    cfg: PretrainConfig, df: pd.DataFrame, plan: _Plan, tasks: tuple[str, ...], group: DataParallel
+) -> PassPlan:
+    """This run's passes: a resumed run keeps its own; under torchrun AUTO is one pass (the ranks
+    would each run the early-stopping search)."""
+    if cfg.passes < 0:
+        raise InvalidArgument(f"--passes must be >= 0 (0 = decide from the data), got {cfg.passes}")
+    if plan.passes:
+        return PassPlan(plan.passes, "resumed: the passes the run was started with")
+    if group.enabled and cfg.passes == AUTO:
+        return PassPlan(1, "data-parallel run: one pass unless --passes is given")
+    return choose_passes(cfg, df, plan.run_days, tasks, fresh=cfg.init is None)
 
 
 def _window(plan: _Plan) -> tuple[int, int]:
@@ -444,7 +485,9 @@ def evaluate_holdout(
         users, labels = log.user[sel], log.labels[task][sel]
         per_head = {h: np.concatenate(scores[h]) for h in heads}
         entry: dict[str, Any] = {"rows": int(sel.sum()), "positives": int(labels.sum())}
-        entry["gauc"] = _safe_gauc(users, labels, np.mean(list(per_head.values()), axis=0))
+        mean_logit = np.mean(list(per_head.values()), axis=0)
+        entry["gauc"] = _safe_gauc(users, labels, mean_logit)
+        entry["auc"] = _safe_auc(labels, mean_logit)
         if len(heads) > 1:
             for h, s in per_head.items():
                 entry[f"gauc_{h.split(':')[0]}"] = _safe_gauc(users, labels, s)
@@ -455,6 +498,11 @@ def evaluate_holdout(
         pop = test["item_id"].map(rate).fillna(0.0).to_numpy(np.float64)
         metrics["click"]["gauc_popularity"] = _safe_gauc(log.user, log.labels["click"], pop)
     return metrics
+
+
+def _safe_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    value = float(auc(labels, scores)) if 0 < labels.sum() < len(labels) else float("nan")
+    return None if np.isnan(value) else round(value, 6)
 
 
 def _safe_gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float | None:

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trainer.stats import stats_section
+
 #: The paper's Table 7 edges on super-domain clicks.
 GROUP_EDGES = (50, 150, 300)
 #: GAUC reported in the paper (CIKM'22). Tables 2-4 share the base 0.6310; Tables 7-8 the production base.
@@ -169,6 +171,41 @@ def _groups_table(result: dict[str, Any], key: str = "groups", title: str = "sup
     return [*lines, ""]
 
 
+def extractor_section(extractors: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The pre-trained extractors: held-out per-task GAUC/AUC, passes, score on the sub-domain."""
+    if not extractors:
+        return []
+    lines = [
+        "## Extractors",
+        "",
+        "Held out: a super-domain day the extractor did not train on (early stopping's validation day "
+        "when every day was trained on). Sub-domain: its own click score on the downstream validation "
+        "day (never the test day); near 0.5, its knowledge carries little for the downstream model.",
+        "",
+        "| extractor | seed | passes | held-out click GAUC / AUC | popularity GAUC | conversion GAUC | "
+        "cart GAUC | sub-domain click GAUC / AUC |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def g(entry: dict[str, Any] | None, key: str) -> str:
+        value = (entry or {}).get(key)
+        return "–" if value is None else f"{value:.4f}"
+
+    for key, runs in extractors.items():
+        for r in runs:
+            held = r.get("held_out", {})
+            click = held.get("click")
+            sub = r.get("sub_domain_validation", {}).get("click")
+            lines.append(
+                f"| {key} | {r['seed']} | {r.get('passes', {}).get('passes', '–')} | {g(click, 'gauc')} / "
+                f"{g(click, 'auc')} | {g(click, 'gauc_popularity')} | {g(held.get('conversion'), 'gauc')} | "
+                f"{g(held.get('cart'), 'gauc')} | {g(sub, 'gauc')} / {g(sub, 'auc')} |"
+            )
+    rules = {r.get("passes", {}).get("rule") for runs in extractors.values() for r in runs} - {None}
+    lines += ["", *(f"- passes: {rule}" for rule in sorted(rules))]
+    return [*lines, ""]
+
+
 def render(result: dict[str, Any]) -> str:
     ds = result["dataset"]
     lines = [
@@ -192,7 +229,9 @@ def render(result: dict[str, Any]) -> str:
             f"| {name} | {m['gauc']['mean']:.4f} | {m['gauc']['std']:.4f} | {m['auc']['mean']:.4f} | "
             f"{runs} | {m.get('epochs', '')} |"
         )
-    lines += ["", "## Side by side with the paper", ""]
+    lines += ["", *stats_section(result.get("stats", {}).get("gauc", {}))]
+    lines += extractor_section(result.get("extractor", {}))
+    lines += ["## Side by side with the paper", ""]
     for table in ("2", "3", "4"):
         lines += _table(result, table)
     lines += _groups_table(result)

@@ -53,6 +53,21 @@ def test_experiment_on_tiny_writes_the_three_outputs(
     result = _check_outputs(out, ["base", "keep_ku"], seeds=2)
     assert result["dataset"]["train"]["rows"] > 0
     assert "Table 2" in (out / "report.md").read_text()
+    # Issue 14: the extractor's held-out metrics per seed, never an empty metrics.json ...
+    runs = result["extractor"]["full"]
+    assert [r["seed"] for r in runs] == [0, 1]
+    for r in runs:
+        assert r["held_out"]["click"]["gauc"] is not None and r["held_out"]["click"]["auc"] is not None
+        assert r["passes"]["passes"] >= 1 and r["sub_domain_validation"]["click"]["rows"] > 0
+    metrics = json.loads((out / "work" / "seed0" / "extractor_full" / "metrics.json").read_text())
+    assert metrics["validation"]["click"]["gauc"] == runs[0]["held_out"]["click"]["gauc"]
+    # ... and each method's lift over base, paired by seed.
+    lift = result["stats"]["gauc"]["keep_ku"]
+    base, keep_ku = result["methods"]["base"]["gauc"]["runs"], result["methods"]["keep_ku"]["gauc"]["runs"]
+    assert lift["lifts"] == pytest.approx([k - b for k, b in zip(keep_ku, base, strict=True)])
+    assert 0.0 <= lift["t_test_p"] <= 1.0 or lift["t_test_p"] is None
+    report = (out / "report.md").read_text()
+    assert "## Lift over base, paired by seed" in report and "## Extractors" in report
 
 
 def test_unknown_method_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -30,6 +30,7 @@ def cfg(super_path: Path, out: Path, **kw: object) -> PretrainConfig:
         "progress": False,
         "checkpoint_every": 2,
         "strategy": "full",
+        "passes": 1,
     }
     base.update(kw)
     return PretrainConfig(super_path=super_path, out=out, **base)  # type: ignore[arg-type]
@@ -72,7 +73,7 @@ def test_loss_decreases_and_checkpoint_is_complete(log_file: Path, tmp_path: Pat
     before = holdout_click_loss(untrained, log_file, ext.vocabs)
     after = holdout_click_loss(ext.model, log_file, ext.vocabs)
     assert after < before - 0.02
-    assert set(ext.metrics) == {"click", "conversion", "cart"}
+    assert set(ext.metrics) == {"click", "conversion", "cart", "passes"}
     assert ext.metrics["click"]["gauc"] > 0.5
 
 
@@ -192,7 +193,7 @@ def test_missing_label_column_skips_the_task(tmp_path: Path) -> None:
     result = pretrain(cfg(path, tmp_path / "x", tasks=("click", "conversion", "cart")))
     ext = load_extractor(tmp_path / "x")
     assert ext.model.cfg.tasks == ("click", "conversion")
-    assert set(result.metrics) == {"click", "conversion"}
+    assert set(result.metrics) == {"click", "conversion", "passes"}
 
 
 def test_bad_arguments_are_clear_errors(log_file: Path, tmp_path: Path) -> None:

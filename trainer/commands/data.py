@@ -1,4 +1,4 @@
-"""``keep data synth | taobao | days | check``: make and validate impression logs (README "Data contract")."""
+"""``keep data synth | taobao | taobao-behavior | days | check``: make and validate impression logs."""
 
 from __future__ import annotations
 
@@ -58,6 +58,20 @@ def register(sub: Any) -> None:
     days.add_argument("--out", required=True, help="output file (.parquet or .csv)")
     days.set_defaults(func=run_days)
 
+    behavior = data_sub.add_parser(
+        "taobao-behavior", help="convert the Taobao UserBehavior sample (Tianchi data set 649)"
+    )
+    behavior.add_argument(
+        "--src",
+        default=None,
+        help="folder with user_behavior.csv.gz (default: $KEEP_TAOBAO_BEHAVIOR_DIR, else "
+        "../shared/data/taobao-userbehavior)",
+    )
+    behavior.add_argument("--out", required=True, help="output folder (super/train/test.parquet, truth.json)")
+    behavior.add_argument("--train-days", type=int, default=2, help="training days (the last validates)")
+    behavior.add_argument("--test-days", type=int, default=1, help="test days at the end (default 1)")
+    behavior.set_defaults(func=run_taobao_behavior)
+
     check = data_sub.add_parser("check", help="validate a log and print a one-line JSON summary")
     check.add_argument("file", help="an impression log: a .parquet/.csv file or a dataset directory")
     check.set_defaults(func=run_check)
@@ -84,13 +98,26 @@ def run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def default_taobao_dir() -> Path:
+def default_taobao_dir(env_var: str = "KEEP_TAOBAO_DIR", name: str = "taobao") -> Path:
     """``$KEEP_TAOBAO_DIR``, else the ``shared/data/taobao`` folder next to the repository."""
-    env = os.environ.get("KEEP_TAOBAO_DIR")
+    env = os.environ.get(env_var)
     if env:
         return Path(env)
     repo_root = Path(__file__).resolve().parents[2]
-    return repo_root.parent / "shared" / "data" / "taobao"
+    return repo_root.parent / "shared" / "data" / name
+
+
+def default_taobao_behavior_dir() -> Path:
+    return default_taobao_dir("KEEP_TAOBAO_BEHAVIOR_DIR", "taobao-userbehavior")
+
+
+def run_taobao_behavior(args: argparse.Namespace) -> int:
+    from trainer.data.taobao_behavior import convert
+
+    src = Path(args.src) if args.src else default_taobao_behavior_dir()
+    paths, truth = convert(src, args.out, train_days=args.train_days, test_days=args.test_days)
+    _print_written(paths, truth)
+    return 0
 
 
 def run_taobao(args: argparse.Namespace) -> int:

@@ -34,6 +34,23 @@ def register(sub: Any) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--init", default=None, help="previous checkpoint: continue on the days after its window")
     p.add_argument("--holdout-days", type=int, default=1, help="last days kept for the GAUC (default 1)")
+    p.add_argument(
+        "--passes",
+        type=int,
+        default=0,
+        help="passes over the training days (default 0 = decide: one pass from --one-pass-rows training "
+        "rows up, else early stopping on the last training day)",
+    )
+    p.add_argument("--max-passes", type=int, default=8, help="early stopping's budget (default 8)")
+    p.add_argument(
+        "--patience", type=int, default=2, help="passes without a gain before stopping (default 2)"
+    )
+    p.add_argument(
+        "--one-pass-rows",
+        type=int,
+        default=1_000_000,
+        help="training rows from which one pass is the default",
+    )
     p.add_argument("--checkpoint-every", type=int, default=200, help="batches between checkpoints")
     add_threads(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -82,6 +99,10 @@ def run_pretrain(args: argparse.Namespace) -> int:
         holdout_days=args.holdout_days,
         checkpoint_every=args.checkpoint_every,
         progress=not args.no_progress,
+        passes=args.passes,
+        max_passes=args.max_passes,
+        patience=args.patience,
+        one_pass_rows=args.one_pass_rows,
     )
     summary = pretrain(config, threads=args.threads)
     if summary.get("already_done"):

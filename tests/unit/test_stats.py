@@ -1,0 +1,86 @@
+"""Paired statistics of ``keep experiment`` (trainer.stats) and their place in report.md."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from trainer.report import render
+from trainer.stats import lift_stats, paired_t, sign_test_p, t_two_sided_p
+
+
+def test_sign_test_is_the_exact_binomial() -> None:
+    assert sign_test_p([0.1, 0.2, 0.3]) == pytest.approx(0.25)  # 2 * (1/2)**3
+    assert sign_test_p([0.1] * 5) == pytest.approx(0.0625)
+    assert sign_test_p([0.1, -0.2, 0.3, 0.4]) == pytest.approx(2 * 5 / 16)
+    assert sign_test_p([0.1, -0.1]) == 1.0
+    assert sign_test_p([0.0, 0.0]) is None  # zero lifts carry no sign
+    assert sign_test_p([0.0, 0.1, 0.2]) == pytest.approx(0.5)  # the zero is dropped: n = 2
+
+
+def test_t_distribution_matches_closed_forms() -> None:
+    # df = 1 is Cauchy: p = 1 − 2/π·atan|t|; df = 2: p = 1 − |t|/sqrt(t² + 2).
+    for t in (0.3, 1.0, 2.5, 12.0):
+        assert t_two_sided_p(t, 1) == pytest.approx(1 - 2 / math.pi * math.atan(t), abs=1e-10)
+        assert t_two_sided_p(-t, 2) == pytest.approx(1 - t / math.sqrt(t * t + 2), abs=1e-10)
+    # A textbook quantile: t = 2.776 is the two-sided 5% point for df = 4.
+    assert t_two_sided_p(2.776, 4) == pytest.approx(0.05, abs=1e-3)
+
+
+def test_paired_t_on_lifts() -> None:
+    t, p = paired_t([0.01, 0.02, 0.03])
+    assert t == pytest.approx(0.02 / (0.01 / math.sqrt(3)))
+    assert t is not None and p is not None and p == pytest.approx(t_two_sided_p(t, 2))
+    assert paired_t([0.01]) == (None, None)
+    assert paired_t([0.0, 0.0, 0.0]) == (None, 1.0)
+
+
+def test_lift_stats_pairs_by_seed_and_flags_sign_disagreement() -> None:
+    runs = {
+        "base": [0.60, 0.62, 0.58],
+        "keep": [0.62, 0.63, 0.59],  # +0.02, +0.01, +0.01: seeds agree
+        "noisy": [0.65, 0.60, 0.59],  # +0.05, −0.02, +0.01: they do not
+    }
+    stats = lift_stats(runs)
+    assert set(stats) == {"keep", "noisy"}
+    keep, noisy = stats["keep"], stats["noisy"]
+    assert keep["lifts"] == pytest.approx([0.02, 0.01, 0.01])
+    assert keep["mean"] == pytest.approx(0.04 / 3)
+    assert keep["std"] == pytest.approx(math.sqrt(((0.02 - 0.04 / 3) ** 2 + 2 * (0.01 - 0.04 / 3) ** 2) / 2))
+    assert not keep["sign_disagrees"] and keep["positive"] == 3 and keep["sign_test_p"] == pytest.approx(0.25)
+    assert keep["t"] == pytest.approx(4.0)  # mean 0.0133, std 0.00577, n 3
+    assert keep["t_test_p"] == pytest.approx(1 - 4 / math.sqrt(18))  # df 2 closed form: 0.057
+    assert noisy["sign_disagrees"] and (noisy["positive"], noisy["negative"]) == (2, 1)
+    assert noisy["t_test_p"] > 0.3
+    # Pairing matters: the same values unpaired (sorted) would give other lifts.
+    shuffled = lift_stats({"base": [0.58, 0.60, 0.62], "keep": [0.62, 0.63, 0.59]})["keep"]
+    assert shuffled["sign_disagrees"]
+    with pytest.raises(ValueError, match="seeds"):
+        lift_stats({"base": [0.5, 0.6], "keep": [0.5]})
+    assert lift_stats({"keep": [0.5]}) == {}  # no base run: nothing to pair with
+
+
+def test_report_shows_the_lift_table_and_flags_disagreeing_seeds() -> None:
+    runs = {"base": [0.60, 0.62, 0.58], "keep": [0.62, 0.63, 0.59], "noisy": [0.65, 0.60, 0.59]}
+    methods = {
+        name: {
+            "gauc": {"mean": sum(v) / 3, "std": 0.01, "runs": v},
+            "auc": {"mean": sum(v) / 3, "std": 0.01, "runs": v},
+            "epochs": [1, 1, 1],
+        }
+        for name, v in runs.items()
+    }
+    result = {
+        "dataset": {k: {"rows": 10, "users": 2} for k in ("super", "train", "test")},
+        "methods": methods,
+        "seeds": 3,
+        "stats": {"reference": "base", "gauc": lift_stats(runs)},
+    }
+    report = render(result)
+    assert "## Lift over base, paired by seed" in report
+    keep_row = next(line for line in report.splitlines() if line.startswith("| keep | +0.0133"))
+    assert "+0.0200, +0.0100, +0.0100" in keep_row and "disagree" not in keep_row
+    noisy_row = next(line for line in report.splitlines() if line.startswith("| noisy | +0.0133"))
+    assert "**seeds disagree in sign**" in noisy_row
+    assert "disagree on the sign of the lift of noisy" in report

@@ -1,0 +1,150 @@
+"""How many passes Stage 1 pre-training makes: the paper's one pass on large data, early stopping on a
+held-out super-domain day on small data.
+
+The paper trains the extractor one pass over billions of rows at batch 2000: millions of Adam steps.
+On a 50-70k-row super-domain the same recipe is 25-35 steps; at lr 1e-3 from the embeddings' init
+(std 0.05) an id's vector moves by at most ~0.03 and stays the random init (measured on the Taobao
+behaviour split: cosine 0.98 between a trained user vector and its init after one pass), so K_u and K_i
+are random per-id fingerprints that a downstream plug-in can only overfit (docs/experiments-taobao-
+behavior.md). Hence ``passes=AUTO``:
+
+- **given** (``--passes N``): exactly N passes.
+- **continuation** (``--init``) or a resumed run: what the run was started with (a continuation is the
+  paper's daily incremental update: one pass over the new days).
+- **large data** (the training days hold at least ``one_pass_rows`` rows, default 1,000,000: 500 Adam
+  steps at batch 2000, where every id of a long-tailed log has been seen in many batches): one pass,
+  the paper's recipe. Early stopping would cost a second full run for a gain one pass already has.
+- **small data**: train on every training day but the last, score the last (a held-out super-domain
+  day) after each pass, stop when its click GAUC has not improved by ``min_delta`` for ``patience``
+  passes or after ``max_passes``; the best pass count is then used for the real run over every
+  training day. The curve and the held-out metrics of the best pass land in ``metrics.json``.
+
+Pass ``p`` shuffles each day with ``rng(seed, day, p)``; pass 0 keeps ``rng(seed, day)``, so one pass is
+bit-identical to the single-pass recipe (and to every checkpoint written before passes existed).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from contract.ids import Vocabs
+from contract.schema import day_of
+from trainer.data.dataset import EncodedLog
+from trainer.models.batch import make_batch
+from trainer.models.extractor import build_extractor
+
+if TYPE_CHECKING:
+    from trainer.pretrain import PretrainConfig
+
+log = logging.getLogger(__name__)
+
+#: ``passes`` value that lets the data decide (the default).
+AUTO = 0
+#: At or above this many training rows, AUTO is the paper's one pass (see the module docstring).
+ONE_PASS_ROWS = 1_000_000
+
+
+@dataclass(frozen=True)
+class PassPlan:
+    passes: int
+    rule: str
+    #: Held-out click GAUC after each pass of the early-stopping run (empty when none ran).
+    curve: list[float] = field(default_factory=list)
+    validation_day: int | None = None
+    #: Per-task metrics of the early-stopping run's best pass on the validation day.
+    validation: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "passes": self.passes,
+            "rule": self.rule,
+            "curve": [round(x, 6) for x in self.curve],
+            "validation_day": self.validation_day,
+        }
+
+
+def pass_batches(days: np.ndarray, seed: int, batch_size: int, passes: int) -> list[np.ndarray]:
+    """Every pass's day batches in order (pass 0 exactly the single-pass batches)."""
+    from trainer.pretrain import day_batches
+
+    out: list[np.ndarray] = []
+    for p in range(passes):
+        out += day_batches(days, seed, batch_size, epoch=p)
+    return out
+
+
+def best_pass(curve: list[float], min_delta: float) -> int:
+    """1-based pass with the best score; a later pass must beat the best by ``min_delta`` to count."""
+    best, best_score = 0, -np.inf
+    for i, score in enumerate(curve):
+        if not np.isnan(score) and score > best_score + min_delta:
+            best, best_score = i, score
+    return best + 1
+
+
+def stopped(curve: list[float], patience: int, min_delta: float) -> bool:
+    """No improvement of at least ``min_delta`` over the best for the last ``patience`` passes."""
+    return len(curve) - best_pass(curve, min_delta) >= patience
+
+
+def choose_passes(
+    cfg: PretrainConfig, df: pd.DataFrame, train_days: list[int], tasks: tuple[str, ...], *, fresh: bool
+) -> PassPlan:
+    """The number of passes for this run (see the module docstring for the rules)."""
+    if cfg.passes != AUTO:
+        return PassPlan(cfg.passes, "given")
+    if not fresh:
+        return PassPlan(1, "continuation: one pass over the new days (the paper's daily update)")
+    days = day_of(df["ts"].to_numpy())
+    rows = int(np.isin(days, train_days).sum())
+    if rows >= cfg.one_pass_rows:
+        return PassPlan(1, f"large data: {rows} training rows >= {cfg.one_pass_rows}, the paper's one pass")
+    if len(train_days) < 2:
+        return PassPlan(1, "one training day: no day left to validate on, one pass")
+    return early_stopping(cfg, df, train_days, tasks)
+
+
+def early_stopping(
+    cfg: PretrainConfig, df: pd.DataFrame, train_days: list[int], tasks: tuple[str, ...]
+) -> PassPlan:
+    """Train on ``train_days[:-1]`` pass by pass, scoring ``train_days[-1]``; the best pass count."""
+    from trainer.pretrain import evaluate_holdout, extractor_config, make_optimizer, train_step
+
+    fit_days, val_day = train_days[:-1], train_days[-1]
+    days = day_of(df["ts"].to_numpy())
+    fit = df[np.isin(days, fit_days)].reset_index(drop=True)
+    vocabs = Vocabs.build(fit)
+    torch.manual_seed(cfg.seed)
+    model = build_extractor(extractor_config(vocabs, cfg.strategy, tasks, cfg.max_len))
+    optimizer = make_optimizer(model, cfg.lr)
+    encoded = EncodedLog.encode(fit, vocabs, history_from=df[days <= fit_days[-1]], max_len=cfg.max_len)
+    curve: list[float] = []
+    per_pass: list[dict[str, Any]] = []
+    for p in range(cfg.max_passes):
+        from trainer.pretrain import day_batches
+
+        model.train()
+        for rows in day_batches(encoded.day, cfg.seed, cfg.batch_size, epoch=p):
+            train_step(
+                model, optimizer, make_batch(encoded, rows, tasks, with_pairs=cfg.alpha > 0), tasks, cfg.alpha
+            )
+        metrics = evaluate_holdout(model, df, vocabs, [val_day], tasks, cfg.max_len)
+        per_pass.append(metrics)
+        score = metrics.get("click", {}).get("gauc")
+        curve.append(float("nan") if score is None else float(score))
+        log.info("pass %d: held-out day %d click GAUC %s", p + 1, val_day, score)
+        if stopped(curve, cfg.patience, cfg.min_delta):
+            break
+    best = best_pass(curve, cfg.min_delta)
+    why = "plateau" if len(curve) < cfg.max_passes else f"budget of {cfg.max_passes} passes"
+    rule = (
+        f"early stopping on held-out super-domain day {val_day} (trained on days "
+        f"{fit_days[0]}-{fit_days[-1]}): best click GAUC at pass {best} of {len(curve)} ({why})"
+    )
+    return PassPlan(best, rule, curve, val_day, per_pass[best - 1])
