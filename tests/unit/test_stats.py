@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from trainer.report import render
@@ -84,3 +87,29 @@ def test_report_shows_the_lift_table_and_flags_disagreeing_seeds() -> None:
     noisy_row = next(line for line in report.splitlines() if line.startswith("| noisy | +0.0133"))
     assert "**seeds disagree in sign**" in noisy_row
     assert "disagree on the sign of the lift of noisy" in report
+
+
+def test_demo_noise_floor_counts_gauc_users_and_shrinks_with_more_of_them(tmp_path: Path) -> None:
+    from contract.log import write_log
+    from trainer.commands.demo import chance_noise
+
+    def log(users: int) -> Path:
+        rng = np.random.default_rng(1)
+        n = users * 20
+        df = pd.DataFrame(
+            {
+                "user_id": np.repeat(np.arange(users), 20),
+                "item_id": rng.integers(0, 50, n),
+                "category_id": 1,
+                "ts": 1_700_000_000,
+                "click": (np.arange(n) % 5 == 0).astype(np.int8),
+            }
+        )
+        df.loc[df["user_id"] == 0, "click"] = 0  # one user without a click: not a GAUC user
+        return write_log(df, tmp_path / f"test{users}.parquet")
+
+    few_users, few = chance_noise(log(20))
+    many_users, many = chance_noise(log(320))
+    assert (few_users, many_users) == (19, 319)
+    # Each user's AUC of random scores has the same spread, so the mean's std falls like 1/sqrt(users).
+    assert few / many == pytest.approx(math.sqrt(319 / 19), rel=0.3)
