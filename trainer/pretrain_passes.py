@@ -114,14 +114,20 @@ def early_stopping(
     cfg: PretrainConfig, df: pd.DataFrame, train_days: list[int], tasks: tuple[str, ...]
 ) -> PassPlan:
     """Train on ``train_days[:-1]`` pass by pass, scoring ``train_days[-1]``; the best pass count."""
-    from trainer.pretrain import evaluate_holdout, extractor_config, make_optimizer, train_step
+    from trainer.pretrain import (
+        DEFAULT_STRATEGY,
+        evaluate_holdout,
+        extractor_config,
+        make_optimizer,
+        train_step,
+    )
 
     fit_days, val_day = train_days[:-1], train_days[-1]
     days = day_of(df["ts"].to_numpy())
     fit = df[np.isin(days, fit_days)].reset_index(drop=True)
     vocabs = Vocabs.build(fit)
     torch.manual_seed(cfg.seed)
-    model = build_extractor(extractor_config(vocabs, cfg.strategy, tasks, cfg.max_len))
+    model = build_extractor(extractor_config(vocabs, cfg.strategy or DEFAULT_STRATEGY, tasks, cfg.max_len))
     optimizer = make_optimizer(model, cfg.lr)
     encoded = EncodedLog.encode(fit, vocabs, history_from=df[days <= fit_days[-1]], max_len=cfg.max_len)
     curve: list[float] = []
