@@ -127,6 +127,12 @@ class RedisStore(RedisRegistry):
         with guard():
             if self.cluster:
                 self.client.ping(target_nodes=RedisCluster.PRIMARIES)
+                # Primaries that answer PING are not enough: once a master and its replicas are gone
+                # the client may drop it from its topology, while the slots it held have no owner.
+                infos = self.client.cluster_info(target_nodes=RedisCluster.PRIMARIES)
+                states = [infos] if "cluster_state" in infos else list(infos.values())
+                if any(info.get("cluster_state") != "ok" for info in states):
+                    raise Unavailable("redis unavailable: the cluster is down (cluster_state fail)")
             else:
                 self.client.ping()
 

@@ -105,7 +105,7 @@ def test_a_version_reports_its_entries_and_measured_bytes(
 ) -> None:
     """Deliver 5: ``GET /v1/versions/{v}`` and ``/metrics`` give each version's entries and the Redis
     memory it took; int8 takes a fraction of float32's bytes for the same entries."""
-    path = make_bundle(tmp_path / "b", seed=23, users=60, items=300, categories=10, dim=32, uc_dim=96)
+    path = make_bundle(tmp_path / "b", seed=23, users=200, items=1000, categories=10, dim=32, uc_dim=96)
     ops = GkcOpsClient(gkc_service.http_url, gkc_service.token)
     m = gkc_bundle.read_manifest(path)
     entries = m.counts.users + m.counts.items + m.counts.user_categories

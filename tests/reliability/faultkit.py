@@ -199,12 +199,13 @@ class ReadLoad(BackgroundCallers):
 
 
 class LatencyProxy:
-    """TCP proxy on a free loopback port that forwards to ``target`` and sleeps ``delay_s`` per chunk.
+    """TCP proxy on a free loopback port that forwards to ``target`` (``(host, port)`` or a unix socket
+    path) and sleeps ``delay_s`` per chunk.
 
     ``delay_s`` can be changed while running (e.g. slow, then fast again).
     """
 
-    def __init__(self, target: tuple[str, int], delay_s: float = 0.0) -> None:
+    def __init__(self, target: tuple[str, int] | str, delay_s: float = 0.0) -> None:
         self.target = target
         self.delay_s = delay_s
         self._server = socket.socket()
@@ -227,7 +228,7 @@ class LatencyProxy:
             except OSError:
                 return
             try:
-                upstream = socket.create_connection(self.target, timeout=5)
+                upstream = self._connect_upstream()
             except OSError:
                 client.close()
                 continue
@@ -235,6 +236,14 @@ class LatencyProxy:
             self._conns += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _connect_upstream(self) -> socket.socket:
+        if isinstance(self.target, str):  # a unix socket path (the embedded Redis)
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.settimeout(5)
+            upstream.connect(self.target)
+            return upstream
+        return socket.create_connection(self.target, timeout=5)
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:

@@ -12,6 +12,7 @@ import pytest
 import redis
 from faultkit import (
     BackgroundUpload,
+    LatencyProxy,
     ReadLoad,
     launch_gkc,
     publish_tagged,
@@ -104,7 +105,13 @@ def test_delete_of_a_staging_version_stops_its_publish_and_leaves_no_keys(tmp_pa
     Before: the publish answered 500 and ~250k keys stayed in Redis forever (no registry entry, so the
     janitor never saw them)."""
     server = EmbeddedRedis(tmp_path / "redis", persistent=False).start()
-    svc = launch_gkc(tmp_path / "gkc", server.url, GKC_PUBLISH_BATCH="50")
+    # GKC reaches Redis through a proxy that delays every chunk, so the 40k-item publish lasts seconds
+    # however fast bulk writes get: the DELETE below always meets it midway (without the proxy a fast
+    # publish could finish first and answer 201).
+    proxy = LatencyProxy(server.address, delay_s=0.005)
+    svc = launch_gkc(
+        tmp_path / "gkc", f"redis://{proxy.addr}", GKC_PUBLISH_BATCH="50", GKC_PUBLISH_WRITERS="1"
+    )
     try:
         good = publish_tagged(svc, tmp_path, [1.0])[1.0]
         body = tar_bundle(
@@ -129,4 +136,5 @@ def test_delete_of_a_staging_version_stops_its_publish_and_leaves_no_keys(tmp_pa
         print(f"\nRELIABILITY delete_staging status=409 keys_left=0 versions={[good]}")
     finally:
         svc.stop()
+        proxy.close()
         server.stop()
