@@ -243,6 +243,10 @@ def plan_env(args: argparse.Namespace, redis: Sequence[int]) -> dict[str, str]:
         RANKER_GKC_ADDR=f"127.0.0.1:{gkc_grpc}",
         RANKER_GKC_API_URL=f"http://127.0.0.1:{gkc_http}",  # each model pins its knowledge version
         RANKER_MODEL_DIR=str(models / "current"),
+        # the sequence store: database 1 of the Redis, as in compose; a cluster has no database 1, so there
+        # the ranker's embedded store under RANKER_DATA_DIR (the job backfills whichever it is)
+        RANKER_FEATURES_REDIS_URL="" if args.cluster else f"redis://127.0.0.1:{redis[0]}/1",
+        RANKER_DATA_DIR=str(args.work_dir / "ranker"),
         RANKER_ADMIN_TOKEN=env.get("RANKER_ADMIN_TOKEN") or token,
         KEEP_GKC_URL=f"http://127.0.0.1:{gkc_http}",
         KEEP_GKC_ADDR=f"127.0.0.1:{gkc_grpc}",

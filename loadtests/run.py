@@ -104,7 +104,14 @@ def start_ranker(
     log = synthetic.make_log(args.id_users, args.id_items, args.id_categories, rows_per_user, seed=0)
     synthetic.make_artifact(workdir / "models" / "ctr", log, bundle_dir, version, seed=0)
     grpc_port, http_port = free_port(), free_port()
-    env = launch.ranker_env(grpc_port, http_port, gkc_grpc, workdir / "models", RANKER_LOG_LEVEL="WARNING")
+    env = launch.ranker_env(
+        grpc_port,
+        http_port,
+        gkc_grpc,
+        workdir / "models",
+        RANKER_LOG_LEVEL="WARNING",
+        RANKER_DATA_DIR=str(workdir / "ranker"),
+    )
     log_path = workdir / "ranker.log"
     proc = launch.start([sys.executable, "-m", "ranker"], env, log_path=log_path, cwd=ROOT)
     http_url = f"http://127.0.0.1:{http_port}"

@@ -39,12 +39,23 @@ class RankerStub:
                 request_serializer=protos_dot_ranker__pb2.RankRequest.SerializeToString,
                 response_deserializer=protos_dot_ranker__pb2.RankResponse.FromString,
                 _registered_method=True)
+        self.RecordEvents = channel.unary_unary(
+                '/keep.ranker.v1.Ranker/RecordEvents',
+                request_serializer=protos_dot_ranker__pb2.RecordEventsRequest.SerializeToString,
+                response_deserializer=protos_dot_ranker__pb2.RecordEventsResponse.FromString,
+                _registered_method=True)
 
 
 class RankerServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Rank(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordEvents(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -57,6 +68,11 @@ def add_RankerServicer_to_server(servicer, server):
                     servicer.Rank,
                     request_deserializer=protos_dot_ranker__pb2.RankRequest.FromString,
                     response_serializer=protos_dot_ranker__pb2.RankResponse.SerializeToString,
+            ),
+            'RecordEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordEvents,
+                    request_deserializer=protos_dot_ranker__pb2.RecordEventsRequest.FromString,
+                    response_serializer=protos_dot_ranker__pb2.RecordEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +102,33 @@ class Ranker:
             '/keep.ranker.v1.Ranker/Rank',
             protos_dot_ranker__pb2.RankRequest.SerializeToString,
             protos_dot_ranker__pb2.RankResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keep.ranker.v1.Ranker/RecordEvents',
+            protos_dot_ranker__pb2.RecordEventsRequest.SerializeToString,
+            protos_dot_ranker__pb2.RecordEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

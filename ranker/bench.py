@@ -6,7 +6,10 @@ a synthetic plug-in model (``ranker.synthetic``: the default downstream architec
 random weights) pinned to that version, with full 50-click histories for every user. The load generator
 is a grpc.aio client in this process. Reported: p50/p99/rps at concurrency 1 and 16, the share of
 server time spent waiting on GKC vs running the model (from the ranker's own stage histograms), the
-degraded count (answers that did not get knowledge in time), and the model alone in samples/s.
+degraded count (answers that did not get knowledge in time), the sequence-store read's time and share,
+the model alone in samples/s per speed lever (``ranker.levers``: eager, int8 dynamic quantization,
+torch.compile, with each one's largest score difference from float32 eager), and how fast a click
+recorded through ``POST /v1/events`` or the Redis Stream becomes visible to the next Rank.
 
 Load generator, ranker, GKC and Redis all share this machine's CPUs, and other jobs may be running.
 """
@@ -28,7 +31,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from ranker import synthetic
+from ranker import levers, synthetic
 from services import launch
 
 CANDIDATES = 500
@@ -53,7 +56,7 @@ def _percentiles(lat: list[float], seconds: float) -> dict[str, float]:
 def _stage_sums(http_url: str) -> dict[str, float]:
     text = httpx.get(f"{http_url}/metrics", timeout=10).text
     out = {}
-    for stage in ("gkc", "model"):
+    for stage in ("features", "gkc", "model"):
         m = re.search(rf'keep_ranker_stage_seconds_sum{{stage="{stage}"}} ([0-9.e+-]+)', text)
         out[stage] = float(m.group(1)) if m else 0.0
     return out
@@ -101,33 +104,84 @@ def _requests(cfg: dict[str, int], n: int, seed: int = 7) -> list[Any]:
     return out
 
 
-def model_alone(artifact_dir: Path, cfg: dict[str, int], seconds: float) -> dict[str, float]:
-    """The scorer without any network: encode + forward on 500 candidates with a precomputed K̂."""
+def model_alone(
+    artifact_dir: Path, cfg: dict[str, int], seconds: float, lever_names: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The scorer without any network: encode + forward on 500 candidates with a precomputed K̂;
+    ``levers``: the forward alone per speed lever (``ranker.levers.measure``)."""
     import torch
 
     from contract import artifact as artifact_mod
-    from ranker.features import FEATURES_FILE, SequenceStore
+    from ranker.history import History
     from ranker.scoring import Scorer
 
     torch.set_num_threads(1)
-    scorer = Scorer(artifact_mod.load(artifact_dir), SequenceStore.load(artifact_dir / FEATURES_FILE))
+    scorer = Scorer(artifact_mod.load(artifact_dir))
     assert scorer.knowledge is not None
     reqs = _requests(cfg, 20, seed=3)
     dim = scorer.knowledge[1].schema.dim
     knowledge = np.random.default_rng(0).normal(size=(CANDIDATES, dim)).astype(np.float32)
-    encoded = [scorer.encode(r.user_id, list(r.item_ids), list(r.category_ids), []) for r in reqs]
+    clicked = np.random.default_rng(1).integers(0, cfg["items"], scorer.max_len)
+    history = History(
+        [f"i{i}" for i in clicked], [f"c{c}" for c in synthetic.item_category(clicked, cfg["categories"])]
+    )
+    encoded = [scorer.encode(r.user_id, history, list(r.item_ids), list(r.category_ids), []) for r in reqs]
     scorer.score(encoded[0], knowledge)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         scorer.score(encoded[n % len(encoded)], knowledge)
         n += 1
     elapsed = time.perf_counter() - t0
+    for enc in encoded:
+        enc.batch.knowledge = {scorer.knowledge[0]: torch.from_numpy(knowledge)}
     return {
         "samples_per_s": round(n * CANDIDATES / elapsed, 1),
         "ms_per_request": round(elapsed / n * 1000, 3),
         "torch_threads": 1,
         "history_len": scorer.max_len,
+        "levers": levers.measure(scorer.model, [e.batch for e in encoded[:8]], seconds / 2, lever_names),
     }
+
+
+def ingest_visibility(http_url: str, store_url: str, token: str, n: int) -> dict[str, Any]:
+    """Milliseconds from sending a click until the next Rank would see it: through ``POST /v1/events``
+    (visible when it answers) and through the Redis Stream (visible when its dedup mark, written in the
+    same atomic script as the click, exists)."""
+    import redis
+
+    from ranker.sequence_store import dedup_key
+
+    api, stream = [], []
+    store = redis.Redis.from_url(store_url)
+    with httpx.Client(timeout=10, headers={"authorization": f"Bearer {token}"}) as client:
+        for k in range(n):
+            event = {
+                "event_id": f"bench-api-{k}",
+                "user_id": f"u{k % 50}",
+                "item_id": "i1",
+                "category_id": "c1",
+            }
+            t0 = time.perf_counter()
+            client.post(f"{http_url}/v1/events", json={"events": [event]}).raise_for_status()
+            api.append(time.perf_counter() - t0)
+            fields = {**event, "event_id": f"bench-stream-{k}"}
+            t0 = time.perf_counter()
+            store.xadd("keep:events", fields)
+            while not store.exists(dedup_key(str(fields["user_id"]), str(fields["event_id"]))):
+                if time.perf_counter() - t0 > 5:
+                    raise RuntimeError("a streamed event was not recorded within 5 s")
+                time.sleep(0.0002)
+            stream.append(time.perf_counter() - t0)
+    store.close()
+    out = {}
+    for name, values in (("api", api), ("stream", stream)):
+        arr = np.asarray(values) * 1000
+        out[name] = {
+            "p50_ms": round(float(np.percentile(arr, 50)), 3),
+            "p99_ms": round(float(np.percentile(arr, 99)), 3),
+            "events": len(values),
+        }
+    return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -138,6 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = SIZES[size]
     tmp = Path(tempfile.mkdtemp(prefix="ranker-bench-"))
     redis = EmbeddedRedis(tmp / "redis", persistent=False).start()
+    features = EmbeddedRedis(tmp / "features", persistent=False).start()
     procs: list[subprocess.Popen[bytes]] = []
     try:
         log = synthetic.make_log(cfg["users"], cfg["items"], cfg["categories"], rows_per_user=cfg["rows"])
@@ -155,7 +210,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             GkcOpsClient(f"http://127.0.0.1:{gkc_http}", token).publish(bundle, progress=False)["version"]
         )
         artifact_dir = synthetic.make_artifact(tmp / "models" / "ctr", log, bundle, version)
+        synthetic.fill_store(features.url, log)
         grpc_port, http_port = free_port(), free_port()
+        events_token = "bench-events-" + os.urandom(8).hex()
         ranker_env = launch.ranker_env(
             grpc_port,
             http_port,
@@ -163,6 +220,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             tmp / "models",
             host=None,
             RANKER_LOG_LEVEL="WARNING",
+            RANKER_FEATURES_REDIS_URL=features.url,
+            RANKER_EVENTS_TOKEN=events_token,
         )
         procs.append(launch.start([sys.executable, "-m", "ranker"], ranker_env))
         http_url = f"http://127.0.0.1:{http_port}"
@@ -177,18 +236,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             after = _stage_sums(http_url)
             stats = _percentiles(lat, seconds)
             gkc_s, model_s = after["gkc"] - before["gkc"], after["model"] - before["model"]
+            features_s = after["features"] - before["features"]
             stats["degraded"] = degraded
+            stats["features_ms_mean"] = round(features_s / len(lat) * 1000, 3)
+            stats["features_share"] = round(features_s / max(sum(lat), 1e-9), 3)  # of the request time
             stats["gkc_ms_mean"] = round(gkc_s / len(lat) * 1000, 3)
             stats["model_ms_mean"] = round(model_s / len(lat) * 1000, 3)
             stats["gkc_share"] = round(gkc_s / max(gkc_s + model_s, 1e-9), 3)
             result[f"c{conc}"] = stats
-        result["model_alone"] = model_alone(artifact_dir, cfg, 2.0 if size == "quick" else 6.0)
+        seconds = 2.0 if size == "quick" else 6.0
+        result["model_alone"] = model_alone(artifact_dir, cfg, seconds, levers.LEVERS)
+        result["ingest_visible"] = ingest_visibility(
+            http_url, features.url, events_token, 50 if size == "quick" else 300
+        )
         result.update(
             p50_ms=result["c1"]["p50_ms"],
             p99_ms=result["c1"]["p99_ms"],
             rps=result["c16"]["rps"],
             samples_per_s=result["model_alone"]["samples_per_s"],
             gkc_share=result["c1"]["gkc_share"],
+            features_share=result["c1"]["features_share"],
             model_share=round(1 - result["c1"]["gkc_share"], 3),
             targets_met={
                 "p99_c1_le_20ms": result["c1"]["p99_ms"] <= 20.0,
@@ -214,4 +281,5 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for proc in reversed(procs):
             launch.stop(proc, timeout_s=30)
         redis.stop()
+        features.stop()
         shutil.rmtree(tmp, ignore_errors=True)

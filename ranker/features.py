@@ -1,172 +1,109 @@
-"""The behaviour-sequence feature source: each user's last N clicks (item, category), oldest first.
+"""Backfill: fill the behaviour-sequence store (``ranker.sequence_store``) from an impression log.
 
-The downstream model attends over the user's clicked items. Offline, ``trainer.data.sequences`` builds
-those windows from the log strictly before each row's ``ts``; online, the ranker needs the same window
-"as of now", i.e. the user's last N clicks in the sub-domain log. :class:`SequenceStore` is that window
-for every user, in canonical string ids (each model maps them through its own vocabulary per request).
+``keep features LOG [--redis URL | --data-dir DIR]`` (or ``python -m ranker.features``) streams the log
+(Parquet row batches or CSV chunks of ``--batch-rows``; memory is one batch, whatever the log's size),
+keeps its clicks and
+adds each as ``(ts, row number, item, category)`` to its user's set, trimmed to the newest
+``--max-len``. The row number is the click's arrival order, so clicks in the same second keep file
+order, as the trainer's stable sort does; the request window is then cut by the shared rule
+(:mod:`contract.sequences`), and the ranker's histories equal ``keep evaluate``'s for rows after the log.
 
-Embedded default (no feature service): a store file ``features.npz`` built from the sub-domain log with
-:func:`build_store` (``keep features LOG OUT``). The ranker looks for it
-
-1. beside each model, ``<artifact>/features.npz``, so a model and the histories it was trained on are
-   swapped together; else
-2. at ``RANKER_FEATURES_PATH``: a ``features.npz``, or a Parquet/CSV impression log read at start
-   (pandas needed, which the trainer image has); else
-3. nowhere: every user has an empty history (the model still answers; the log says so once).
-
-Order matches the trainer: clicks sorted by (user, ts), ties kept in file order (stable sort), last
-``max_len`` kept. So for rows after the log's last click, online and offline histories are identical.
+Rerunning over the same log changes nothing (same members). Without ``--redis`` the target is
+``RANKER_FEATURES_REDIS_URL``, else the ranker's embedded store under ``RANKER_DATA_DIR`` (the running
+ranker's, or one started for the backfill and stopped after it, its data kept for the ranker).
 """
 
 from __future__ import annotations
 
-import logging
 import os
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import redis
 
 from contract.ids import canonical_ids
-from contract.schema import DEFAULT_MAX_LEN, HISTORY_COLUMNS
-from services.errors import InvalidArgument
+from contract.log import DataError, validate
+from contract.schema import DEFAULT_MAX_LEN, HISTORY_COLUMNS, LOG_SUFFIXES, PARQUET_SUFFIXES
+from ranker.history import SEP
+from ranker.sequence_store import DEFAULT_TTL_S, backfill_batch
+from services.errors import InvalidArgument, Unavailable
 
-log = logging.getLogger(__name__)
-
-FEATURES_FILE = "features.npz"
-FORMAT_VERSION = 1
-_EMPTY = np.zeros(0, dtype="<U1")
-
-
-@dataclass(frozen=True)
-class SequenceStore:
-    #: Sorted unique user ids; user ``users[k]``'s clicks are ``items[offsets[k]:offsets[k+1]]``.
-    users: np.ndarray
-    offsets: np.ndarray
-    items: np.ndarray
-    categories: np.ndarray
-    max_len: int
-    source: str = ""
-    _row: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if len(self.offsets) != len(self.users) + 1 or len(self.items) != len(self.categories):
-            raise InvalidArgument(f"feature store {self.source or '?'}: inconsistent array lengths")
-        self._row.update({u: k for k, u in enumerate(self.users.tolist())})
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-    @classmethod
-    def empty(cls, source: str = "none") -> SequenceStore:
-        return cls(_EMPTY, np.zeros(1, dtype=np.int64), _EMPTY, _EMPTY, max_len=0, source=source)
-
-    def history(self, user_id: str) -> tuple[list[str], list[str]]:
-        """The user's clicked items and their categories, oldest first (empty for an unknown user)."""
-        k = self._row.get(user_id)
-        if k is None:
-            return [], []
-        a, b = int(self.offsets[k]), int(self.offsets[k + 1])
-        return self.items[a:b].tolist(), self.categories[a:b].tolist()
-
-    @classmethod
-    def from_clicks(
-        cls,
-        user_ids: Any,
-        item_ids: Any,
-        category_ids: Any,
-        ts: Any,
-        click: Any,
-        *,
-        max_len: int = DEFAULT_MAX_LEN,
-        source: str = "",
-    ) -> SequenceStore:
-        """The last ``max_len`` clicks per user of an impression log given as columns."""
-        clicked = np.asarray(click).astype(bool)
-        users = canonical_ids(np.asarray(user_ids)[clicked])
-        items = canonical_ids(np.asarray(item_ids)[clicked])
-        cats = canonical_ids(np.asarray(category_ids)[clicked])
-        times = np.asarray(ts, dtype=np.int64)[clicked]
-        uniq, codes = np.unique(users, return_inverse=True)
-        order = np.lexsort((times, codes))  # stable: equal (user, ts) keep file order, like the trainer
-        codes, items, cats = codes[order], items[order], cats[order]
-        counts = np.bincount(codes, minlength=len(uniq))
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-        pos = np.arange(len(codes)) - starts[codes]
-        keep = pos >= counts[codes] - max_len
-        kept = np.minimum(counts, max_len)
-        offsets = np.concatenate([[0], np.cumsum(kept)]).astype(np.int64)
-        return cls(uniq, offsets, items[keep], cats[keep], max_len=max_len, source=source)
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        out = Path(path)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.npz")
-        np.savez(
-            tmp,
-            format_version=np.int64(FORMAT_VERSION),
-            max_len=np.int64(self.max_len),
-            users=self.users,
-            offsets=self.offsets,
-            items=self.items,
-            categories=self.categories,
-        )
-        tmp.replace(out)
-        return out
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> SequenceStore:
-        try:
-            with np.load(Path(path), allow_pickle=False) as data:
-                if int(data["format_version"]) != FORMAT_VERSION:
-                    raise InvalidArgument(f"{path}: feature store format {int(data['format_version'])}")
-                return cls(
-                    users=data["users"],
-                    offsets=data["offsets"].astype(np.int64),
-                    items=data["items"],
-                    categories=data["categories"],
-                    max_len=int(data["max_len"]),
-                    source=str(path),
-                )
-        except (OSError, KeyError, ValueError) as err:
-            raise InvalidArgument(f"{path}: unreadable feature store ({err})") from err
+BATCH_ROWS = 100_000
+_READ_ERRORS = (pa.ArrowInvalid, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError)
 
 
-def build_store(log_path: str | os.PathLike[str], max_len: int = DEFAULT_MAX_LEN) -> SequenceStore:
-    """Read an impression log (Parquet or CSV, the data contract) and keep its last clicks per user."""
+def iter_log_batches(
+    path: str | os.PathLike[str], batch_rows: int = BATCH_ROWS, columns: Sequence[str] = HISTORY_COLUMNS
+) -> Iterator[pd.DataFrame]:
+    """Validated batches of at most ``batch_rows`` rows of a Parquet or CSV log, in file order."""
+    file = Path(path)
+    name = str(file)
+    if file.is_dir():
+        raise DataError(f"{name}: is a directory; expected a log file ({', '.join(LOG_SUFFIXES)})")
+    if not file.is_file():
+        raise DataError(f"{name}: no such file")
+    if file.stat().st_size == 0:
+        raise DataError(f"{name}: file is empty (0 bytes)")
     try:
-        from contract.log import read_log
-    except ImportError as err:  # the ranker image has no pandas: ship a features.npz instead
-        raise InvalidArgument(
-            f"reading the log {log_path} needs pandas; build {FEATURES_FILE} with "
-            "`keep features` where the trainer is installed"
-        ) from err
-    df = read_log(log_path, columns=HISTORY_COLUMNS)
-    return SequenceStore.from_clicks(
-        df["user_id"].to_numpy(),
-        df["item_id"].to_numpy(),
-        df["category_id"].to_numpy(),
-        df["ts"].to_numpy(),
-        df["click"].to_numpy(),
-        max_len=max_len,
-        source=str(log_path),
-    )
+        if name.endswith(PARQUET_SUFFIXES):
+            parquet = pq.ParquetFile(file)
+            present = set(parquet.schema_arrow.names)
+            wanted = [c for c in columns if c in present]
+            chunks: Iterator[pd.DataFrame] = (
+                b.to_pandas() for b in parquet.iter_batches(batch_size=batch_rows, columns=wanted)
+            )
+        elif name.endswith((".csv", ".csv.gz")):
+            chunks = pd.read_csv(file, chunksize=batch_rows, low_memory=False, usecols=lambda c: c in columns)
+        else:
+            raise DataError(f"{name}: unknown format; expected one of {', '.join(LOG_SUFFIXES)}")
+        for chunk in chunks:
+            yield validate(chunk.reset_index(drop=True), name, columns)
+    except _READ_ERRORS as err:
+        raise DataError(f"{name}: cannot be read as {file.suffix.lstrip('.')} ({err})") from err
 
 
-def open_store(path: str | os.PathLike[str] | None, max_len: int = DEFAULT_MAX_LEN) -> SequenceStore:
-    """A store from a ``features.npz`` or a log; ``None`` gives the empty store."""
-    if path is None:
-        return SequenceStore.empty()
-    p = Path(path)
-    if not p.exists():
-        raise InvalidArgument(f"RANKER_FEATURES_PATH {p} does not exist")
-    store = SequenceStore.load(p) if p.suffix == ".npz" else build_store(p, max_len)
-    log.info("behaviour sequences for %d users from %s", len(store), p)
-    return store
+def clicks_of(batch: pd.DataFrame, first_row: int) -> Iterator[tuple[int, str, str, str, float]]:
+    """``(row number, user, item, category, ts)`` of the batch's clicks (canonical string ids)."""
+    clicked = batch["click"].to_numpy().astype(bool)
+    rows = np.flatnonzero(clicked) + first_row
+    cols = [canonical_ids(batch[c].to_numpy()[clicked]) for c in ("user_id", "item_id", "category_id")]
+    for col, what in zip(cols, ("user_id", "item_id", "category_id"), strict=True):
+        if any(SEP in v for v in col.tolist()):
+            raise DataError(f"column '{what}' holds an id with the reserved character \\x1f")
+    ts = batch["ts"].to_numpy()[clicked].astype(np.float64)
+    return zip(rows.tolist(), *(c.tolist() for c in cols), ts.tolist(), strict=True)
+
+
+def backfill(
+    log_path: str | os.PathLike[str],
+    url: str,
+    *,
+    max_len: int = DEFAULT_MAX_LEN,
+    ttl_s: int = DEFAULT_TTL_S,
+    batch_rows: int = BATCH_ROWS,
+) -> dict[str, int]:
+    """Add every click of the log to the store at ``url``; returns rows read and clicks sent."""
+    if max_len < 1 or batch_rows < 1 or ttl_s < 1:
+        raise InvalidArgument("--max-len, --batch-rows and --ttl-s must be >= 1")
+    client = redis.Redis.from_url(url, socket_timeout=30)
+    rows = clicks = 0
+    try:
+        for batch in iter_log_batches(log_path, batch_rows):
+            clicks += backfill_batch(client, clicks_of(batch, rows), max_len=max_len, ttl_s=ttl_s)
+            rows += len(batch)
+    except (redis.RedisError, OSError) as err:
+        raise Unavailable(f"feature store at {url}: {type(err).__name__}: {err}") from err
+    finally:
+        client.close()
+    return {"rows": rows, "clicks": clicks}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ranker.features LOG OUT [--max-len N]``: the same as ``keep features``."""
+    """``python -m ranker.features LOG [--redis URL | --data-dir DIR]``: the same as ``keep features``."""
     from ranker.commands import features_main
 
     return features_main(argv)

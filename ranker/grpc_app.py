@@ -6,29 +6,42 @@ Domain errors (``InvalidArgument``, ``NotFound``) become status codes in the sha
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 
 from grpc import aio
 
 from protos import ranker_pb2, ranker_pb2_grpc
+from ranker.history import ClickEvent
+from ranker.metrics import observed
 from ranker.service import RankerService, RankQuery
-from services.errors import KeepError
+from services.http import BearerToken
 
 SERVICE_NAME = ranker_pb2.DESCRIPTOR.services_by_name["Ranker"].full_name
 
 
 class RankerServicer(ranker_pb2_grpc.RankerServicer):
-    def __init__(self, service: RankerService) -> None:
+    def __init__(self, service: RankerService, events_auth: BearerToken | None = None) -> None:
         self.service = service
+        self.events_auth = events_auth or BearerToken(None, name="RANKER_EVENTS_TOKEN")
+
+    async def RecordEvents(
+        self, request: ranker_pb2.RecordEventsRequest, context: aio.ServicerContext
+    ) -> ranker_pb2.RecordEventsResponse:
+        with observed(self.service.metrics, "grpc", "RecordEvents"):
+            metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+            self.events_auth.check(metadata.get("authorization", ""))
+            now = self.service.wall()
+            events = [
+                ClickEvent(e.event_id, e.user_id, e.item_id, e.category_id, e.ts or now)
+                for e in request.events
+            ]
+            recorded = await self.service.record_events(events, "grpc")
+            return ranker_pb2.RecordEventsResponse(received=len(events), recorded=recorded)
 
     async def Rank(
         self, request: ranker_pb2.RankRequest, context: aio.ServicerContext
     ) -> ranker_pb2.RankResponse:
-        started = time.perf_counter()
-        code = "OK"
-        try:
+        with observed(self.service.metrics, "grpc", "Rank"):
             remaining = context.time_remaining()
             deadline = self.service.clock() + remaining if remaining is not None else None
             ranking = await self.service.rank(
@@ -49,18 +62,6 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
                 degraded=ranking.degraded,
                 degraded_reason=ranking.reason,
             )
-        except KeepError as err:
-            code = err.grpc_code
-            raise
-        except asyncio.CancelledError:  # the client went away (or its deadline passed): counted, not logged
-            code = "CANCELLED"
-            raise
-        except Exception:
-            code = "INTERNAL"
-            raise
-        finally:
-            if self.service.metrics is not None:
-                self.service.metrics.observe_request("grpc", "Rank", code, time.perf_counter() - started)
 
 
 def register(servicer: RankerServicer) -> Callable[[aio.Server], None]:

@@ -10,15 +10,41 @@ the share over any window (``rate(found) / rate(candidates)``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
+import time
+from collections.abc import Iterator
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from ranker.breaker import BreakerState
+from services.errors import KeepError
 from services.metrics import LATENCY_BUCKETS, SIZE_BUCKETS, new_registry
 
 #: The kinds of :func:`ranker.knowledge.found_flags`' columns (``trainer.coverage.KINDS``).
 COVERAGE_KINDS = ("user", "item", "user_category")
+
+
+@contextlib.contextmanager
+def observed(metrics: RankerMetrics | None, transport: str, method: str) -> Iterator[None]:
+    """Time a call and count it under its status code (a ``KeepError``'s, ``INTERNAL`` for others)."""
+    started = time.perf_counter()
+    code = "OK"
+    try:
+        yield
+    except KeepError as err:
+        code = err.grpc_code
+        raise
+    except asyncio.CancelledError:  # the client went away (or its deadline passed): counted, not logged
+        code = "CANCELLED"
+        raise
+    except Exception:
+        code = "INTERNAL"
+        raise
+    finally:
+        if metrics is not None:
+            metrics.observe_request(transport, method, code, time.perf_counter() - started)
 
 
 class RankerMetrics:
@@ -45,7 +71,8 @@ class RankerMetrics:
         )
         self.stage = Histogram(
             "keep_ranker_stage_seconds",
-            "Time per request in each stage: gkc (BatchGet) and model (encode + K̂ + forward)",
+            "Time per request in each stage: features (sequence store read), gkc (BatchGet), "
+            "model (encode + K̂ + forward); features and gkc run concurrently",
             ["stage"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -90,6 +117,13 @@ class RankerMetrics:
             "keep_ranker_model_reloads",
             "Model loads by result (loaded, failed, removed)",
             ["result"],
+            registry=r,
+        )
+
+        self.events = Counter(
+            "keep_ranker_events",
+            "Click events by transport (api, grpc, stream) and result (recorded, duplicate)",
+            ["transport", "result"],
             registry=r,
         )
 

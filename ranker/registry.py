@@ -7,8 +7,6 @@ Layout of ``RANKER_MODEL_DIR`` (either form):
 - a directory of artifacts or symlinks to artifacts (``ctr/``, ``cvr -> cvr-v7-2024…``): one model per
   entry, named after the entry. Hidden entries and ``*.tmp-*`` (artifacts being written) are skipped.
 
-Each artifact may carry ``features.npz`` (see :mod:`ranker.features`); otherwise the shared store is used.
-
 Swapping: :meth:`ModelRegistry.reload` fingerprints every entry (resolved path + mtimes of its files),
 loads only what changed (and warms it up) *before* publishing a new name → snapshot dict in one
 assignment. A request takes one :class:`ModelSnapshot` and uses it end to end, so a swap never mixes
@@ -30,13 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from contract import artifact as artifact_mod
-from ranker.features import FEATURES_FILE, SequenceStore
 from ranker.scoring import Scorer
 from services.errors import NotFound
 
 log = logging.getLogger(__name__)
 
-_FILES = (artifact_mod.ARTIFACT_JSON, artifact_mod.STATE_FILE, artifact_mod.VOCABS_JSON, FEATURES_FILE)
+_FILES = (artifact_mod.ARTIFACT_JSON, artifact_mod.STATE_FILE, artifact_mod.VOCABS_JSON)
 
 
 @dataclass(frozen=True)
@@ -71,8 +68,6 @@ class ModelSnapshot:
             "revision": self.revision,
             "knowledge_version": self.knowledge_version,
             "knowledge_schema": spec[1].schema.to_json() if spec else None,
-            "features": self.scorer.features.source,
-            "history_users": len(self.scorer.features),
             "max_len": self.scorer.max_len,
             "loaded_at": round(self.loaded_at, 3),
         }
@@ -115,13 +110,13 @@ class ModelRegistry:
         model_dir: Path,
         *,
         default_model: str = "",
-        shared_features: SequenceStore | None = None,
+        features_max_len: int = 0,
         on_change: Callable[[list[ModelSnapshot]], None] | None = None,
         on_load: Callable[[str], None] | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.default_model = default_model
-        self.shared_features = shared_features or SequenceStore.empty()
+        self.features_max_len = features_max_len
         self._on_change = on_change
         self._on_load = on_load
         self._models: dict[str, ModelSnapshot] = {}
@@ -208,26 +203,24 @@ class ModelRegistry:
         started = time.perf_counter()
         resolved = path.resolve()
         art = artifact_mod.load(resolved)
-        local = resolved / FEATURES_FILE
-        features = SequenceStore.load(local) if local.is_file() else self.shared_features
-        scorer = Scorer(art, features)
-        if features.max_len and features.max_len < scorer.max_len:
+        scorer = Scorer(art)
+        if self.features_max_len and self.features_max_len < scorer.max_len:
             log.warning(
-                "model %r uses histories of %d but its feature store keeps %d clicks per user",
+                "model %r uses histories of %d but the feature store keeps %d clicks per user "
+                "(RANKER_FEATURES_MAX_LEN)",
                 name,
                 scorer.max_len,
-                features.max_len,
+                self.features_max_len,
             )
         scorer.warm_up()
         revision = f"{resolved.name}-{hashlib.sha1(repr(fp).encode()).hexdigest()[:8]}"
         log.info(
-            "model %r loaded from %s (revision %s, task %s, knowledge version %d, %d history users) in %.2fs",
+            "model %r loaded from %s (revision %s, task %s, knowledge version %d) in %.2fs",
             name,
             resolved,
             revision,
             art.task,
             scorer.knowledge_version,
-            len(features),
             time.perf_counter() - started,
         )
         if self._on_load:

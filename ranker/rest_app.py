@@ -10,6 +10,9 @@
 - ``GET /metrics``: Prometheus exposition.
 - ``GET /v1/models``; ``POST /v1/models/reload`` (bearer ``RANKER_ADMIN_TOKEN``; without a token the
   call is open only while the ranker listens on loopback).
+- ``POST /v1/events`` (bearer ``RANKER_EVENTS_TOKEN``): ``{"events": [{"event_id": "e1", "user_id": "u1",
+  "item_id": "i1", "category_id": "c1", "ts": 1733150000.5?}, ...]}`` → ``{"received", "recorded"}``;
+  ``ts`` absent = now; a redelivered ``event_id`` is not recorded again (``recorded`` counts the new ones).
 
 Errors: ``{"error": reason, "code": GRPC_CODE}`` with the error's HTTP status (invalid request or a
 malformed body 422, unknown model 404), the same body as GKC's (:func:`services.http.install_errors`).
@@ -26,6 +29,8 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
+from ranker.history import ClickEvent
+from ranker.metrics import observed
 from ranker.service import RankerService, RankQuery
 from services.errors import KeepError, Unauthenticated
 from services.http import BearerToken, install_errors
@@ -42,6 +47,23 @@ class RankIn(BaseModel):
     user_id: str | int
     candidates: list[CandidateIn]
     model: str = ""
+
+
+class EventIn(BaseModel):
+    event_id: str
+    user_id: str | int
+    item_id: str | int
+    category_id: str | int
+    ts: float | None = None
+
+
+class EventsIn(BaseModel):
+    events: list[EventIn]
+
+
+class EventsOut(BaseModel):
+    received: int
+    recorded: int
 
 
 class RankOut(BaseModel):
@@ -65,12 +87,17 @@ def _reload_closed() -> None:
 
 
 def create_app(
-    service: RankerService, admin_token: str | None = None, *, reload_open: bool = True
+    service: RankerService,
+    admin_token: str | None = None,
+    events_auth: BearerToken | None = None,
+    *,
+    reload_open: bool = True,
 ) -> FastAPI:
     """``admin_token``: bearer token of ``POST /v1/models/reload``; without one the call is open only
     when ``reload_open`` (the ranker listens on loopback only), else refused."""
     app = FastAPI(title="KEEP ranker", version="1")
     metrics = service.metrics
+    events_auth = events_auth or BearerToken(None, name="RANKER_EVENTS_TOKEN")
 
     install_errors(app)
     if admin_token:
@@ -112,6 +139,23 @@ def create_app(
             unknown_items=ranking.unknown_items,
             history_len=ranking.history_len,
         )
+
+    @app.post("/v1/events", response_model=EventsOut, dependencies=[Depends(events_auth)])
+    async def record_events(body: EventsIn) -> EventsOut:
+        with observed(metrics, "http", "RecordEvents"):
+            now = service.wall()
+            events = [
+                ClickEvent(
+                    e.event_id,
+                    str(e.user_id),
+                    str(e.item_id),
+                    str(e.category_id),
+                    now if e.ts is None else e.ts,
+                )
+                for e in body.events
+            ]
+            recorded = await service.record_events(events, "http")
+            return EventsOut(received=len(events), recorded=recorded)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

@@ -24,7 +24,7 @@ from contract.artifact import Artifact, ArtifactError
 from contract.ids import OOV, IdEncoder
 from contract.knowledge import GKC_KIND, KnowledgeSpec
 from gkc.lookup import Lookup
-from ranker.features import SequenceStore
+from ranker.history import EMPTY_HISTORY, History
 from ranker.knowledge import assemble
 from ranker.model import Batch, DownstreamModel, build_model
 
@@ -47,10 +47,9 @@ class Encoded:
 class Scorer:
     """A loaded model plus its id maps, history length and (at most one) GKC knowledge plug-in."""
 
-    def __init__(self, artifact: Artifact, features: SequenceStore) -> None:
+    def __init__(self, artifact: Artifact) -> None:
         self.artifact = artifact
         self.model: DownstreamModel = build_model(artifact)
-        self.features = features
         self.max_len = artifact.max_len
         vocabs = artifact.vocabs
         self.items, self.categories = vocabs.item.encoder(), vocabs.category.encoder()
@@ -69,11 +68,17 @@ class Scorer:
         return self.knowledge[1].version if self.knowledge else 0
 
     def encode(
-        self, user_id: str, item_ids: Sequence[str], category_ids: Sequence[str], shop_ids: Sequence[str]
+        self,
+        user_id: str,
+        history: History,
+        item_ids: Sequence[str],
+        category_ids: Sequence[str],
+        shop_ids: Sequence[str],
     ) -> Encoded:
+        """``history``: the request's window from the sequence store (the shared rule, oldest first);
+        a model with a shorter ``max_len`` keeps its newest clicks, the same window cut shorter."""
         n = len(item_ids)
-        hist_items, hist_cats = self.features.history(user_id)
-        hist_items, hist_cats = hist_items[-self.max_len :], hist_cats[-self.max_len :]
+        hist_items, hist_cats = history.items[-self.max_len :], history.categories[-self.max_len :]
         # Only the real clicks (at least one padding slot for an empty history): masked slots add exact
         # zeros in the model, so trimming the left padding keeps the result and saves the work.
         k = len(hist_items)
@@ -127,7 +132,7 @@ class Scorer:
         keys = self.items.known(PROBE_ITEMS) or ["?"]
         cats = self.categories.known(1) or ["?"]
         user = (self.users.known(1) if self.users is not None else None) or [""]
-        enc = self.encode(user[0], keys, cats * len(keys), [])
+        enc = self.encode(user[0], EMPTY_HISTORY, keys, cats * len(keys), [])
         probes: list[tuple[str, np.ndarray | None]] = [("base model", None)]
         if self.knowledge is not None:
             dim = self.knowledge[1].schema.dim

@@ -19,17 +19,18 @@ from dataclasses import dataclass
 import torch
 
 from ranker.breaker import BreakerState, CircuitBreaker, log_breaker
-from ranker.features import open_store
+from ranker.event_stream import StreamConsumer
 from ranker.gkc_pins import ModelPins, holder_name
 from ranker.gkc_source import GkcKnowledgeSource
 from ranker.grpc_app import SERVICE_NAME, RankerServicer, register
 from ranker.metrics import RankerMetrics
 from ranker.registry import ModelRegistry, ModelSnapshot
 from ranker.rest_app import create_app
+from ranker.sequence_store import RedisSequenceStore, embedded
 from ranker.service import Budget, RankerService
 from ranker.settings import RankerSettings
 from services.grpc_server import add_port, build_server, graceful_stop, mark_not_serving, mark_serving
-from services.http import http_server
+from services.http import BearerToken, http_server
 from services.logging import setup_logging
 from services.ports import require_free
 
@@ -46,12 +47,26 @@ class Ranker:
     metrics: RankerMetrics
     source: GkcKnowledgeSource
     executor: ThreadPoolExecutor
+    features: RedisSequenceStore
 
 
 @contextlib.asynccontextmanager
 async def build(settings: RankerSettings) -> AsyncIterator[Ranker]:
-    """Load features and models, connect to GKC; call inside the serving event loop."""
+    """Open the sequence store, load models, connect to GKC; call inside the serving event loop."""
     settings.check()
+    loop = asyncio.get_running_loop()
+    with contextlib.ExitStack() as stack:
+        url = settings.features_redis_url
+        if url is None:  # the embedded default: a private redis-server under RANKER_DATA_DIR/features
+            url = await loop.run_in_executor(
+                None, stack.enter_context, embedded(settings.features_data_dir())
+            )
+        async with _build(settings, url) as ranker:
+            yield ranker
+
+
+@contextlib.asynccontextmanager
+async def _build(settings: RankerSettings, features_url: str) -> AsyncIterator[Ranker]:
     torch.set_num_threads(settings.torch_threads)
     metrics = RankerMetrics()
     loop = asyncio.get_running_loop()
@@ -67,11 +82,17 @@ async def build(settings: RankerSettings) -> AsyncIterator[Ranker]:
         metrics.set_models([(s.name, s.revision, s.knowledge_version) for s in snaps])
         pins.sync(snaps)  # a lease per model on its knowledge version (ranker.gkc_pins)
 
-    features = await loop.run_in_executor(None, open_store, settings.features_path, settings.features_max_len)
+    features = RedisSequenceStore(
+        features_url,
+        max_len=settings.features_max_len,
+        ttl_s=settings.features_ttl_s,
+        dedup_ttl_s=settings.events_dedup_ttl_s,
+        timeout_s=settings.features_timeout_s,
+    )
     registry = ModelRegistry(
         settings.model_dir,
         default_model=settings.default_model,
-        shared_features=features,
+        features_max_len=settings.features_max_len,
         on_change=on_change,
         on_load=lambda result: metrics.reloads.labels(result).inc(),
     )
@@ -94,14 +115,22 @@ async def build(settings: RankerSettings) -> AsyncIterator[Ranker]:
         breaker=breaker,
         metrics=metrics,
         max_candidates=settings.max_candidates,
-        budget=Budget(settings.gkc_timeout_s, settings.request_deadline_s, settings.model_reserve_s),
+        budget=Budget(
+            settings.gkc_timeout_s,
+            settings.request_deadline_s,
+            settings.model_reserve_s,
+            settings.features_timeout_s,
+        ),
         executor=executor,
+        features=features,
+        events=features,
     )
     try:
-        yield Ranker(settings, service, registry, metrics, source, executor)
+        yield Ranker(settings, service, registry, metrics, source, executor, features)
     finally:
         await loop.run_in_executor(None, pins.close)
         await source.close()
+        await features.close()
         executor.shutdown(wait=True)
 
 
@@ -136,7 +165,8 @@ async def run_async(
     ports = [(settings.grpc_port, "RANKER_GRPC_PORT"), (settings.http_port, "RANKER_HTTP_PORT")]
     require_free(settings.host, ports)
     async with build(settings) as ranker:
-        servicer = RankerServicer(ranker.service)
+        events_auth = BearerToken(settings.events_token, name="RANKER_EVENTS_TOKEN")
+        servicer = RankerServicer(ranker.service, events_auth)
         server, health = build_server([register(servicer)], [SERVICE_NAME])
         add_port(server, f"{settings.host}:{settings.grpc_port}", settings.tls_cert, settings.tls_key)
         await server.start()
@@ -149,10 +179,21 @@ async def run_async(
                 "refused (set a token to use it)",
                 settings.host,
             )
-        app = create_app(ranker.service, token, reload_open=settings.reload_open())
+        app = create_app(ranker.service, token, events_auth, reload_open=settings.reload_open())
         http = http_server(app, settings, settings.http_port)
         http_task = asyncio.create_task(http.serve())
         poll_task = asyncio.create_task(_poll_models(ranker, health, stop))
+        consumer = None
+        if settings.events_stream:
+            metrics = ranker.metrics
+            consumer = StreamConsumer(
+                ranker.features.url,
+                ranker.service.record_events,
+                stream=settings.events_stream,
+                group=settings.events_group,
+                on_invalid=lambda n: metrics.events.labels("stream", "invalid").inc(n),
+            )
+            consume_task = asyncio.create_task(consumer.run(stop))
         log.info(
             "ranker serving gRPC on %s:%d and REST on %s:%d; models %s; GKC at %s",
             settings.host,
@@ -170,6 +211,10 @@ async def run_async(
         await graceful_stop(server, health)
         http.should_exit = True
         await asyncio.gather(http_task, poll_task, return_exceptions=True)
+        if consumer is not None:
+            consume_task.cancel()
+            await asyncio.gather(consume_task, return_exceptions=True)
+            await consumer.close()
         if http_task in done and http_task.exception() is not None:
             raise http_task.exception()  # type: ignore[misc]
 

@@ -5,6 +5,11 @@ GKC once for the model's pinned knowledge version (``BatchGet`` dedupes repeated
 assemble K̂ with :func:`ranker.knowledge.assemble` (the trainer's code path) and run the model on all
 candidates at once in a worker thread (torch releases the GIL, so workers use the cores).
 
+The user's behaviour sequence comes from the sequence store (``ranker.history.HistorySource``, one
+round trip, concurrent with the GKC call): the last N clicks strictly before the request's time. When
+the store is down or slow the request is scored with an empty history, ``degraded_reason`` says
+``features_unavailable`` and the degraded counter counts it.
+
 Faults never fail a request: when GKC is slow (its call is budgeted against the request deadline), down,
 behind an open circuit breaker, has lost the pinned version or answers with knowledge whose identity
 is not the one the model pins (``version_mismatch``), the base model answers (plug-in output
@@ -29,6 +34,7 @@ import numpy as np
 
 from gkc.lookup import Lookup
 from ranker.breaker import BreakerState, CircuitBreaker
+from ranker.history import EMPTY_HISTORY, ClickEvent, EventSink, History, HistorySource, validate_events
 from ranker.knowledge import found_flags
 from ranker.metrics import RankerMetrics
 from ranker.registry import ModelRegistry, ModelSnapshot
@@ -46,6 +52,7 @@ VERSION_NOT_FOUND = "version_not_found"
 VERSION_MISMATCH = "version_mismatch"
 DEADLINE = "deadline"
 KNOWLEDGE_ERROR = "knowledge_error"
+FEATURES_UNAVAILABLE = "features_unavailable"
 #: Below this much time left there is no point in calling GKC.
 MIN_GKC_BUDGET_S = 0.001
 #: Extra time granted past the source's own timeout before the call is abandoned.
@@ -79,12 +86,14 @@ class Ranking:
     revision: str
     knowledge_version: int
     degraded: bool
+    #: Every reason, comma-separated (GKC's first), "" when not degraded.
     reason: str
     gkc_s: float
     model_s: float
     #: Candidates with an item id the model never saw, and the user's clicks found in its history.
     unknown_items: int = 0
     history_len: int = 0
+    features_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,7 @@ class Budget:
     gkc_timeout_s: float = 0.1
     request_deadline_s: float = 0.25
     model_reserve_s: float = 0.02
+    features_timeout_s: float = 0.05
 
 
 class RankerService:
@@ -108,9 +118,15 @@ class RankerService:
         budget: Budget | None = None,
         executor: Executor | None = None,
         clock: Callable[[], float] = time.monotonic,
+        features: HistorySource | None = None,
+        events: EventSink | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.registry = registry
         self.source = source
+        self.features = features
+        self.events = events
+        self.wall = wall
         self.metrics = metrics
         self.breaker = breaker or CircuitBreaker(
             on_change=metrics.on_breaker if metrics is not None else None
@@ -143,44 +159,74 @@ class RankerService:
         if self.metrics is not None:
             self.metrics.candidates.observe(len(q.item_ids))
         start = self.clock()
+        before = self.wall()  # the request's time: its window ends strictly before it
         limit = start + self.budget.request_deadline_s
         deadline = limit if deadline is None else min(deadline, limit)
-        lookup, reason, gkc_s = await self._knowledge(snapshot, q, deadline)
+        (history, features_reason, features_s), (lookup, reason, gkc_s) = await asyncio.gather(
+            self._history(q.user_id, before), self._knowledge(snapshot, q, deadline)
+        )
         t0 = self.clock()
         if self.executor is None:
-            scores, model_reason, encoded = self._score(snapshot, q, lookup)
+            scores, model_reason, encoded = self._score(snapshot, q, history, lookup)
         else:
             loop = asyncio.get_running_loop()
             scores, model_reason, encoded = await loop.run_in_executor(
-                self.executor, self._score, snapshot, q, lookup
+                self.executor, self._score, snapshot, q, history, lookup
             )
         model_s = self.clock() - t0
-        reason = reason or model_reason
+        reasons = [r for r in (reason or model_reason, features_reason) if r]
         if self.metrics is not None:
             self.metrics.stage.labels("gkc").observe(gkc_s)
             self.metrics.stage.labels("model").observe(model_s)
-            if reason:
-                self.metrics.degraded.labels(reason, snapshot.name).inc()
+            if self.features is not None:
+                self.metrics.stage.labels("features").observe(features_s)
+            for r in reasons:
+                self.metrics.degraded.labels(r, snapshot.name).inc()
         return Ranking(
             scores=scores,
             model=snapshot.name,
             revision=snapshot.revision,
             knowledge_version=lookup.version if lookup is not None else snapshot.knowledge_version,
-            degraded=bool(reason),
-            reason=reason,
+            degraded=bool(reasons),
+            reason=",".join(reasons),
             gkc_s=gkc_s,
             model_s=model_s,
             unknown_items=encoded.unknown_items,
             history_len=encoded.history_len,
+            features_s=features_s,
         )
 
+    async def _history(self, user_id: str, before: float) -> tuple[History, str, float]:
+        """The user's window, the degraded reason ("" if none) and the time spent."""
+        if self.features is None:
+            return EMPTY_HISTORY, "", 0.0
+        t0 = self.clock()
+        try:
+            history = await self.features.history(user_id, before, self.budget.features_timeout_s)
+        except Exception as err:  # Unavailable (down, slow) or anything else: never fail the request
+            self._loud_features(err)
+            return EMPTY_HISTORY, FEATURES_UNAVAILABLE, self.clock() - t0
+        return history, "", self.clock() - t0
+
+    async def record_events(self, events: Sequence[ClickEvent], transport: str = "api") -> int:
+        """Validate a batch of click events and record it; the number that were new (a redelivered
+        event id is recorded once). ``Unavailable`` when the store cannot take it (retry then)."""
+        validate_events(events, self.wall())
+        if self.events is None:
+            raise Unavailable("this ranker has no feature store to record events in")
+        added = await self.events.record(events)
+        if self.metrics is not None:
+            self.metrics.events.labels(transport, "recorded").inc(added)
+            self.metrics.events.labels(transport, "duplicate").inc(len(events) - added)
+        return added
+
     def _score(
-        self, snapshot: ModelSnapshot, q: RankQuery, lookup: Lookup | None
+        self, snapshot: ModelSnapshot, q: RankQuery, history: History, lookup: Lookup | None
     ) -> tuple[np.ndarray, str, Encoded]:
         """Probabilities, a degraded reason ("" = none) when K̂ cannot be built from ``lookup``, and
         the encoded request (its unknown-id counts)."""
         scorer = snapshot.scorer
-        encoded = scorer.encode(q.user_id, q.item_ids, q.category_ids, q.shop_ids)
+        encoded = scorer.encode(q.user_id, history, q.item_ids, q.category_ids, q.shop_ids)
         knowledge, reason = None, ""
         if lookup is not None:
             try:
@@ -240,6 +286,12 @@ class RankerService:
             self._loud(snapshot, version, f"GKC answered other knowledge than the model's: {problem}")
             return None, VERSION_MISMATCH, self.clock() - t0
         return lookup, "", self.clock() - t0
+
+    def _loud_features(self, err: Exception) -> None:
+        now = self.clock()
+        if now - self._last_loud.get(("", -1), -1e9) >= 10.0:
+            self._last_loud[("", -1)] = now
+            log.error("feature store unavailable, scoring with empty histories (degraded): %s", err)
 
     def _loud(self, snapshot: ModelSnapshot, version: int, message: str) -> None:
         """ERROR log, at most once per model and version every 10 s (a flood helps nobody)."""

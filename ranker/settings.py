@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from contract.schema import DEFAULT_MAX_LEN
@@ -40,11 +40,25 @@ class RankerSettings(ServiceSettings):
     model_dir: Path = Path(".keep/models")
     #: Model used when a request names none; "" = ``click`` if loaded, else the first name in order.
     default_model: str = ""
-    #: Behaviour sequences for artifacts without their own ``features.npz``: a ``features.npz`` store
-    #: or an impression log (Parquet/CSV; its last clicks per user). Unset: empty histories.
-    features_path: Path | None = None
-    #: Clicks kept per user when the store is built from a log here.
+    #: The behaviour-sequence store (its own Redis database or instance, never GKC's knowledge keys).
+    #: Unset: a private redis-server under ``data_dir``/features (AOF on), as GKC starts its own.
+    features_redis_url: str | None = None
+    #: Where the embedded feature store keeps its data.
+    data_dir: Path = Path(".keep/ranker")
+    #: Clicks kept per user in the store (the bound of each user's list; >= the models' ``max_len``).
     features_max_len: int = DEFAULT_MAX_LEN
+    #: A user's clicks expire this long after their last write (30 days).
+    features_ttl_s: int = 30 * 86_400
+    #: Budget of the one store read per request; slower or down: empty history, degraded.
+    features_timeout_s: float = 0.05
+    #: How long an ingested event id is remembered (a redelivery within it is not recorded twice).
+    events_dedup_ttl_s: int = 86_400
+    #: Bearer token for ``POST /v1/events`` and gRPC ``RecordEvents``; unset: ingest is refused.
+    events_token: SecretStr | None = None
+    #: Redis Stream of click events the ranker consumes (on the feature store's Redis); "" = none.
+    events_stream: str = "keep:events"
+    #: Consumer group on ``events_stream`` (every ranker replica in it shares the stream's work).
+    events_group: str = "ranker"
     #: Candidates per request; more is INVALID_ARGUMENT.
     max_candidates: int = 1000
     #: GKC BatchGet timeout; slower answers are dropped and the request is served degraded.
@@ -81,6 +95,14 @@ class RankerSettings(ServiceSettings):
         """Whether ``POST /v1/models/reload`` needs no token: none is set and only loopback listens."""
         return self.admin_token is None and is_loopback(self.host)
 
+    @field_validator("features_redis_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    def features_data_dir(self) -> Path:
+        return self.data_dir / "features"
+
     def workers(self) -> int:
         return self.model_workers if self.model_workers > 0 else max(1, os.cpu_count() or 1)
 
@@ -109,4 +131,9 @@ class RankerSettings(ServiceSettings):
         if self.torch_threads < 1 or self.model_workers < 0 or self.features_max_len < 1:
             raise InvalidArgument(
                 "RANKER_TORCH_THREADS and RANKER_FEATURES_MAX_LEN must be >= 1, RANKER_MODEL_WORKERS >= 0"
+            )
+        if self.features_ttl_s < 1 or self.events_dedup_ttl_s < 1 or self.features_timeout_s <= 0:
+            raise InvalidArgument(
+                "RANKER_FEATURES_TTL_S and RANKER_EVENTS_DEDUP_TTL_S must be >= 1, "
+                "RANKER_FEATURES_TIMEOUT_S > 0"
             )

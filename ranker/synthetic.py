@@ -2,7 +2,8 @@
 
 :func:`make_log` draws an impression log (ids ``u3``, ``i17``, ``c2``, ``s5``), :func:`make_bundle` a
 knowledge bundle over the same ids, and :func:`make_artifact` a downstream model artifact with random
-weights, pinned to a knowledge version, with the log's behaviour sequences beside it (``features.npz``).
+weights, pinned to a knowledge version; :func:`fill_store` puts the log's clicks into a sequence store
+(the backfill's writes, without reading a file).
 The plug-in's output layer is randomised too (a fresh one is zero), so knowledge changes the scores.
 """
 
@@ -19,9 +20,9 @@ from contract.ids import Vocab, Vocabs
 from contract.knowledge import KnowledgeSpec
 from contract.schema import DEFAULT_MAX_LEN
 from gkc import bundle as gkc_bundle
-from ranker.features import FEATURES_FILE, SequenceStore
 from ranker.knowledge import manifest_schema
 from ranker.model import DownstreamModel
+from ranker.sequence_store import backfill_batch
 
 Log = dict[str, np.ndarray]
 
@@ -89,8 +90,7 @@ def make_artifact(
     mlp: tuple[int, ...] = (200, 80),
 ) -> Path:
     """A random-weight model over ``log``'s vocabularies; with ``bundle_dir``, a GKC plug-in pinned to
-    ``version`` and to the bundle's content checksum. Writes ``features.npz`` (the log's last
-    ``max_len`` clicks per user) beside it."""
+    ``version``."""
     vocabs = Vocabs(
         user=Vocab.build(log["user_id"]),
         item=Vocab.build(log["item_id"]),
@@ -127,8 +127,25 @@ def make_artifact(
         knowledge=knowledge,
         training=artifact_mod.TrainingInfo(seed=seed, synthetic=True),
     )
-    path = artifact_mod.save(art, out)
-    SequenceStore.from_clicks(
-        log["user_id"], log["item_id"], log["category_id"], log["ts"], log["click"], max_len=max_len
-    ).save(path / FEATURES_FILE)
-    return path
+    return artifact_mod.save(art, out)
+
+
+def fill_store(url: str, log: Log, max_len: int = DEFAULT_MAX_LEN, ttl_s: int = 86_400) -> int:
+    """Write ``log``'s clicks into the sequence store at ``url`` as the backfill does (row number =
+    arrival order); returns the number of clicks."""
+    import redis
+
+    clicked = np.flatnonzero(np.asarray(log["click"]).astype(bool))
+    rows = zip(
+        clicked.tolist(),
+        np.asarray(log["user_id"])[clicked].astype(str).tolist(),
+        np.asarray(log["item_id"])[clicked].astype(str).tolist(),
+        np.asarray(log["category_id"])[clicked].astype(str).tolist(),
+        np.asarray(log["ts"])[clicked].astype(np.float64).tolist(),
+        strict=True,
+    )
+    client = redis.Redis.from_url(url)
+    try:
+        return backfill_batch(client, rows, max_len=max_len, ttl_s=ttl_s)
+    finally:
+        client.close()

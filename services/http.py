@@ -69,7 +69,10 @@ class BearerToken:
         self.name = name
 
     def __call__(self, request: Request) -> None:
-        header = request.headers.get("authorization", "")
+        self.check(request.headers.get("authorization", ""))
+
+    def check(self, header: str) -> None:
+        """The same check on an ``Authorization`` value from elsewhere (gRPC metadata)."""
         scheme, _, given = header.partition(" ")
         if (
             scheme.lower() != "bearer"

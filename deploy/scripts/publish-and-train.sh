@@ -63,8 +63,9 @@ else
     "$KEEP" train --train "$train" --gkc "$GKC_ADDR" --knowledge-version "$version" --out "$model"
 fi
 
-# The ranker reads users' behaviour sequences from features.npz beside the model (last clicks per user).
-"$PYTHON" -m ranker.features "$train" "$model"
+# The ranker's behaviour-sequence store gets the log's clicks (RANKER_FEATURES_REDIS_URL, else the ranker's
+# embedded store under RANKER_DATA_DIR); rerunning adds nothing twice, live events keep arriving meanwhile.
+"$PYTHON" -m ranker.features "$train"
 
 # Switch the ranker's model atomically: a new symlink renamed over the old one.
 ln -sfn "$(basename "$model")" "$MODELS/.current.new"

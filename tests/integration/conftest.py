@@ -95,6 +95,7 @@ class RankerProc:
     http_url: str
     proc: subprocess.Popen[bytes]
     log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -119,12 +120,15 @@ def launch_ranker(workdir: Path, model_dir: Path, gkc_addr: str, **env: str) -> 
             "RANKER_RELOAD_POLL_S": "0.2",
             "RANKER_BREAKER_FAILURES": "3",
             "RANKER_BREAKER_RESET_S": "0.3",
+            "RANKER_DATA_DIR": str(workdir / "data"),  # its embedded sequence store, private to the test
+            "RANKER_FEATURES_TIMEOUT_S": "2.0",
+            "RANKER_EVENTS_TOKEN": TEST_TOKEN,
             **env,
         },
     )
     log_path = workdir / f"ranker-{http_port}.log"
     proc = launch.start([sys.executable, "-m", "ranker"], full, log_path=log_path, cwd=ROOT)
-    ranker = RankerProc(f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", proc, log_path)
+    ranker = RankerProc(f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", proc, log_path, full)
     launch.wait_healthy(proc, "ranker", f"{ranker.http_url}/healthz", log_path=log_path, timeout_s=90)
     return ranker
 

@@ -29,4 +29,11 @@ def test_quick_bench_prints_one_json_object() -> None:
         assert 0 <= run["degraded"] <= run["requests"]
     assert result["candidates"] == 500
     assert result["model_alone"]["samples_per_s"] > 0
+    assert 0.0 <= result["c1"]["features_share"] <= 1.0 and result["c1"]["features_ms_mean"] > 0
+    eager = result["model_alone"]["levers"]["eager"]
+    assert eager["samples_per_s"] > 0 and eager["max_abs_score_diff"] == 0.0
+    int8 = result["model_alone"]["levers"]["int8_dynamic"]
+    assert 0 < int8["max_abs_score_diff"] < 0.5  # quantized: close to float32, not equal
+    for path in ("api", "stream"):
+        assert 0 < result["ingest_visible"][path]["p50_ms"] <= result["ingest_visible"][path]["p99_ms"]
     assert set(result["targets_met"]) == {"p99_c1_le_20ms", "rps_c16_ge_150"}

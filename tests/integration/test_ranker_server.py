@@ -22,11 +22,11 @@ import pytest
 from conftest import ROOT, GkcService, RankerProc, launch_gkc, launch_ranker
 
 from contract import artifact as artifact_mod
+from contract.log import write_log
 from gkc import bundle as gkc_bundle
 from gkc.client import GkcClient, GkcOpsClient
 from protos import ranker_pb2, ranker_pb2_grpc
-from ranker import synthetic
-from ranker.features import FEATURES_FILE, SequenceStore
+from ranker import features, synthetic
 from ranker.knowledge import manifest_schema
 from services import launch
 from trainer.evaluate import predict
@@ -69,9 +69,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterat
         provider = GkcKnowledge(client, version, schema)
         art = train(log, TrainConfig(epochs=1, batch_size=64, progress=False, mlp=(32, 16)), [provider])
     path = artifact_mod.save(art, root / "artifacts" / "trained")
-    SequenceStore.from_clicks(
-        log["user_id"], log["item_id"], log["category_id"], log["ts"], log["click"], max_len=50
-    ).save(path / FEATURES_FILE)
+    # the README's order: backfill the ranker's embedded sequence store from the log, then start it
+    log_file = write_log(log, root / "train.parquet")
+    assert features.main([str(log_file), "--data-dir", str(root / "ranker" / "data")]) == 0
     models = root / "models"
     models.mkdir()
     os.symlink(path, models / "ctr")
@@ -199,12 +199,12 @@ def test_health_models_and_metrics(world: World) -> None:
     models = httpx.get(f"{url}/v1/models", timeout=10).json()
     assert models["default"] == "ctr"
     assert models["models"][0]["knowledge_version"] == world.version
-    assert models["models"][0]["features"].endswith(FEATURES_FILE)
     text = httpx.get(f"{url}/metrics", timeout=10).text
     for name in (
         "keep_ranker_request_seconds_bucket",
         'keep_ranker_requests_total{code="OK",method="Rank",transport="grpc"}',
         'keep_ranker_stage_seconds_count{stage="gkc"}',
+        'keep_ranker_stage_seconds_count{stage="features"}',
         "keep_ranker_candidates_per_request_bucket",
         "keep_ranker_models_loaded 1.0",
         "keep_ranker_gkc_breaker_state 0.0",

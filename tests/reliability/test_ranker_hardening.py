@@ -67,6 +67,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             RANKER_GKC_TIMEOUT_S="3.0",
             RANKER_REQUEST_DEADLINE_S="5.0",
         )
+        # the users' histories (issue 16: in the ranker's sequence store, no longer beside the model)
+        synthetic.fill_store(f"unix://{root / 'ranker' / 'data' / 'features' / 'redis.sock'}", log)
         yield Stack(root, ranker, proxy, models)
     finally:
         if ranker is not None:

@@ -83,14 +83,14 @@ def test_a_closed_pipe_is_not_a_traceback(tmp_path: Path) -> None:
 def test_missing_files_and_directories_are_one_line(tmp_path: Path) -> None:
     one_line_refusal(keep("data", "check", str(tmp_path / "nope.parquet")), "nope.parquet", "no such file")
     one_line_refusal(keep("data", "check", str(tmp_path)), "holds no Parquet files")  # a dataset dir
-    one_line_refusal(keep("features", str(tmp_path / "nope.parquet"), str(tmp_path)), "nope.parquet")
     one_line_refusal(
-        keep("features", str(tmp_path / "x.parquet"), str(tmp_path / "a" / "b" / "f.npz")), "no such"
+        keep("features", str(tmp_path / "nope.parquet"), "--data-dir", str(tmp_path)), "nope.parquet"
     )
 
 
-def test_the_features_command_writes_beside_a_model(tmp_path: Path) -> None:
-    """``python -m ranker.features`` was outside ``keep``; both now run the same command."""
+def test_the_features_command_fills_the_rankers_store(tmp_path: Path) -> None:
+    """``python -m ranker.features`` was outside ``keep``; both now run the same command (issue 16: into
+    the ranker's sequence store, here its embedded one under ``--data-dir``)."""
     import pandas as pd
 
     log = pd.DataFrame(
@@ -103,11 +103,18 @@ def test_the_features_command_writes_beside_a_model(tmp_path: Path) -> None:
         }
     )
     write_log(log, tmp_path / "log.parquet")
-    done = keep("features", str(tmp_path / "log.parquet"), str(tmp_path))
+    done = keep("features", str(tmp_path / "log.parquet"), "--data-dir", str(tmp_path / "ranker"))
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "features.npz").is_file() and "1 users, 2 clicks" in done.stdout
+    assert "3 rows, 2 clicks" in done.stdout and (tmp_path / "ranker" / "features").is_dir()
     via_module = subprocess.run(
-        [sys.executable, "-m", "ranker.features", str(tmp_path / "nope.parquet"), str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "ranker.features",
+            str(tmp_path / "nope.parquet"),
+            "--data-dir",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -19,7 +19,7 @@ from contract.ids import OOV, PAD, Vocab, Vocabs, canonical_ids
 from contract.knowledge import GKC_BLOCKS, Dims, KnowledgeSchema, KnowledgeSpec
 from contract.log import DataError, read_log, write_log
 from contract.schema import TASKS
-from ranker.features import build_store
+from ranker.features import clicks_of, iter_log_batches
 from ranker.model import DownstreamModel
 from services.errors import InvalidArgument
 
@@ -160,8 +160,9 @@ def test_read_log_refuses_an_empty_directory(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["log.pq", "log.csv.gz", "log.parquet", "log.csv"])
 def test_feature_store_reads_every_log_suffix(tmp_path: Path, name: str) -> None:
-    """Issue 17 item 6: ``build_store`` took only ``.parquet`` as Parquet (a valid ``log.pq`` failed with
-    a CSV tokenizer error) and never read ``.csv.gz``; it now reads logs like the trainer does."""
+    """Issue 17 item 6: the feature store's reader took only ``.parquet`` as Parquet (a valid ``log.pq``
+    failed with a CSV tokenizer error) and never read ``.csv.gz``; the backfill reads logs like the
+    trainer does."""
     df = pd.DataFrame(
         {
             "user_id": [1, 1, 2],
@@ -172,14 +173,14 @@ def test_feature_store_reads_every_log_suffix(tmp_path: Path, name: str) -> None
             "shop_id": [1, 2, 3],
         }
     )
-    store = build_store(write_log(df, tmp_path / name))
-    assert store.history("1") == (["10", "11"], ["5", "5"]) and store.history("2") == ([], [])
+    (batch,) = iter_log_batches(write_log(df, tmp_path / name))
+    assert list(clicks_of(batch, 0)) == [(0, "1", "10", "5", 100.0), (1, "1", "11", "5", 200.0)]
 
 
 def test_feature_store_refuses_a_log_that_breaks_the_contract(tmp_path: Path) -> None:
     bad = pd.DataFrame({"user_id": [1], "item_id": [2], "category_id": [3], "ts": [4], "click": [7]})
     with pytest.raises(DataError, match="'click' must be 0/1"):
-        build_store(write_log(bad, tmp_path / "bad.parquet"))
+        list(iter_log_batches(write_log(bad, tmp_path / "bad.parquet")))
 
 
 def test_gkc_imports_without_torch_or_pandas() -> None:

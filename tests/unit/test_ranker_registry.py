@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ranker import synthetic
+from ranker.history import EMPTY_HISTORY
 from ranker.registry import ModelRegistry
 from services.errors import NotFound
 
@@ -53,7 +54,7 @@ def test_symlink_flip_swaps_and_old_snapshot_stays_usable(tmp_path: Path, log: d
     assert registry.reload()["loaded"] == ["ctr"]
     new = registry.get("ctr")
     assert new.revision != old.revision and new.path.name == "b"
-    enc = old.scorer.encode("u1", ["i1", "i2"], ["c1", "c2"], [])
+    enc = old.scorer.encode("u1", EMPTY_HISTORY, ["i1", "i2"], ["c1", "c2"], [])
     assert old.scorer.score(enc, None).tolist() != new.scorer.score(enc, None).tolist()
 
 

