@@ -18,19 +18,12 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from gkc.serving_view import ServingView
-from gkc.store import MemoryInfo
+from gkc.store import MemoryInfo, StoreProbe
 from services.errors import KeepError
 
 log = logging.getLogger(__name__)
-
-
-class _Store(Protocol):
-    def ping(self) -> None: ...
-
-    def memory(self) -> MemoryInfo: ...
 
 
 def fitness_problem(memory: MemoryInfo, accept_eviction: bool) -> str | None:
@@ -57,7 +50,7 @@ class HealthState:
 class HealthMonitor:
     def __init__(
         self,
-        store: _Store,
+        store: StoreProbe,
         view: ServingView,
         *,
         accept_eviction: bool = False,

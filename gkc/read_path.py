@@ -21,13 +21,13 @@ from gkc.bundle import MAX_ID_CHARS
 from gkc.item_cache import ItemCache
 from gkc.lookup import Lookup, dedupe
 from gkc.serving_view import ServingView
-from gkc.store import KnowledgeReader, VersionRegistry
+from gkc.store import KnowledgeReader, VersionView
 from gkc.wire import F16, F32, CorruptData, Packed
 from services.errors import InvalidArgument
 
 
-class _Store(KnowledgeReader, VersionRegistry, Protocol):
-    """The read path reads data and the registry's view."""
+class _Store(KnowledgeReader, VersionView, Protocol):
+    """The read path reads data and the registry's view, nothing else."""
 
 
 class KnowledgeCenter:

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from gkc.store import RegistryView, VersionRecord, VersionRegistry
+from gkc.store import RegistryView, VersionRecord, VersionView
 from services.errors import NotFound, Unavailable
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class ServingView:
     def __init__(
         self,
-        registry: VersionRegistry,
+        registry: VersionView,
         *,
         ttl_s: float = 1.0,
         stale_s: float = 10.0,

@@ -1,11 +1,17 @@
-"""What GKC needs from a store, as three narrow protocols, and the registry's records.
+"""What GKC needs from a store, as narrow protocols (each client depends on what it calls), and the
+registry's records.
 
-The core never imports redis; ``gkc.redis_store`` implements all three protocols for Redis:
+The core never imports redis; ``gkc.redis_store`` implements every protocol for Redis:
 
-- :class:`KnowledgeReader`: the read path (one round trip per request) and a ping.
-- :class:`VersionRegistry`: versions, their identities and states, the active pointer, pins.
+- :class:`KnowledgeReader`: one read of stored rows (one round trip per request): the read path, the
+  publisher's read-back, the integrity sample check.
+- :class:`VersionView`: the ready versions and the active pointer, which is all a serving process
+  (:class:`gkc.serving_view.ServingView`, the read path) reads of the registry.
+- :class:`VersionRegistry`: the whole registry (versions, identities, states, the active pointer, pins):
+  the publisher, the janitor and the admin operations change it.
 - :class:`KnowledgeWriter`: bulk writes of a staging version, deletion and counting of a version's
   keys, memory figures and replication (publisher, janitor, integrity checks).
+- :class:`StoreProbe`: is the store up, and its memory (the health monitor).
 
 A *version* is an immutable namespace of vectors with an identity that is never reused
 (:class:`VersionIdentity`). Its life::
@@ -183,21 +189,33 @@ class MemoryInfo:
 
 
 class KnowledgeReader(Protocol):
-    """The read path. Implementations raise :class:`services.errors.Unavailable` when down."""
+    """Stored rows of one version. Implementations raise :class:`services.errors.Unavailable` when down."""
 
     def read(
         self, namespace: str, user_id: str, category_ids: Sequence[str], item_ids: Sequence[str]
     ) -> RawRead: ...
 
-    def ping(self) -> None: ...
+
+class StoreProbe(Protocol):
+    """What the health monitor asks of the store."""
+
+    def ping(self) -> None:
+        """Return when every primary answers; :class:`services.errors.Unavailable` otherwise."""
+        ...
+
+    def memory(self) -> MemoryInfo: ...
 
 
-class VersionRegistry(Protocol):
-    """Version states, identities, the active pointer and pins; every change is one atomic update."""
+class VersionView(Protocol):
+    """The part of the registry a serving process reads."""
 
     def view(self) -> RegistryView:
         """Ready versions and the active pointer (cheap: every reader calls it every second)."""
         ...
+
+
+class VersionRegistry(VersionView, Protocol):
+    """Version states, identities, the active pointer and pins; every change is one atomic update."""
 
     def records(self) -> tuple[list[VersionRecord], int | None]:
         """All versions, any state, with manifests and pins, and the active version (listings)."""
@@ -302,7 +320,7 @@ class KnowledgeWriter(Protocol):
         ...
 
 
-class KnowledgeStore(KnowledgeReader, VersionRegistry, KnowledgeWriter, Protocol):
-    """All three, as one backend provides them."""
+class KnowledgeStore(KnowledgeReader, VersionRegistry, KnowledgeWriter, StoreProbe, Protocol):
+    """All of them, as one backend provides them."""
 
     def close(self) -> None: ...

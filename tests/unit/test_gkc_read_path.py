@@ -20,7 +20,8 @@ DIMS = Dims(user=2, item=3, uc=2)
 
 
 class MemoryStore:
-    """Just enough of :class:`gkc.store.KnowledgeStore` for reads; records what was asked."""
+    """The read path's protocols (:class:`gkc.store.KnowledgeReader`, :class:`gkc.store.VersionView`) in
+    memory; records what was asked."""
 
     def __init__(self) -> None:
         rng = np.random.default_rng(0)
