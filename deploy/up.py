@@ -248,6 +248,7 @@ def plan_env(args: argparse.Namespace, redis: Sequence[int]) -> dict[str, str]:
         RANKER_FEATURES_REDIS_URL="" if args.cluster else f"redis://127.0.0.1:{redis[0]}/1",
         RANKER_DATA_DIR=str(args.work_dir / "ranker"),
         RANKER_ADMIN_TOKEN=env.get("RANKER_ADMIN_TOKEN") or token,
+        RANKER_EVENTS_TOKEN=env.get("RANKER_EVENTS_TOKEN") or token,
         KEEP_GKC_URL=f"http://127.0.0.1:{gkc_http}",
         KEEP_GKC_ADDR=f"127.0.0.1:{gkc_grpc}",
         KEEP_WORK_DIR=str(args.work_dir / "trainer"),
@@ -262,7 +263,8 @@ def plan_env(args: argparse.Namespace, redis: Sequence[int]) -> dict[str, str]:
 
 def load_or_create_token(work_dir: Path) -> str:
     """GKC refuses placeholder tokens, so a random one is kept (mode 0600) under the work dir. It is also the
-    ranker's admin token (``POST /v1/models/reload``) unless ``RANKER_ADMIN_TOKEN`` is set."""
+    ranker's admin token (``POST /v1/models/reload``) and event-ingest token (``POST /v1/events``) unless
+    ``RANKER_ADMIN_TOKEN`` / ``RANKER_EVENTS_TOKEN`` is set."""
     path = work_dir / "gkc-token"
     if path.exists():
         return path.read_text().strip()

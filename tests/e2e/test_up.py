@@ -184,6 +184,27 @@ def test_the_model_serves_the_published_knowledge_version(
     assert int(model.name.removeprefix("model-v").split("-")[0]) in ready
 
 
+def test_a_recorded_click_reaches_the_next_rank(suite: Suite) -> None:
+    """The sequence store is wired: an event recorded with the suite's events token (``make up`` gives the
+    ranker its token unless ``RANKER_EVENTS_TOKEN`` is set) is in the user's history at the next rank."""
+    endpoints = suite.endpoints
+    request = some_request(suite.work_dir)
+    rank_url = f"{endpoints['ranker_http']}/v1/rank"
+    before = httpx.post(rank_url, json=request, timeout=30).json()
+    first = request["candidates"][0]
+    event = {"event_id": f"e2e-{secrets.token_hex(8)}", "user_id": request["user_id"], **first}
+    headers = {"authorization": f"Bearer {suite.token}"}
+    url = f"{endpoints['ranker_http']}/v1/events"
+    assert httpx.post(url, json={"events": [event]}, timeout=30).status_code == 401, "ingest needs the token"
+    reply = httpx.post(url, json={"events": [event]}, headers=headers, timeout=30)
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {"received": 1, "recorded": 1}
+    after = httpx.post(rank_url, json=request, timeout=30).json()
+    assert not after["degraded"], after["degraded_reason"]
+    assert after["history_len"] == before["history_len"] + 1 or before["history_len"] >= 20, (before, after)
+    assert after["scores"] != before["scores"]
+
+
 def test_every_dashboard_metric_is_exported(suite: Suite) -> None:
     endpoints, work_dir = suite.endpoints, suite.work_dir
     httpx.post(f"{endpoints['ranker_http']}/v1/rank", json=some_request(work_dir), timeout=30)

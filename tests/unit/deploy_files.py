@@ -28,6 +28,7 @@ DOCKERFILES = {name: DEPLOY / f"{name}.Dockerfile" for name in ("gkc", "ranker",
 COMPOSE_SECRETS = {
     "GKC_API_TOKEN": "a-test-token-1234567890",
     "RANKER_ADMIN_TOKEN": "a-test-admin-token-1234567890",
+    "RANKER_EVENTS_TOKEN": "a-test-events-token-1234567890",
     "GRAFANA_ADMIN_PASSWORD": "a-test-password-123",
 }
 

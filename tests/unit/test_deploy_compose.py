@@ -108,6 +108,12 @@ def test_services_are_wired_to_each_other(main_model: dict[str, Any]) -> None:
     assert models and {v["source"] for v in ranker_models} == models
     assert all(v.get("read_only") for v in ranker_models)
     assert services["ranker"]["environment"]["RANKER_MODEL_DIR"].startswith("/models/")
+    # The behaviour-sequence store: a database of its own on the Redis, not GKC's knowledge database, and
+    # the same one for the ranker (reads, events) and the trainer's job (backfill).
+    store = services["ranker"]["environment"]["RANKER_FEATURES_REDIS_URL"]
+    assert store.startswith("redis://redis:") and store != gkc["GKC_REDIS_URL"]
+    assert trainer["RANKER_FEATURES_REDIS_URL"] == store
+    assert services["ranker"]["environment"]["RANKER_EVENTS_TOKEN"] == COMPOSE_SECRETS["RANKER_EVENTS_TOKEN"]
 
 
 def test_mounted_config_files_and_dockerfiles_exist(main_model: dict[str, Any]) -> None:

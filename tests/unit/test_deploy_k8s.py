@@ -159,3 +159,34 @@ def test_configmap_uses_the_same_settings_as_compose() -> None:
     compose_env.add("GKC_REDIS_CLUSTER")  # set by the cluster override
     config = find("ConfigMap", "keep-config")["data"]
     assert set(config) <= compose_env, set(config) - compose_env
+
+
+def test_ranker_and_job_share_a_sequence_store_of_its_own() -> None:
+    """The behaviour-sequence store is a standalone Redis (the store's client is not cluster-aware), never
+    the knowledge cluster; the rankers and the backfilling CronJob read its URL from the one ConfigMap, and
+    the event-ingest token comes from the Secret."""
+    config = find("ConfigMap", "keep-config")["data"]
+    url = config["RANKER_FEATURES_REDIS_URL"]
+    host = re.fullmatch(r"redis://([^:/]+):(\d+)/\d+", url)
+    assert host, url
+    assert "redis-cluster" not in host.group(1), "the sequence store must not be the knowledge cluster"
+    sts = find("StatefulSet", "redis-features")
+    assert sts["spec"]["replicas"] == 1
+    service = find("Service", sts["spec"]["serviceName"])
+    pod_labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert host.group(1) in {
+        f"{sts['metadata']['name']}-0.{service['metadata']['name']}.keep.svc.cluster.local",
+        f"{service['metadata']['name']}.keep.svc.cluster.local",
+    }
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    assert int(host.group(2)) in {p["containerPort"] for p in container["ports"]}
+    assert "--appendonly" in container["args"], "a restart keeps the users' clicks"
+    assert sts["spec"]["volumeClaimTemplates"]
+    for workload in (find("Deployment", "ranker"), find("CronJob", "knowledge-daily")):
+        (c,) = pod_spec(workload)["containers"]
+        assert {"configMapRef": {"name": "keep-config"}} in c["envFrom"], workload["metadata"]["name"]
+        assert not [e for e in c.get("env", []) if e["name"] == "RANKER_FEATURES_REDIS_URL"]
+    (ranker,) = pod_spec(find("Deployment", "ranker"))["containers"]
+    events = [e for e in ranker["env"] if e["name"] == "RANKER_EVENTS_TOKEN"]
+    assert events and events[0]["valueFrom"]["secretKeyRef"]["name"] == "keep-secrets"

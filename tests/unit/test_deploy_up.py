@@ -59,6 +59,8 @@ def test_local_processes_get_the_compose_variables(tmp_path: Path) -> None:
     assert port_of(env["KEEP_GKC_URL"]) == env["GKC_HTTP_PORT"]
     assert env["RANKER_MODEL_DIR"] == str(Path(env["KEEP_MODELS_DIR"]) / "current")
     assert env["GKC_REDIS_URL"] == "redis://127.0.0.1:6399/0"
+    assert env["RANKER_FEATURES_REDIS_URL"] == "redis://127.0.0.1:6399/1", "its own database, not GKC's"
+    assert env["RANKER_EVENTS_TOKEN"], "event ingest is open to the suite's token"
     assert "GKC_REDIS_CLUSTER" not in env
     ports = [env[k] for k in ("GKC_GRPC_PORT", "GKC_HTTP_PORT", "RANKER_GRPC_PORT", "RANKER_HTTP_PORT")]
     assert len(set(ports)) == 4
