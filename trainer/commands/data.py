@@ -1,4 +1,5 @@
-"""``keep data synth | taobao | taobao-behavior | days | check``: make and validate impression logs."""
+"""``keep data synth | taobao | taobao-behavior | days | check | sequences``: make, validate and sequence
+impression logs."""
 
 from __future__ import annotations
 
@@ -75,6 +76,21 @@ def register(sub: Any) -> None:
     check = data_sub.add_parser("check", help="validate a log and print a one-line JSON summary")
     check.add_argument("file", help="an impression log: a .parquet/.csv file or a dataset directory")
     check.set_defaults(func=run_check)
+
+    seqs = data_sub.add_parser(
+        "sequences",
+        help="build behaviour sequences as list columns into day partitions (out of core)",
+        description="Write LOG's rows with each row's user's last --max-len clicks strictly before its ts "
+        "(hist_item_id, hist_category_id) as day partitions of --out, one day in memory plus each "
+        "user's last clicks. An --out sequenced before is continued: only LOG's days after its last day "
+        "are sequenced, from its saved state (_state.parquet).",
+    )
+    seqs.add_argument("log", help="an impression log: a .parquet/.csv file or a dataset directory")
+    seqs.add_argument(
+        "--out", required=True, help="the sequenced dataset directory (new, or one to continue)"
+    )
+    seqs.add_argument("--max-len", type=int, default=None, help="clicks per sequence (default 50)")
+    seqs.set_defaults(func=run_sequences)
 
 
 def _print_written(paths: dict[str, Path], truth: dict[str, Any]) -> None:
@@ -155,6 +171,15 @@ def run_days(args: argparse.Namespace) -> int:
         raise InvalidArgument(f"--out {args.out} is the input log; write to another file")
     write_log(kept.reset_index(drop=True), args.out)
     print(json.dumps({"out": str(args.out), "rows": len(kept), "first_day": first, "last_day": last}))
+    return 0
+
+
+def run_sequences(args: argparse.Namespace) -> int:
+    from contract.schema import DEFAULT_MAX_LEN
+    from trainer.data.sequence_stage import sequence_log
+
+    result = sequence_log(args.log, args.out, max_len=args.max_len or DEFAULT_MAX_LEN)
+    print(json.dumps(result.to_json(), sort_keys=True))
     return 0
 
 
