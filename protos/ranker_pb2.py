@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/ranker.proto\x12\x0ekeep.ranker.v1\"g\n\x0bRankRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\t\x12\x14\n\x0c\x63\x61tegory_ids\x18\x03 \x03(\t\x12\x10\n\x08shop_ids\x18\x04 \x03(\t\x12\r\n\x05model\x18\x05 \x01(\t\"\x8b\x01\n\x0cRankResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\r\n\x05model\x18\x02 \x01(\t\x12\x16\n\x0emodel_revision\x18\x03 \x01(\t\x12\x19\n\x11knowledge_version\x18\x04 \x01(\r\x12\x10\n\x08\x64\x65graded\x18\x05 \x01(\x08\x12\x17\n\x0f\x64\x65graded_reason\x18\x06 \x01(\t\"a\n\nClickEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63\x61tegory_id\x18\x04 \x01(\t\x12\n\n\x02ts\x18\x05 \x01(\x01\"A\n\x13RecordEventsRequest\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.keep.ranker.v1.ClickEvent\":\n\x14RecordEventsResponse\x12\x10\n\x08received\x18\x01 \x01(\r\x12\x10\n\x08recorded\x18\x02 \x01(\r2\xa6\x01\n\x06Ranker\x12\x41\n\x04Rank\x12\x1b.keep.ranker.v1.RankRequest\x1a\x1c.keep.ranker.v1.RankResponse\x12Y\n\x0cRecordEvents\x12#.keep.ranker.v1.RecordEventsRequest\x1a$.keep.ranker.v1.RecordEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/ranker.proto\x12\x0ekeep.ranker.v1\"g\n\x0bRankRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\t\x12\x14\n\x0c\x63\x61tegory_ids\x18\x03 \x03(\t\x12\x10\n\x08shop_ids\x18\x04 \x03(\t\x12\r\n\x05model\x18\x05 \x01(\t\"\xb7\x01\n\x0cRankResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\r\n\x05model\x18\x02 \x01(\t\x12\x16\n\x0emodel_revision\x18\x03 \x01(\t\x12\x19\n\x11knowledge_version\x18\x04 \x01(\r\x12\x10\n\x08\x64\x65graded\x18\x05 \x01(\x08\x12\x17\n\x0f\x64\x65graded_reason\x18\x06 \x01(\t\x12\x15\n\runknown_items\x18\x07 \x01(\r\x12\x13\n\x0bhistory_len\x18\x08 \x01(\r\"a\n\nClickEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63\x61tegory_id\x18\x04 \x01(\t\x12\n\n\x02ts\x18\x05 \x01(\x01\"A\n\x13RecordEventsRequest\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.keep.ranker.v1.ClickEvent\":\n\x14RecordEventsResponse\x12\x10\n\x08received\x18\x01 \x01(\r\x12\x10\n\x08recorded\x18\x02 \x01(\r2\xa6\x01\n\x06Ranker\x12\x41\n\x04Rank\x12\x1b.keep.ranker.v1.RankRequest\x1a\x1c.keep.ranker.v1.RankResponse\x12Y\n\x0cRecordEvents\x12#.keep.ranker.v1.RecordEventsRequest\x1a$.keep.ranker.v1.RecordEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,13 +34,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RANKREQUEST']._serialized_start=39
   _globals['_RANKREQUEST']._serialized_end=142
   _globals['_RANKRESPONSE']._serialized_start=145
-  _globals['_RANKRESPONSE']._serialized_end=284
-  _globals['_CLICKEVENT']._serialized_start=286
-  _globals['_CLICKEVENT']._serialized_end=383
-  _globals['_RECORDEVENTSREQUEST']._serialized_start=385
-  _globals['_RECORDEVENTSREQUEST']._serialized_end=450
-  _globals['_RECORDEVENTSRESPONSE']._serialized_start=452
-  _globals['_RECORDEVENTSRESPONSE']._serialized_end=510
-  _globals['_RANKER']._serialized_start=513
-  _globals['_RANKER']._serialized_end=679
+  _globals['_RANKRESPONSE']._serialized_end=328
+  _globals['_CLICKEVENT']._serialized_start=330
+  _globals['_CLICKEVENT']._serialized_end=427
+  _globals['_RECORDEVENTSREQUEST']._serialized_start=429
+  _globals['_RECORDEVENTSREQUEST']._serialized_end=494
+  _globals['_RECORDEVENTSRESPONSE']._serialized_start=496
+  _globals['_RECORDEVENTSRESPONSE']._serialized_end=554
+  _globals['_RANKER']._serialized_start=557
+  _globals['_RANKER']._serialized_end=723
 # @@protoc_insertion_point(module_scope)

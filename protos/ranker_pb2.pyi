@@ -21,20 +21,24 @@ class RankRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ..., category_ids: _Optional[_Iterable[str]] = ..., shop_ids: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class RankResponse(_message.Message):
-    __slots__ = ("scores", "model", "model_revision", "knowledge_version", "degraded", "degraded_reason")
+    __slots__ = ("scores", "model", "model_revision", "knowledge_version", "degraded", "degraded_reason", "unknown_items", "history_len")
     SCORES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_REVISION_FIELD_NUMBER: _ClassVar[int]
     KNOWLEDGE_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_REASON_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_LEN_FIELD_NUMBER: _ClassVar[int]
     scores: _containers.RepeatedScalarFieldContainer[float]
     model: str
     model_revision: str
     knowledge_version: int
     degraded: bool
     degraded_reason: str
-    def __init__(self, scores: _Optional[_Iterable[float]] = ..., model: _Optional[str] = ..., model_revision: _Optional[str] = ..., knowledge_version: _Optional[int] = ..., degraded: _Optional[bool] = ..., degraded_reason: _Optional[str] = ...) -> None: ...
+    unknown_items: int
+    history_len: int
+    def __init__(self, scores: _Optional[_Iterable[float]] = ..., model: _Optional[str] = ..., model_revision: _Optional[str] = ..., knowledge_version: _Optional[int] = ..., degraded: _Optional[bool] = ..., degraded_reason: _Optional[str] = ..., unknown_items: _Optional[int] = ..., history_len: _Optional[int] = ...) -> None: ...
 
 class ClickEvent(_message.Message):
     __slots__ = ("event_id", "user_id", "item_id", "category_id", "ts")

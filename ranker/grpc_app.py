@@ -61,6 +61,8 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
                 knowledge_version=ranking.knowledge_version,
                 degraded=ranking.degraded,
                 degraded_reason=ranking.reason,
+                unknown_items=ranking.unknown_items,
+                history_len=ranking.history_len,
             )
 
 

@@ -139,6 +139,21 @@ def test_scores_equal_offline_evaluate_over_grpc_and_rest(world: World) -> None:
         rest = httpx.post(f"{world.ranker.http_url}/v1/rank", json=body, timeout=30)
         assert rest.status_code == 200, rest.text
         assert rest.json()["scores"] == pytest.approx(list(got.scores), abs=0)
+        # the same counts on both transports; the cold user has no history
+        assert (got.unknown_items, got.history_len) == (
+            rest.json()["unknown_items"],
+            rest.json()["history_len"],
+        )
+        assert (got.history_len == 0) == (part["user_id"].iloc[0] == "new-user")
+    unseen = ranker.Rank(
+        ranker_pb2.RankRequest(
+            user_id="u0",
+            item_ids=["no-such-item", str(rows["item_id"].iloc[0])],
+            category_ids=["c0", str(rows["category_id"].iloc[0])],
+        ),
+        timeout=30,
+    )
+    assert unseen.unknown_items == 1 and len(unseen.scores) == 2
 
 
 @pytest.mark.parametrize(
