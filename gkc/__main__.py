@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from services.cli import run_command
 
-if __name__ == "__main__":
+
+def main() -> int:
+    """Serve until SIGTERM/SIGINT; importing this module starts nothing."""
     from gkc.server import serve
     from gkc.settings import GkcSettings
 
-    raise SystemExit(run_command("gkc", lambda: serve(GkcSettings())))
+    return run_command("gkc", lambda: serve(GkcSettings()))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

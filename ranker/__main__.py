@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from services.cli import run_command
 
-if __name__ == "__main__":
+
+def main() -> int:
+    """Serve until SIGTERM/SIGINT; importing this module starts nothing."""
     from ranker.server import serve
     from ranker.settings import RankerSettings
 
-    raise SystemExit(run_command("ranker", lambda: serve(RankerSettings())))
+    return run_command("ranker", lambda: serve(RankerSettings()))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
