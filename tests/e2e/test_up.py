@@ -24,10 +24,10 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.deploy_files import dashboard_exprs, exported_names, metric_names
+
 REPO = Path(__file__).resolve().parents[2]
 UP = REPO / "deploy" / "up.py"
-sys.path.insert(0, str(REPO / "tests" / "unit"))  # the dashboard helpers live beside the deploy unit tests
-from test_deploy_dashboard import dashboard_exprs, exported_names, metric_names  # noqa: E402
 
 #: Generous: the tiny pipeline (synth, pretrain, export, publish, train) on 2 shared cores.
 READY_TIMEOUT_S = 900

@@ -16,10 +16,9 @@ import httpx
 import pytest
 
 from services import launch
+from tests.support.deploy_files import dashboard_exprs, exported_names, metric_names
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "unit"))  # the dashboard helpers live beside the deploy unit tests
-from test_deploy_dashboard import dashboard_exprs, exported_names, metric_names  # noqa: E402
 
 
 def _gkc_servable() -> bool:

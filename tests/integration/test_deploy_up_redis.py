@@ -3,25 +3,12 @@ cluster that covers all 16384 slots and serves keys on every node."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import redis
 from redis.cluster import RedisCluster
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def load_up() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("keep_deploy_up", REPO / "deploy" / "up.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
+from tests.support.deploy_files import load_up
 
 up = load_up()
 

@@ -30,14 +30,11 @@ from gkc.publish import publish
 from gkc.redis_store import RedisStore
 from gkc.store import READY, RETIRING, STAGING
 from services.errors import Unavailable
+from tests.support.stage1_data import write_tiny
 from trainer.cli import main
 from trainer.export import export
 from trainer.export_store import ShardedExportError, export_to_store
 from trainer.models.checkpoint import load_extractor
-
-# The Stage 1 tests' learnable tiny log (tests/unit/stage1_data.py).
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from stage1_data import write_tiny
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT
+from tests.support.servers import ROOT
 
 
 def test_quick_bench_prints_one_json_object() -> None:

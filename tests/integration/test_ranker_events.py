@@ -20,12 +20,12 @@ import httpx
 import numpy as np
 import pytest
 import redis
-from conftest import ROOT, TEST_TOKEN, RankerProc, launch_ranker
 
 from gkc.local_redis import EmbeddedRedis
 from protos import ranker_pb2, ranker_pb2_grpc
 from ranker import synthetic
 from ranker.sequence_store import seq_key
+from tests.support.servers import ROOT, TEST_TOKEN, RankerProc, launch_ranker
 
 USERS, ITEMS, CATEGORIES = 20, 120, 6
 AUTH = (("authorization", f"Bearer {TEST_TOKEN}"),)

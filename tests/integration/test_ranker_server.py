@@ -19,7 +19,6 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, GkcService, RankerProc, launch_gkc, launch_ranker
 
 from contract import artifact as artifact_mod
 from contract.log import write_log
@@ -29,6 +28,7 @@ from protos import ranker_pb2, ranker_pb2_grpc
 from ranker import features, synthetic
 from ranker.knowledge import manifest_schema
 from services import launch
+from tests.support.servers import ROOT, GkcService, RankerProc, launch_gkc, launch_ranker
 from trainer.evaluate import predict
 from trainer.train import GkcKnowledge, TrainConfig, train
 
@@ -38,7 +38,7 @@ USERS, ITEMS, CATEGORIES = 30, 200, 8
 def restart_gkc(old: GkcService) -> GkcService:
     """A new GKC process with the old one's settings: same ports, same Redis (so the same versions).
 
-    (``conftest.launch_gkc`` picks new ports, and the ranker must find GKC where it was.)
+    (``launch_gkc`` picks new ports, and the ranker must find GKC where it was.)
     """
     log_path = old.log_path.with_suffix(".restarted.log")
     proc = launch.start([sys.executable, "-m", "gkc"], old.env, log_path=log_path, cwd=ROOT)
@@ -79,7 +79,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterat
     world = World(root, log, version, gkc, path, ranker)
     yield world
     ranker.stop()
-    world.gkc.stop()  # the last test replaces the GKC with a restarted one
+    world.gkc.stop()  # the one running now (a test restarts it on the same ports)
 
 
 def later_rows(world: World, users: list[str], n: int = 80, seed: int = 0) -> pd.DataFrame:
@@ -293,26 +293,29 @@ def test_hot_swap_under_load_loses_no_request(world: World) -> None:
 
 
 def test_gkc_stopped_mid_test_degrades_then_recovers(world: World) -> None:
-    """Runs last: stops the module's GKC, then starts a new one on the same ports and Redis."""
+    """Stops the module's GKC, then starts a new one on the same ports and Redis (also when the test
+    fails midway), so the tests after it meet a healthy GKC again."""
     rows = later_rows(world, ["u5"], n=40, seed=4)
     ranker = stub(world)
     healthy = ranker.Rank(request(rows), timeout=30)
     assert not healthy.degraded
     world.gkc.stop()
-    reasons = []
-    for _ in range(8):
-        # the deadline is the server's budget (RANKER_REQUEST_DEADLINE_S) plus slack: answering later
-        # than that would be DEADLINE_EXCEEDED here, not a degraded answer
-        got = ranker.Rank(request(rows), timeout=6)
-        assert got.degraded and len(got.scores) == len(rows)
-        assert got.knowledge_version == world.version
-        reasons.append(got.degraded_reason)
-    assert set(reasons) <= {"gkc_unavailable", "gkc_timeout", "breaker_open"}
-    assert "breaker_open" in reasons  # after 3 failures the breaker stops calling
-    assert not np.allclose(got.scores, healthy.scores, atol=1e-5)  # the base model, not the plugged one
-    metrics = httpx.get(f"{world.ranker.http_url}/metrics", timeout=10).text
-    assert 'keep_ranker_degraded_total{model="ctr",reason="breaker_open"}' in metrics
-    world.gkc = restart_gkc(world.gkc)
+    try:
+        reasons = []
+        for _ in range(8):
+            # the deadline is the server's budget (RANKER_REQUEST_DEADLINE_S) plus slack: answering
+            # later than that would be DEADLINE_EXCEEDED here, not a degraded answer
+            got = ranker.Rank(request(rows), timeout=6)
+            assert got.degraded and len(got.scores) == len(rows)
+            assert got.knowledge_version == world.version
+            reasons.append(got.degraded_reason)
+        assert set(reasons) <= {"gkc_unavailable", "gkc_timeout", "breaker_open"}
+        assert "breaker_open" in reasons  # after 3 failures the breaker stops calling
+        assert not np.allclose(got.scores, healthy.scores, atol=1e-5)  # the base model, not the plugged one
+        metrics = httpx.get(f"{world.ranker.http_url}/metrics", timeout=10).text
+        assert 'keep_ranker_degraded_total{model="ctr",reason="breaker_open"}' in metrics
+    finally:
+        world.gkc = restart_gkc(world.gkc)
     for _ in range(200):  # the breaker probes again every 0.3 s; the channel reconnects within ~1 s
         got = ranker.Rank(request(rows), timeout=30)
         if not got.degraded:

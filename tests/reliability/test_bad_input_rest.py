@@ -19,11 +19,12 @@ import httpx
 import numpy as np
 import pytest
 import schemathesis
-from faultkit import GkcService, launch_gkc, publish_tagged, random_request, response_tags, tagged_bundle
 from hypothesis import HealthCheck, given, settings
 
 from gkc.client import GkcOpsClient, tar_bundle
 from protos import gkc_pb2_grpc
+from tests.support.faultkit import publish_tagged, random_request, response_tags, tagged_bundle
+from tests.support.servers import GkcService, launch_gkc
 
 pytestmark = pytest.mark.reliability
 

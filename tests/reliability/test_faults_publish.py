@@ -15,20 +15,20 @@ from pathlib import Path
 
 import grpc
 import pytest
-from faultkit import (
+
+from gkc.client import GkcOpsClient, tar_bundle
+from gkc.local_redis import EmbeddedRedis
+from protos import gkc_pb2, gkc_pb2_grpc
+from tests.support.faultkit import (
     BackgroundUpload,
     ReadLoad,
-    launch_gkc,
     publish_tagged,
     random_request,
     response_tags,
     tagged_bundle,
     wait_staging,
 )
-
-from gkc.client import GkcOpsClient, tar_bundle
-from gkc.local_redis import EmbeddedRedis
-from protos import gkc_pb2, gkc_pb2_grpc
+from tests.support.servers import launch_gkc
 
 pytestmark = pytest.mark.reliability
 

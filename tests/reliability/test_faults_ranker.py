@@ -18,12 +18,13 @@ from typing import ClassVar
 import grpc
 import numpy as np
 import pytest
-from faultkit import BackgroundCallers, GkcService, LatencyProxy, RankerProc, launch_gkc, launch_ranker
 
 from gkc.client import GkcOpsClient
 from gkc.local_redis import EmbeddedRedis, RedisProcess
 from protos import ranker_pb2, ranker_pb2_grpc
 from ranker import synthetic
+from tests.support.faultkit import BackgroundCallers, LatencyProxy
+from tests.support.servers import GkcService, RankerProc, launch_gkc, launch_ranker
 
 pytestmark = pytest.mark.reliability
 

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from faultkit import ReadLoad, launch_gkc, publish_tagged, random_request, response_tags
 
 from gkc.client import GkcClient, GkcOpsClient
 from gkc.local_redis import EmbeddedRedis, RedisProcess, free_port
 from protos import gkc_pb2, gkc_pb2_grpc
 from services.errors import DeadlineExceeded, Unavailable
+from tests.support.faultkit import ReadLoad, publish_tagged, random_request, response_tags
+from tests.support.servers import launch_gkc
 
 pytestmark = pytest.mark.reliability
 CLIENT_DEADLINE_S = 3.0

@@ -10,20 +10,20 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from faultkit import (
+
+from gkc.client import GkcOpsClient, tar_bundle
+from gkc.local_redis import EmbeddedRedis
+from protos import gkc_pb2
+from tests.support.faultkit import (
     BackgroundUpload,
     LatencyProxy,
     ReadLoad,
-    launch_gkc,
     publish_tagged,
     response_tags,
     tagged_bundle,
     wait_staging,
 )
-
-from gkc.client import GkcOpsClient, tar_bundle
-from gkc.local_redis import EmbeddedRedis
-from protos import gkc_pb2
+from tests.support.servers import launch_gkc
 
 pytestmark = pytest.mark.reliability
 

@@ -14,11 +14,12 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
-from faultkit import launch_gkc, publish_tagged, random_request, response_tags
 
 from gkc.client import GkcOpsClient
 from gkc.local_redis import EmbeddedRedis
 from protos import gkc_pb2_grpc
+from tests.support.faultkit import publish_tagged, random_request, response_tags
+from tests.support.servers import launch_gkc
 
 pytestmark = pytest.mark.reliability
 

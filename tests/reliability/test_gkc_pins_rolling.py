@@ -13,11 +13,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from faultkit import launch_gkc, launch_ranker
 
 from gkc.client import GkcOpsClient
 from protos import ranker_pb2, ranker_pb2_grpc
 from ranker import synthetic
+from tests.support.servers import launch_gkc, launch_ranker
 
 pytestmark = pytest.mark.reliability
 USERS, ITEMS, CATEGORIES = 20, 100, 5

@@ -13,20 +13,20 @@ import grpc
 import httpx
 import pytest
 import redis
-from faultkit import (
+
+from gkc.client import GkcOpsClient, tar_bundle
+from gkc.local_redis import RedisProcess, free_port
+from protos import gkc_pb2, gkc_pb2_grpc
+from services.launch import ServiceStartError
+from tests.support.faultkit import (
     BackgroundUpload,
-    launch_gkc,
     publish_tagged,
     random_request,
     response_tags,
     tagged_bundle,
     wait_staging,
 )
-
-from gkc.client import GkcOpsClient, tar_bundle
-from gkc.local_redis import RedisProcess, free_port
-from protos import gkc_pb2, gkc_pb2_grpc
-from services.launch import ServiceStartError
+from tests.support.servers import launch_gkc
 
 pytestmark = pytest.mark.reliability
 

@@ -16,25 +16,25 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from faultkit import (
-    CATEGORIES,
-    ITEMS,
-    USERS,
-    BackgroundUpload,
-    ReadLoad,
-    launch_gkc,
-    publish_tagged,
-    random_request,
-    response_tags,
-    tagged_bundle,
-    wait_staging,
-)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.crc import key_slot
 
 from gkc.client import GkcOpsClient, tar_bundle
 from gkc.local_redis import EmbeddedRedis, LocalCluster, RedisProcess
 from protos import gkc_pb2, gkc_pb2_grpc
+from tests.support.faultkit import (
+    CATEGORIES,
+    ITEMS,
+    USERS,
+    BackgroundUpload,
+    ReadLoad,
+    publish_tagged,
+    random_request,
+    response_tags,
+    tagged_bundle,
+    wait_staging,
+)
+from tests.support.servers import launch_gkc
 
 pytestmark = pytest.mark.reliability
 TIMEOUT_S = 0.5

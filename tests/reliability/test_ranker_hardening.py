@@ -20,7 +20,6 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from faultkit import LatencyProxy, RankerProc, launch_gkc, launch_ranker
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from contract import artifact as artifact_mod
@@ -29,6 +28,8 @@ from protos import ranker_pb2, ranker_pb2_grpc
 from ranker import synthetic
 from ranker.settings import RankerSettings
 from services.errors import InvalidArgument
+from tests.support.faultkit import LatencyProxy
+from tests.support.servers import RankerProc, launch_gkc, launch_ranker
 
 pytestmark = [pytest.mark.reliability, pytest.mark.redis]
 USERS, ITEMS, CATEGORIES = 20, 100, 5

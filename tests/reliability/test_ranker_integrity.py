@@ -14,12 +14,12 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from faultkit import launch_ranker
 
 from gkc.bundle_reader import BundleReader
 from gkc.client import GkcOpsClient
 from protos import ranker_pb2, ranker_pb2_grpc
 from ranker import synthetic
+from tests.support.servers import launch_ranker
 
 pytestmark = [pytest.mark.reliability, pytest.mark.redis]
 USERS, ITEMS, CATEGORIES = 20, 100, 5

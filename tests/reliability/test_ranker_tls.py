@@ -10,12 +10,13 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from faultkit import ROOT, self_signed_cert
 
 from gkc.local_redis import free_port
 from protos import ranker_pb2, ranker_pb2_grpc
 from ranker import synthetic
 from services import launch
+from tests.support.faultkit import self_signed_cert
+from tests.support.servers import ROOT
 
 pytestmark = pytest.mark.reliability
 

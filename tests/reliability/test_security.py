@@ -15,7 +15,6 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from faultkit import ROOT, launch_gkc, random_request, response_tags, self_signed_cert, tagged_bundle
 
 import gkc.rest
 import services.http
@@ -25,6 +24,8 @@ from protos import gkc_pb2_grpc
 from ranker.gkc_source import GkcKnowledgeSource
 from services import launch
 from services.errors import KeepError, Unavailable
+from tests.support.faultkit import random_request, response_tags, self_signed_cert, tagged_bundle
+from tests.support.servers import ROOT, launch_gkc
 
 pytestmark = pytest.mark.reliability
 SECRET = "s3cr3t-Token-for-log-checks-7f2c9a"

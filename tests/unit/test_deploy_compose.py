@@ -12,7 +12,15 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_files import CLUSTER_FILE, COMPOSE_FILE, COMPOSE_SECRETS, REPO, compose_config, load_compose_yaml
+
+from tests.support.deploy_files import (
+    CLUSTER_FILE,
+    COMPOSE_FILE,
+    COMPOSE_SECRETS,
+    REPO,
+    compose_config,
+    load_compose_yaml,
+)
 
 SERVICES = {"redis", "gkc", "trainer", "ranker", "prometheus", "grafana"}
 SECRET_NAME = re.compile(r"TOKEN|PASSWORD|SECRET|API_KEY|CREDENTIAL", re.IGNORECASE)

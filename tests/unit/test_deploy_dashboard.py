@@ -8,64 +8,22 @@ traffic is needed to see their names).
 from __future__ import annotations
 
 import json
-import re
-from typing import Any
 
 import yaml
-from deploy_files import COMPOSE_FILE, DEPLOY, REPO, load_compose_yaml
 
-DASHBOARD = DEPLOY / "grafana" / "dashboards" / "keep.json"
-DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
-PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
-
-#: PromQL words that look like identifiers but are not metric names.
-PROMQL_WORDS = {
-    "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values",
-    "group", "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
-    "offset", "rate", "irate", "increase", "delta", "idelta", "deriv", "histogram_quantile", "clamp_min",
-    "clamp_max", "clamp", "abs", "ceil", "floor", "round", "exp", "ln", "log2", "log10", "sqrt", "time",
-    "vector", "scalar", "label_replace", "label_join", "absent", "changes", "resets", "sort", "sort_desc",
-    "avg_over_time", "max_over_time", "min_over_time", "sum_over_time", "count_over_time", "last_over_time",
-    "e", "inf", "nan",
-}  # fmt: skip
-
-
-def metric_names(expr: str) -> set[str]:
-    """Metric names in a PromQL expression: identifiers left after removing label matchers, grouping
-    clauses, range selectors, strings, numbers and Grafana variables."""
-    text = re.sub(r'"(?:[^"\\]|\\.)*"', " ", expr)
-    text = re.sub(r"\{[^}]*\}", " ", text)
-    text = re.sub(r"\[[^\]]*\]", " ", text)
-    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
-    text = re.sub(r"\$\w+", " ", text)
-    text = re.sub(r"(?<![\w:])\d+(\.\d+)?(e[+-]?\d+)?", " ", text)
-    idents = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", text))
-    return {name for name in idents if name.lower() not in PROMQL_WORDS}
-
-
-def exported_names(text: str) -> set[str]:
-    """Every sample name an exposition can carry, from its families (no traffic needed to see a name)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    names: set[str] = set()
-    for family in text_string_to_metric_families(text):
-        suffixes = {
-            "counter": ("_total", "_created"),
-            "histogram": ("_bucket", "_sum", "_count", "_created"),
-            "summary": ("", "_sum", "_count", "_created"),
-        }.get(family.type, ("",))
-        names |= {family.name + s for s in suffixes}
-        names |= {sample.name for sample in family.samples}
-    return names
-
-
-def dashboard() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(DASHBOARD.read_text())
-    return data
-
-
-def dashboard_exprs() -> list[str]:
-    return [t["expr"] for p in dashboard()["panels"] for t in p.get("targets", [])]
+from tests.support.deploy_files import (
+    COMPOSE_FILE,
+    DASHBOARD,
+    DATASOURCES,
+    DEPLOY,
+    PROMETHEUS,
+    REPO,
+    dashboard,
+    dashboard_exprs,
+    exported_names,
+    load_compose_yaml,
+    metric_names,
+)
 
 
 def test_metric_name_extraction() -> None:

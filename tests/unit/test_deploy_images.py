@@ -12,7 +12,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from deploy_files import DEPLOY, DOCKERFILES, REPO, hadolint
+
+from tests.support.deploy_files import DEPLOY, DOCKERFILES, REPO, hadolint
 
 #: The default ports (docs/deploy.md) each image exposes.
 PORTS = {"gkc": {"50051", "8081"}, "ranker": {"50052", "8082"}, "trainer": set()}

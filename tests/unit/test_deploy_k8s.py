@@ -13,7 +13,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from deploy_files import COMPOSE_FILE, K8S
+
+from tests.support.deploy_files import COMPOSE_FILE, K8S
 
 #: A version kubernetes-validate ships schemas for, with gRPC probes (GA 1.27) and CronJob.timeZone (GA 1.27).
 K8S_VERSION = "1.31.0"

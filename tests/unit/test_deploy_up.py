@@ -4,28 +4,15 @@ same way, and keeps its generated token private."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import re
 import stat
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
-from deploy_files import COMPOSE_FILE, DEPLOY, load_compose_yaml
 
 from services.settings import is_placeholder
-
-
-def load_up() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("keep_deploy_up", DEPLOY / "up.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
+from tests.support.deploy_files import COMPOSE_FILE, load_compose_yaml, load_up
 
 up = load_up()
 

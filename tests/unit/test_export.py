@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from stage1_data import DAY, write_tiny
 
 from contract.log import read_log
 from contract.schema import day_of
 from gkc import bundle as gkc_bundle
 from gkc.bundle_writer import BundleWriter
 from services.errors import InvalidArgument
+from tests.support.stage1_data import DAY, write_tiny
 from trainer.cli import main
 from trainer.export import export, export_loaded, prepare
 from trainer.knowledge_fn import KnowledgeFn

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from stage1_data import DAY, tiny_log
 
 from contract.log import write_log
+from tests.support.stage1_data import DAY, tiny_log
 from trainer.knowledge_fn import KnowledgeFn, knowledge_matrix
 from trainer.pretrain import PretrainConfig, pretrain
 

@@ -13,10 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from stage1_data import tiny_log
 
 from contract.log import DataError, read_log, write_dataset, write_log
 from gkc import bundle as gkc_bundle
+from tests.support.stage1_data import tiny_log
 from trainer.cli import main
 from trainer.data.synth import generate, write_world, write_world_partitioned
 from trainer.export import export

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from stage1_data import write_tiny
 
 from gkc.bundle_reader import BundleReader
 from services.errors import InvalidArgument
+from tests.support.stage1_data import write_tiny
 from trainer import pipeline
 from trainer.models.checkpoint import load_extractor
 

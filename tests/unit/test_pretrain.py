@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from stage1_data import tiny_log, write_tiny
 
 from contract.log import read_log, write_log
 from contract.schema import day_of
 from gkc import bundle as gkc_bundle
 from services.errors import InvalidArgument
+from tests.support.stage1_data import tiny_log, write_tiny
 from trainer.data.dataset import EncodedLog
 from trainer.export import export
 from trainer.losses import pointwise_loss

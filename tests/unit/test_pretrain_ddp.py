@@ -19,9 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from stage1_data import write_tiny
-from torchrun_cli import torchrun_keep
 
+from tests.support.stage1_data import write_tiny
+from tests.support.torchrun_cli import torchrun_keep
 from trainer.models.checkpoint import load_extractor, load_state
 from trainer.pretrain import PretrainConfig, pretrain
 

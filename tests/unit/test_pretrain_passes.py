@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from stage1_data import write_tiny
 
+from tests.support.stage1_data import write_tiny
 from trainer.cli import main
 from trainer.pretrain import PretrainConfig, pretrain
 from trainer.pretrain_passes import best_pass, stopped

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from stage1_data import tiny_log
 
 from contract.log import DataError, read_log, write_dataset, write_log
 from services.errors import InvalidArgument
+from tests.support.stage1_data import tiny_log
 from trainer.cli import main
 from trainer.data.sequence_stage import HIST_CATEGORY, HIST_ITEM, META, STATE, is_sequenced, sequence_log
 from trainer.data.sequences import HistoryIndex

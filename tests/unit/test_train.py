@@ -8,13 +8,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from stage2_data import random_bundle
 
 from contract import artifact as artifact_mod
 from contract.ids import Vocabs
 from contract.knowledge import GKC_BLOCKS
 from contract.log import write_log
 from contract.schema import day_of
+from tests.support.stage2_data import random_bundle
 from trainer.cli import main
 from trainer.data.synth import generate
 from trainer.train import EMBEDDING_VOCAB, TrainConfig, prepare_model, train

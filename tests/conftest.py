@@ -1,0 +1,3 @@
+"""Registers the shared fixtures (real Redis, GKC and ranker processes, latency proxies) for every suite."""
+
+pytest_plugins = ["tests.support.fixtures"]
