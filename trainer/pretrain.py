@@ -36,10 +36,11 @@ from tqdm import tqdm
 
 from contract.extractor import CheckpointConfig, ExtractorConfig, PretrainSettings, TrainingWindow
 from contract.ids import Vocabs
-from contract.log import read_log, tasks_present
-from contract.schema import DEFAULT_MAX_LEN, TASKS, day_of
+from contract.log import tasks_present
+from contract.schema import DEFAULT_MAX_LEN, TASKS
 from services.errors import Conflict, InvalidArgument
 from trainer.data.dataset import EncodedLog
+from trainer.data.source import LogSource, holdout_inputs, open_source
 from trainer.distributed import DataParallel
 from trainer.losses import hybrid_loss
 from trainer.metrics import auc, gauc
@@ -57,7 +58,7 @@ from trainer.models.checkpoint import (
 )
 from trainer.models.extractor import Extractor, build_extractor
 from trainer.models.growth import grow_extractor
-from trainer.pretrain_passes import AUTO, ONE_PASS_ROWS, PassPlan, choose_passes, pass_batches
+from trainer.pretrain_passes import AUTO, ONE_PASS_ROWS, PassPlan, choose_passes
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +123,7 @@ def day_batches(days: np.ndarray, seed: int, batch_size: int, epoch: int = 0) ->
     return out
 
 
-def split_days(df: pd.DataFrame, holdout_days: int, source: str) -> tuple[list[int], list[int]]:
-    days = sorted(int(d) for d in np.unique(day_of(df["ts"].to_numpy())))
+def split_days(days: list[int], holdout_days: int, source: str) -> tuple[list[int], list[int]]:
     if holdout_days < 0:
         raise InvalidArgument("--holdout-days must be >= 0")
     if holdout_days >= len(days):
@@ -134,11 +134,11 @@ def split_days(df: pd.DataFrame, holdout_days: int, source: str) -> tuple[list[i
     return days[:cut], days[cut:]
 
 
-def _train_tasks(requested: Sequence[str], df: pd.DataFrame, source: str) -> tuple[str, ...]:
+def _train_tasks(requested: Sequence[str], columns: list[str], source: str) -> tuple[str, ...]:
     unknown = [t for t in requested if t not in TASKS]
     if unknown:
         raise InvalidArgument(f"unknown task(s) {unknown}; expected a subset of {', '.join(TASKS)}")
-    present = tasks_present(df)
+    present = tasks_present(pd.DataFrame(columns=columns))
     skipped = [t for t in requested if t not in present]
     if skipped:
         log.warning("%s: no %s column; skipping task(s) %s", source, "/".join(skipped), skipped)
@@ -211,10 +211,10 @@ class _Plan:
 
 
 def _plan(
-    cfg: PretrainConfig, df: pd.DataFrame, train_days: list[int], holdout: list[int], writer: bool = True
+    cfg: PretrainConfig, data: LogSource, train_days: list[int], holdout: list[int], writer: bool = True
 ) -> _Plan:
     source = str(cfg.super_path)
-    tasks = _train_tasks(cfg.tasks, df, source)
+    tasks = _train_tasks(cfg.tasks, data.columns(), source)
     if "click" not in tasks:
         raise InvalidArgument("the click task is required (--tasks must include click)")
     out = cfg.out
@@ -228,8 +228,7 @@ def _plan(
         run_days = [d for d in train_days if d > last]
         if not run_days:
             raise InvalidArgument(f"{source}: no training day after day {last} (the end of {cfg.init})")
-        new_rows = df[np.isin(day_of(df["ts"].to_numpy()), run_days)]
-        vocabs = Vocabs.build(new_rows, init=prev.vocabs)
+        vocabs = data.vocabs(run_days, init=prev.vocabs)
         model, optimizer_state, added = grow_extractor(
             prev.model, load_state(prev.path)["optimizer"], vocabs, seed=cfg.seed
         )
@@ -248,8 +247,7 @@ def _plan(
         window_first = first
     else:
         run_days = train_days
-        mask = np.isin(day_of(df["ts"].to_numpy()), run_days)
-        vocabs = Vocabs.build(df[mask])
+        vocabs = data.vocabs(run_days)
         torch.manual_seed(cfg.seed)
         strategy = cfg.strategy or DEFAULT_STRATEGY
         model = build_extractor(extractor_config(vocabs, strategy, tasks, cfg.max_len))
@@ -316,27 +314,32 @@ def pretrain(
     finished = _finished_run(cfg)
     if finished is not None:
         return finished
-    df = read_log(cfg.super_path)
-    train_days, holdout = split_days(df, cfg.holdout_days, str(cfg.super_path))
-    plan = _plan(cfg, df, train_days, holdout, writer=group.is_writer)
+    data = open_source(cfg.super_path)  # a sequenced dataset streams day by day, else in memory
+    train_days, holdout = split_days(data.days(), cfg.holdout_days, str(cfg.super_path))
+    plan = _plan(cfg, data, train_days, holdout, writer=group.is_writer)
     group.barrier()  # every rank has read the resume state before rank 0 writes a new one
     group.broadcast_parameters(plan.model)
     tasks = plan.config.train.tasks
-    all_days = day_of(df["ts"].to_numpy())
-    window = df[np.isin(all_days, plan.run_days)].reset_index(drop=True)
-    history = df[all_days <= plan.run_days[-1]]
-    encoded = EncodedLog.encode(window, plan.vocabs, history_from=history, max_len=cfg.max_len)
-    passes = _passes(cfg, df, plan, tasks, group)
-    batches = pass_batches(encoded.day, cfg.seed, cfg.batch_size, passes.passes)
+    passes = _passes(cfg, data, plan, tasks, group)
+    stream = data.batches(
+        plan.run_days,
+        plan.vocabs,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        passes=passes.passes,
+        max_len=cfg.max_len,
+        group=group,
+    )
+    sizes = stream.sizes
     progress: dict[str, Any] = {
         "state": "running",
         "passes": passes.passes,
         "run_days": plan.run_days,
         "batches_done": plan.done,
-        "batches_total": len(batches),
-        "rows_done": int(sum(len(b) for b in batches[: plan.done])),
+        "batches_total": len(sizes),
+        "rows_done": int(sum(sizes[: plan.done])),
     }
-    rows_left = len(encoded) - progress["rows_done"]
+    rows_left = sum(sizes) - progress["rows_done"]
     bar = tqdm(
         total=rows_left,
         unit="rows",
@@ -351,7 +354,7 @@ def pretrain(
     ema: dict[str, float] = {}
     ran = 0
     try:
-        for index in range(plan.done, len(batches)):
+        for index, (encoded, rows) in enumerate(stream.iter_from(plan.done), start=plan.done):
             if stop_after_batches is not None and ran >= stop_after_batches:
                 bar.close()
                 return PretrainResult(
@@ -363,15 +366,14 @@ def pretrain(
                     time.perf_counter() - started,
                     completed=False,
                 )
-            rows = batches[index]
-            batch = make_batch(encoded, group.shard(rows), tasks, with_pairs=cfg.alpha > 0)
+            batch = make_batch(encoded, rows, tasks, with_pairs=cfg.alpha > 0)
             losses = train_step(model, optimizer, batch, tasks, cfg.alpha, group)
             ran += 1
             progress["batches_done"] = index + 1
-            progress["rows_done"] += len(rows)
+            progress["rows_done"] += sizes[index]
             for head, value in losses.items():
                 ema[head] = value if head not in ema else 0.9 * ema[head] + 0.1 * value
-            bar.update(len(rows))
+            bar.update(sizes[index])
             if index % 10 == 0:
                 bar.set_postfix({h: f"{v:.4f}" for h, v in ema.items()}, refresh=False)
             if (index + 1) % cfg.checkpoint_every == 0 and group.is_writer:
@@ -387,7 +389,9 @@ def pretrain(
     metrics: dict[str, Any] = {}
     if group.is_writer:
         save_state(cfg.out, model, optimizer, progress)
-        metrics = evaluate_holdout(model, df, plan.vocabs, holdout, tasks, cfg.max_len) if holdout else {}
+        metrics = (
+            score_holdout(model, *data.holdout(plan.vocabs, holdout, cfg.max_len), tasks) if holdout else {}
+        )
         metrics["passes"] = passes.to_json()
         if passes.validation:
             metrics["validation"] = passes.validation
@@ -426,7 +430,7 @@ def _finished_run(cfg: PretrainConfig) -> PretrainResult | None:
 
 
 def _passes(
-    cfg: PretrainConfig, df: pd.DataFrame, plan: _Plan, tasks: tuple[str, ...], group: DataParallel
+    cfg: PretrainConfig, data: LogSource, plan: _Plan, tasks: tuple[str, ...], group: DataParallel
 ) -> PassPlan:
     """This run's passes: a resumed run keeps its own; under torchrun AUTO is one pass (the ranks
     would each run the early-stopping search)."""
@@ -436,7 +440,7 @@ def _passes(
         return PassPlan(plan.passes, "resumed: the passes the run was started with")
     if group.enabled and cfg.passes == AUTO:
         return PassPlan(1, "data-parallel run: one pass unless --passes is given")
-    return choose_passes(cfg, df, plan.run_days, tasks, fresh=cfg.init is None)
+    return choose_passes(cfg, data, plan.run_days, tasks, fresh=cfg.init is None)
 
 
 def _window(plan: _Plan) -> tuple[int, int]:
@@ -468,9 +472,14 @@ def evaluate_holdout(
     For ``serving`` every form gets its own ``gauc_<form>``; ``gauc`` scores the mean of their logits.
     Click also gets ``gauc_popularity``: the items' click rate over the training rows, as a baseline.
     """
-    days = day_of(df["ts"].to_numpy())
-    test = df[np.isin(days, holdout_days)].reset_index(drop=True)
-    log = EncodedLog.encode(test, vocabs, history_from=df, max_len=max_len)
+    return score_holdout(model, *holdout_inputs(df, vocabs, holdout_days, max_len), tasks)
+
+
+def score_holdout(
+    model: Extractor, log: EncodedLog, popularity: np.ndarray, tasks: Sequence[str]
+) -> dict[str, Any]:
+    """:func:`evaluate_holdout` of encoded held-out rows and their items' popularity (click rate before
+    the held-out days)."""
     scores: dict[str, list[np.ndarray]] = {}
     for _, out in iter_scores(model, log, tasks):
         for head, s in out.items():
@@ -493,10 +502,7 @@ def evaluate_holdout(
                 entry[f"gauc_{h.split(':')[0]}"] = _safe_gauc(users, labels, s)
         metrics[task] = entry
     if "click" in metrics:
-        train = df[days < min(holdout_days)]
-        rate = train.groupby("item_id")["click"].mean()
-        pop = test["item_id"].map(rate).fillna(0.0).to_numpy(np.float64)
-        metrics["click"]["gauc_popularity"] = _safe_gauc(log.user, log.labels["click"], pop)
+        metrics["click"]["gauc_popularity"] = _safe_gauc(log.user, log.labels["click"], popularity)
     return metrics
 
 

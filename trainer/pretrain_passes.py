@@ -40,6 +40,7 @@ from trainer.models.batch import make_batch
 from trainer.models.extractor import build_extractor
 
 if TYPE_CHECKING:
+    from trainer.data.source import LogSource
     from trainer.pretrain import PretrainConfig
 
 log = logging.getLogger(__name__)
@@ -94,20 +95,20 @@ def stopped(curve: list[float], patience: int, min_delta: float) -> bool:
 
 
 def choose_passes(
-    cfg: PretrainConfig, df: pd.DataFrame, train_days: list[int], tasks: tuple[str, ...], *, fresh: bool
+    cfg: PretrainConfig, data: LogSource, train_days: list[int], tasks: tuple[str, ...], *, fresh: bool
 ) -> PassPlan:
-    """The number of passes for this run (see the module docstring for the rules)."""
+    """The number of passes for this run (see the module docstring for the rules). Only early stopping
+    holds the log in memory (``data.frame()``), and only below ``one_pass_rows`` training rows."""
     if cfg.passes != AUTO:
         return PassPlan(cfg.passes, "given")
     if not fresh:
         return PassPlan(1, "continuation: one pass over the new days (the paper's daily update)")
-    days = day_of(df["ts"].to_numpy())
-    rows = int(np.isin(days, train_days).sum())
+    rows = data.rows(train_days)
     if rows >= cfg.one_pass_rows:
         return PassPlan(1, f"large data: {rows} training rows >= {cfg.one_pass_rows}, the paper's one pass")
     if len(train_days) < 2:
         return PassPlan(1, "one training day: no day left to validate on, one pass")
-    return early_stopping(cfg, df, train_days, tasks)
+    return early_stopping(cfg, data.frame(), train_days, tasks)
 
 
 def early_stopping(

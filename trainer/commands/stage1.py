@@ -18,7 +18,13 @@ def register(sub: Any) -> None:
         "pretrain",
         help="pre-train the knowledge extractor on a super-domain log (resumes an interrupted run)",
     )
-    p.add_argument("--super", required=True, dest="super_path", help="super-domain impression log")
+    p.add_argument(
+        "--super",
+        required=True,
+        dest="super_path",
+        help="super-domain impression log (file or dataset); a dataset from `keep data sequences` "
+        "is streamed day by day",
+    )
     p.add_argument("--out", required=True, help="checkpoint directory (rerun the same command to resume)")
     p.add_argument("--tasks", default="click,conversion,cart", help="comma-separated (default: all three)")
     p.add_argument("--alpha", type=float, default=0.25, help="weight of the pairwise loss (default 0.25)")

@@ -53,17 +53,12 @@ class EncodedLog:
         each row's ``ts``, so nothing leaks.
         """
         user = vocabs.user.lookup(df["user_id"].to_numpy())
-        item = vocabs.item.lookup(df["item_id"].to_numpy())
-        category = vocabs.category.lookup(df["category_id"].to_numpy())
-        shop = (
-            vocabs.shop.lookup(df["shop_id"].to_numpy())
-            if vocabs.shop is not None and "shop_id" in df.columns
-            else np.zeros(len(df), dtype=np.int64)
-        )
         ts = df["ts"].to_numpy(np.int64)
         src = df if history_from is None else history_from
         if history_from is None:
-            h_user, h_item, h_cat = user, item, category
+            h_user = user
+            h_item = vocabs.item.lookup(df["item_id"].to_numpy())
+            h_cat = vocabs.category.lookup(df["category_id"].to_numpy())
         else:
             h_user = vocabs.user.lookup(src["user_id"].to_numpy())
             h_item = vocabs.item.lookup(src["item_id"].to_numpy())
@@ -77,10 +72,42 @@ class EncodedLog:
             rows_user=None if history_from is None else user,
             rows_ts=None if history_from is None else ts,
         )
+        return cls._with_history(df, vocabs, history, user)
+
+    @classmethod
+    def from_windows(
+        cls,
+        df: pd.DataFrame,
+        vocabs: Vocabs,
+        *,
+        offsets: np.ndarray,
+        hist_item: np.ndarray,
+        hist_category: np.ndarray,
+        max_len: int = DEFAULT_MAX_LEN,
+    ) -> EncodedLog:
+        """Encode ``df`` whose rows' windows were built beforehand (``keep data sequences``): row ``r``'s
+        clicks are ``hist_*[offsets[r]:offsets[r + 1]]`` (raw ids, oldest first), at least the last
+        ``max_len`` of them. The same vocabulary lookups as :meth:`encode`, so the same batches
+        (:meth:`HistoryIndex.click_counts` is then capped at the stored window)."""
+        history = HistoryIndex(
+            fields={"item": vocabs.item.lookup(hist_item), "category": vocabs.category.lookup(hist_category)},
+            start=np.asarray(offsets[:-1], dtype=np.int64),
+            end=np.asarray(offsets[1:], dtype=np.int64),
+            max_len=max_len,
+        )
+        return cls._with_history(df, vocabs, history)
+
+    @classmethod
+    def _with_history(
+        cls, df: pd.DataFrame, vocabs: Vocabs, history: HistoryIndex, user: np.ndarray | None = None
+    ) -> EncodedLog:
+        user = vocabs.user.lookup(df["user_id"].to_numpy()) if user is None else user
+        ts = df["ts"].to_numpy(np.int64)
         labels = {"click": df["click"].to_numpy(np.int8)}
         for col in OPTIONAL_LABEL_COLUMNS:
             if col in df.columns:
                 labels[col] = df[col].to_numpy(np.int8)
+        # Only equality of keys matters (pairs never leave a batch, a batch never leaves a day).
         if "session_id" in df.columns:
             pair_key = pd.factorize(df["session_id"].astype(str))[0].astype(np.int64)
         else:
@@ -88,9 +115,13 @@ class EncodedLog:
             pair_key = pair_key.astype(np.int64)
         return cls(
             user=user,
-            item=item,
-            category=category,
-            shop=shop,
+            item=vocabs.item.lookup(df["item_id"].to_numpy()),
+            category=vocabs.category.lookup(df["category_id"].to_numpy()),
+            shop=(
+                vocabs.shop.lookup(df["shop_id"].to_numpy())
+                if vocabs.shop is not None and "shop_id" in df.columns
+                else np.zeros(len(df), dtype=np.int64)
+            ),
             ts=ts,
             labels=labels,
             pair_key=pair_key,

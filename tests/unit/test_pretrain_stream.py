@@ -1,0 +1,122 @@
+"""Pre-training as a stream (issue 12 deliver 2): a dataset sequenced by ``keep data sequences`` is read
+one day partition at a time, each rank reading only its shards' rows, and gives the in-memory path's
+batches and, for the same seed, its trained parameters bit for bit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from contract.log import read_log, write_dataset
+from services.errors import InvalidArgument
+from tests.support.stage1_data import tiny_log
+from trainer.data.sequence_stage import sequence_log
+from trainer.data.source import InMemorySource, LogSource
+from trainer.data.stream import SequencedSource
+from trainer.distributed import DataParallel
+from trainer.models.batch import FeatureBatch, make_batch
+from trainer.models.checkpoint import load_extractor, load_state
+from trainer.pretrain import PretrainConfig, pretrain
+
+SMALL = {"users": 30, "items": 40, "categories": 5, "days": 5, "rows_per_day": 1200}
+#: Training runs: fewer rows, the "full" strategy (one form), small batches (~3 s a run on a quiet core).
+TRAIN = {"users": 20, "items": 30, "categories": 4, "days": 4, "rows_per_day": 300}
+
+
+def write_both(root: Path, **kw: object) -> tuple[Path, Path]:
+    """The same rows as a plain dataset (in memory) and as a sequenced one (streamed)."""
+    df = tiny_log(**kw)  # type: ignore[arg-type]
+    df["ts"] = df["ts"] // 60 * 60  # clicks sharing seconds with rows and with each other
+    write_dataset(df, root / "plain", files_per_day=2)
+    sequence_log(root / "plain", root / "seq", max_len=20)
+    return root / "plain", root / "seq"
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return write_both(tmp_path_factory.mktemp("stream"), **SMALL)
+
+
+def cfg(super_path: Path, out: Path, **kw: object) -> PretrainConfig:
+    base: dict[str, object] = {
+        "batch_size": 100,
+        "progress": False,
+        "checkpoint_every": 2,
+        "max_len": 12,
+        "strategy": "full",
+        "passes": 1,
+    }
+    base.update(kw)
+    return PretrainConfig(super_path=super_path, out=out, **base)  # type: ignore[arg-type]
+
+
+def assert_same_batch(a: FeatureBatch, b: FeatureBatch) -> None:
+    for name in ("user", "item", "shop", "category", "hist_item", "hist_category"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    for field in ("labels", "task_rows"):
+        x, y = getattr(a, field), getattr(b, field)
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), field
+    assert a.pairs.keys() == b.pairs.keys()
+    for task in a.pairs:
+        assert all(torch.equal(p, q) for p, q in zip(a.pairs[task], b.pairs[task], strict=True)), task
+
+
+@pytest.mark.parametrize(
+    "group", [DataParallel(), DataParallel(rank=1, world=2)], ids=["1 rank", "rank 1 of 2"]
+)
+def test_the_stream_gives_the_in_memory_batches(logs: tuple[Path, Path], group: DataParallel) -> None:
+    plain, seq = logs
+    memory: LogSource = InMemorySource(read_log(plain), str(plain))
+    streamed: LogSource = SequencedSource(seq)
+    assert streamed.days() == memory.days() and streamed.columns() == memory.columns()
+    days = memory.days()[:-1]
+    assert streamed.rows(days) == memory.rows(days)
+    vocabs = memory.vocabs(days)
+    assert streamed.vocabs(days) == vocabs
+    kw = {"seed": 3, "batch_size": 250, "passes": 2, "max_len": 12, "group": group}
+    a, b = memory.batches(days, vocabs, **kw), streamed.batches(days, vocabs, **kw)  # type: ignore[arg-type]
+    assert a.sizes == b.sizes and len(a.sizes) == 2 * 4 * 5
+    tasks = ("click", "conversion", "cart")
+    pairs = zip(a.iter_from(0), b.iter_from(0), strict=True)
+    for (log_a, rows_a), (log_b, rows_b) in pairs:
+        if group.enabled:
+            assert len(log_b) < len(log_a)  # this rank read only its shards' rows of the day
+        assert_same_batch(
+            make_batch(log_a, rows_a, tasks, with_pairs=True),
+            make_batch(log_b, rows_b, tasks, with_pairs=True),
+        )
+    # A resumed run starts mid-stream: the same batches from there on.
+    tail_a, tail_b = list(a.iter_from(23)), list(b.iter_from(23))
+    assert len(tail_a) == len(tail_b) == len(a.sizes) - 23
+    assert_same_batch(make_batch(*tail_a[0], tasks), make_batch(*tail_b[0], tasks))
+    log_a, pop_a = memory.holdout(vocabs, memory.days()[-1:], 12)
+    log_b, pop_b = streamed.holdout(vocabs, memory.days()[-1:], 12)
+    rows = np.arange(len(log_a))
+    assert_same_batch(make_batch(log_a, rows, tasks), make_batch(log_b, rows, tasks))
+    assert np.array_equal(pop_a, pop_b)
+
+
+def test_streamed_pretraining_equals_the_in_memory_run(tmp_path: Path) -> None:
+    plain, seq = write_both(tmp_path, **TRAIN)
+    pretrain(cfg(plain, tmp_path / "memory"))
+    streamed = pretrain(cfg(seq, tmp_path / "stream"))
+    assert streamed.completed and streamed.batches == 3 * 3  # 3 training days of 3 batches
+    a, b = load_extractor(tmp_path / "memory"), load_extractor(tmp_path / "stream")
+    assert a.vocabs == b.vocabs and a.metrics == b.metrics and a.progress == b.progress
+    sa, sb = load_state(tmp_path / "memory"), load_state(tmp_path / "stream")
+    for name in sa["model"]:
+        assert torch.equal(sa["model"][name], sb["model"][name]), name
+    # Killed midway and resumed, the stream skips the days it holds and lands on the same parameters.
+    pretrain(cfg(seq, tmp_path / "resumed"), stop_after_batches=5)
+    assert pretrain(cfg(seq, tmp_path / "resumed")).batches == 9 - 4  # from the checkpoint at 4: mid day 2
+    sr = load_state(tmp_path / "resumed")["model"]
+    assert all(torch.equal(sr[k], sb["model"][k]) for k in sr)
+
+
+def test_a_longer_window_than_sequenced_is_refused(logs: tuple[Path, Path], tmp_path: Path) -> None:
+    _, seq = logs
+    with pytest.raises(InvalidArgument, match="sequences of 20 clicks; --max-len 50"):
+        pretrain(cfg(seq, tmp_path / "x", max_len=50, passes=1))
