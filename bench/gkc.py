@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from gkc import bundle as gkc_bundle
+from gkc.settings import gkc_env
 from services import launch
 
 DIM = 64
@@ -252,7 +253,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         build_s = time.monotonic() - t0
         grpc_port, http_port = free_port(), free_port()
         token = "bench-token-" + os.urandom(8).hex()
-        env = launch.gkc_env(
+        env = gkc_env(
             grpc_port,
             http_port,
             token,

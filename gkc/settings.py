@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.errors import InvalidArgument
-from services.settings import MIN_TOKEN_LENGTH, ServiceSettings, is_placeholder
+from services.settings import MIN_TOKEN_LENGTH, ServiceSettings, is_placeholder, prefixed_env
 
 
 class GkcSettings(ServiceSettings):
@@ -79,3 +80,28 @@ class GkcSettings(ServiceSettings):
         """How long a retiring version's keys stay: every process re-reads the registry within
         ``registry_stale_s`` or stops answering; the grace covers a read already under way."""
         return self.registry_stale_s + 2.0 + 4 * self.redis_timeout_s
+
+
+def gkc_env(
+    grpc_port: int,
+    http_port: int,
+    token: str,
+    *,
+    data_dir: Path | None = None,
+    redis_url: str | None = None,
+    host: str | None = "127.0.0.1",
+    base: Mapping[str, str] | None = None,
+    **extra: str,
+) -> dict[str, str]:
+    """The environment of a GKC process (``python -m gkc``) on ``host`` (None: its default) and ports.
+
+    ``base`` (default: this process's environment) is copied; an inherited ``GKC_REDIS_URL`` is
+    dropped, so the GKC uses ``redis_url`` or else its embedded Redis under ``data_dir``. ``extra``
+    (``GKC_*=value``) is added last, before the Redis URL.
+    """
+    values = {"HOST": host, "GRPC_PORT": grpc_port, "HTTP_PORT": http_port, "API_TOKEN": token}
+    env = {**prefixed_env("GKC", {**values, "DATA_DIR": data_dir}, base), **extra}
+    env.pop("GKC_REDIS_URL", None)
+    if redis_url:
+        env["GKC_REDIS_URL"] = redis_url
+    return env

@@ -1,7 +1,7 @@
 """Locust user for the ranker: gRPC ``keep.ranker.v1.Ranker/Rank`` with the GKC load mix.
 
 Run by ``loadtests/run.py --ranker``, which starts GKC, publishes versions, starts ``python -m ranker``
-with a ``ranker.synthetic.make_artifact`` model pinned to one of them, and passes in the environment:
+with a ``bench.ranker_world.make_artifact`` model pinned to one of them, and passes in the environment:
 
 - ``KEEP_LOAD_RANKER_GRPC``: ``host:port`` of the ranker's gRPC port.
 - ``KEEP_LOAD_USERS`` / ``KEEP_LOAD_ITEMS`` / ``KEEP_LOAD_CATEGORIES``: id space sizes (ids ``u<n>`` ...).

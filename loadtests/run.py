@@ -7,7 +7,7 @@ Steps: start ``python -m gkc`` on free loopback ports (embedded Redis unless ``-
 threshold in :data:`P99_THRESHOLDS_MS` (``--p99 NAME=MS`` overrides one); the last lines are the verdict,
 one per check. Only loopback targets: this never load-tests another machine.
 
-With ``--ranker`` it also starts ``python -m ranker`` serving a ``ranker.synthetic.make_artifact`` model
+With ``--ranker`` it also starts ``python -m ranker`` serving a ``ranker.ranker_world.make_artifact`` model
 pinned to the last published version (through that GKC), and runs the ``ranker.Rank`` user of
 ``loadtests/locustfile_ranker.py`` instead of the GKC users; the summary adds the degraded answers
 counted by the ranker's ``keep_ranker_degraded_total``.
@@ -32,6 +32,8 @@ import numpy as np
 from gkc import bundle as gkc_bundle
 from gkc.client import GkcOpsClient
 from gkc.local_redis import free_port
+from gkc.settings import gkc_env
+from ranker.settings import ranker_env
 from services import launch
 
 HERE = Path(__file__).resolve().parent
@@ -78,7 +80,7 @@ def wait_healthy(proc: Any, name: str, log_path: Path, http_url: str, *, timeout
 
 def start_gkc(workdir: Path, redis_url: str | None, token: str, workers: int) -> tuple[Any, str, str]:
     grpc_port, http_port = free_port(), free_port()
-    env = launch.gkc_env(
+    env = gkc_env(
         grpc_port,
         http_port,
         token,
@@ -98,13 +100,13 @@ def start_ranker(
     workdir: Path, gkc_grpc: str, bundle_dir: Path, version: int, args: Any
 ) -> tuple[Any, str, str]:
     """A synthetic model (random weights, GKC plug-in pinned to ``version``) served by a real ranker."""
-    from ranker import synthetic
+    from bench import ranker_world
 
     rows_per_user = max(1, min(10, 50_000 // max(1, args.id_users)))
-    log = synthetic.make_log(args.id_users, args.id_items, args.id_categories, rows_per_user, seed=0)
-    synthetic.make_artifact(workdir / "models" / "ctr", log, bundle_dir, version, seed=0)
+    log = ranker_world.make_log(args.id_users, args.id_items, args.id_categories, rows_per_user, seed=0)
+    ranker_world.make_artifact(workdir / "models" / "ctr", log, bundle_dir, version, seed=0)
     grpc_port, http_port = free_port(), free_port()
-    env = launch.ranker_env(
+    env = ranker_env(
         grpc_port,
         http_port,
         gkc_grpc,
@@ -239,13 +241,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 versions.append(int(ops.publish(path, progress=False)["version"]))
             locustfile = HERE / "locustfile_gkc.py"
-            ranker_env: dict[str, str] = {}
+            locust_ranker_env: dict[str, str] = {}
             if args.ranker:
                 ranker_proc, ranker_grpc, ranker_http = start_ranker(
                     work, grpc_addr, work / f"bundle{args.versions - 1}", versions[-1], args
                 )
                 locustfile = HERE / "locustfile_ranker.py"
-                ranker_env = {
+                locust_ranker_env = {
                     "KEEP_LOAD_RANKER_GRPC": ranker_grpc,
                     "KEEP_LOAD_MAX_CANDIDATES": str(args.max_candidates),
                 }
@@ -257,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                 "KEEP_LOAD_USERS": str(args.id_users),
                 "KEEP_LOAD_ITEMS": str(args.id_items),
                 "KEEP_LOAD_CATEGORIES": str(args.id_categories),
-                **ranker_env,
+                **locust_ranker_env,
             }
             prefix = args.out / target
             cmd = [

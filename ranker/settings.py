@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -10,7 +11,7 @@ from pydantic_settings import SettingsConfigDict
 
 from contract.schema import DEFAULT_MAX_LEN
 from services.errors import InvalidArgument
-from services.settings import ServiceSettings, is_placeholder
+from services.settings import ServiceSettings, is_placeholder, prefixed_env
 
 
 def is_loopback(host: str) -> bool:
@@ -137,3 +138,20 @@ class RankerSettings(ServiceSettings):
                 "RANKER_FEATURES_TTL_S and RANKER_EVENTS_DEDUP_TTL_S must be >= 1, "
                 "RANKER_FEATURES_TIMEOUT_S > 0"
             )
+
+
+def ranker_env(
+    grpc_port: int,
+    http_port: int,
+    gkc_addr: str,
+    model_dir: Path,
+    *,
+    host: str | None = "127.0.0.1",
+    base: Mapping[str, str] | None = None,
+    **extra: str,
+) -> dict[str, str]:
+    """The environment of a ranker process (``python -m ranker``) on ``host`` (None: its default) and
+    ports, reading knowledge from the GKC at ``gkc_addr`` and models from ``model_dir``; ``extra``
+    (``RANKER_*=value``) is added last."""
+    values = {"HOST": host, "GRPC_PORT": grpc_port, "HTTP_PORT": http_port, "GKC_ADDR": gkc_addr}
+    return {**prefixed_env("RANKER", {**values, "MODEL_DIR": model_dir}, base), **extra}

@@ -1,15 +1,15 @@
-"""Start a KEEP service (GKC or ranker) as a subprocess on local ports and wait until it is healthy.
+"""Start a service as a subprocess on local ports and wait until it is healthy.
 
-Tests, benchmarks and the load test all launch ``python -m gkc`` / ``python -m ranker`` the same way:
-build the service's environment on free loopback ports, start it with its output in a log file, poll
-``GET /healthz`` until it answers 200 and stop it with SIGTERM (then SIGKILL) afterwards. This module is
-that one way, so a change to how services start (a new required variable, a longer start-up) is made
-once. It imports neither torch nor redis.
+Tests, benchmarks, the demo and the load test all launch a service (``python -m gkc``, ``python -m
+ranker``) the same way: build its environment on free loopback ports (with the function its own
+settings module offers, over :func:`services.settings.prefixed_env`), start it with its output in a
+log file, poll ``GET /healthz`` until it answers 200 and stop it with SIGTERM (then SIGKILL)
+afterwards. This module is that one way, so a change to how services start (a longer start-up, a new
+signal) is made once. It imports neither torch nor redis, and knows no service.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import ssl
 import subprocess
@@ -96,51 +96,3 @@ def stop(proc: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, timeout_s:
             proc.kill()
             proc.wait()
     return int(proc.returncode)
-
-
-def _env(prefix: str, base: Mapping[str, str] | None, values: Mapping[str, object]) -> dict[str, str]:
-    """``base`` (default: this process's environment) plus ``{prefix}_{name}`` for every value not None."""
-    env = dict(os.environ if base is None else base)
-    env.update({f"{prefix}_{name}": str(value) for name, value in values.items() if value is not None})
-    return env
-
-
-def gkc_env(
-    grpc_port: int,
-    http_port: int,
-    token: str,
-    *,
-    data_dir: Path | None = None,
-    redis_url: str | None = None,
-    host: str | None = "127.0.0.1",
-    base: Mapping[str, str] | None = None,
-    **extra: str,
-) -> dict[str, str]:
-    """The environment of a GKC on ``host`` (None: its default) and the given ports.
-
-    ``base`` (default: this process's environment) is copied; an inherited ``GKC_REDIS_URL`` is
-    dropped, so the GKC uses ``redis_url`` or else its embedded Redis under ``data_dir``. ``extra``
-    (``GKC_*=value``) is added last, before the Redis URL.
-    """
-    values = {"HOST": host, "GRPC_PORT": grpc_port, "HTTP_PORT": http_port, "API_TOKEN": token}
-    env = {**_env("GKC", base, {**values, "DATA_DIR": data_dir}), **extra}
-    env.pop("GKC_REDIS_URL", None)
-    if redis_url:
-        env["GKC_REDIS_URL"] = redis_url
-    return env
-
-
-def ranker_env(
-    grpc_port: int,
-    http_port: int,
-    gkc_addr: str,
-    model_dir: Path,
-    *,
-    host: str | None = "127.0.0.1",
-    base: Mapping[str, str] | None = None,
-    **extra: str,
-) -> dict[str, str]:
-    """The environment of a ranker on ``host`` (None: its default) and the given ports, reading
-    knowledge from the GKC at ``gkc_addr`` and models from ``model_dir``; ``extra`` is added last."""
-    values = {"HOST": host, "GRPC_PORT": grpc_port, "HTTP_PORT": http_port, "GKC_ADDR": gkc_addr}
-    return {**_env("RANKER", base, {**values, "MODEL_DIR": model_dir}), **extra}

@@ -5,6 +5,8 @@ Settings are built in ``__main__`` / the CLI and passed in; nothing reads the en
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -77,3 +79,13 @@ def settings_help(cls: type[BaseSettings]) -> str:
             line += f": {comments[name]}"
         out.append(line)
     return "\n".join(out)
+
+
+def prefixed_env(
+    prefix: str, values: Mapping[str, object], base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """``base`` (default: this process's environment) plus ``{prefix}_{name}`` for every value not None:
+    the environment a service's settings read, for launching that service as a process."""
+    env = dict(os.environ if base is None else base)
+    env.update({f"{prefix}_{name}": str(value) for name, value in values.items() if value is not None})
+    return env

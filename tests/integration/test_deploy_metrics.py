@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gkc.settings import gkc_env
 from services import launch
 from tests.support.deploy_files import dashboard_exprs, exported_names, metric_names
 
@@ -39,7 +40,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def gkc_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     http_port, grpc_port = free_port(), free_port()
-    env = launch.gkc_env(
+    env = gkc_env(
         grpc_port,
         http_port,
         "metrics-test-token-0123456789",

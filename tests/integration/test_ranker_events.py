@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import redis
 
+from bench import ranker_world
 from gkc.local_redis import EmbeddedRedis
 from protos import ranker_pb2, ranker_pb2_grpc
-from ranker import synthetic
 from ranker.sequence_store import seq_key
 from tests.support.servers import ROOT, TEST_TOKEN, RankerProc, launch_ranker
 
@@ -41,12 +41,12 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("ranker-events")
-    log = synthetic.make_log(USERS, ITEMS, CATEGORIES, rows_per_user=20, seed=9)
-    synthetic.make_artifact(root / "models" / "ctr", log, None, 0, seed=9, mlp=(32, 16))
+    log = ranker_world.make_log(USERS, ITEMS, CATEGORIES, rows_per_user=20, seed=9)
+    ranker_world.make_artifact(root / "models" / "ctr", log, None, 0, seed=9, mlp=(32, 16))
     # a model without knowledge: GKC is never called, the scores depend on the history alone
     ranker = launch_ranker(root / "ranker", root / "models", "127.0.0.1:1")
     url = f"unix://{root / 'ranker' / 'data' / 'features' / 'redis.sock'}"  # its embedded store
-    synthetic.fill_store(url, log)
+    ranker_world.fill_store(url, log)
     store = redis.Redis.from_url(url)
     yield World(ranker, store, log)
     ranker.stop()
@@ -58,7 +58,7 @@ def rank(world: World, user: str) -> np.ndarray:
     request = ranker_pb2.RankRequest(
         user_id=user,
         item_ids=[f"i{i}" for i in items],
-        category_ids=[f"c{c}" for c in synthetic.item_category(items, CATEGORIES)],
+        category_ids=[f"c{c}" for c in ranker_world.item_category(items, CATEGORIES)],
     )
     with grpc.insecure_channel(world.ranker.grpc_addr) as channel:
         reply = ranker_pb2_grpc.RankerStub(channel).Rank(request, timeout=30)
@@ -186,10 +186,10 @@ def test_stream_consumer_group_ingest_and_redelivery(world: World) -> None:
 
 
 def test_store_down_gives_empty_histories_flagged_and_counted(tmp_path: Path) -> None:
-    log = synthetic.make_log(USERS, ITEMS, CATEGORIES, rows_per_user=20, seed=9)
-    synthetic.make_artifact(tmp_path / "models" / "ctr", log, None, 0, seed=9, mlp=(32, 16))
+    log = ranker_world.make_log(USERS, ITEMS, CATEGORIES, rows_per_user=20, seed=9)
+    ranker_world.make_artifact(tmp_path / "models" / "ctr", log, None, 0, seed=9, mlp=(32, 16))
     store = EmbeddedRedis(tmp_path / "store", persistent=False).start()
-    synthetic.fill_store(store.url, log)
+    ranker_world.fill_store(store.url, log)
     ranker = launch_ranker(
         tmp_path / "ranker", tmp_path / "models", "127.0.0.1:1", RANKER_FEATURES_REDIS_URL=store.url
     )
@@ -197,14 +197,14 @@ def test_store_down_gives_empty_histories_flagged_and_counted(tmp_path: Path) ->
     try:
         world.store.delete(seq_key("u2"))
         empty = rank(world, "u2")
-        synthetic.fill_store(store.url, log)
+        ranker_world.fill_store(store.url, log)
         assert np.abs(rank(world, "u2") - empty).max() > 1e-6  # u2's history matters
         store.stop()
         items = np.arange(0, ITEMS, 3)
         request = ranker_pb2.RankRequest(
             user_id="u2",
             item_ids=[f"i{i}" for i in items],
-            category_ids=[f"c{c}" for c in synthetic.item_category(items, CATEGORIES)],
+            category_ids=[f"c{c}" for c in ranker_world.item_category(items, CATEGORIES)],
         )
         with grpc.insecure_channel(ranker.grpc_addr) as channel:
             reply = ranker_pb2_grpc.RankerStub(channel).Rank(request, timeout=30)

@@ -20,12 +20,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench import ranker_world
 from contract import artifact as artifact_mod
 from contract.log import write_log
 from gkc import bundle as gkc_bundle
 from gkc.client import GkcClient, GkcOpsClient
 from protos import ranker_pb2, ranker_pb2_grpc
-from ranker import features, synthetic
+from ranker import features
 from ranker.knowledge import manifest_schema
 from services import launch
 from tests.support.servers import ROOT, GkcService, RankerProc, launch_gkc, launch_ranker
@@ -61,8 +62,8 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[World]:
     root = tmp_path_factory.mktemp("ranker-it")
     gkc = launch_gkc(root / "gkc", redis_server)
-    log = pd.DataFrame(synthetic.make_log(USERS, ITEMS, CATEGORIES, rows_per_user=25, seed=5))
-    bundle = synthetic.make_bundle(root / "bundle", USERS, ITEMS, CATEGORIES, seed=5)
+    log = pd.DataFrame(ranker_world.make_log(USERS, ITEMS, CATEGORIES, rows_per_user=25, seed=5))
+    bundle = ranker_world.make_bundle(root / "bundle", USERS, ITEMS, CATEGORIES, seed=5)
     version = GkcOpsClient(gkc.http_url, gkc.token).publish(bundle, progress=False)["version"]
     with GkcClient(gkc.grpc_addr, timeout_s=10) as client:
         schema = manifest_schema(gkc_bundle.load(bundle).manifest)
@@ -92,7 +93,7 @@ def later_rows(world: World, users: list[str], n: int = 80, seed: int = 0) -> pd
                 {
                     "user_id": user,
                     "item_id": [f"i{i}" for i in item],
-                    "category_id": [f"c{c}" for c in synthetic.item_category(item, CATEGORIES)],
+                    "category_id": [f"c{c}" for c in ranker_world.item_category(item, CATEGORIES)],
                     "shop_id": [f"s{i % 7}" for i in item],
                     "ts": int(world.log["ts"].max()) + 60,
                     "click": 0,
@@ -236,9 +237,9 @@ def test_health_models_and_metrics(world: World) -> None:
 
 def test_hot_swap_under_load_loses_no_request(world: World) -> None:
     """Flip the model symlink while 4 clients hammer Rank: every call answers, each from one model."""
-    other = synthetic.make_artifact(
+    other = ranker_world.make_artifact(
         world.root / "artifacts" / "other",
-        synthetic.make_log(USERS, ITEMS, CATEGORIES, seed=5),
+        ranker_world.make_log(USERS, ITEMS, CATEGORIES, seed=5),
         None,
         0,
         seed=9,

@@ -2,7 +2,7 @@
 
 One real stack for the module: a persistent private Redis, a real GKC on it, a :class:`LatencyProxy` in
 front of GKC's gRPC port, and a real ranker (``python -m ranker``) that reaches GKC only through the proxy,
-serving a ``ranker.synthetic`` model pinned to the published knowledge version.
+serving a ``bench.ranker_world`` model pinned to the published knowledge version.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import grpc
 import numpy as np
 import pytest
 
+from bench import ranker_world
 from gkc.client import GkcOpsClient
 from gkc.local_redis import EmbeddedRedis, RedisProcess
 from protos import ranker_pb2, ranker_pb2_grpc
-from ranker import synthetic
 from tests.support.faultkit import BackgroundCallers, LatencyProxy
 from tests.support.servers import GkcService, RankerProc, launch_gkc, launch_ranker
 
@@ -56,11 +56,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     ranker = None
     proxy = None
     try:
-        bundle = synthetic.make_bundle(root / "bundle", USERS, ITEMS, CATEGORIES, seed=3)
+        bundle = ranker_world.make_bundle(root / "bundle", USERS, ITEMS, CATEGORIES, seed=3)
         version = int(GkcOpsClient(gkc.http_url, gkc.token).publish(bundle, progress=False)["version"])
-        log = synthetic.make_log(USERS, ITEMS, CATEGORIES, rows_per_user=10, seed=3)
+        log = ranker_world.make_log(USERS, ITEMS, CATEGORIES, rows_per_user=10, seed=3)
         models = root / "models"
-        synthetic.make_artifact(models / "ctr", log, bundle, version, seed=3, mlp=(32, 16))
+        ranker_world.make_artifact(models / "ctr", log, bundle, version, seed=3, mlp=(32, 16))
         host, port = gkc.grpc_addr.split(":")
         proxy = LatencyProxy((host, int(port)))
         ranker = launch_ranker(
@@ -86,7 +86,7 @@ def _request(user: int = 1, n: int = 30) -> ranker_pb2.RankRequest:
     return ranker_pb2.RankRequest(
         user_id=f"u{user}",
         item_ids=[f"i{i}" for i in items],
-        category_ids=[f"c{c}" for c in synthetic.item_category(np.array(items), CATEGORIES)],
+        category_ids=[f"c{c}" for c in ranker_world.item_category(np.array(items), CATEGORIES)],
         shop_ids=[f"s{i % 7}" for i in items],
     )
 

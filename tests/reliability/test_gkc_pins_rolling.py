@@ -14,9 +14,9 @@ import grpc
 import numpy as np
 import pytest
 
+from bench import ranker_world
 from gkc.client import GkcOpsClient
 from protos import ranker_pb2, ranker_pb2_grpc
-from ranker import synthetic
 from tests.support.servers import launch_gkc, launch_ranker
 
 pytestmark = pytest.mark.reliability
@@ -29,7 +29,7 @@ def _request(model: str, user: int) -> ranker_pb2.RankRequest:
     return ranker_pb2.RankRequest(
         user_id=f"u{user}",
         item_ids=[f"i{i}" for i in items],
-        category_ids=[f"c{c}" for c in synthetic.item_category(np.array(items), CATEGORIES)],
+        category_ids=[f"c{c}" for c in ranker_world.item_category(np.array(items), CATEGORIES)],
         model=model,
     )
 
@@ -88,10 +88,10 @@ def test_three_models_pinned_to_three_versions_survive_five_publishes(tmp_path: 
     ranker = None
     try:
         ops = GkcOpsClient(gkc.http_url, gkc.token)
-        log = synthetic.make_log(USERS, ITEMS, CATEGORIES, rows_per_user=10, seed=3)
+        log = ranker_world.make_log(USERS, ITEMS, CATEGORIES, rows_per_user=10, seed=3)
         versions = []
         for seed in range(8):
-            bundle = synthetic.make_bundle(tmp_path / f"bundle{seed}", USERS, ITEMS, CATEGORIES, seed=seed)
+            bundle = ranker_world.make_bundle(tmp_path / f"bundle{seed}", USERS, ITEMS, CATEGORIES, seed=seed)
             if seed == 3:  # the models come first, on versions 1-3; the five later publishes under load
                 ranker = launch_ranker(
                     tmp_path / "ranker",
@@ -108,7 +108,7 @@ def test_three_models_pinned_to_three_versions_survive_five_publishes(tmp_path: 
             versions.append(int(ops.publish(bundle, progress=False)["version"]))
             if seed < 3:
                 art = tmp_path / "models" / MODELS[seed]
-                synthetic.make_artifact(art, log, bundle, versions[-1], seed=seed, mlp=(16, 8))
+                ranker_world.make_artifact(art, log, bundle, versions[-1], seed=seed, mlp=(16, 8))
         time.sleep(1.0)
         load.__exit__()
         ready = [v["version"] for v in ops.versions()]
@@ -126,7 +126,7 @@ def test_three_models_pinned_to_three_versions_survive_five_publishes(tmp_path: 
             time.sleep(0.5)
         assert not any(ops.version(v)["pins"] for v in versions[:3])  # the pins ended with their holder
         for seed in (8, 9):
-            bundle = synthetic.make_bundle(tmp_path / f"bundle{seed}", USERS, ITEMS, CATEGORIES, seed=seed)
+            bundle = ranker_world.make_bundle(tmp_path / f"bundle{seed}", USERS, ITEMS, CATEGORIES, seed=seed)
             ops.publish(bundle, progress=False)
         after = [v["version"] for v in ops.versions()]
         assert versions[1] not in after and versions[2] not in after, after  # retired once unpinned

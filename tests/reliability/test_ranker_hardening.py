@@ -22,10 +22,10 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench import ranker_world
 from contract import artifact as artifact_mod
 from gkc.client import GkcOpsClient
 from protos import ranker_pb2, ranker_pb2_grpc
-from ranker import synthetic
 from ranker.settings import RankerSettings
 from services.errors import InvalidArgument
 from tests.support.faultkit import LatencyProxy
@@ -52,10 +52,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     proxy = LatencyProxy((host, int(port)))
     ranker = None
     try:
-        bundle = synthetic.make_bundle(root / "bundle", USERS, ITEMS, CATEGORIES, seed=1)
+        bundle = ranker_world.make_bundle(root / "bundle", USERS, ITEMS, CATEGORIES, seed=1)
         version = int(GkcOpsClient(gkc.http_url, gkc.token).publish(bundle, progress=False)["version"])
-        log = synthetic.make_log(USERS, ITEMS, CATEGORIES, rows_per_user=10, seed=3)
-        synthetic.make_artifact(root / "ctr-v1", log, bundle, version, seed=3, mlp=(16, 8))
+        log = ranker_world.make_log(USERS, ITEMS, CATEGORIES, rows_per_user=10, seed=3)
+        ranker_world.make_artifact(root / "ctr-v1", log, bundle, version, seed=3, mlp=(16, 8))
         models = root / "models"
         models.mkdir()
         (models / "ctr").symlink_to(root / "ctr-v1")
@@ -69,7 +69,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             RANKER_REQUEST_DEADLINE_S="5.0",
         )
         # the users' histories (issue 16: in the ranker's sequence store, no longer beside the model)
-        synthetic.fill_store(f"unix://{root / 'ranker' / 'data' / 'features' / 'redis.sock'}", log)
+        ranker_world.fill_store(f"unix://{root / 'ranker' / 'data' / 'features' / 'redis.sock'}", log)
         yield Stack(root, ranker, proxy, models)
     finally:
         if ranker is not None:
@@ -83,7 +83,7 @@ def _request() -> ranker_pb2.RankRequest:
     return ranker_pb2.RankRequest(
         user_id="u1",
         item_ids=[f"i{i}" for i in items],
-        category_ids=[f"c{c}" for c in synthetic.item_category(items, CATEGORIES)],
+        category_ids=[f"c{c}" for c in ranker_world.item_category(items, CATEGORIES)],
     )
 
 

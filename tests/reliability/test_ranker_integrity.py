@@ -15,10 +15,10 @@ import httpx
 import numpy as np
 import pytest
 
+from bench import ranker_world
 from gkc.bundle_reader import BundleReader
 from gkc.client import GkcOpsClient
 from protos import ranker_pb2, ranker_pb2_grpc
-from ranker import synthetic
 from tests.support.servers import launch_ranker
 
 pytestmark = [pytest.mark.reliability, pytest.mark.redis]
@@ -34,7 +34,7 @@ def _requests(n: int) -> list[ranker_pb2.RankRequest]:
             ranker_pb2.RankRequest(
                 user_id=f"u{k % USERS}",
                 item_ids=[f"i{i}" for i in items],
-                category_ids=[f"c{c}" for c in synthetic.item_category(items, CATEGORIES)],
+                category_ids=[f"c{c}" for c in ranker_world.item_category(items, CATEGORIES)],
             )
         )
     return out
@@ -59,11 +59,11 @@ def test_other_knowledge_is_version_mismatch_and_coverage_is_exported(start_gkc:
 
     svc = start_gkc()
     ops = GkcOpsClient(svc.http_url, svc.token)
-    log = synthetic.make_log(USERS, ITEMS, CATEGORIES, rows_per_user=10, seed=3)
-    a = synthetic.make_bundle(tmp_path / "a", USERS, ITEMS, CATEGORIES, seed=1, missing=0.3)
-    b = synthetic.make_bundle(tmp_path / "b", USERS, ITEMS, CATEGORIES, seed=2, missing=0.3)
+    log = ranker_world.make_log(USERS, ITEMS, CATEGORIES, rows_per_user=10, seed=3)
+    a = ranker_world.make_bundle(tmp_path / "a", USERS, ITEMS, CATEGORIES, seed=1, missing=0.3)
+    b = ranker_world.make_bundle(tmp_path / "b", USERS, ITEMS, CATEGORIES, seed=2, missing=0.3)
     ops.publish(a, progress=False)
-    synthetic.make_artifact(tmp_path / "models" / "ctr", log, a, 0, seed=3, mlp=(16, 8))
+    ranker_world.make_artifact(tmp_path / "models" / "ctr", log, a, 0, seed=3, mlp=(16, 8))
     ranker = launch_ranker(tmp_path / "ranker", tmp_path / "models", svc.grpc_addr)
     requests = _requests(20)
     try:

@@ -11,9 +11,10 @@ import grpc
 import httpx
 import pytest
 
+from bench import ranker_world
 from gkc.local_redis import free_port
 from protos import ranker_pb2, ranker_pb2_grpc
-from ranker import synthetic
+from ranker.settings import ranker_env
 from services import launch
 from tests.support.faultkit import self_signed_cert
 from tests.support.servers import ROOT
@@ -23,10 +24,10 @@ pytestmark = pytest.mark.reliability
 
 def test_rank_and_rest_over_tls_only(tmp_path: Path) -> None:
     cert, key = self_signed_cert(tmp_path)
-    log = synthetic.make_log(users=20, items=60, categories=4, seed=0)
-    synthetic.make_artifact(tmp_path / "models" / "click", log, None, 0)
+    log = ranker_world.make_log(users=20, items=60, categories=4, seed=0)
+    ranker_world.make_artifact(tmp_path / "models" / "click", log, None, 0)
     grpc_port, http_port = free_port(), free_port()
-    env = launch.ranker_env(
+    env = ranker_env(
         grpc_port,
         http_port,
         "127.0.0.1:1",  # no GKC: the model has no plug-in

@@ -20,6 +20,7 @@ import gkc.rest
 import services.http
 from gkc.client import GkcClient, GkcOpsClient, tar_bundle
 from gkc.local_redis import free_port
+from gkc.settings import gkc_env
 from protos import gkc_pb2_grpc
 from ranker.gkc_source import GkcKnowledgeSource
 from services import launch
@@ -111,8 +112,9 @@ async def _ranker_source_read(addr: str, ca_file: Path, request: Any) -> int:
 def test_read_path_behind_tls_with_a_self_signed_cert(tmp_path: Path) -> None:
     cert, key = self_signed_cert(tmp_path)
     grpc_port, http_port = free_port(), free_port()
-    tls_env = {"GKC_TLS_CERT": str(cert), "GKC_TLS_KEY": str(key)}
-    env = launch.gkc_env(grpc_port, http_port, SECRET, data_dir=tmp_path / "data", **tls_env)
+    env = gkc_env(
+        grpc_port, http_port, SECRET, data_dir=tmp_path / "data", GKC_TLS_CERT=str(cert), GKC_TLS_KEY=str(key)
+    )
     log_path = tmp_path / "gkc.log"
     proc = launch.start([sys.executable, "-m", "gkc"], env, log_path=log_path, cwd=ROOT)
     tls = ssl.create_default_context(cafile=str(cert))

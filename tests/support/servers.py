@@ -23,6 +23,8 @@ import numpy as np
 
 from gkc import bundle as gkc_bundle
 from gkc.local_redis import free_port
+from gkc.settings import gkc_env
+from ranker.settings import ranker_env
 from services import launch
 
 TEST_TOKEN = "integration-test-token-0123456789"
@@ -52,14 +54,15 @@ def launch_gkc(workdir: Path, redis_url: str | None = None, **env: str) -> GkcSe
     grpc_port, http_port = free_port(), free_port()
     while http_port == grpc_port:
         http_port = free_port()
-    full = launch.gkc_env(
+    full = gkc_env(
         grpc_port,
         http_port,
         TEST_TOKEN,
         data_dir=workdir / "data",
         redis_url=redis_url,
-        **{"GKC_LOG_LEVEL": "INFO", **env},
+        GKC_LOG_LEVEL="INFO",
     )
+    full.update(env)
     log_path = workdir / f"gkc-{http_port}.log"
     proc = launch.start([sys.executable, "-m", "gkc"], full, log_path=log_path, cwd=ROOT)
     svc = GkcService(
@@ -103,12 +106,9 @@ def launch_ranker(workdir: Path, model_dir: Path, gkc_addr: str, **env: str) -> 
     """Start ``python -m ranker`` serving ``model_dir`` and wait until /healthz answers 200."""
     workdir.mkdir(parents=True, exist_ok=True)
     grpc_port, http_port = free_port(), free_port()
-    full = launch.ranker_env(
-        grpc_port,
-        http_port,
-        gkc_addr,
-        model_dir,
-        **{
+    full = ranker_env(grpc_port, http_port, gkc_addr, model_dir)
+    full.update(
+        {
             # generous: this machine is shared, and a timed-out GKC call would make a parity run degraded
             "RANKER_GKC_TIMEOUT_S": "2.0",
             "RANKER_REQUEST_DEADLINE_S": "4.0",
@@ -119,7 +119,7 @@ def launch_ranker(workdir: Path, model_dir: Path, gkc_addr: str, **env: str) -> 
             "RANKER_FEATURES_TIMEOUT_S": "2.0",
             "RANKER_EVENTS_TOKEN": TEST_TOKEN,
             **env,
-        },
+        }
     )
     log_path = workdir / f"ranker-{http_port}.log"
     proc = launch.start([sys.executable, "-m", "ranker"], full, log_path=log_path, cwd=ROOT)

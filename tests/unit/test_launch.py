@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from gkc.settings import gkc_env
+from ranker.settings import ranker_env
 from services import launch
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
@@ -100,7 +102,7 @@ def test_stop_kills_what_ignores_sigterm() -> None:
 
 def test_gkc_env_drops_an_inherited_redis_url_and_applies_overrides(tmp_path: Path) -> None:
     base = {"PATH": "/bin", "GKC_REDIS_URL": "redis://elsewhere", "GKC_LOG_LEVEL": "DEBUG"}
-    env = launch.gkc_env(1, 2, "tok", data_dir=tmp_path, base=base, GKC_LOG_LEVEL="INFO")
+    env = gkc_env(1, 2, "tok", data_dir=tmp_path, base=base, GKC_LOG_LEVEL="INFO")
     assert env == {
         "PATH": "/bin",
         "GKC_HOST": "127.0.0.1",
@@ -110,12 +112,12 @@ def test_gkc_env_drops_an_inherited_redis_url_and_applies_overrides(tmp_path: Pa
         "GKC_DATA_DIR": str(tmp_path),
         "GKC_LOG_LEVEL": "INFO",
     }
-    env = launch.gkc_env(1, 2, "tok", redis_url="redis://x", host=None, base=base)
+    env = gkc_env(1, 2, "tok", redis_url="redis://x", host=None, base=base)
     assert env["GKC_REDIS_URL"] == "redis://x" and "GKC_HOST" not in env and "GKC_DATA_DIR" not in env
 
 
 def test_ranker_env(tmp_path: Path) -> None:
-    env = launch.ranker_env(3, 4, "127.0.0.1:5", tmp_path, base={}, RANKER_LOG_LEVEL="WARNING")
+    env = ranker_env(3, 4, "127.0.0.1:5", tmp_path, base={}, RANKER_LOG_LEVEL="WARNING")
     assert env == {
         "RANKER_HOST": "127.0.0.1",
         "RANKER_GRPC_PORT": "3",

