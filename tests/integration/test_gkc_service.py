@@ -118,9 +118,12 @@ def test_publish_checks_the_token_before_it_uploads(
     bundle = make_bundle(tmp_path / "b")
     uploads: list[str] = []
     real_post = httpx.Client.post
-    monkeypatch.setattr(
-        httpx.Client, "post", lambda self, *a, **k: uploads.append(str(a)) or real_post(self, *a, **k)
-    )
+
+    def post(self: httpx.Client, *a: Any, **k: Any) -> httpx.Response:
+        uploads.append(str(a))
+        return real_post(self, *a, **k)
+
+    monkeypatch.setattr(httpx.Client, "post", post)
     with pytest.raises(Unauthenticated, match="at least 8 characters"):
         GkcOpsClient(gkc_service.http_url, "wrong-token-value").publish(bundle, progress=False)
     monkeypatch.delenv("GKC_API_TOKEN", raising=False)

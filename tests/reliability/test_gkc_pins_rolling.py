@@ -89,7 +89,7 @@ def test_three_models_pinned_to_three_versions_survive_five_publishes(tmp_path: 
     try:
         ops = GkcOpsClient(gkc.http_url, gkc.token)
         log = ranker_world.make_log(USERS, ITEMS, CATEGORIES, rows_per_user=10, seed=3)
-        versions = []
+        versions: list[int] = []
         for seed in range(8):
             bundle = ranker_world.make_bundle(tmp_path / f"bundle{seed}", USERS, ITEMS, CATEGORIES, seed=seed)
             if seed == 3:  # the models come first, on versions 1-3; the five later publishes under load

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import SecretStr
 
 from bench import ranker_world
 from contract import artifact as artifact_mod
@@ -206,8 +207,8 @@ def test_the_reload_endpoint_is_not_left_open(stack: Stack) -> None:
     assert RankerSettings(host="127.0.0.1").reload_open()
     for placeholder in ("changeme", "secret", "short"):
         with pytest.raises(InvalidArgument, match="RANKER_ADMIN_TOKEN"):
-            RankerSettings(admin_token=placeholder).check()
-    RankerSettings(admin_token="a-real-token-0123456789").check()
+            RankerSettings(admin_token=SecretStr(placeholder)).check()
+    RankerSettings(admin_token=SecretStr("a-real-token-0123456789")).check()
 
 
 def test_grpc_health_follows_model_availability(stack: Stack) -> None:

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 import httpx
@@ -85,7 +85,7 @@ class BackgroundCallers:
     _stop: threading.Event
     _workers: list[threading.Thread]
     #: How long ``__exit__`` waits for each thread (its calls' timeout plus a margin).
-    join_s: float = 10.0
+    join_s: ClassVar[float] = 10.0
 
     def _run(self, n: int) -> None:
         raise NotImplementedError

@@ -10,11 +10,15 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from contract.log import write_log
 from gkc.local_redis import free_port
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 KEEP = [sys.executable, "-m", "trainer"]
 
@@ -143,7 +147,7 @@ def test_gkc_addresses_are_refused_in_the_wrong_flag(tmp_path: Path) -> None:
     one_line_refusal(keep("versions", "list", "--gkc-api", "127.0.0.1:50051"), "REST URL")
 
 
-def pd_log() -> object:
+def pd_log() -> pd.DataFrame:
     import pandas as pd
 
     return pd.DataFrame(

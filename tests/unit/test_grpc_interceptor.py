@@ -38,7 +38,7 @@ def _intercept(interceptor: ErrorInterceptor, handler: grpc.RpcMethodHandler) ->
     async def continuation(details: Any) -> grpc.RpcMethodHandler:
         return handler
 
-    return asyncio.run(interceptor.intercept_service(continuation, _Details()))  # type: ignore[arg-type]
+    return asyncio.run(interceptor.intercept_service(continuation, _Details()))
 
 
 def test_same_handler_gets_one_wrapper_and_fresh_handlers_get_their_own() -> None:

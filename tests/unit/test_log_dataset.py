@@ -5,6 +5,7 @@ fragment's file and the column."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -74,18 +75,18 @@ def _dataset(tmp_path: Path) -> tuple[Path, list[Path]]:
     return root, write_dataset(tiny_log(days=3, rows_per_day=300), root)
 
 
-def _drop(column: str):  # type: ignore[no-untyped-def]
+def _drop(column: str) -> Callable[[Path], None]:
     def bad(path: Path) -> None:
         pq.write_table(pq.read_table(path).drop_columns([column]), path)
 
     return bad
 
 
-def _set(column: str, values: object):  # type: ignore[no-untyped-def]
+def _set(column: str, values: Callable[[pa.Table], object]) -> Callable[[Path], None]:
     def bad(path: Path) -> None:
         table = pq.read_table(path)
         i = table.schema.get_field_index(column)
-        pq.write_table(table.set_column(i, column, pa.array(values(table))), path)  # type: ignore[operator]
+        pq.write_table(table.set_column(i, column, pa.array(values(table))), path)
 
     return bad
 

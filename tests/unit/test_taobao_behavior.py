@@ -64,7 +64,7 @@ def test_labels_follow_the_view_the_same_day() -> None:
     )  # fmt: skip
     rows = impressions(raw).set_index(["user_id", "item_id"])
     assert len(rows) == 4
-    assert rows.loc[(1, 10), ["click", "cart", "conversion"]].tolist() == [1, 1, 0]
+    assert list(rows.loc[(1, 10), ["click", "cart", "conversion"]]) == [1, 1, 0]
     assert rows.loc[(1, 11), "click"] == 0 and rows.loc[(1, 12), "click"] == 1
     assert rows.loc[(2, 10), "click"] == 0
 
