@@ -39,7 +39,7 @@ from contract.extractor import CheckpointConfig, PretrainSettings, TrainingWindo
 from contract.ids import Vocabs
 from contract.schema import TASKS, day_of
 from trainer.data.dataset import EncodedLog
-from trainer.models.batch import make_batch
+from trainer.models.batch import feature_batch
 from trainer.models.checkpoint import LoadedExtractor
 from trainer.models.extractor import build_extractor
 from trainer.pretrain import day_batches, extractor_config, make_optimizer, train_step
@@ -101,7 +101,7 @@ def _ours(log: EncodedLog, vocabs: Vocabs, batches: list[np.ndarray], tasks: tup
     model.train()
 
     def step(rows: np.ndarray) -> None:
-        train_step(model, optimizer, make_batch(log, rows, tasks, with_pairs=True), tasks, 0.25)
+        train_step(model, optimizer, feature_batch(log, rows, tasks, with_pairs=True), tasks, 0.25)
 
     return _Contestant(step, batches)
 

@@ -5,7 +5,7 @@ TorchRec style: small modules composed by :class:`DownstreamModel`, a dataclass 
 :class:`Batch`, and the training loop outside (``trainer.train``).
 
 - :class:`SparseArch`: id embeddings (user, item, category, shop) and the behaviour sequence.
-- :class:`TargetAttention`: DIN-style attention of the candidate over the user's clicked items. The
+- :class:`SoftmaxTargetAttention`: DIN-style attention of the candidate over the user's clicked items. The
   first layer on ``[q, k, q-k, q*k]`` is split as ``(Wq+Wd)q + (Wk-Wd)k + Wp(q*k)`` (same function
   class), so the key projection is computed once per user at serving time, not per candidate.
 - :class:`CoAction`: CAN-like co-action unit: the candidate item's embedding *is* the weights of a
@@ -68,7 +68,10 @@ class SparseArch(nn.Module):
         return keys, batch.hist_item > 0
 
 
-class TargetAttention(nn.Module):
+class SoftmaxTargetAttention(nn.Module):
+    """Attention over a padded history, weights softmax-normalised over the real behaviours (the
+    extractor's :class:`trainer.models.din.PackedTargetAttention` is packed and unnormalised)."""
+
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.query_proj = nn.Linear(dim, hidden)
@@ -167,7 +170,7 @@ class DownstreamModel(nn.Module):
         self.cfg = cfg
         d = cfg.emb_dim
         self.sparse = SparseArch(cfg)
-        self.attention = TargetAttention(2 * d, cfg.attention_hidden)
+        self.attention = SoftmaxTargetAttention(2 * d, cfg.attention_hidden)
         self.coaction = CoAction(cfg)
         # candidate [item, category, shop] + attended history + mean history + co-action (+ user id)
         in_dim = 3 * d + 2 * d + 2 * d + self.coaction.out_dim + (d if cfg.use_user_id else 0)

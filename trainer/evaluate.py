@@ -21,7 +21,7 @@ from ranker.model import Batch, build_model
 from services.errors import InvalidArgument
 from trainer.coverage import DEFAULT_MIN_COVERAGE, check_coverage
 from trainer.data.dataset import EncodedLog
-from trainer.train import KnowledgeProvider, make_batch, task_rows
+from trainer.train import KnowledgeProvider, downstream_batch, task_rows
 
 
 def predict(
@@ -93,7 +93,7 @@ def score_model(
     with torch.no_grad():
         for start in range(0, len(df), batch_size):
             rows = np.arange(start, min(start + batch_size, len(df)))
-            out[rows] = torch.sigmoid(model(make_batch(log, rows, knowledge))).numpy()
+            out[rows] = torch.sigmoid(model(downstream_batch(log, rows, knowledge))).numpy()
     model.train(was_training)
     return out
 

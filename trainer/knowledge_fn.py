@@ -35,7 +35,7 @@ import torch
 
 from contract.schema import day_of
 from trainer.data.dataset import EncodedLog
-from trainer.models.batch import make_batch
+from trainer.models.batch import feature_batch
 from trainer.models.checkpoint import LoadedExtractor, load_extractor
 
 
@@ -84,7 +84,7 @@ class KnowledgeFn:
         """``[len(rows), dim(blocks)]`` float32, no gradient."""
         self.model.check_blocks(blocks)
         with torch.inference_mode():
-            out = self.model.knowledge(make_batch(log, rows), blocks)
+            out = self.model.knowledge(feature_batch(log, rows), blocks)
             return torch.cat([out[b] for b in blocks], dim=-1).clone()
 
     def matrix(self, log: EncodedLog, blocks: Sequence[str], *, batch_size: int = 8192) -> np.ndarray:

@@ -44,7 +44,7 @@ from trainer.data.source import LogSource, holdout_inputs, open_source
 from trainer.distributed import DataParallel
 from trainer.losses import hybrid_loss
 from trainer.metrics import auc, gauc
-from trainer.models.batch import make_batch
+from trainer.models.batch import feature_batch
 from trainer.models.checkpoint import (
     CONFIG,
     METRICS,
@@ -366,7 +366,7 @@ def pretrain(
                     time.perf_counter() - started,
                     completed=False,
                 )
-            batch = make_batch(encoded, rows, tasks, with_pairs=cfg.alpha > 0)
+            batch = feature_batch(encoded, rows, tasks, with_pairs=cfg.alpha > 0)
             losses = train_step(model, optimizer, batch, tasks, cfg.alpha, group)
             ran += 1
             progress["batches_done"] = index + 1
@@ -455,7 +455,7 @@ def iter_scores(
     with torch.inference_mode():
         for start in range(0, len(log), batch_size):
             rows = np.arange(start, min(start + batch_size, len(log)))
-            batch = make_batch(log, rows, tasks)
+            batch = feature_batch(log, rows, tasks)
             yield rows, {h: v.numpy() for h, v in model(batch).items()}
 
 

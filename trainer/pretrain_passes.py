@@ -36,7 +36,7 @@ import torch
 from contract.ids import Vocabs
 from contract.schema import day_of
 from trainer.data.dataset import EncodedLog
-from trainer.models.batch import make_batch
+from trainer.models.batch import feature_batch
 from trainer.models.extractor import build_extractor
 
 if TYPE_CHECKING:
@@ -139,7 +139,11 @@ def early_stopping(
         model.train()
         for rows in day_batches(encoded.day, cfg.seed, cfg.batch_size, epoch=p):
             train_step(
-                model, optimizer, make_batch(encoded, rows, tasks, with_pairs=cfg.alpha > 0), tasks, cfg.alpha
+                model,
+                optimizer,
+                feature_batch(encoded, rows, tasks, with_pairs=cfg.alpha > 0),
+                tasks,
+                cfg.alpha,
             )
         metrics = evaluate_holdout(model, df, vocabs, [val_day], tasks, cfg.max_len)
         per_pass.append(metrics)

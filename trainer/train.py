@@ -136,7 +136,7 @@ def task_rows(df: pd.DataFrame, task: str) -> pd.DataFrame:
     return df[df["click"] == 1].reset_index(drop=True)
 
 
-def make_batch(
+def downstream_batch(
     log: EncodedLog,
     rows: np.ndarray,
     knowledge: dict[str, np.ndarray],
@@ -298,7 +298,7 @@ def train(
             local = group.shard(rows)
             optimiser.zero_grad(set_to_none=True)
             if len(local):  # an empty shard still joins the all-reduce (with zero gradients)
-                batch = make_batch(log, local, matrices, cfg.task, group.device)
+                batch = downstream_batch(log, local, matrices, cfg.task, group.device)
                 assert batch.label is not None
                 loss = loss_fn(model(batch), batch.label) * group.weight(len(local), len(rows))
                 loss.backward()

@@ -9,7 +9,7 @@ from torch import nn
 
 from contract.extractor import ExtractorConfig
 from trainer.models import FeatureBatch, build_extractor
-from trainer.models.din import TargetAttention
+from trainer.models.din import PackedTargetAttention
 
 CFG = ExtractorConfig(n_users=20, n_items=30, n_shops=5, n_categories=6)
 
@@ -38,7 +38,7 @@ def random_batch(n: int = 12, seed: int = 0, max_len: int = 50) -> FeatureBatch:
 def test_packed_split_attention_equals_textbook_din_with_padding_masks() -> None:
     torch.manual_seed(0)
     dim, hidden = 8, (6, 4)
-    att = TargetAttention(dim, hidden)
+    att = PackedTargetAttention(dim, hidden)
     # The textbook DIN first layer over [q, k, q - k, q * k], on a padded [B, L, D] sequence.
     full = nn.Linear(4 * dim, hidden[0])
     wq, wk, wd, wp = full.weight.detach().split(dim, dim=1)

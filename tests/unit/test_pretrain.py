@@ -16,7 +16,7 @@ from tests.support.stage1_data import tiny_log, write_tiny
 from trainer.data.dataset import EncodedLog
 from trainer.export import export
 from trainer.losses import pointwise_loss
-from trainer.models.batch import make_batch
+from trainer.models.batch import feature_batch
 from trainer.models.checkpoint import load_extractor, load_state
 from trainer.models.extractor import build_extractor
 from trainer.pretrain import PretrainConfig, day_batches, pretrain
@@ -55,7 +55,7 @@ def holdout_click_loss(model: torch.nn.Module, path: Path, vocabs: object) -> fl
     days = day_of(df["ts"].to_numpy())
     test = df[days == days.max()].reset_index(drop=True)
     log = EncodedLog.encode(test, vocabs, history_from=df)  # type: ignore[arg-type]
-    batch = make_batch(log, np.arange(len(log)), ["click"])
+    batch = feature_batch(log, np.arange(len(log)), ["click"])
     model.eval()
     with torch.no_grad():
         return pointwise_loss(model(batch)["click"], batch.labels["click"]).item()

@@ -17,7 +17,7 @@ from trainer.data.sequence_stage import sequence_log
 from trainer.data.source import InMemorySource, LogSource
 from trainer.data.stream import SequencedSource
 from trainer.distributed import DataParallel
-from trainer.models.batch import FeatureBatch, make_batch
+from trainer.models.batch import FeatureBatch, feature_batch
 from trainer.models.checkpoint import load_extractor, load_state
 from trainer.pretrain import PretrainConfig, pretrain
 
@@ -85,17 +85,17 @@ def test_the_stream_gives_the_in_memory_batches(logs: tuple[Path, Path], group: 
         if group.enabled:
             assert len(log_b) < len(log_a)  # this rank read only its shards' rows of the day
         assert_same_batch(
-            make_batch(log_a, rows_a, tasks, with_pairs=True),
-            make_batch(log_b, rows_b, tasks, with_pairs=True),
+            feature_batch(log_a, rows_a, tasks, with_pairs=True),
+            feature_batch(log_b, rows_b, tasks, with_pairs=True),
         )
     # A resumed run starts mid-stream: the same batches from there on.
     tail_a, tail_b = list(a.iter_from(23)), list(b.iter_from(23))
     assert len(tail_a) == len(tail_b) == len(a.sizes) - 23
-    assert_same_batch(make_batch(*tail_a[0], tasks), make_batch(*tail_b[0], tasks))
+    assert_same_batch(feature_batch(*tail_a[0], tasks), feature_batch(*tail_b[0], tasks))
     log_a, pop_a = memory.holdout(vocabs, memory.days()[-1:], 12)
     log_b, pop_b = streamed.holdout(vocabs, memory.days()[-1:], 12)
     rows = np.arange(len(log_a))
-    assert_same_batch(make_batch(log_a, rows, tasks), make_batch(log_b, rows, tasks))
+    assert_same_batch(feature_batch(log_a, rows, tasks), feature_batch(log_b, rows, tasks))
     assert np.array_equal(pop_a, pop_b)
 
 

@@ -34,7 +34,7 @@ from trainer.baselines.conet import CoNet, CoNetConfig
 from trainer.baselines.darec import DARec, DARecConfig
 from trainer.data.dataset import EncodedLog
 from trainer.data.ordering import day_order
-from trainer.train import TrainConfig, downstream_config, make_batch
+from trainer.train import TrainConfig, downstream_batch, downstream_config
 
 METHODS = ("conet", "darec")
 
@@ -127,8 +127,8 @@ class CrossDomainFit:
             sums: dict[str, float] = {}
             for step, (rows, src_rows) in enumerate(bar):
                 losses = model.losses(
-                    make_batch(sub_log, rows, {}, "click"),
-                    make_batch(src_log, src_rows, {}, "click"),
+                    downstream_batch(sub_log, rows, {}, "click"),
+                    downstream_batch(src_log, src_rows, {}, "click"),
                     progress=epoch + step / n_steps,
                 )
                 optimiser.zero_grad(set_to_none=True)

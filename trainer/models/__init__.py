@@ -1,6 +1,6 @@
 """Stage 1 models: the knowledge extractor (DIN, paper §4.2) and its serving forms (§5.2)."""
 
-from trainer.models.batch import FeatureBatch, id_batch, make_batch
+from trainer.models.batch import FeatureBatch, feature_batch, id_batch
 from trainer.models.extractor import DINExtractor, Extractor, build_extractor
 
 __all__ = [
@@ -8,6 +8,6 @@ __all__ = [
     "Extractor",
     "FeatureBatch",
     "build_extractor",
+    "feature_batch",
     "id_batch",
-    "make_batch",
 ]

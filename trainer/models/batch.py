@@ -63,7 +63,7 @@ def _t(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
 
 
-def make_batch(
+def feature_batch(
     log: EncodedLog,
     rows: np.ndarray,
     tasks: Sequence[str] = (),

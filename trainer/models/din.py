@@ -22,8 +22,9 @@ class AttentionConfig:
     hidden: tuple[int, ...] = (64, 16)
 
 
-class TargetAttention(nn.Module):
-    """Pool ``values [B, L, Dv]`` with weights from an MLP over (query, key) pairs, masked."""
+class PackedTargetAttention(nn.Module):
+    """Pool the packed ``values`` of each row with weights from an MLP over (query, key) pairs, not
+    normalised (the ranker's :class:`ranker.model.SoftmaxTargetAttention` pads and normalises)."""
 
     def __init__(self, dim: int, hidden: Sequence[int] = (64, 16)) -> None:
         super().__init__()

@@ -20,7 +20,7 @@ from torch import nn
 
 from contract.extractor import ExtractorConfig
 from trainer.models.batch import FeatureBatch
-from trainer.models.din import TargetAttention
+from trainer.models.din import PackedTargetAttention
 from trainer.models.layers import TaskTower, packed_mean
 
 
@@ -124,7 +124,7 @@ class DINExtractor(Extractor):
     def __init__(self, cfg: ExtractorConfig) -> None:
         super().__init__(cfg)
         emb = self.embeddings
-        self.attention = TargetAttention(emb.behaviour_dim, cfg.attention)
+        self.attention = PackedTargetAttention(emb.behaviour_dim, cfg.attention)
         self.in_dim = emb.user_dim + emb.item_side_dim + 2 * emb.behaviour_dim
         self.towers = TaskTowers(self.in_dim, cfg.tasks, cfg.tower)
 

@@ -22,7 +22,7 @@ from torch import nn
 from contract.extractor import ExtractorConfig
 from contract.knowledge import INTERACTION_BLOCK, ITEM_BLOCK, USER_BLOCK, USER_CATEGORY_BLOCK
 from trainer.models.batch import FeatureBatch
-from trainer.models.din import TargetAttention
+from trainer.models.din import PackedTargetAttention
 from trainer.models.extractor import EmbeddingArch, Extractor, TaskTowers
 from trainer.models.layers import MLP, packed_mean
 
@@ -71,7 +71,7 @@ class DegenerationArch(nn.Module):
     def __init__(self, emb: EmbeddingArch, cfg: ExtractorConfig) -> None:
         super().__init__()
         cat_dim = cfg.id_dim
-        self.attention = TargetAttention(cat_dim, cfg.attention)
+        self.attention = PackedTargetAttention(cat_dim, cfg.attention)
         self.towers = TaskTowers(emb.user_dim + cat_dim + emb.behaviour_dim, cfg.tasks, cfg.tower)
         self.dim = self.towers.knowledge_dim * len(cfg.tasks)
 
