@@ -34,7 +34,7 @@ import math
 import mmap
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -297,9 +297,7 @@ def tmp_dir(target: Path) -> Path:
 def seal(tmp: Path, target: Path, manifest: Manifest) -> Path:
     """Checksum every array file in ``tmp``, write the manifest, rename ``tmp`` to ``target``."""
     checksums = {name: _sha256(tmp / name) for name in array_files(manifest.dtype)}
-    sealed = Manifest(
-        **{**asdict(manifest), "dims": manifest.dims, "counts": manifest.counts, "checksums": checksums}
-    )
+    sealed = replace(manifest, checksums=checksums)
     (tmp / MANIFEST).write_text(json.dumps(sealed.to_json(), indent=2, sort_keys=True))
     if target.exists():
         raise BundleError(f"{target} already exists; refusing to overwrite a bundle")

@@ -21,6 +21,11 @@ from services.errors import InvalidArgument, NotFound
 
 class BundleReader:
     def __init__(self, bundle: Bundle, version: int = 0) -> None:
+        if bundle.manifest.base is not None:  # alone it lacks every entry its base holds
+            raise InvalidArgument(
+                f"this bundle is a delta over {bundle.manifest.base}: it holds only entries that changed; "
+                "read it through GKC, or fold it into its base (gkc.delta.fold) first"
+            )
         self.bundle = bundle
         #: The GKC version this bundle was published as, if known (0 = unknown / local).
         self.version = version

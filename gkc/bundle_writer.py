@@ -137,6 +137,10 @@ def convert(bundle: Bundle, dtype: str, out: str | os.PathLike[str], batch: int 
     quant.check_dtype(dtype)
     if m.dtype != quant.FLOAT32:
         raise BundleError(f"only a float32 bundle can be stored at another dtype; this one is {m.dtype}")
+    if m.base is not None:  # its rows were chosen against its base's stored bytes, at its base's dtype
+        raise BundleError(
+            f"a delta bundle (over {m.base}) is stored at its base's dtype; export it with --dtype instead"
+        )
     writer = BundleWriter(out, m.counts, m.dims, dtype)
     try:
         for block, vectors in (

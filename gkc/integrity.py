@@ -181,12 +181,14 @@ def reconcile(store: IntegrityStore, shadow: Shadow, *, sample: bool = True) -> 
 def check_versions(
     store: IntegrityStore, records: Sequence[VersionRecord], *, sample: bool = True
 ) -> list[str]:
-    """Key counts (one pass over the keyspace) and sampled read-back of ``records``; failing versions
-    are marked ``damaged``. Returns one line per damaged version."""
+    """Key counts (one pass over the keyspace) and sampled read-back of ``records`` (every ready
+    version); failing versions are marked ``damaged``, and so is a delta whose base is not among the
+    intact ones. Returns one line per damaged version."""
     if not records:
         return []
     counts = store.count_keys([r.namespace for r in records])
     problems = []
+    bad: set[int] = set()
     for r in records:
         reason = None
         if r.keys and counts.get(r.namespace, 0) != r.keys:
@@ -194,6 +196,13 @@ def check_versions(
         elif sample:
             reason = _sample_mismatch(store, r)
         if reason is not None:
+            store.mark_damaged(r.version, reason)
+            problems.append(f"{r.identity} {reason}")
+            bad.add(r.version)
+    intact = {r.identity for r in records if r.version not in bad}
+    for r in records:
+        if r.base is not None and r.version not in bad and r.base not in intact:
+            reason = f"damaged: its base {r.base} is not ready (lost, damaged or replaced)"
             store.mark_damaged(r.version, reason)
             problems.append(f"{r.identity} {reason}")
     return problems

@@ -11,6 +11,7 @@ from typing import Any
 
 from contract import quantize as quant
 from contract.knowledge import Dims
+from gkc.store import VersionIdentity
 from services.errors import InvalidArgument
 
 FORMAT_VERSION = 1
@@ -45,6 +46,9 @@ class Manifest:
     checksums: dict[str, str] = field(default_factory=dict)
     created: float = 0.0
     format_version: int = FORMAT_VERSION
+    #: A *delta* bundle names the identity of the version it falls through to for every entry it does
+    #: not hold (:mod:`gkc.delta`); ``None`` for a full bundle.
+    base: VersionIdentity | None = None
 
     def schema(self) -> dict[str, Any]:
         """What a downstream model depends on: block dims and layout, not counts or checksums."""
@@ -56,7 +60,10 @@ class Manifest:
         }
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.base is None:  # full bundles' manifests stay what they were before deltas existed
+            del out["base"]
+        return out
 
     def content_checksum(self) -> str:
         """SHA-256 of what the bundle holds (format, dims, counts, stored dtype, per-array checksums):
@@ -69,6 +76,8 @@ class Manifest:
         }
         if self.dtype != quant.FLOAT32:  # float32 identities stay what they were before dtypes existed
             body["dtype"] = self.dtype
+        if self.base is not None:  # a delta's content is its rows *and* the base they complete
+            body["base"] = self.base.to_json()
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
     @classmethod
@@ -94,6 +103,7 @@ class Manifest:
                 metrics=_typed(data.get("metrics", {}), dict, "metrics"),
                 checksums=_str_map(data.get("checksums", {}), "checksums"),
                 created=float(_typed(data.get("created", 0.0), (int, float), "created")),
+                base=_base(data.get("base")),
             )
         except (OverflowError, ValueError) as err:
             raise BundleError(f"manifest is malformed: {err}") from err
@@ -119,6 +129,23 @@ def _typed(value: Any, kind: type | tuple[type, ...], name: str) -> Any:
     if not isinstance(value, kind) or (kind in (int, (int, float)) and isinstance(value, bool)):
         raise BundleError(f"manifest field {name!r} has type {type(value).__name__}")
     return value
+
+
+def _base(value: Any) -> VersionIdentity | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, dict)
+        or set(value) != {"number", "publish_id", "checksum"}
+        or isinstance(value["number"], bool)
+        or not isinstance(value["number"], int)
+        or not 1 <= value["number"] < 2**53
+        or not all(isinstance(value[k], str) and value[k] for k in ("publish_id", "checksum"))
+    ):
+        raise BundleError(
+            "manifest field 'base' must be {number (>= 1), publish_id, checksum} (the base's identity)"
+        )
+    return VersionIdentity.from_json(value)
 
 
 def _dtype(value: Any) -> str:

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from contract import quantize as quant
 from gkc.bundle import Bundle, Counts, Manifest
+from gkc.delta import check_base
 from gkc.integrity import entry_digest as _digest
 from gkc.store import READY, KnowledgeReader, KnowledgeWriter, Staging, VersionIdentity, VersionRegistry
 from services.errors import Conflict, InsufficientStorage, KeepError, Unavailable
@@ -86,12 +87,16 @@ def check_room(store: PublishStore, manifest: Manifest, max_ready: int, id_chars
     not fit in the store's free memory (507 with the numbers)."""
     records, active = store.records()
     ready = [r for r in records if r.state == READY]
-    free_slots = [r for r in ready if r.version != active and not r.pins]
+    bases = {r.base.number for r in ready if r.base is not None}  # a ready delta keeps its base
+    if manifest.base is not None:
+        bases.add(manifest.base.number)
+    free_slots = [r for r in ready if r.version != active and not r.pins and r.version not in bases]
     if len(ready) >= max_ready and not free_slots:
         pins = "; ".join(f"v{r.version}: {', '.join(p.holder for p in r.pins)}" for r in ready if r.pins)
         raise Conflict(
             f"{max_ready} ready versions are kept and none can be retired (active v{active}; "
-            f"pinned {pins or 'none'}); delete one or wait for its pins to end"
+            f"pinned {pins or 'none'}; bases of deltas {sorted(bases) or 'none'}); delete one or wait for "
+            "its pins to end"
         )
     memory = store.memory()
     need = estimate_bytes(manifest, id_chars)
@@ -208,6 +213,7 @@ def publish(
     """Write ``bundle`` as a new version and make it ready (active if it is the first)."""
     m = bundle.manifest
     check_room(store, m, max_ready, _id_chars(bundle))
+    check_base(m, store.records()[0])
     checksum = m.content_checksum()
     for attempt in range(1, attempts + 1):
         used_before = store.memory().used_bytes
@@ -355,6 +361,7 @@ def shard_checksums(digests: Sequence[dict[str, str]]) -> dict[str, str]:
 def begin_sharded(store: PublishStore, manifest: Manifest, max_ready: int) -> Staging:
     """The finalising rank opens the staging version every rank writes into."""
     check_room(store, manifest, max_ready)
+    check_base(manifest, store.records()[0])
     used_before = store.memory().used_bytes
     staging = store.begin(manifest.to_json(), manifest.content_checksum(), manifest.dims)
     return replace(staging, used_before=used_before)

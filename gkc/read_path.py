@@ -4,7 +4,10 @@ trip, pack the answer.
 Transport-free: the gRPC servicer converts wire ↔ :class:`gkc.wire.Packed`, in-process callers use
 :meth:`Packed.to_lookup`. Which versions may be served comes from a :class:`gkc.serving_view.ServingView`;
 item vectors (including "not found") are cached per version identity in an LRU bounded in bytes and
-dropped when the identity leaves the view. Every answer carries the identity it was read from.
+dropped when the identity leaves the view. A delta version (:mod:`gkc.delta`) reads every entry it lacks
+from its base in the same round trip; its cached rows are the resolved ones, under the delta's own
+identity (never the base's), and it is not served at all unless its base is ready as the very identity
+it names. Every answer carries the identity it was read from.
 """
 
 from __future__ import annotations
@@ -73,6 +76,8 @@ class KnowledgeCenter:
         if len(category_ids) != n:
             raise InvalidArgument(f"{n} item ids but {len(category_ids)} category ids; they are parallel")
         record = self.view.resolve(version)
+        base = self.view.base_of(record)  # a delta reads through to its base, in the same round trip
+        fallback = None if base is None else base.namespace
         version, dims, ns, dtype = record.version, record.dims, record.namespace, record.dtype
         items, item_index = dedupe(item_ids)
         cats, uc_index = dedupe(category_ids)
@@ -87,7 +92,7 @@ class KnowledgeCenter:
         cached = self.cache.get_many(ns, items, width)
         todo = cached.todo
         missing_ids = [items[p] for p in todo]
-        raw = self.store.read(ns, user_id, cats, missing_ids)
+        raw = self.store.read(ns, user_id, cats, missing_ids, fallback)
         if todo:
             if any(value is not None and len(value) != width for value in raw.items):
                 raise CorruptData(f"stored item vectors of version {version} are not {dims.item}-d")

@@ -7,7 +7,7 @@ Keys (all share the hash tag ``{reg}``, hence one slot)::
     gkc:{reg}:epoch      string  random id drawn when the registry is created (changes after data loss)
     gkc:{reg}:state      hash    number -> staging | ready | retiring | damaged
     gkc:{reg}:record     hash    number -> JSON {publish_id, checksum, dims, dtype, keylog, keys,
-                                   entries, bytes, sample}
+                                   entries, bytes, sample, base (a delta's base identity)}
     gkc:{reg}:manifest   hash    number -> the bundle manifest JSON
     gkc:{reg}:updated    hash    number -> registry time of the last heartbeat / state change
     gkc:{reg}:reason     hash    number -> why it is damaged / retiring
@@ -99,6 +99,7 @@ def _record(number: int, state: str, raw: bytes, **extra: Any) -> VersionRecord:
         keylog=bool(data.get("keylog", False)),
         entries=int(data.get("entries", 0)),
         size_bytes=int(data.get("bytes", 0)),
+        base=VersionIdentity.from_json(data["base"]) if data.get("base") else None,
         **extra,
     )
 
@@ -113,11 +114,14 @@ def _record_json(
     keylog: bool = True,
     entries: int = 0,
     size_bytes: int = 0,
+    base: VersionIdentity | None = None,
 ) -> str:
     body = {"publish_id": publish_id, "checksum": checksum, "dims": vars(dims), "keys": keys}
     body.update(dtype=dtype, keylog=keylog)  # every version begun by this code logs its keys
     if entries:
         body.update(entries=entries, bytes=size_bytes)
+    if base is not None:
+        body["base"] = base.to_json()
     return json.dumps({**body, "sample": sample or {}}, sort_keys=True)
 
 
@@ -220,7 +224,13 @@ class RedisRegistry:
                 "begin",
                 keys,
                 floor,
-                _record_json(publish_id, checksum, dims, dtype=str(manifest.get("dtype", "float32"))),
+                _record_json(
+                    publish_id,
+                    checksum,
+                    dims,
+                    dtype=str(manifest.get("dtype", "float32")),
+                    base=VersionIdentity.from_json(manifest["base"]) if manifest.get("base") else None,
+                ),
                 body,
                 secrets.token_hex(8),
             )
@@ -258,7 +268,9 @@ class RedisRegistry:
             mine.dtype,
             entries=entries,
             size_bytes=size_bytes,
+            base=mine.base,
         )
+        base = mine.base
         result = [
             _s(x)
             for x in self._run(
@@ -267,8 +279,16 @@ class RedisRegistry:
                 number,
                 max_ready,
                 body,
+                "" if base is None else base.number,
+                "" if base is None else base.publish_id,
             )
         ]
+        if result[0] == "base":
+            assert base is not None
+            raise Conflict(
+                f"version {number} is a delta over {base}, which is {result[1]} now (deleted or replaced "
+                "while this delta was written); publish it again over a ready base or publish a full version"
+            )
         if result[0] == "state" and result[1] == "missing":
             raise Unavailable(f"version {number} vanished from the registry (a failover?); publish again")
         if result[0] == "state":
@@ -299,10 +319,15 @@ class RedisRegistry:
             raise Conflict(f"version {number} is {result}; only a ready version can be activated")
 
     def retire(self, number: int, reason: str) -> str:
-        keys = [K_STATE, K_ACTIVE, K_UPDATED, K_REASON, K_PINEXP]
+        keys = [K_STATE, K_ACTIVE, K_UPDATED, K_REASON, K_PINEXP, K_RECORD]
         result = _s(self._run("retire", keys, number, reason))
         if result == "missing":
             raise NotFound(f"version {number} does not exist")
+        if result.startswith("base:"):
+            raise Conflict(
+                f"version {number} is the base of ready delta version {result.removeprefix('base:')}: "
+                "delete the delta first (or publish a full version and delete the delta)"
+            )
         if result == "active":
             raise Conflict(f"version {number} is active; activate another version before deleting it")
         if result == "pinned":

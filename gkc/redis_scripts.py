@@ -25,6 +25,24 @@ local function pinned_set(pk)
 end
 """
 
+# bases[number] = delta number, for every ready delta (KEYS[state], KEYS[record] given as `sk`, `rk`)
+BASES = """
+local function bases_of_ready(sk, rk)
+  local out = {}
+  local all = redis.call('HGETALL', sk)
+  for i = 1, #all, 2 do
+    if all[i + 1] == 'ready' then
+      local raw = redis.call('HGET', rk, all[i])
+      if raw then
+        local rec = cjson.decode(raw)
+        if type(rec['base']) == 'table' then out[tostring(rec['base']['number'])] = all[i] end
+      end
+    end
+  end
+  return out
+end
+"""
+
 # KEYS scratch next epoch state record manifest updated; ARGV floor record manifest epoch
 BEGIN = (
     PRELUDE
@@ -53,14 +71,25 @@ return 'ok'
 """
 )
 
-# KEYS scratch state record updated active reason pinexp; ARGV number max_ready record
+# KEYS scratch state record updated active reason pinexp; ARGV number max_ready record base_number
+# base_publish_id (both '' for a full version). A delta goes ready only while its base is ready and the
+# same publish; no base of a ready delta (nor this one's) is retired to make room.
 FINISH = (
     PRELUDE
     + PINNED
+    + BASES
     + """
 local v = ARGV[1]
 local st = redis.call('HGET', KEYS[2], v)
 if st ~= 'staging' then return {'state', st or 'missing'} end
+local protected = bases_of_ready(KEYS[2], KEYS[3])
+if ARGV[4] ~= '' then
+  local bst = redis.call('HGET', KEYS[2], ARGV[4])
+  if bst ~= 'ready' then return {'base', bst or 'gone'} end
+  local brec = cjson.decode(redis.call('HGET', KEYS[3], ARGV[4]))
+  if brec['publish_id'] ~= ARGV[5] then return {'base', 'another publish (' .. brec['publish_id'] .. ')'} end
+  protected[ARGV[4]] = v
+end
 local active = redis.call('GET', KEYS[5]) or v
 local pinned = pinned_set(KEYS[7])
 local all = redis.call('HGETALL', KEYS[2])
@@ -72,7 +101,7 @@ local retire = {}
 for _, r in ipairs(ready) do
   if n <= tonumber(ARGV[2]) then break end
   local s = tostring(r)
-  if s ~= active and not pinned[s] then table.insert(retire, s); n = n - 1 end
+  if s ~= active and not pinned[s] and not protected[s] then table.insert(retire, s); n = n - 1 end
 end
 if n > tonumber(ARGV[2]) then return {'full'} end
 redis.call('HSET', KEYS[2], v, 'ready')
@@ -102,16 +131,19 @@ return 'ok'
 """
 )
 
-# KEYS scratch state active updated reason pinexp; ARGV number reason
+# KEYS scratch state active updated reason pinexp record; ARGV number reason
 RETIRE = (
     PRELUDE
     + PINNED
+    + BASES
     + """
 local st = redis.call('HGET', KEYS[2], ARGV[1])
 if not st then return 'missing' end
 if st == 'retiring' then return 'retiring' end
 if redis.call('GET', KEYS[3]) == ARGV[1] then return 'active' end
 if pinned_set(KEYS[6])[ARGV[1]] then return 'pinned' end
+local delta = bases_of_ready(KEYS[2], KEYS[7])[ARGV[1]]
+if delta then return 'base:' .. delta end
 redis.call('HSET', KEYS[2], ARGV[1], 'retiring')
 redis.call('HSET', KEYS[4], ARGV[1], tostring(now))
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[2])

@@ -100,27 +100,44 @@ class RedisStore(RedisRegistry):
             return self._bulk
 
     # --- reads ----------------------------------------------------------------------------------
-    def read(self, ns: str, user_id: str, category_ids: Sequence[str], item_ids: Sequence[str]) -> RawRead:
+    def read(
+        self,
+        ns: str,
+        user_id: str,
+        category_ids: Sequence[str],
+        item_ids: Sequence[str],
+        fallback: str | None = None,
+    ) -> RawRead:
+        """One round trip. With ``fallback`` (a delta's base namespace) the same keys are asked of both
+        namespaces in the same pipeline and each entry is the delta's where it has one, else the base's."""
         fields = [USER_FIELD, *[f"c:{c}" for c in category_ids]]
-        prefix = ns + "i:"
-        keys = [prefix + i for i in item_ids]
+        layers = (ns,) if fallback is None else (ns, fallback)
         with guard():
-            if not keys:  # every item came from the cache: one plain command, no pipeline overhead
+            if not item_ids and fallback is None:  # every item came from the cache: one plain command
                 user_side = self.client.hmget(user_key(ns, user_id), fields)
                 return RawRead(user=user_side[0], ucs=user_side[1:], items=[])
             pipe = self.client.pipeline(transaction=False)
-            pipe.hmget(user_key(ns, user_id), fields)
-            if self.cluster:
-                for key in keys:
-                    pipe.get(key)
-                replies = pipe.execute()
-                items = replies[1:]
-            else:
-                pipe.mget(keys)
-                replies = pipe.execute()
-                items = replies[1]
+            for layer in layers:
+                pipe.hmget(user_key(layer, user_id), fields)
+            for layer in layers:
+                keys = [f"{layer}i:{i}" for i in item_ids]
+                if self.cluster:
+                    for key in keys:
+                        pipe.get(key)
+                elif keys:
+                    pipe.mget(keys)
+            replies = pipe.execute()
         user_side = replies[0]
-        return RawRead(user=user_side[0], ucs=user_side[1:], items=items)
+        if self.cluster:
+            items = replies[len(layers) : len(layers) + len(item_ids)]
+        else:
+            items = replies[len(layers)] if item_ids else []
+        if fallback is not None:
+            user_side = _first(user_side, replies[1])
+            if item_ids:
+                base_items = replies[2 + len(item_ids) :] if self.cluster else replies[3]
+                items = _first(items, base_items)
+        return RawRead(user=user_side[0], ucs=list(user_side[1:]), items=list(items))
 
     def ping(self) -> None:
         """Every primary answers (a cluster with a primary down cannot answer every request)."""
@@ -312,6 +329,11 @@ def _row_bytes(rows: np.ndarray) -> list[bytes]:
     blob = np.ascontiguousarray(rows).tobytes()
     width = len(blob) // len(rows)
     return [blob[i : i + width] for i in range(0, len(blob), width)]
+
+
+def _first(mine: list[Any], base: list[Any]) -> list[Any]:
+    """Per position the delta's value, the base's where the delta has none."""
+    return [b if m is None else m for m, b in zip(mine, base, strict=True)]
 
 
 def _replica_offsets(info: dict[str, Any]) -> list[int]:

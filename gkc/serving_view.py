@@ -151,3 +151,17 @@ class ServingView:
         if record is None:
             raise NotFound(f"knowledge version {version} does not exist or is not ready")
         return record
+
+    def base_of(self, record: VersionRecord) -> VersionRecord | None:
+        """A delta version's base as the view holds it (None for a full version). NotFound when the base
+        is not ready as the very identity the delta names: a delta is never served without its base."""
+        base = record.base
+        if base is None:
+            return None
+        found = self._ready.get(base.number)
+        if found is None or found.identity != base:
+            raise NotFound(
+                f"knowledge version {record.version} is a delta over {base}, which is not ready (deleted, "
+                "damaged or replaced): it cannot be served"
+            )
+        return found

@@ -125,6 +125,8 @@ class VersionRecord:
     #: written, measured by the publisher), once ready; 0 = unknown (versions from before).
     entries: int = 0
     size_bytes: int = 0
+    #: A delta version's base (:mod:`gkc.delta`): reads fall through to it for entries this one lacks.
+    base: VersionIdentity | None = None
 
     @property
     def version(self) -> int:
@@ -142,6 +144,7 @@ class VersionRecord:
             "entries": self.entries,
             "bytes": self.size_bytes,
             "dtype": self.dtype,
+            "base": None if self.base is None else self.base.to_json(),
             "pins": [p.to_json() for p in self.pins],
             "manifest": self.manifest,
         }
@@ -192,8 +195,16 @@ class KnowledgeReader(Protocol):
     """Stored rows of one version. Implementations raise :class:`services.errors.Unavailable` when down."""
 
     def read(
-        self, namespace: str, user_id: str, category_ids: Sequence[str], item_ids: Sequence[str]
-    ) -> RawRead: ...
+        self,
+        namespace: str,
+        user_id: str,
+        category_ids: Sequence[str],
+        item_ids: Sequence[str],
+        fallback: str | None = None,
+    ) -> RawRead:
+        """The entries of ``namespace``; with ``fallback`` (a delta version's base namespace), each entry
+        ``namespace`` lacks is the fallback's, read in the same round trip."""
+        ...
 
 
 class StoreProbe(Protocol):

@@ -298,6 +298,7 @@ def prepare(ext: LoadedExtractor, df: pd.DataFrame, *, source: Path) -> ExportPl
             "tasks": list(model.cfg.tasks),
             "uc_layout": [f"kuc_hat:{t}" for t in model.cfg.tasks],
             "history": f"last {max_len} clicks up to the end of day {last_day}",
+            "init_from": ext.config.data.init_from,
         },
         metrics=dict(ext.metrics),
         stats=stats,

@@ -15,6 +15,7 @@ and exit status 2.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,15 @@ class ExportConfig:
     progress: bool = True
     #: How the vectors are stored: float32, float16 or int8 (per-row scale; docs/gkc.md).
     dtype: str = "float32"
+    #: A delta over this GKC version (only with ``out``; :mod:`trainer.export_delta`), or None (full).
+    base: int | None = None
+    #: The bundle ``base`` was published from (its checksum must be the version's).
+    base_bundle: Path | None = None
+    #: What makes an entry changed: ``moved`` (by more than ``epsilon``, 0 = any bit) or ``seen``.
+    changed: str = "moved"
+    epsilon: float = 0.0
+    #: GKC's REST API, where the base's identity is read.
+    gkc_api: str | None = None
 
 
 def export(cfg: ExportConfig) -> dict[str, Any]:
@@ -104,20 +114,45 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
     from trainer.distributed import set_threads
 
     set_threads(cfg.threads)
+    if cfg.base is not None and cfg.gkc_redis is not None:
+        raise InvalidArgument(
+            "--base with --gkc-redis is not supported: export the delta with --out and `keep publish` it"
+        )
     if cfg.gkc_redis is not None:
         return _export_to_store(cfg, cfg.gkc_redis)
     assert cfg.out is not None
     from trainer.export import export as export_bundle
 
-    path, stats = export_bundle(
-        cfg.extractor,
-        cfg.out,
-        super_path=cfg.super_path,
-        batch_size=cfg.batch_size,
-        progress=cfg.progress,
-        dtype=cfg.dtype,
-    )
+    def full(path: Path) -> Any:
+        return export_bundle(
+            cfg.extractor,
+            path,
+            super_path=cfg.super_path,
+            batch_size=cfg.batch_size,
+            progress=cfg.progress,
+            dtype=cfg.dtype,
+        )
+
+    if cfg.base is not None:
+        return _export_delta(cfg, cfg.out, full)
+    path, stats = full(cfg.out)
     return {"bundle": str(path), "dtype": cfg.dtype, **stats.to_json()}
+
+
+def _export_delta(cfg: ExportConfig, out: Path, full: Any) -> dict[str, Any]:
+    from gkc.publishing import DEFAULT_GKC_API
+    from trainer.export_delta import DeltaSpec, export_delta
+
+    if cfg.base is None or cfg.base_bundle is None:
+        raise InvalidArgument("--base V needs --base-bundle DIR: the bundle version V was published from")
+    spec = DeltaSpec(
+        base=cfg.base,
+        base_bundle=cfg.base_bundle,
+        api_url=cfg.gkc_api or os.environ.get("GKC_API_URL") or DEFAULT_GKC_API,
+        rule=cfg.changed,
+        epsilon=cfg.epsilon,
+    )
+    return export_delta(full, out, spec)
 
 
 def _export_to_store(cfg: ExportConfig, url: str) -> dict[str, Any]:

@@ -37,7 +37,15 @@ class MemoryStore:
         record = VersionRecord(self.identity, READY, f"ns{self.identity.publish_id}:", DIMS)
         return RegistryView((record,), 1, "epoch")
 
-    def read(self, ns: str, user_id: str, category_ids: Sequence[str], item_ids: Sequence[str]) -> RawRead:
+    def read(
+        self,
+        ns: str,
+        user_id: str,
+        category_ids: Sequence[str],
+        item_ids: Sequence[str],
+        fallback: str | None = None,
+    ) -> RawRead:
+        assert fallback is None  # full versions only here (deltas: tests/integration/test_gkc_delta.py)
         self.item_reads.append(list(item_ids))
         self.namespaces.append(ns)
         return RawRead(

@@ -81,6 +81,36 @@ def register(sub: Any) -> None:
         default="float32",
         help="how the vectors are stored (int8: per-row scale; docs/gkc.md, Stored dtypes)",
     )
+    e.add_argument(
+        "--base",
+        type=int,
+        default=None,
+        metavar="V",
+        help="write a delta over GKC version V: only the entries that are new or changed (docs/gkc.md, "
+        "Delta versions); needs --base-bundle",
+    )
+    e.add_argument(
+        "--base-bundle", default=None, metavar="DIR", help="the bundle version V was published from"
+    )
+    e.add_argument(
+        "--changed",
+        choices=["moved", "seen"],
+        default="moved",
+        help="with --base: moved = the stored row differs (by more than --epsilon); seen = its user or item "
+        "occurs in the days after the base's window (default: moved)",
+    )
+    e.add_argument(
+        "--epsilon",
+        type=float,
+        default=0.0,
+        help="with --changed moved: relative L2 change an entry must exceed (default 0: any bit)",
+    )
+    e.add_argument(
+        "--gkc-api",
+        default=None,
+        metavar="URL",
+        help="GKC's REST API, where --base's identity is read (default: $GKC_API_URL, else the local port)",
+    )
     e.add_argument("--max-ready", type=int, default=5, help="ready versions kept (GKC_MAX_READY_VERSIONS)")
     e.add_argument("--super", default=None, dest="super_path", help="log for histories (default: as trained)")
     e.add_argument("--batch-size", type=int, default=4096, help="entries per batch")
@@ -136,6 +166,11 @@ def run_export(args: argparse.Namespace) -> int:
         threads=args.threads,
         progress=not args.no_progress,
         dtype=args.dtype,
+        base=args.base,
+        base_bundle=Path(args.base_bundle) if args.base_bundle else None,
+        changed=args.changed,
+        epsilon=args.epsilon,
+        gkc_api=args.gkc_api,
     )
     summary = export(config)
     if summary:

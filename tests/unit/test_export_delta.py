@@ -1,0 +1,112 @@
+"""``keep export --base``: a delta of a continued extractor over the bundle of its base, by each rule;
+folded back it is the full export bit for bit (``moved``); what is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from contract.log import read_log, write_log
+from contract.schema import day_of
+from gkc import bundle as gkc_bundle
+from gkc import delta as gkc_delta
+from gkc.store import VersionIdentity
+from services.errors import Conflict
+from tests.support.stage1_data import write_tiny
+from trainer.cli import main
+from trainer.export import export
+from trainer.export_delta import DeltaSpec, export_delta
+from trainer.pretrain import PretrainConfig, pretrain
+
+SIZE = {"users": 40, "items": 60, "categories": 5, "days": 4, "rows_per_day": 800}
+
+
+@pytest.fixture(scope="module")
+def continued(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A base extractor on days 0-1 and its one-day continuation (day 2), with their full bundles."""
+    root = tmp_path_factory.mktemp("delta")
+    path = write_tiny(root / "super.parquet", **SIZE)
+    df = read_log(path)
+    days = day_of(df["ts"].to_numpy())
+    first = write_log(df[days <= days.min() + 2], root / "first.parquet")
+
+    def run(super_path: Path, out: Path, init: Path | None = None) -> None:
+        pretrain(
+            PretrainConfig(
+                super_path=super_path, out=out, strategy="serving", batch_size=200, progress=False, init=init
+            )
+        )
+
+    run(first, root / "base")
+    run(path, root / "cont", init=root / "base")
+    export(root / "base", root / "base_bundle", progress=False)
+    export(root / "cont", root / "full", progress=False)
+    return {"root": root, "base_bundle": root / "base_bundle", "cont": root / "cont", "full": root / "full"}
+
+
+def _spec(paths: dict[str, Path], **kw: Any) -> DeltaSpec:
+    return DeltaSpec(base=4, base_bundle=paths["base_bundle"], api_url="http://unused", **kw)
+
+
+def _identity(paths: dict[str, Path]) -> VersionIdentity:
+    return VersionIdentity(4, "ab" * 8, gkc_bundle.read_manifest(paths["base_bundle"]).content_checksum())
+
+
+def _full(paths: dict[str, Path]) -> Any:
+    return lambda out: export(paths["cont"], out, progress=False)
+
+
+def test_a_moved_delta_folds_back_to_the_full_export_bit_for_bit(continued: dict[str, Path]) -> None:
+    out = continued["root"] / "moved"
+    summary = export_delta(_full(continued), out, _spec(continued), _identity(continued))
+    delta, base = gkc_bundle.load(out), gkc_bundle.load(continued["base_bundle"])
+    full = gkc_bundle.load(continued["full"])
+    assert delta.manifest.base == _identity(continued)
+    assert summary["entries"] == gkc_delta.entries(delta.manifest.counts)
+    assert summary["full_entries"] == gkc_delta.entries(full.manifest.counts)
+    folded = gkc_delta.fold(base, delta)
+    for block in gkc_delta.BLOCKS:
+        got = dict(zip(gkc_delta.keys(folded, block).tolist(), map(bytes, folded.rows(block)), strict=True))
+        want = dict(zip(gkc_delta.keys(full, block).tolist(), map(bytes, full.rows(block)), strict=True))
+        assert got == want, block
+    assert not (continued["root"] / ".moved.full").exists()  # the scratch export is gone
+
+
+def test_the_seen_rule_writes_what_the_new_day_touched(continued: dict[str, Path]) -> None:
+    out = continued["root"] / "seen"
+    summary = export_delta(_full(continued), out, _spec(continued, rule="seen"), _identity(continued))
+    delta = gkc_bundle.load(out)
+    df = read_log(continued["root"] / "super.parquet")
+    days = day_of(df["ts"].to_numpy())
+    new_day = df[days == days.min() + 2]
+    assert set(delta.user_ids.tolist()) == {str(u) for u in new_day["user_id"].unique()}
+    assert set(delta.item_ids.tolist()) == {str(i) for i in new_day["item_id"].unique()}
+    assert summary["rule"] == "seen"  # (in this tiny world every user is active every day)
+    assert delta.manifest.source["delta"]["rule"] == "seen"
+
+
+def test_refusals(continued: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    other = VersionIdentity(4, "ab" * 8, "0" * 64)  # version 4 is other content than --base-bundle
+    with pytest.raises(Conflict, match="is not the content of GKC version"):
+        export_delta(_full(continued), continued["root"] / "x", _spec(continued), other)
+    # the seen rule needs an extractor that continues the base's
+    spec = DeltaSpec(base=4, base_bundle=continued["full"], api_url="http://unused", rule="seen")
+    full_id = VersionIdentity(4, "ab" * 8, gkc_bundle.read_manifest(continued["full"]).content_checksum())
+    with pytest.raises(Conflict, match="must continue the base's"):
+        export_delta(_full(continued), continued["root"] / "y", spec, full_id)
+    args = [
+        "export",
+        "--extractor",
+        str(continued["cont"]),
+        "--out",
+        str(continued["root"] / "z"),
+        "--base",
+        "4",
+    ]
+    assert main(args) == 2
+    assert "--base-bundle" in capsys.readouterr().err
+    sharded = ["export", "--extractor", str(continued["cont"]), "--gkc-redis", "redis://127.0.0.1:1/0"]
+    assert main([*sharded, "--base", "4", "--base-bundle", str(continued["base_bundle"])]) == 2
+    assert "--base with --gkc-redis is not supported" in capsys.readouterr().err

@@ -1,0 +1,129 @@
+"""Delta bundles (:mod:`gkc.delta`): what goes in under each rule, what is refused, and the fold
+(compaction) that gives back the new export bit for bit."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gkc import bundle as gkc_bundle
+from gkc import delta as gkc_delta
+from gkc.bundle_reader import BundleReader
+from gkc.bundle_writer import convert
+from gkc.manifest import BundleError, Manifest
+from gkc.store import VersionIdentity
+from services.errors import Conflict, InvalidArgument
+
+BASE_ID = VersionIdentity(3, "ab" * 8, "c" * 64)
+
+
+def _bundle(
+    users: int, items: int, seed: int = 0, dtype: str = "float32", vectors: dict[str, Any] | None = None
+) -> gkc_bundle.Bundle:
+    rng = np.random.default_rng(seed)
+    vectors = vectors or {}
+    uc_u = [f"u{u}" for u in range(users) for _ in range(2)]
+    uc_c = [f"c{(u + k) % 5}" for u in range(users) for k in range(2)]
+    return gkc_bundle.build(
+        user_ids=[f"u{u}" for u in range(users)],
+        user_vectors=vectors.get("users", rng.normal(size=(users, 4))),
+        item_ids=[f"i{i}" for i in range(items)],
+        item_vectors=vectors.get("items", rng.normal(size=(items, 4))),
+        uc_user_ids=uc_u,
+        uc_category_ids=uc_c,
+        uc_vectors=vectors.get("ucs", rng.normal(size=(len(uc_u), 3))),
+        source={"uc_layout": ["kuc_hat:click"]},
+        dtype=dtype,
+    )
+
+
+def _continued(base: gkc_bundle.Bundle, dtype: str = "float32") -> gkc_bundle.Bundle:
+    """The base's float32 vectors plus 2 new users (their pairs) and 3 new items; user 1, item 4 and
+    the pairs of user 5 changed; everything else bit-equal."""
+    u = np.concatenate([base.dequantized("users"), np.ones((2, 4))])
+    i = np.concatenate([base.dequantized("items"), np.full((3, 4), 2.0)])
+    c = np.concatenate([base.dequantized("ucs"), np.full((4, 3), 3.0)])
+    u[1] += 1.0
+    i[4] *= -1
+    c[10:12] += 0.5  # user 5's two pairs
+    return _bundle(len(u), len(i), dtype=dtype, vectors={"users": u, "items": i, "ucs": c})
+
+
+def _rows_by_key(b: gkc_bundle.Bundle, block: str) -> dict[str, bytes]:
+    return dict(zip(gkc_delta.keys(b, block).tolist(), (r.tobytes() for r in b.rows(block)), strict=True))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_a_moved_delta_holds_new_and_changed_rows_and_folds_back_to_the_new_export(dtype: str) -> None:
+    base = _bundle(10, 20, dtype=dtype)
+    new = _continued(base, dtype)
+    rule = gkc_delta.Rule()
+    delta = gkc_delta.build(new, gkc_delta.select(new, base, rule), BASE_ID, rule)
+    assert delta.user_ids.tolist() == ["u1", "u10", "u11"]
+    assert delta.item_ids.tolist() == ["i4", "i20", "i21", "i22"]
+    assert sorted(set(delta.uc_user_ids.tolist())) == ["u10", "u11", "u5"]
+    assert delta.manifest.base == BASE_ID
+    assert delta.manifest.source["delta"]["full_counts"] == vars(new.manifest.counts)
+    folded = gkc_delta.fold(base, delta)
+    assert folded.manifest.base is None and folded.manifest.counts == new.manifest.counts
+    for block in gkc_delta.BLOCKS:  # bit for bit, entry by entry
+        assert _rows_by_key(folded, block) == _rows_by_key(new, block)
+
+
+def test_epsilon_keeps_small_moves_out_and_bounds_what_reads_through() -> None:
+    base = _bundle(6, 8)
+    u = base.dequantized("users").copy()
+    u[0] *= 1.001  # a 0.1 % move
+    u[1] *= 1.5
+    same = {"items": base.dequantized("items"), "ucs": base.dequantized("ucs")}
+    new = _bundle(6, 8, vectors={"users": u, **same})
+    masks = gkc_delta.select(new, base, gkc_delta.Rule("moved", epsilon=0.01))
+    assert masks["users"].tolist() == [False, True, False, False, False, False]
+    assert not masks["items"].any() and not masks["ucs"].any()
+    assert gkc_delta.select(new, base, gkc_delta.Rule())["users"][:2].tolist() == [True, True]
+
+
+def test_the_seen_rule_takes_seen_users_with_all_their_pairs_and_seen_items() -> None:
+    base = _bundle(6, 8)
+    new = _bundle(7, 8, seed=9)  # every vector differs: only the rule decides
+    rule = gkc_delta.Rule("seen", seen_users=np.array(["u2"]), seen_items=np.array(["i0", "i7"]))
+    masks = gkc_delta.select(new, base, rule)
+    assert new.user_ids[masks["users"]].tolist() == ["u2", "u6"]  # seen, new
+    assert new.item_ids[masks["items"]].tolist() == ["i0", "i7"]
+    assert sorted(set(new.uc_user_ids[masks["ucs"]].tolist())) == ["u2", "u6"]
+
+
+def test_refusals_removed_entries_other_layouts_and_deltas_over_deltas() -> None:
+    base = _bundle(6, 8)
+    with pytest.raises(Conflict, match="cannot remove"):
+        gkc_delta.select(_bundle(5, 8), base, gkc_delta.Rule())
+    with pytest.raises(Conflict, match="must read like its base"):
+        gkc_delta.select(_bundle(6, 8, dtype="int8"), base, gkc_delta.Rule())
+    delta_base = replace(base, manifest=replace(base.manifest, base=BASE_ID))
+    with pytest.raises(Conflict, match="one deep"):
+        gkc_delta.select(_bundle(6, 8), delta_base, gkc_delta.Rule())
+    with pytest.raises(BundleError, match="not a delta"):
+        gkc_delta.fold(base, base)
+
+
+def test_a_delta_manifest_names_its_base_in_its_identity_and_is_parsed_strictly(tmp_path: Any) -> None:
+    base = _bundle(6, 8)
+    new = _continued(base)
+    rule = gkc_delta.Rule()
+    delta = gkc_delta.build(new, gkc_delta.select(new, base, rule), BASE_ID, rule)
+    path = gkc_bundle.save(delta, tmp_path / "d")
+    loaded = gkc_bundle.load(path)
+    assert loaded.manifest.base == BASE_ID
+    other = replace(loaded.manifest, base=replace(BASE_ID, publish_id="ff" * 8))
+    assert other.content_checksum() != loaded.manifest.content_checksum()
+    assert "base" not in base.manifest.to_json()  # full manifests (and their checksums) as before
+    for bad in ({"number": 3}, {"number": 0, "publish_id": "x", "checksum": "y"}, "v3"):
+        with pytest.raises(BundleError, match="base"):
+            Manifest.from_json({**loaded.manifest.to_json(), "base": bad})
+    with pytest.raises(InvalidArgument, match="delta over v3"):
+        BundleReader(loaded)  # alone it would answer "not found" for everything its base holds
+    with pytest.raises(BundleError, match="base's dtype"):  # converted, it would lose its base
+        convert(loaded, "int8", tmp_path / "d8")
