@@ -72,7 +72,8 @@ class RankerMetrics:
         self.stage = Histogram(
             "keep_ranker_stage_seconds",
             "Time per request in each stage: features (sequence store read), gkc (BatchGet), "
-            "model (encode + K̂ + forward); features and gkc run concurrently",
+            "model (encode + K̂ + forward, in the worker), handoff (to and from the worker thread), "
+            "queue (waiting for an admission slot); features and gkc run concurrently",
             ["stage"],
             buckets=LATENCY_BUCKETS,
             registry=r,

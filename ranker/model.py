@@ -44,6 +44,16 @@ class Batch:
     label: Tensor | None = None  # [B] float
 
 
+#: The shared-history fast paths (:meth:`TargetAttention.shared`, :class:`CoAction`) serve one user's
+#: history for all candidates. They run only without autograd (training keeps the per-row formula) and
+#: can be switched off (``keep bench ranker`` measures both: its ``reference`` lever).
+SHARED_HISTORY_FAST_PATH = True
+
+
+def shared_path(t: Tensor) -> bool:
+    return SHARED_HISTORY_FAST_PATH and not (torch.is_grad_enabled() and t.requires_grad)
+
+
 class SparseArch(nn.Module):
     def __init__(self, cfg: DownstreamConfig) -> None:
         super().__init__()
@@ -81,6 +91,9 @@ class SoftmaxTargetAttention(nn.Module):
 
     def forward(self, query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
         """query [B, D], keys [b, L, D], mask [b, L] with b ∈ {1, B} → [B, D]."""
+        # (a quantized copy's projections have no float weight tensors: it keeps the per-row formula)
+        if keys.shape[0] == 1 and len(query) > 1 and shared_path(query) and self.plain_weights():
+            return self.shared(query, keys[0], mask)
         hidden = (
             self.query_proj(query).unsqueeze(1)
             + self.key_proj(keys)
@@ -90,6 +103,32 @@ class SoftmaxTargetAttention(nn.Module):
         scores = scores.masked_fill(~mask, -1e9)
         weights = torch.softmax(scores, dim=-1) * mask  # an empty history gives zeros, not NaN
         return torch.einsum("bl,bld->bd", weights, keys.expand(len(query), -1, -1))
+
+    def plain_weights(self) -> bool:
+        return isinstance(self.key_proj.weight, Tensor) and isinstance(self.prod_proj.weight, Tensor)
+
+    def shared(self, query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        """:meth:`forward` for one history shared by all candidates (serving): keys [L, D], mask [1, L].
+
+        The same function regrouped: ``Wk k + Wp (q ⊙ k) = (Wk + Wp diag(q)) k``, so the key and product
+        projections of every (candidate, click) pair are one GEMM, ``keys @ M`` with ``M[d, b, h] =
+        Wk[h, d] + q[b, d] Wp[h, d]``, written straight into the ``[L, B, H]`` hidden layer: no
+        ``[B, L, D]`` product temporary and three fewer passes over ``[B, L, H]``. Float rounding differs
+        from :meth:`forward` by ~1e-8 (tests/unit/test_ranker_speed.py)."""
+        n, d = query.shape
+        h = self.key_proj.weight.shape[0]
+        m = torch.addcmul(
+            self.key_proj.weight.t().unsqueeze(1),  # [D, 1, H]
+            query.t().unsqueeze(2),  # [D, B, 1]
+            self.prod_proj.weight.t().unsqueeze(1),  # [D, 1, H]
+        )
+        hidden = (keys @ m.view(d, n * h)).view(-1, n, h)  # [L, B, H]
+        hidden += self.query_proj(query)
+        hidden.relu_()
+        scores = (hidden @ self.out.weight[0]).t() + self.out.bias  # [B, L]
+        scores = scores.masked_fill(~mask, -1e9)
+        weights = torch.softmax(scores, dim=-1) * mask
+        return weights @ keys
 
 
 class CoAction(nn.Module):
@@ -113,8 +152,14 @@ class CoAction(nn.Module):
         params = self.weights(item)
         w1 = params[:, : self.d_in * self.h1].view(-1, self.d_in, self.h1)
         w2 = params[:, self.d_in * self.h1 :].view(-1, self.h1, self.h2)
-        x = self.inputs(hist_item)  # [b, L, d_in]
-        h = torch.tanh(torch.tanh(x @ w1) @ w2)  # [B, L, h2]
+        if hist_item.shape[0] == 1 and len(item) > 1 and shared_path(params):
+            # one history for all candidates (serving): the first layer of every candidate is one GEMM
+            n, length = len(item), hist_item.shape[1]
+            x1 = self.inputs(hist_item[0]) @ w1.permute(1, 0, 2).reshape(self.d_in, n * self.h1)
+            h = torch.tanh(torch.tanh(x1.view(length, n, self.h1).transpose(0, 1)) @ w2)  # [B, L, h2]
+        else:
+            x = self.inputs(hist_item)  # [b, L, d_in]
+            h = torch.tanh(torch.tanh(x @ w1) @ w2)  # [B, L, h2]
         mask = (hist_item > 0).to(h.dtype).unsqueeze(-1)
         return (h * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 

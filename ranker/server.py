@@ -18,11 +18,13 @@ from dataclasses import dataclass
 
 import torch
 
+from ranker.admission import Admission
 from ranker.breaker import BreakerState, CircuitBreaker, log_breaker
 from ranker.event_stream import StreamConsumer
 from ranker.gkc_pins import ModelPins, holder_name
 from ranker.gkc_source import GkcKnowledgeSource
 from ranker.grpc_app import SERVICE_NAME, RankerServicer, register
+from ranker.memory import keep_freed_memory
 from ranker.metrics import RankerMetrics
 from ranker.registry import ModelRegistry, ModelSnapshot
 from ranker.rest_app import create_app
@@ -68,6 +70,7 @@ async def build(settings: RankerSettings) -> AsyncIterator[Ranker]:
 @contextlib.asynccontextmanager
 async def _build(settings: RankerSettings, features_url: str) -> AsyncIterator[Ranker]:
     torch.set_num_threads(settings.torch_threads)
+    keep_freed_memory()
     metrics = RankerMetrics()
     loop = asyncio.get_running_loop()
     pins = ModelPins(
@@ -124,6 +127,7 @@ async def _build(settings: RankerSettings, features_url: str) -> AsyncIterator[R
         executor=executor,
         features=features,
         events=features,
+        admission=Admission(settings.in_flight_limit(), settings.max_queue, settings.queue_timeout_s),
     )
     try:
         yield Ranker(settings, service, registry, metrics, source, executor, features)

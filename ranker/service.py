@@ -33,6 +33,7 @@ from typing import Protocol
 import numpy as np
 
 from gkc.lookup import Lookup
+from ranker.admission import Admission
 from ranker.breaker import BreakerState, CircuitBreaker
 from ranker.history import EMPTY_HISTORY, ClickEvent, EventSink, History, HistorySource, validate_events
 from ranker.knowledge import found_flags
@@ -121,6 +122,7 @@ class RankerService:
         features: HistorySource | None = None,
         events: EventSink | None = None,
         wall: Callable[[], float] = time.time,
+        admission: Admission | None = None,
     ) -> None:
         self.registry = registry
         self.source = source
@@ -135,6 +137,7 @@ class RankerService:
         self.budget = budget or Budget()
         self.executor = executor
         self.clock = clock
+        self.admission = admission or Admission(0, 0, 0.0, clock=clock)
         self._last_loud: dict[tuple[str, int], float] = {}
 
     def validate(self, q: RankQuery) -> None:
@@ -158,26 +161,30 @@ class RankerService:
         snapshot = self.registry.get(q.model)
         if self.metrics is not None:
             self.metrics.candidates.observe(len(q.item_ids))
-        start = self.clock()
         before = self.wall()  # the request's time: its window ends strictly before it
-        limit = start + self.budget.request_deadline_s
-        deadline = limit if deadline is None else min(deadline, limit)
-        (history, features_reason, features_s), (lookup, reason, gkc_s) = await asyncio.gather(
-            self._history(q.user_id, before), self._knowledge(snapshot, q, deadline)
-        )
-        t0 = self.clock()
-        if self.executor is None:
-            scores, model_reason, encoded = self._score(snapshot, q, history, lookup)
-        else:
-            loop = asyncio.get_running_loop()
-            scores, model_reason, encoded = await loop.run_in_executor(
-                self.executor, self._score, snapshot, q, history, lookup
+        # Back-pressure: wait for a slot (or be refused, Overloaded) before any timer starts.
+        async with self.admission.slot(deadline) as queued_s:
+            start = self.clock()
+            limit = start + self.budget.request_deadline_s  # the budget starts at admission
+            deadline = limit if deadline is None else min(deadline, limit)
+            (history, features_reason, features_s), (lookup, reason, gkc_s) = await asyncio.gather(
+                self._history(q.user_id, before), self._knowledge(snapshot, q, deadline)
             )
-        model_s = self.clock() - t0
+            t0 = self.clock()
+            if self.executor is None:
+                scores, model_reason, encoded, model_s = self._score(snapshot, q, history, lookup)
+            else:
+                loop = asyncio.get_running_loop()
+                scores, model_reason, encoded, model_s = await loop.run_in_executor(
+                    self.executor, self._score, snapshot, q, history, lookup
+                )
+            handoff_s = self.clock() - t0 - model_s
         reasons = [r for r in (reason or model_reason, features_reason) if r]
         if self.metrics is not None:
             self.metrics.stage.labels("gkc").observe(gkc_s)
             self.metrics.stage.labels("model").observe(model_s)
+            self.metrics.stage.labels("handoff").observe(max(handoff_s, 0.0))
+            self.metrics.stage.labels("queue").observe(queued_s)
             if self.features is not None:
                 self.metrics.stage.labels("features").observe(features_s)
             for r in reasons:
@@ -222,9 +229,11 @@ class RankerService:
 
     def _score(
         self, snapshot: ModelSnapshot, q: RankQuery, history: History, lookup: Lookup | None
-    ) -> tuple[np.ndarray, str, Encoded]:
-        """Probabilities, a degraded reason ("" = none) when K̂ cannot be built from ``lookup``, and
-        the encoded request (its unknown-id counts)."""
+    ) -> tuple[np.ndarray, str, Encoded, float]:
+        """Probabilities, a degraded reason ("" = none) when K̂ cannot be built from ``lookup``, the
+        encoded request (its unknown-id counts) and the seconds this step took (in the thread that runs
+        it: the model step without the hand-off to and from the worker)."""
+        t0 = self.clock()
         scorer = snapshot.scorer
         encoded = scorer.encode(q.user_id, history, q.item_ids, q.category_ids, q.shop_ids)
         knowledge, reason = None, ""
@@ -240,7 +249,7 @@ class RankerService:
                     self.metrics.observe_coverage(
                         snapshot.name, lookup.n_candidates, (int(found[0]), int(found[1]), int(found[2]))
                     )
-        return scorer.score(encoded, knowledge), reason, encoded
+        return scorer.score(encoded, knowledge), reason, encoded, self.clock() - t0
 
     async def _knowledge(
         self, snapshot: ModelSnapshot, q: RankQuery, deadline: float

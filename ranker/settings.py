@@ -78,6 +78,12 @@ class RankerSettings(ServiceSettings):
     torch_threads: int = 1
     #: Threads running models concurrently (0 = one per CPU core).
     model_workers: int = 0
+    #: Back-pressure (``ranker.admission``): requests in the GKC + model pipeline at once (0 = two per
+    #: model worker; -1 = no limit), requests waiting for a slot beyond those, and the longest wait; a
+    #: request beyond either bound is refused at once (RESOURCE_EXHAUSTED / 503 + Retry-After).
+    max_in_flight: int = 0
+    max_queue: int = 64
+    queue_timeout_s: float = 1.0
     #: GKC's REST URL: each loaded model holds a lease (pin) there on its knowledge version, so GKC never
     #: retires it while the model serves. Unset: nothing is pinned (logged).
     gkc_api_url: str | None = None
@@ -107,6 +113,13 @@ class RankerSettings(ServiceSettings):
     def workers(self) -> int:
         return self.model_workers if self.model_workers > 0 else max(1, os.cpu_count() or 1)
 
+    def in_flight_limit(self) -> int:
+        """Admission slots: ``max_in_flight``, 0 = two per worker (one scoring while one waits on GKC),
+        -1 = unlimited (returned as 0)."""
+        if self.max_in_flight < 0:
+            return 0
+        return self.max_in_flight or 2 * self.workers()
+
     def check(self) -> None:
         """Refuse settings that cannot work, with the variable's name in the message."""
         if self.admin_token is not None and is_placeholder(self.admin_token) and not self.dev_mode:
@@ -132,6 +145,10 @@ class RankerSettings(ServiceSettings):
         if self.torch_threads < 1 or self.model_workers < 0 or self.features_max_len < 1:
             raise InvalidArgument(
                 "RANKER_TORCH_THREADS and RANKER_FEATURES_MAX_LEN must be >= 1, RANKER_MODEL_WORKERS >= 0"
+            )
+        if self.max_queue < 0 or self.queue_timeout_s < 0 or self.max_in_flight < -1:
+            raise InvalidArgument(
+                "RANKER_MAX_IN_FLIGHT must be >= -1, RANKER_MAX_QUEUE and RANKER_QUEUE_TIMEOUT_S >= 0"
             )
         if self.features_ttl_s < 1 or self.events_dedup_ttl_s < 1 or self.features_timeout_s <= 0:
             raise InvalidArgument(

@@ -46,6 +46,17 @@ class ResourceExhausted(KeepError):
     http_status = 413
 
 
+class Overloaded(ResourceExhausted):
+    """The server is at capacity (its queue is full, or the wait for a slot would outlast the request):
+    refused at once rather than answered late or degraded. HTTP 503 with ``Retry-After``."""
+
+    http_status = 503
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class InsufficientStorage(ResourceExhausted):
     """The store has no room for what is asked (a publish that does not fit, Redis out of memory)."""
 

@@ -2,8 +2,9 @@
 a uvicorn runner that leaves signals to the service.
 
 - :func:`install_errors`: :class:`services.errors.KeepError` → ``{"error": reason, "code": GRPC_CODE}``
-  with its HTTP status, and FastAPI's request validation errors → 422 in the same shape (one line per
-  field), so a client parses one body for every refusal.
+  with its HTTP status (an :class:`~services.errors.Overloaded` refusal adds ``Retry-After``), and
+  FastAPI's request validation errors → 422 in the same shape (one line per field), so a client parses
+  one body for every refusal.
 - :class:`BearerToken`: a dependency that checks ``Authorization: Bearer <token>`` in constant time; a
   missing or placeholder token (:func:`services.settings.is_placeholder`) refuses every request unless
   the service runs in dev mode, where ``dev`` is the token.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import SecretStr
 
-from services.errors import InvalidArgument, KeepError, Unauthenticated
+from services.errors import InvalidArgument, KeepError, Overloaded, Unauthenticated
 from services.settings import ServiceSettings, is_placeholder
 
 #: The token of a dev-mode service that has none configured (never accepted outside dev mode).
@@ -40,7 +42,10 @@ def error_body(err: KeepError) -> dict[str, str]:
 def install_errors(app: FastAPI) -> None:
     @app.exception_handler(KeepError)
     async def keep_error(_: Request, err: KeepError) -> JSONResponse:
-        return JSONResponse(error_body(err), status_code=err.http_status)
+        headers = None
+        if isinstance(err, Overloaded):  # when to come back, in whole seconds (RFC 9110)
+            headers = {"Retry-After": str(max(1, math.ceil(err.retry_after_s)))}
+        return JSONResponse(error_body(err), status_code=err.http_status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:

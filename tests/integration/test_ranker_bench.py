@@ -26,14 +26,28 @@ def test_quick_bench_prints_one_json_object() -> None:
         assert run["requests"] > 0 and run["rps"] > 0
         assert 0 < run["p50_ms"] <= run["p99_ms"]
         assert 0.0 <= run["gkc_share"] <= 1.0
-        assert 0 <= run["degraded"] <= run["requests"]
+        assert 0 <= run["degraded"] <= run["requests"] and run["refused"] >= 0
+        for stage in ("model", "handoff", "queue"):
+            assert run[f"{stage}_ms_mean"] >= 0
+        assert run["ranker_faults_per_request"] >= 0
     assert result["candidates"] == 500
-    assert result["model_alone"]["samples_per_s"] > 0
+    alone = result["model_alone"]
+    assert alone["samples_per_s"] > 0 and result["model_step_vs_alone"] > 0
     assert 0.0 <= result["c1"]["features_share"] <= 1.0 and result["c1"]["features_ms_mean"] > 0
-    eager = result["model_alone"]["levers"]["eager"]
-    assert eager["samples_per_s"] > 0 and eager["max_abs_score_diff"] == 0.0
-    int8 = result["model_alone"]["levers"]["int8_dynamic"]
+    reference = alone["levers"]["reference"]
+    assert reference["samples_per_s"] > 0 and reference["max_abs_score_diff"] == 0.0
+    eager = alone["levers"]["eager"]  # the served path: float rounding away from the reference
+    assert eager["samples_per_s"] > 0 and eager["max_abs_score_diff"] <= 1e-6 and eager["within_error"]
+    int8 = alone["levers"]["int8_dynamic"]
     assert 0 < int8["max_abs_score_diff"] < 0.5  # quantized: close to float32, not equal
+    assert set(alone["malloc_default"]["levers"]) == {"reference", "eager"}
+    assert alone["per_user_cache_bound"]["user_side_share"] > 0
     for path in ("api", "stream"):
         assert 0 < result["ingest_visible"][path]["p50_ms"] <= result["ingest_visible"][path]["p99_ms"]
-    assert set(result["targets_met"]) == {"p99_c1_le_20ms", "rps_c16_ge_150"}
+    assert set(result["targets_met"]) == {
+        "p99_c1_le_10ms",
+        "rps_c16_ge_300",
+        "model_step_le_1.3x_alone",
+        "c16_not_degraded",
+        "ingest_p99_le_50ms",
+    }
