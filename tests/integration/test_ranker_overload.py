@@ -16,11 +16,11 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from conftest import launch_ranker
 
 from gkc.local_redis import free_port
 from protos import gkc_pb2_grpc, ranker_pb2, ranker_pb2_grpc
 from bench import ranker_world as synthetic
+from tests.support.servers import launch_ranker
 
 
 class StuckGkc(gkc_pb2_grpc.GkcServicer):
