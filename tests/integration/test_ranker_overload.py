@@ -12,14 +12,15 @@ import threading
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
 import httpx
 import pytest
 
+from bench import ranker_world as synthetic
 from gkc.local_redis import free_port
 from protos import gkc_pb2_grpc, ranker_pb2, ranker_pb2_grpc
-from bench import ranker_world as synthetic
 from tests.support.servers import launch_ranker
 
 
@@ -28,10 +29,11 @@ class StuckGkc(gkc_pb2_grpc.GkcServicer):
         self.called = threading.Event()
         self.release = threading.Event()
 
-    def BatchGet(self, request: object, context: grpc.ServicerContext) -> object:
+    def BatchGet(self, request: object, context: grpc.ServicerContext) -> NoReturn:
         self.called.set()
         self.release.wait(30)
         context.abort(grpc.StatusCode.UNAVAILABLE, "a slow GKC (test fault)")
+        raise AssertionError("abort raises")
 
 
 @pytest.fixture
