@@ -10,7 +10,7 @@ measured, including the levers that were not kept.
 - ``reference``: the per-row formula (what training computes), float32: the scoring path before the
   shared-history fast path, and the reference every other lever's score difference is taken against.
 - ``eager``: the model as served (float32, ``torch.inference_mode``, the shared-history fast path of
-  :meth:`ranker.model.TargetAttention.shared` and :class:`ranker.model.CoAction`).
+  :meth:`ranker.model.SoftmaxTargetAttention.shared` and :class:`ranker.model.CoAction`).
 - ``int8_dynamic``: ``torch.ao.quantization.quantize_dynamic`` of every ``nn.Linear`` (int8 weights,
   activations quantized per batch), on top of ``eager``.
 - ``compile``: ``torch.compile(dynamic=True)`` (Inductor, C++ codegen on the CPU); the first calls pay

@@ -44,7 +44,7 @@ class Batch:
     label: Tensor | None = None  # [B] float
 
 
-#: The shared-history fast paths (:meth:`TargetAttention.shared`, :class:`CoAction`) serve one user's
+#: The shared-history fast paths (:meth:`SoftmaxTargetAttention.shared`, :class:`CoAction`) serve one user's
 #: history for all candidates. They run only without autograd (training keeps the per-row formula) and
 #: can be switched off (``keep bench ranker`` measures both: its ``reference`` lever).
 SHARED_HISTORY_FAST_PATH = True
