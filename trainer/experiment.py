@@ -33,6 +33,7 @@ from ranker.knowledge import manifest_schema
 from services.errors import InvalidArgument
 from trainer.baselines.cross_domain import CrossDomainFit
 from trainer.baselines.methods import CROSS_DOMAIN_METHODS, BaselineMethods
+from trainer.data.synth_truth import read_oracle
 from trainer.experiment_methods import (
     EXTRACTORS,
     METHOD_NAMES,
@@ -93,7 +94,13 @@ class Runner:
         self._kcache: dict[Path, tuple[dict[str, int], np.ndarray, np.ndarray]] = {}
         d = self.data
         self.baselines = BaselineMethods(
-            d.super, d.train, d.test, reuse=cfg.reuse_extractors, progress=cfg.progress, timings=self.timings
+            d.super,
+            d.train,
+            d.test,
+            reuse=cfg.reuse_extractors,
+            progress=cfg.progress,
+            timings=self.timings,
+            cache=self.work,
         )
 
     # -- extractors and knowledge -------------------------------------------------------------
@@ -424,6 +431,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             "gauc": lift_stats({m: r["gauc"]["runs"] for m, r in result_methods.items()}),
             "auc": lift_stats({m: r["auc"]["runs"] for m, r in result_methods.items()}),
         },
+        #: The true click model's test GAUC when the data is a synthetic world (its truth.json).
+        "oracle": read_oracle(cfg.test_path, len(d.test)),
         "wall_seconds": time.perf_counter() - started,
     }
     (cfg.out / "results.json").write_text(json.dumps(result, indent=2, sort_keys=True))

@@ -115,16 +115,23 @@ def _fmt(x: float | None, sign: bool = False) -> str:
     return f"{x:+.4f}" if sign else f"{x:.4f}"
 
 
+def _oracle(result: dict[str, Any]) -> float | None:
+    oracle = result.get("oracle")
+    return None if not oracle else float(oracle["gauc"])
+
+
 def _table(result: dict[str, Any], table: str) -> list[str]:
     methods = result["methods"]
     paper = PAPER[table]
     ref = "keep" if table == "8" else "base"
     ours_ref = methods.get(ref, {}).get("gauc", {}).get("mean")
+    oracle = _oracle(result)
+    extra = (" to oracle |", "---|") if oracle is not None else ("", "")
     lines = [
         f"### {TITLES[table]}",
         "",
-        f"| method | GAUC (mean ± std) | lift vs {ref} | paper GAUC | paper lift |",
-        "|---|---|---|---|---|",
+        f"| method | GAUC (mean ± std) | lift vs {ref} | paper GAUC | paper lift |{extra[0]}",
+        f"|---|---|---|---|---|{extra[1]}",
     ]
     for name, p in paper.items():
         m = methods.get(name)
@@ -135,7 +142,11 @@ def _table(result: dict[str, Any], table: str) -> list[str]:
             lift = None if ours_ref is None or name == ref else ours - ours_ref
         plift = None if name == ref else p - paper[ref]
         cell = "not run" if ours is None else f"{_fmt(ours)} ± {_fmt(std)}"
-        lines.append(f"| {name} | {cell} | {_fmt(lift, True)} | {p:.4f} | {_fmt(plift, True)} |")
+        gap = "" if oracle is None else f" {_fmt(None if ours is None else ours - oracle, True)} |"
+        lines.append(f"| {name} | {cell} | {_fmt(lift, True)} | {p:.4f} | {_fmt(plift, True)} |{gap}")
+    if oracle is not None:
+        lift = None if ours_ref is None else oracle - ours_ref
+        lines.append(f"| oracle (true click model) | {oracle:.4f} | {_fmt(lift, True)} | – | – | +0.0000 |")
     return [*lines, ""]
 
 
@@ -217,17 +228,30 @@ def render(result: dict[str, Any]) -> str:
         "",
         "Epochs per method are picked on the last training day (validation), never on the test day.",
         "",
+    ]
+    oracle = _oracle(result)
+    if oracle is not None:
+        o = result["oracle"]
+        lines += [
+            f"Oracle: the true click model of this synthetic world (`{o.get('truth')}`, world "
+            f"`{o.get('world')}`, synth seed {o.get('synth_seed')}) scores the test day at GAUC "
+            f"{oracle:.4f}: the ceiling. Every table's *to oracle* is a method's GAUC minus it.",
+            "",
+        ]
+    extra = (" to oracle |", "---|") if oracle is not None else ("", "")
+    lines += [
         "## All methods",
         "",
-        "| method | GAUC mean | std | AUC mean | runs | epochs |",
-        "|---|---|---|---|---|---|",
+        f"| method | GAUC mean | std | AUC mean | runs | epochs |{extra[0]}",
+        f"|---|---|---|---|---|---|{extra[1]}",
     ]
     for name in sorted(result["methods"], key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER)):
         m = result["methods"][name]
         runs = ", ".join(f"{x:.4f}" for x in m["gauc"]["runs"])
+        gap = "" if oracle is None else f" {m['gauc']['mean'] - oracle:+.4f} |"
         lines.append(
             f"| {name} | {m['gauc']['mean']:.4f} | {m['gauc']['std']:.4f} | {m['auc']['mean']:.4f} | "
-            f"{runs} | {m.get('epochs', '')} |"
+            f"{runs} | {m.get('epochs', '')} |{gap}"
         )
     lines += ["", *stats_section(result.get("stats", {}).get("gauc", {}))]
     lines += extractor_section(result.get("extractor", {}))

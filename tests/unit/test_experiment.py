@@ -68,6 +68,28 @@ def test_experiment_on_tiny_writes_the_three_outputs(
     assert 0.0 <= lift["t_test_p"] <= 1.0 or lift["t_test_p"] is None
     report = (out / "report.md").read_text()
     assert "## Lift over base, paired by seed" in report and "## Extractors" in report
+    # Issue 14: the ceiling. truth.json's true click model scores the test day above every method.
+    truth = json.loads((data / "truth.json").read_text())
+    oracle = result["oracle"]
+    assert oracle["gauc"] == truth["oracle_test_gauc"]["true_logit"] and oracle["world"] == truth["world"]
+    for name, m in result["methods"].items():
+        assert max(m["gauc"]["runs"]) < oracle["gauc"], name
+    assert "to oracle" in report and f"| oracle (true click model) | {oracle['gauc']:.4f} |" in report
+
+
+def test_oracle_is_read_only_from_the_test_logs_own_world(tmp_path: Path) -> None:
+    from trainer.data.synth_truth import read_oracle
+
+    data = _world(tmp_path, "tiny")
+    truth = json.loads((data / "truth.json").read_text())
+    rows = truth["sizes"]["test"]["rows"]
+    oracle = read_oracle(data / "test.parquet", rows)
+    assert oracle is not None and oracle["gauc"] == truth["oracle_test_gauc"]["true_logit"]
+    # Another log beside this truth.json (other rows), or no truth.json at all: no oracle.
+    assert read_oracle(data / "test.parquet", rows + 1) is None
+    assert read_oracle(tmp_path / "elsewhere" / "test.parquet", rows) is None
+    (data / "truth.json").write_text("{not json")
+    assert read_oracle(data / "test.parquet", rows) is None
 
 
 def test_unknown_method_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -25,7 +25,9 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def small() -> World:
-    return generate("small", seed=1, progress=False)
+    """The ``easy`` world: the generator's mechanisms at full strength (the ``paper`` world's test
+    below checks what calibration changed)."""
+    return generate("small", seed=1, world="easy", progress=False)
 
 
 def test_same_seed_same_bytes(tiny_dir: Path, tmp_path: Path) -> None:
@@ -132,4 +134,47 @@ def test_super_domain_clicks_reveal_interests(small: World) -> None:
 def test_unknown_scale_is_rejected(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         main(["data", "synth", "--scale", "huge", "--out", str(tmp_path)])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_worlds_are_named_parameter_settings(tiny_dir: Path) -> None:
+    from dataclasses import asdict
+
+    from trainer.data.synth_model import DEFAULT_WORLD, WORLDS, WorldParams, world_params
+
+    assert DEFAULT_WORLD == "paper" and set(WORLDS) == {"paper", "easy"}
+    # easy is the world as it was before calibration: the documented defaults of WorldParams.
+    assert WORLDS["easy"] == WorldParams()
+    truth = json.loads((tiny_dir / "truth.json").read_text())
+    assert truth["world"] == "paper" and truth["params"] == json.loads(json.dumps(asdict(WORLDS["paper"])))
+    assert world_params(WORLDS["easy"]) == ("easy", WORLDS["easy"])
+    with pytest.raises(ValueError, match="unknown world 'hard'"):
+        world_params("hard")
+
+
+def test_the_paper_world_rewards_interests_less_in_the_ad_slot(small: World) -> None:
+    """Calibration (docs/experiments-synth.md) moved two documented parameters: the ad slot rewards
+    interests less, so the true model's interest part carries less of the test day's ranking and the
+    oracle (the ceiling in every experiment table) is lower, but still above either part alone."""
+    paper = generate("small", seed=1, world="paper", progress=False)
+    assert len(paper.train) == len(small.train) and len(paper.test) == len(small.test)
+    assert paper.truth["params"]["sub_interest_weight"] < small.truth["params"]["sub_interest_weight"]
+    y, users = paper.test["click"].to_numpy(), paper.test["user_id"].to_numpy()
+    oracle = paper.test_oracle
+    true = gauc(users, y, oracle["logit"])
+    assert true == pytest.approx(paper.truth["oracle_test_gauc"]["true_logit"], abs=1e-5)
+    assert true > max(gauc(users, y, oracle["interest"]), gauc(users, y, oracle["item_bias"]))
+    easy = small.truth["oracle_test_gauc"]
+    ours = paper.truth["oracle_test_gauc"]
+    assert ours["interest_only"] < easy["interest_only"] - 0.05
+    assert ours["true_logit"] < easy["true_logit"]
+    # A higher activity floor: the lighter ad users leave more super-domain clicks, the heaviest fewer.
+    q_paper = paper.truth["super_clicks_of_sub_users"]["quantiles"]
+    q_easy = small.truth["super_clicks_of_sub_users"]["quantiles"]
+    assert q_paper["0.25"] > q_easy["0.25"] and q_paper["0.99"] < q_easy["0.99"]
+
+
+def test_unknown_world_is_rejected(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        main(["data", "synth", "--scale", "tiny", "--world", "hard", "--out", str(tmp_path)])
     assert "invalid choice" in capsys.readouterr().err

@@ -19,10 +19,12 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from contract.knowledge import KnowledgeSchema, KnowledgeSpec
 from trainer.baselines.cross_domain import CrossDomainConfig, CrossDomainFit
@@ -45,17 +47,30 @@ class BaselineMethods:
     timings: dict[str, float] = field(default_factory=dict)
     pretrain: SequencePretrainConfig = field(default_factory=SequencePretrainConfig)
     cross_domain: CrossDomainConfig = field(default_factory=CrossDomainConfig)
+    #: Where pre-trained sequence models are kept (``seed<S>/pretrained_<name>.pt``, like the runner's
+    #: extractors under ``out/work``), so a rerun or a resumed experiment reuses them; None: memory only.
+    cache: Path | None = None
     _pretrained: dict[tuple[str, int], PretrainedSequences] = field(default_factory=dict, repr=False)
     _knowledge: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def pretrained(self, name: str, seed: int) -> PretrainedSequences:
         key = (name, 0 if self.reuse else seed)
+        cfg = replace(self.pretrain, method=name, seed=key[1])
+        path = None if self.cache is None else self.cache / f"seed{key[1]}" / f"pretrained_{name}.pt"
+        if key not in self._pretrained and path is not None and path.is_file():
+            stored = torch.load(path, weights_only=False)
+            if isinstance(stored, PretrainedSequences) and stored.cfg == cfg:
+                self._pretrained[key] = stored
         if key not in self._pretrained:
             print(f"  pretrain {name} on the super-domain click sequences", file=sys.stderr, flush=True)
             started = time.perf_counter()
-            cfg = replace(self.pretrain, method=name, seed=key[1])
             self._pretrained[key] = pretrain_sequences(self.super, cfg)
             self.timings[f"pretrain_{name}_s{key[1]}"] = time.perf_counter() - started
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                torch.save(self._pretrained[key], tmp)
+                tmp.replace(path)
         return self._pretrained[key]
 
     def knowledge(self, name: str, seed: int) -> tuple[KnowledgeSpec, np.ndarray, np.ndarray]:

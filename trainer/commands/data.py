@@ -19,10 +19,17 @@ def register(sub: Any) -> None:
     synth.add_argument(
         "--scale",
         default="small",
-        choices=("tiny", "small", "medium", "large"),
+        choices=("tiny", "demo", "small", "medium", "large"),
         help="world size (large: ~52M super rows, always written as day partitions)",
     )
     synth.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
+    synth.add_argument(
+        "--world",
+        default="paper",
+        choices=("paper", "easy"),
+        help="parameter setting: paper (calibrated to the paper's lifts, default) or easy (a large, "
+        "easily transferred super-domain signal); trainer/data/synth_model.py WORLDS",
+    )
     synth.add_argument(
         "--partitioned",
         action="store_true",
@@ -106,10 +113,10 @@ def run_synth(args: argparse.Namespace) -> int:
     from trainer.data.synth import PARTITIONED_ONLY, generate, write_world, write_world_partitioned
 
     if args.partitioned or args.scale in PARTITIONED_ONLY:
-        paths, truth = write_world_partitioned(args.scale, args.out, args.seed)
+        paths, truth = write_world_partitioned(args.scale, args.out, args.seed, world=args.world)
         _print_written(paths, truth)
         return 0
-    world = generate(args.scale, args.seed)
+    world = generate(args.scale, args.seed, world=args.world)
     _print_written(write_world(world, args.out), world.truth)
     return 0
 

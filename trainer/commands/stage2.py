@@ -54,6 +54,14 @@ def register(sub: Any) -> None:
     _common(x)
     x.set_defaults(func=run_experiment_cmd)
 
+    mx = sub.add_parser(
+        "experiment-merge",
+        help="merge keep experiment runs of the same data (methods run side by side) into one report",
+    )
+    mx.add_argument("runs", nargs="+", help="--out folders of keep experiment runs (same data and seeds)")
+    mx.add_argument("--out", required=True, help="folder for the merged results.json, report.md, plots")
+    mx.set_defaults(func=run_experiment_merge_cmd)
+
 
 def _knowledge_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gkc", default=None, metavar="HOST:PORT", help="GKC's gRPC read address")
@@ -160,4 +168,14 @@ def run_experiment_cmd(args: argparse.Namespace) -> int:
     print(
         json.dumps({"out": str(cfg.out), "gauc": summary, "wall_seconds": round(result["wall_seconds"], 1)})
     )
+    return 0
+
+
+def run_experiment_merge_cmd(args: argparse.Namespace) -> int:
+    from trainer.experiment_merge import merge_runs
+
+    result = merge_runs([Path(r) for r in args.runs], Path(args.out))
+    summary = {n: round(m["gauc"]["mean"], 4) for n, m in result["methods"].items()}
+    wall = round(result["wall_seconds"], 1)
+    print(json.dumps({"out": str(args.out), "gauc": summary, "wall_seconds": wall}))
     return 0

@@ -30,6 +30,7 @@ import pyarrow as pa
 from trainer.data.synth_model import (
     CATEGORY_ID_BASE,
     DAY0_TS,
+    DEFAULT_WORLD,
     ITEM_ID_BASE,
     SCALES,
     SHOP_ID_BASE,
@@ -42,6 +43,7 @@ from trainer.data.synth_model import (
     drift,
     make_latents,
     sigmoid,
+    world_params,
 )
 from trainer.data.synth_truth import LogTally, world_truth
 
@@ -221,10 +223,10 @@ class DayChunk:
 class _WorldDays:
     """The world's days in order (super then sub per day), each drawn from its own seed child."""
 
-    def __init__(self, scale: str | ScaleConfig, seed: int) -> None:
+    def __init__(self, scale: str | ScaleConfig, seed: int, world: str | WorldParams = DEFAULT_WORLD) -> None:
         self.cfg = SCALES[scale] if isinstance(scale, str) else scale
         self.seed = seed
-        self.params = WorldParams()
+        self.world, self.params = world_params(world)
         root = np.random.SeedSequence(seed)
         latent_seq, self.drift_seq, *self.day_seqs = root.spawn(2 + 2 * self.cfg.total_days)
         self.lat = make_latents(np.random.default_rng(latent_seq), self.cfg, self.params)
@@ -281,7 +283,7 @@ class _WorldDays:
             for name, d in (("super", SUPER), ("sub", SUB))
         }
         return world_truth(
-            self.cfg, self.params, self.seed, self.tallies, test.cols, test.oracle, calibration
+            self.cfg, self.params, self.seed, self.tallies, test.cols, test.oracle, calibration, self.world
         )
 
 
@@ -293,12 +295,20 @@ def _bar(cfg: ScaleConfig, progress: bool) -> Any:
     )
 
 
-def generate(scale: str | ScaleConfig = "small", seed: int = 0, *, progress: bool = True) -> World:
+def generate(
+    scale: str | ScaleConfig = "small",
+    seed: int = 0,
+    *,
+    world: str | WorldParams = DEFAULT_WORLD,
+    progress: bool = True,
+) -> World:
     """Generate the world of ``scale`` (``tiny``, ``small``, ``medium`` or a :class:`ScaleConfig`)
-    in memory (``large`` only as day partitions: :func:`write_world_partitioned`)."""
+    in memory (``large`` only as day partitions: :func:`write_world_partitioned`). ``world`` names a
+    parameter setting of :data:`WORLDS` (``paper``: calibrated to the paper's lifts, the default;
+    ``easy``: a strong, easily transferred signal) or is a :class:`WorldParams`."""
     if isinstance(scale, str) and scale in PARTITIONED_ONLY:
         raise ValueError(f"scale {scale!r} is written as day partitions only (write_world_partitioned)")
-    days = _WorldDays(scale, seed)
+    days = _WorldDays(scale, seed, world)
     chunks: dict[str, list[dict[str, np.ndarray]]] = {"super": [], "train": [], "test": []}
     test: DayChunk | None = None
     with _bar(days.cfg, progress) as bar:
@@ -334,7 +344,12 @@ def day_partition(day: int) -> str:
 
 
 def write_world_partitioned(
-    scale: str | ScaleConfig, out: str | os.PathLike[str], seed: int = 0, *, progress: bool = True
+    scale: str | ScaleConfig,
+    out: str | os.PathLike[str],
+    seed: int = 0,
+    *,
+    world: str | WorldParams = DEFAULT_WORLD,
+    progress: bool = True,
 ) -> tuple[dict[str, Path], Any]:
     """Write the world of ``scale`` as ``super/`` and ``train/`` datasets of day partitions, the test
     day as ``test.parquet`` and ``truth.json``; one day in memory at a time. Returns (paths, truth).
@@ -345,7 +360,7 @@ def write_world_partitioned(
 
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    days = _WorldDays(scale, seed)
+    days = _WorldDays(scale, seed, world)
     test: DayChunk | None = None
     with _bar(days.cfg, progress) as bar:
         for chunk in days:

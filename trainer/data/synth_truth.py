@@ -87,6 +87,7 @@ def world_truth(
     test_cols: dict[str, np.ndarray],
     oracle: dict[str, np.ndarray],
     calibration: dict[str, dict[str, float | None]],
+    world: str = "custom",
 ) -> Any:
     """The world's ``truth.json`` from the tallies of ``super``/``train``/``test`` and the test day."""
     from trainer.metrics import gauc
@@ -105,6 +106,7 @@ def world_truth(
         "generator": "keep synth v1",
         "scale": cfg.name,
         "seed": seed,
+        "world": world,
         "scale_config": asdict(cfg),
         "params": asdict(params),
         "calibration": calibration,
@@ -142,3 +144,28 @@ def world_truth(
     }
     # Plain JSON types (tuples → lists), so the in-memory truth equals truth.json.
     return json.loads(json.dumps(truth))
+
+
+def read_oracle(test_path: Any, test_rows: int) -> dict[str, Any] | None:
+    """The true click model's test GAUC from the ``truth.json`` beside ``test_path`` (a synthetic
+    world's), or None: no truth.json, none with an oracle, or one of another world (its test-day row
+    count differs from ``test_rows``). Every table of ``keep experiment`` shows the gap to it."""
+    from pathlib import Path
+
+    path = Path(test_path).parent / "truth.json"
+    if not path.is_file():
+        return None
+    try:
+        truth = json.loads(path.read_text())
+        oracle = truth["oracle_test_gauc"]
+        if int(truth["sizes"]["test"]["rows"]) != int(test_rows):
+            return None
+        return {
+            "gauc": float(oracle["true_logit"]),
+            "parts": {k: float(v) for k, v in oracle.items()},
+            "truth": str(path),
+            "world": truth.get("world", "custom"),
+            "synth_seed": truth.get("seed"),
+        }
+    except (ValueError, KeyError, TypeError):
+        return None
