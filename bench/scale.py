@@ -8,11 +8,15 @@ own, so its peak RSS (``ru_maxrss``) is that step's alone:
 - ``check``: ``keep data check`` over the super-domain dataset (one fragment at a time);
 - ``read``: :func:`contract.log.read_log` of the whole dataset into one frame (today's pre-training);
 - ``sequences``: that, plus the vocabularies and the behaviour-sequence index of every row
-  (``EncodedLog.encode``), what pre-training builds before its first step.
+  (``EncodedLog.encode``), what pre-training builds before its first step;
+- ``stage``: ``keep data sequences`` of the super-domain dataset (one day + each user's last clicks);
+- ``pretrain_memory`` / ``pretrain_stream``: ``keep pretrain`` (one pass, ``PRETRAIN_STEPS`` Adam steps)
+  on the plain dataset (read into memory) and on the sequenced one (streamed); the streamed step then
+  reads and encodes every remaining day of its stream, so its peak covers the whole data path.
 
 ``rss_ratio`` is the larger scale's peak over the smaller's per step: ~1 for the streaming steps, the
-row ratio for the in-memory ones. Issue 12's remaining targets (streamed pre-training, sharded tables,
-export entries/s) are not measured here yet.
+row ratio for the in-memory ones. Issue 12's remaining targets (sharded tables, export entries/s) are
+not measured here yet.
 """
 
 from __future__ import annotations
@@ -38,6 +42,27 @@ if step == "synth":
 elif step == "check":
     from contract.log import summarise_log
     rows = summarise_log(path + "/super")["rows"]
+elif step == "stage":
+    from trainer.data.sequence_stage import sequence_log
+    rows = sequence_log(path + "/super", path + "/super_seq").rows_written
+elif step.startswith("pretrain"):
+    from pathlib import Path
+    from trainer.pretrain import PretrainConfig, pretrain
+    data = path + ("/super_seq" if step == "pretrain_stream" else "/super")
+    cfg = PretrainConfig(super_path=Path(data), out=Path(path) / step, passes=1, progress=False)
+    result = pretrain(cfg, stop_after_batches=int(sys.argv[4]))
+    if step == "pretrain_stream":  # the rest of the data path: every day read and encoded
+        from trainer.data.stream import SequencedSource
+        from trainer.distributed import DataParallel
+        from contract.ids import Vocabs
+        from trainer.models.checkpoint import VOCABS
+        source = SequencedSource(Path(data))
+        days = source.days()[:-1]
+        stream = source.batches(days, Vocabs.load(cfg.out / VOCABS), seed=0, batch_size=cfg.batch_size,
+                                passes=1, max_len=cfg.max_len, group=DataParallel())
+        rows = sum(len(b) for _, b in stream.iter_from(0))
+    else:
+        rows = None
 else:
     from contract.log import read_log
     df = read_log(path + "/super")
@@ -51,13 +76,15 @@ peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"rows": rows, "seconds": round(seconds, 2), "peak_rss_mib": round(peak / 2**20, 1)}))
 """
 
-STEPS = ("synth", "check", "read", "sequences")
+STEPS = ("synth", "check", "read", "sequences", "stage", "pretrain_memory", "pretrain_stream")
+#: Adam steps of the pre-training steps (their peak is the data path + the model, not training time).
+PRETRAIN_STEPS = 20
 
 
 def _step(step: str, path: Path, scale: str) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD, step, str(path), scale],
+        [sys.executable, "-c", _CHILD, step, str(path), scale, str(PRETRAIN_STEPS)],
         check=True,
         capture_output=True,
         text=True,
@@ -79,4 +106,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         step: round(large[step]["peak_rss_mib"] / max(small[step]["peak_rss_mib"], 1e-9), 2) for step in STEPS
     }
     result["row_ratio"] = round(large["read"]["rows"] / max(small["read"]["rows"], 1), 2)
+    result["stream_vs_memory_rss"] = {
+        s: round(
+            result[s]["pretrain_stream"]["peak_rss_mib"] / result[s]["pretrain_memory"]["peak_rss_mib"], 2
+        )
+        for s in scales
+    }
     return result

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from bench.scale import STEPS
 from trainer.cli import main
 
 
@@ -16,8 +17,11 @@ def test_bench_scale_quick_prints_one_json_object(capsys: pytest.CaptureFixture[
     assert result["scales"] == ["tiny", "small"]
     for scale in ("tiny", "small"):
         steps = result[scale]
-        assert set(steps) == {"synth", "check", "read", "sequences"}
-        assert len({s["rows"] for s in steps.values()}) == 1  # every step saw the whole super log
+        assert set(steps) == set(STEPS)
+        data_path = ("synth", "check", "read", "sequences", "stage")
+        assert len({steps[s]["rows"] for s in data_path}) == 1  # every step saw the whole super log
+        assert 0 < steps["pretrain_stream"]["rows"] < steps["read"]["rows"]  # all but the held-out day
         assert all(s["peak_rss_mib"] > 0 and s["seconds"] > 0 for s in steps.values())
     assert result["small"]["read"]["rows"] > 5 * result["tiny"]["read"]["rows"]
-    assert result["row_ratio"] > 5 and set(result["rss_ratio"]) == {"synth", "check", "read", "sequences"}
+    assert result["row_ratio"] > 5 and set(result["rss_ratio"]) == set(STEPS)
+    assert set(result["stream_vs_memory_rss"]) == {"tiny", "small"}

@@ -13,6 +13,7 @@ import torch
 from contract.log import read_log, write_dataset
 from services.errors import InvalidArgument
 from tests.support.stage1_data import tiny_log
+from tests.support.torchrun_cli import torchrun_keep
 from trainer.data.sequence_stage import sequence_log
 from trainer.data.source import InMemorySource, LogSource
 from trainer.data.stream import SequencedSource
@@ -26,12 +27,12 @@ SMALL = {"users": 30, "items": 40, "categories": 5, "days": 5, "rows_per_day": 1
 TRAIN = {"users": 20, "items": 30, "categories": 4, "days": 4, "rows_per_day": 300}
 
 
-def write_both(root: Path, **kw: object) -> tuple[Path, Path]:
+def write_both(root: Path, max_len: int = 20, **kw: object) -> tuple[Path, Path]:
     """The same rows as a plain dataset (in memory) and as a sequenced one (streamed)."""
     df = tiny_log(**kw)  # type: ignore[arg-type]
     df["ts"] = df["ts"] // 60 * 60  # clicks sharing seconds with rows and with each other
     write_dataset(df, root / "plain", files_per_day=2)
-    sequence_log(root / "plain", root / "seq", max_len=20)
+    sequence_log(root / "plain", root / "seq", max_len=max_len)
     return root / "plain", root / "seq"
 
 
@@ -120,3 +121,14 @@ def test_a_longer_window_than_sequenced_is_refused(logs: tuple[Path, Path], tmp_
     _, seq = logs
     with pytest.raises(InvalidArgument, match="sequences of 20 clicks; --max-len 50"):
         pretrain(cfg(seq, tmp_path / "x", max_len=50, passes=1))
+
+
+@pytest.mark.slow  # torchrun: two 2-process runs, ~1-2 min on 2 busy cores
+def test_two_ranks_streaming_their_own_rows_equal_two_ranks_in_memory(tmp_path: Path) -> None:
+    plain, seq = write_both(tmp_path, max_len=50, **TRAIN)  # the CLI's window: 50 clicks
+    common = ("--batch-size", "100", "--strategy", "full", "--passes", "1", "--no-progress")
+    for name, data in (("memory", plain), ("stream", seq)):
+        summary = torchrun_keep("pretrain", "--super", str(data), "--out", str(tmp_path / name), *common)
+        assert summary["world_size"] == 2
+    sa, sb = load_state(tmp_path / "memory")["model"], load_state(tmp_path / "stream")["model"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
