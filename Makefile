@@ -5,6 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO_DIR ?= .keep/demo
 PYTEST_ARGS ?=
+# Installed without its dependencies: it asks for the CUDA `fbgemm-gpu`; pyproject's [trainer] extra
+# has the CPU build (fbgemm-gpu-cpu==1.8.0) and its other requirements.
+TORCHREC := torchrec==1.8.0
 
 .DEFAULT_GOAL := help
 .PHONY: help venv demo test test-slow bench protos lint up down deploy-check load reliability
@@ -16,6 +19,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps '$(TORCHREC)'
 	touch $(STAMP)
 
 venv: $(STAMP) ## create .venv and install the project with all extras

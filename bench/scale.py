@@ -15,7 +15,11 @@ own, so its peak RSS (``ru_maxrss``) is that step's alone:
   reads and encodes every remaining day of its stream, so its peak covers the whole data path.
 
 ``rss_ratio`` is the larger scale's peak over the smaller's per step: ~1 for the streaming steps, the
-row ratio for the in-memory ones. Issue 12's remaining targets (sharded tables, export entries/s) are
+row ratio for the in-memory ones.
+
+``tables`` (:mod:`bench.tables`): RSS per rank of the id tables with 1 and 2 ranks at 4M users
+(200k with ``--quick``), the all-reduce share of a step and samples/s, sharded TorchRec tables against
+the dense trainer they replaced, in the same run. Issue 12's remaining target (export entries/s) is
 not measured here yet.
 """
 
@@ -112,4 +116,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         for s in scales
     }
+    from bench.tables import run as bench_tables
+
+    result["tables"] = bench_tables(bool(args.quick))
     return result

@@ -21,7 +21,8 @@ COPY protos ./protos
 COPY gkc ./gkc
 COPY ranker ./ranker
 COPY trainer ./trainer
-RUN pip install --no-cache-dir "/src[trainer]"
+RUN pip install --no-cache-dir "/src[trainer]" \
+    && pip install --no-cache-dir --no-deps torchrec==1.8.0
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 keep \

@@ -73,6 +73,7 @@ def pretrain(cfg: PretrainConfig, *, threads: int = 1) -> dict[str, Any]:
         "seconds": round(result.seconds, 2),
         "metrics": result.metrics,
         "world_size": group.world,
+        **({"shards": result.shards} if result.shards else {}),
         **({"already_done": True} if result.already_done else {}),
     }
 

@@ -53,12 +53,14 @@ from trainer.models.checkpoint import (
     CheckpointError,
     load_extractor,
     load_state,
+    require_sharded_state,
     save_state,
     write_json,
 )
-from trainer.models.extractor import Extractor, build_extractor
-from trainer.models.growth import grow_extractor
+from trainer.models.extractor import build_extractor
+from trainer.models.growth import grow_state
 from trainer.pretrain_passes import AUTO, ONE_PASS_ROWS, PassPlan, choose_passes
+from trainer.sharded import Sharded, gather_state, local_shards, process_group, shard, unsharded
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,8 @@ class PretrainResult:
     completed: bool = True
     #: The run had already completed before this call; nothing was trained.
     already_done: bool = False
+    #: Each rank's shards of the id tables (:func:`trainer.sharded.local_shards`), in rank order.
+    shards: list[dict[str, list[list[int]]]] = field(default_factory=list)
 
 
 def day_batches(days: np.ndarray, seed: int, batch_size: int, epoch: int = 0) -> list[np.ndarray]:
@@ -161,17 +165,19 @@ def extractor_config(
 
 
 def train_step(
-    model: Extractor,
-    optimizer: torch.optim.Optimizer,
+    model: torch.nn.Module,
+    optimizer: Any,
     batch: Any,
     tasks: Sequence[str],
     alpha: float,
     group: DataParallel | None = None,
 ) -> dict[str, float]:
-    """One Adam step on the sum of every head's hybrid loss; returns each head's loss.
+    """One step on the sum of every head's hybrid loss; returns each head's loss.
 
-    With a data-parallel ``group`` the gradients are averaged over the ranks before the step (every
-    rank must reach the all-reduce, so a rank whose shard has no loss still takes part)."""
+    ``model`` is a sharded extractor (:func:`trainer.sharded.shard`): ``backward`` all-reduces the
+    dense gradients (DistributedDataParallel) and applies the tables' fused optimizer; ``optimizer``
+    then steps the dense parameters. Every head enters the loss (a head without rows with weight 0),
+    so every rank reaches every collective of ``backward`` even when its shard has no loss."""
     outputs = model(batch)
     losses: dict[str, torch.Tensor] = {}
     for head, logits in outputs.items():
@@ -182,26 +188,17 @@ def train_step(
     if not losses and not (group and group.enabled):
         return {}
     optimizer.zero_grad(set_to_none=True)
-    if losses:
-        torch.stack(list(losses.values())).sum().backward()
-    if group is not None:
-        group.average_gradients(model)
+    unused = [0.0 * logits.sum() for head, logits in outputs.items() if head not in losses]
+    torch.stack(list(losses.values()) + unused).sum().backward()
     optimizer.step()
     return {head: float(v.detach()) for head, v in losses.items()}
-
-
-def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-    """Adam on every parameter (dense updates, as the paper's Adam). ``fused``: one pass per tensor
-    instead of ~6 foreach passes; the embedding tables make the update ~40% of a step otherwise."""
-    return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
 
 
 @dataclass
 class _Plan:
     """What this invocation trains: fresh, resumed, or continued from a previous checkpoint."""
 
-    model: Extractor
-    optimizer: torch.optim.Optimizer
+    sharded: Sharded
     vocabs: Vocabs
     config: CheckpointConfig
     run_days: list[int]
@@ -229,33 +226,30 @@ def _plan(
         if not run_days:
             raise InvalidArgument(f"{source}: no training day after day {last} (the end of {cfg.init})")
         vocabs = data.vocabs(run_days, init=prev.vocabs)
-        model, optimizer_state, added = grow_extractor(
-            prev.model, load_state(prev.path)["optimizer"], vocabs, seed=cfg.seed
-        )
+        state = require_sharded_state(prev.path, load_state(prev.path, mmap=True))
+        model_cfg, state, added = grow_state(prev.model.cfg, state, vocabs, seed=cfg.seed)
         if any(added.values()):
             log.info("%s: new ids in days %s get rows of their own: %s", source, run_days, added)
-        model.train()
-        optimizer = make_optimizer(model, cfg.lr)
-        optimizer.load_state_dict(optimizer_state)
-        model_tasks = model.cfg.tasks
-        if cfg.strategy is not None and model.cfg.strategy != cfg.strategy:
+        sharded = shard(build_extractor(model_cfg, materialize=False), cfg.lr, state=state)
+        model_tasks = model_cfg.tasks
+        if cfg.strategy is not None and model_cfg.strategy != cfg.strategy:
             raise InvalidArgument(
-                f"--strategy {cfg.strategy} does not match {cfg.init} (strategy {model.cfg.strategy}); "
+                f"--strategy {cfg.strategy} does not match {cfg.init} (strategy {model_cfg.strategy}); "
                 "leave --strategy out to continue with the checkpoint's"
             )
-        strategy = model.cfg.strategy
+        strategy = model_cfg.strategy
         window_first = first
     else:
         run_days = train_days
         vocabs = data.vocabs(run_days)
         torch.manual_seed(cfg.seed)
         strategy = cfg.strategy or DEFAULT_STRATEGY
-        model = build_extractor(extractor_config(vocabs, strategy, tasks, cfg.max_len))
-        optimizer = make_optimizer(model, cfg.lr)
+        model = build_extractor(extractor_config(vocabs, strategy, tasks, cfg.max_len), materialize=False)
+        sharded = shard(model, cfg.lr)
         model_tasks = tasks
         window_first = run_days[0]
     config = CheckpointConfig(
-        extractor=model.cfg,
+        extractor=sharded.extractor.cfg,
         train=PretrainSettings(
             tasks=tasks,
             alpha=cfg.alpha,
@@ -278,7 +272,7 @@ def _plan(
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / CONFIG, config.to_json())
         vocabs.save(out / VOCABS)
-    return _Plan(model, optimizer, vocabs, config, run_days)
+    return _Plan(sharded, vocabs, config, run_days)
 
 
 def _resume_plan(cfg: PretrainConfig, tasks: tuple[str, ...]) -> _Plan:
@@ -288,15 +282,11 @@ def _resume_plan(cfg: PretrainConfig, tasks: tuple[str, ...]) -> _Plan:
     diff = [k for k, v in asked.items() if getattr(saved, k) != v]
     if diff or (cfg.strategy is not None and saved.strategy != cfg.strategy):
         raise CheckpointError(f"{cfg.out}: cannot resume with different {diff or ['strategy']}")
-    model = prev.model
-    model.train()
-    optimizer = make_optimizer(model, cfg.lr)
-    optimizer.load_state_dict(load_state(cfg.out)["optimizer"])
+    state = require_sharded_state(cfg.out, load_state(cfg.out, mmap=True))
+    sharded = shard(build_extractor(prev.model.cfg, materialize=False), cfg.lr, state=state)
     run_days = list(prev.config.data.run_days)
     done = int(prev.progress["batches_done"])
-    return _Plan(
-        model, optimizer, prev.vocabs, prev.config, run_days, done, int(prev.progress.get("passes", 1))
-    )
+    return _Plan(sharded, prev.vocabs, prev.config, run_days, done, int(prev.progress.get("passes", 1)))
 
 
 def pretrain(
@@ -307,9 +297,22 @@ def pretrain(
     ``stop_after_batches`` ends the call after that many batches without a final checkpoint, like a
     process killed mid-run (for tests); rerunning with the same arguments resumes.
     ``group`` (under torchrun, see ``trainer.distributed``): each rank trains on its shard of every
-    batch with averaged gradients; only rank 0 writes the checkpoint, metrics and progress bar.
+    batch, the id tables sharded over the ranks (:mod:`trainer.sharded`); only rank 0 writes the
+    checkpoint, metrics and progress bar. One process is a world of one: the same sharded path.
     """
-    group = group or DataParallel()
+    with process_group():
+        return _pretrain(cfg, stop_after_batches, group or DataParallel())
+
+
+def _save(out: Path, sharded: Sharded, progress: dict[str, Any]) -> dict[str, Any] | None:
+    """Gather the state (every rank) and write it (rank 0); returns the gathered state on rank 0."""
+    state = gather_state(sharded)
+    if state is not None:
+        save_state(out, state, progress)
+    return state
+
+
+def _pretrain(cfg: PretrainConfig, stop_after_batches: int | None, group: DataParallel) -> PretrainResult:
     started = time.perf_counter()
     finished = _finished_run(cfg)
     if finished is not None:
@@ -318,7 +321,7 @@ def pretrain(
     train_days, holdout = split_days(data.days(), cfg.holdout_days, str(cfg.super_path))
     plan = _plan(cfg, data, train_days, holdout, writer=group.is_writer)
     group.barrier()  # every rank has read the resume state before rank 0 writes a new one
-    group.broadcast_parameters(plan.model)
+    shards = group.gather_objects(local_shards(plan.sharded))
     tasks = plan.config.train.tasks
     passes = _passes(cfg, data, plan, tasks, group)
     stream = data.batches(
@@ -349,7 +352,7 @@ def pretrain(
         disable=not (cfg.progress and group.is_writer),
         dynamic_ncols=True,
     )
-    model, optimizer = plan.model, plan.optimizer
+    model, optimizer = plan.sharded.module, plan.sharded.optimizer
     model.train()
     ema: dict[str, float] = {}
     ran = 0
@@ -376,21 +379,22 @@ def pretrain(
             bar.update(sizes[index])
             if index % 10 == 0:
                 bar.set_postfix({h: f"{v:.4f}" for h, v in ema.items()}, refresh=False)
-            if (index + 1) % cfg.checkpoint_every == 0 and group.is_writer:
-                save_state(cfg.out, model, optimizer, progress)
+            if (index + 1) % cfg.checkpoint_every == 0:
+                _save(cfg.out, plan.sharded, progress)
     except KeyboardInterrupt:
-        if group.is_writer:
-            save_state(cfg.out, model, optimizer, progress)
+        if not group.enabled:  # gathering is collective: the other ranks may be gone
+            _save(cfg.out, plan.sharded, progress)
         raise
     finally:
         bar.close()
     progress["state"] = "done"
     progress["final_loss"] = ema
     metrics: dict[str, Any] = {}
-    if group.is_writer:
-        save_state(cfg.out, model, optimizer, progress)
+    state = _save(cfg.out, plan.sharded, progress)
+    final = unsharded(plan.sharded, state) if state is not None else None
+    if final is not None:
         metrics = (
-            score_holdout(model, *data.holdout(plan.vocabs, holdout, cfg.max_len), tasks) if holdout else {}
+            score_holdout(final, *data.holdout(plan.vocabs, holdout, cfg.max_len), tasks) if holdout else {}
         )
         metrics["passes"] = passes.to_json()
         if passes.validation:
@@ -407,6 +411,7 @@ def pretrain(
         ran,
         time.perf_counter() - started,
         metrics,
+        shards=shards,
     )
 
 
@@ -448,7 +453,7 @@ def _window(plan: _Plan) -> tuple[int, int]:
 
 
 def iter_scores(
-    model: Extractor, log: EncodedLog, tasks: Sequence[str], batch_size: int = 8192
+    model: torch.nn.Module, log: EncodedLog, tasks: Sequence[str], batch_size: int = 8192
 ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """(rows, {head: logits}) in file order; non-click heads scored on the clicked rows only."""
     model.eval()
@@ -460,7 +465,7 @@ def iter_scores(
 
 
 def evaluate_holdout(
-    model: Extractor,
+    model: torch.nn.Module,
     df: pd.DataFrame,
     vocabs: Vocabs,
     holdout_days: Sequence[int],
@@ -476,7 +481,7 @@ def evaluate_holdout(
 
 
 def score_holdout(
-    model: Extractor, log: EncodedLog, popularity: np.ndarray, tasks: Sequence[str]
+    model: torch.nn.Module, log: EncodedLog, popularity: np.ndarray, tasks: Sequence[str]
 ) -> dict[str, Any]:
     """:func:`evaluate_holdout` of encoded held-out rows and their items' popularity (click rate before
     the held-out days)."""

@@ -119,17 +119,18 @@ def early_stopping(
         DEFAULT_STRATEGY,
         evaluate_holdout,
         extractor_config,
-        make_optimizer,
         train_step,
     )
+    from trainer.sharded import shard, unsharded
 
     fit_days, val_day = train_days[:-1], train_days[-1]
     days = day_of(df["ts"].to_numpy())
     fit = df[np.isin(days, fit_days)].reset_index(drop=True)
     vocabs = Vocabs.build(fit)
     torch.manual_seed(cfg.seed)
-    model = build_extractor(extractor_config(vocabs, cfg.strategy or DEFAULT_STRATEGY, tasks, cfg.max_len))
-    optimizer = make_optimizer(model, cfg.lr)
+    shape = extractor_config(vocabs, cfg.strategy or DEFAULT_STRATEGY, tasks, cfg.max_len)
+    sharded = shard(build_extractor(shape, materialize=False), cfg.lr)
+    model, optimizer = sharded.module, sharded.optimizer
     encoded = EncodedLog.encode(fit, vocabs, history_from=df[days <= fit_days[-1]], max_len=cfg.max_len)
     curve: list[float] = []
     per_pass: list[dict[str, Any]] = []
@@ -145,7 +146,9 @@ def early_stopping(
                 tasks,
                 cfg.alpha,
             )
-        metrics = evaluate_holdout(model, df, vocabs, [val_day], tasks, cfg.max_len)
+        plain = unsharded(sharded)  # one process: never None
+        assert plain is not None
+        metrics = evaluate_holdout(plain, df, vocabs, [val_day], tasks, cfg.max_len)
         per_pass.append(metrics)
         score = metrics.get("click", {}).get("gauc")
         curve.append(float("nan") if score is None else float(score))

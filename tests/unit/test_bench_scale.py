@@ -25,3 +25,6 @@ def test_bench_scale_quick_prints_one_json_object(capsys: pytest.CaptureFixture[
     assert result["small"]["read"]["rows"] > 5 * result["tiny"]["read"]["rows"]
     assert result["row_ratio"] > 5 and set(result["rss_ratio"]) == set(STEPS)
     assert set(result["stream_vs_memory_rss"]) == {"tiny", "small"}
+    tables = result["tables"]["summary"]
+    assert len(tables["tables_mib_per_rank"]["sharded_2_ranks"]) == 2
+    assert set(tables["samples_per_s"]) == {"sharded_w1", "sharded_w2", "dense_w1", "dense_w2"}

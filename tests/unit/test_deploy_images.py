@@ -126,6 +126,16 @@ def test_each_image_installs_only_its_extra() -> None:
             assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text
 
 
+def test_torchrec_is_pinned_alike_and_installed_without_the_cuda_fbgemm() -> None:
+    """torchrec's metadata asks for `fbgemm-gpu` (the CUDA build); the venv and the trainer image
+    install it with --no-deps beside the CPU build that the [trainer] extra pins at the same version."""
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert "fbgemm-gpu-cpu==1.8.0" in extras["trainer"]
+    assert not [dep for dep in extras["trainer"] if dep.lower().startswith(("torchrec", "fbgemm-gpu=="))]
+    assert "TORCHREC := torchrec==1.8.0" in (REPO / "Makefile").read_text()
+    assert "pip install --no-cache-dir --no-deps torchrec==1.8.0" in DOCKERFILES["trainer"].read_text()
+
+
 def test_the_gkc_extra_does_not_pull_torch() -> None:
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert not [dep for dep in extras["gkc"] if dep.lower().startswith(("torch", "keep-recsys"))]

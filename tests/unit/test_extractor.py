@@ -105,8 +105,20 @@ def test_full_knowledge_blocks_are_the_embeddings() -> None:
     model = build_extractor(CFG)
     b = random_batch()
     k = model.knowledge(b, ["ku", "ki"])
-    torch.testing.assert_close(k["ku"], model.embeddings.user(b.user))
-    torch.testing.assert_close(k["ki"][:, 16:32], model.embeddings.shop(b.shop))
+    torch.testing.assert_close(k["ku"], model.embeddings.lookup("user", b.user))
+    torch.testing.assert_close(k["ki"][:, 16:32], model.embeddings.lookup("shop", b.shop))
+
+
+def test_pad_ids_read_as_zeros_and_get_no_gradient() -> None:
+    """The TorchRec tables keep ``nn.Embedding(padding_idx=0)``'s contract for item, shop, category."""
+    model = build_extractor(CFG)
+    b = random_batch()
+    b.shop[:3] = 0
+    e = model.embeddings(b)
+    assert torch.equal(e.shop[:3], torch.zeros(3, 16))
+    e.shop.sum().backward()
+    grad = model.embeddings.table("shop").grad
+    assert grad is not None and torch.equal(grad[0], torch.zeros(16))
 
 
 def test_unknown_block_is_a_clear_error() -> None:

@@ -46,8 +46,11 @@ def assert_same_state(a: Path, b: Path) -> None:
     assert sa["model"].keys() == sb["model"].keys()
     for name in sa["model"]:
         assert torch.equal(sa["model"][name], sb["model"][name]), name
-    for pa, pb in zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values(), strict=True):
+    dense_a, dense_b = sa["optimizer"]["dense"]["state"], sb["optimizer"]["dense"]["state"]
+    for pa, pb in zip(dense_a.values(), dense_b.values(), strict=True):
         assert torch.equal(pa["exp_avg"], pb["exp_avg"])
+    for key, moments in sa["optimizer"]["sparse"].items():
+        assert torch.equal(moments["momentum1"], sb["optimizer"]["sparse"][key]["momentum1"]), key
 
 
 def holdout_click_loss(model: torch.nn.Module, path: Path, vocabs: object) -> float:
@@ -138,12 +141,12 @@ def test_continuation_gives_new_ids_trained_rows_that_the_export_contains(tmp_pa
     item_row = int(b.vocabs.item.lookup(np.array([888_888]))[0])
     assert user_row == len(a.vocabs.user) and item_row == len(a.vocabs.item)  # appended
     assert b.model.cfg.n_users == len(b.vocabs.user) == len(a.vocabs.user) + 1
-    state = load_state(tmp_path / "b")
-    params = dict(b.model.named_parameters())
-    moments = dict(zip(params, state["optimizer"]["state"].values(), strict=True))
-    # Trained: the new rows received gradients (Adam's first moment is zero for an untouched row).
-    assert moments["embeddings.user.weight"]["exp_avg"][user_row].abs().sum() > 0
-    assert moments["embeddings.item.weight"]["exp_avg"][item_row].abs().sum() > 0
+    sparse = load_state(tmp_path / "b")["optimizer"]["sparse"]
+    # Trained: the new rows received gradients (row-wise Adagrad's sum of squares is zero for an
+    # untouched row; the user table keeps one per row and column shard).
+    n_users = b.model.cfg.n_users
+    assert sparse["embeddings.user.weight"]["momentum1"].reshape(-1, n_users)[:, user_row].min() > 0
+    assert sparse["embeddings.item.weight"]["momentum1"][item_row] > 0
     bundle_path, _ = export(tmp_path / "b", tmp_path / "bundle", progress=False)
     bundle = gkc_bundle.load(bundle_path)
     assert "999999" in bundle.user_ids.tolist() and "888888" in bundle.item_ids.tolist()
@@ -203,3 +206,23 @@ def test_bad_arguments_are_clear_errors(log_file: Path, tmp_path: Path) -> None:
         pretrain(cfg(log_file, tmp_path / "x", tasks=("click", "like")))
     with pytest.raises(InvalidArgument, match="click task is required"):
         pretrain(cfg(log_file, tmp_path / "x", tasks=("conversion",)))
+
+
+def test_a_dense_adam_checkpoint_still_loads_but_resuming_it_is_refused(
+    log_file: Path, tmp_path: Path
+) -> None:
+    """Checkpoints of the trainer before TorchRec (``optimizer``: one Adam state dict over every
+    parameter) keep the same model layout, so export reads them; resuming or continuing one is refused
+    with a one-line error naming the fix."""
+    pretrain(cfg(log_file, tmp_path / "a"), stop_after_batches=3)  # checkpoint after 2 batches
+    file = tmp_path / "a" / "checkpoint.pt"
+    state = torch.load(file, weights_only=True)
+    state["optimizer"] = {"state": {}, "param_groups": [{"lr": 1e-3, "params": []}]}
+    torch.save(state, file)
+    ext = load_extractor(tmp_path / "a")
+    assert torch.equal(ext.model.embeddings.table("user"), state["model"]["embeddings.user.weight"])
+    with pytest.raises(
+        InvalidArgument, match=r"dense-Adam trainer .* \(keep pretrain --out NEW_DIR\)$"
+    ) as err:
+        pretrain(cfg(log_file, tmp_path / "a"))
+    assert "\n" not in str(err.value)

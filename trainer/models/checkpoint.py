@@ -6,7 +6,10 @@ Layout::
     vocabs/          contract.ids.Vocabs — raw id → row for user, item, category, shop: one
                      {user,item,category,shop}.npy of keys each, memory-mapped on load
                      (checkpoints of older versions have vocabs.json instead; both load)
-    checkpoint.pt    {"model": state dict, "optimizer": state dict, "progress": {...}}
+    checkpoint.pt    {"model": state dict, "optimizer": {"dense": ..., "sparse": ...}, "progress": {...}}
+                     gathered on rank 0 in the dense extractor's layout (whole tables under
+                     ``embeddings.<table>.weight``; see :mod:`trainer.sharded`); checkpoints of the
+                     dense-Adam trainer (``optimizer`` = one Adam state dict) still load for export
     progress.json    the same progress pointer, readable: state, days, batches done / total
     metrics.json     per-task GAUC on the held-out day(s) (written when the run completes)
 
@@ -30,6 +33,7 @@ from contract.extractor import CheckpointConfig
 from contract.ids import Vocabs
 from services.errors import InvalidArgument, NotFound
 from trainer.models.extractor import Extractor, build_extractor
+from trainer.models.tables import from_canonical
 
 CONFIG = "config.json"
 VOCABS = "vocabs"
@@ -42,6 +46,17 @@ METRICS = "metrics.json"
 
 class CheckpointError(InvalidArgument):
     """A checkpoint directory that is missing, incomplete or does not fit the request."""
+
+
+def require_sharded_state(path: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` if it was written by the sharded trainer, else the one-line error naming the fix."""
+    optimizer = state.get("optimizer")
+    if not (isinstance(optimizer, dict) and "sparse" in optimizer and "dense" in optimizer):
+        raise CheckpointError(
+            f"{path}: written by the dense-Adam trainer (before TorchRec tables); keep export still reads "
+            "it, but it cannot be resumed or continued: pre-train a new run (keep pretrain --out NEW_DIR)"
+        )
+    return state
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -67,21 +82,21 @@ def read_json(path: Path) -> Any:
         raise CheckpointError(f"{path}: not JSON ({err})") from err
 
 
-def save_state(
-    out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, progress: dict[str, Any]
-) -> None:
+def save_state(out: Path, state: dict[str, Any], progress: dict[str, Any]) -> None:
+    """Write ``{"model", "optimizer"}`` (a gathered state, :func:`trainer.sharded.gather_state`)."""
     tmp = out / f".{STATE}.tmp-{os.getpid()}"
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "progress": progress}, tmp)
+    torch.save({"model": state["model"], "optimizer": state["optimizer"], "progress": progress}, tmp)
     os.replace(tmp, out / STATE)
     write_json(out / PROGRESS, progress)
 
 
-def load_state(out: Path) -> dict[str, Any]:
+def load_state(out: Path, *, mmap: bool = False) -> dict[str, Any]:
+    """``checkpoint.pt``; ``mmap``: tensors memory-mapped (a rank then reads only its shards' pages)."""
     file = out / STATE
     if not file.is_file():
         raise NotFound(f"{file}: missing (the run never reached its first checkpoint?)")
     try:
-        state: dict[str, Any] = torch.load(file, map_location="cpu", weights_only=True)
+        state: dict[str, Any] = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
     except (RuntimeError, OSError, EOFError) as err:
         raise CheckpointError(f"{file}: unreadable ({err})") from err
     return state
@@ -128,7 +143,7 @@ def load_extractor(path: str | os.PathLike[str]) -> LoadedExtractor:
         raise CheckpointError(str(err)) from err
     model = build_extractor(config.extractor)
     state = load_state(root)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(from_canonical(state["model"]))
     model.eval()
     metrics_file = root / METRICS
     metrics = read_json(metrics_file) if metrics_file.is_file() else {}

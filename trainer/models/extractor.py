@@ -22,42 +22,7 @@ from contract.extractor import ExtractorConfig
 from trainer.models.batch import FeatureBatch
 from trainer.models.din import PackedTargetAttention
 from trainer.models.layers import TaskTower, packed_mean
-
-
-class EmbeddingArch(nn.Module):
-    """The shared embedding layer: user id 48-d; item, shop and category 16-d. The behaviour
-    sequence (clicked items and their categories) shares the item and category tables."""
-
-    def __init__(self, cfg: ExtractorConfig) -> None:
-        super().__init__()
-        self.user = nn.Embedding(cfg.n_users, cfg.user_dim)
-        self.item = nn.Embedding(cfg.n_items, cfg.id_dim, padding_idx=0)
-        self.shop = nn.Embedding(cfg.n_shops, cfg.id_dim, padding_idx=0)
-        self.category = nn.Embedding(cfg.n_categories, cfg.id_dim, padding_idx=0)
-        for table in (self.user, self.item, self.shop, self.category):
-            nn.init.normal_(table.weight, std=cfg.init_std)
-            if table.padding_idx is not None:
-                with torch.no_grad():
-                    table.weight[table.padding_idx].zero_()
-        self.user_dim = cfg.user_dim
-        self.item_side_dim = 3 * cfg.id_dim
-        self.behaviour_dim = 2 * cfg.id_dim
-
-    def users(self, b: FeatureBatch) -> torch.Tensor:
-        return self.user(b.user)
-
-    def item_side(self, b: FeatureBatch) -> torch.Tensor:
-        """``[item, shop, category]`` embeddings, [B, 48]: the item-level knowledge K_i."""
-        return torch.cat((self.item(b.item), self.shop(b.shop), self.category(b.category)), dim=-1)
-
-    def candidate(self, b: FeatureBatch) -> torch.Tensor:
-        """``[item, category]``, the query matched against the behaviour sequence."""
-        return torch.cat((self.item(b.item), self.category(b.category)), dim=-1)
-
-    def behaviours(self, b: FeatureBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Packed behaviour sequence: ``(row [N], item emb [N, 16], category emb [N, 16])``."""
-        row, item, category = b.packed_history()
-        return row, self.item(item), self.category(category)
+from trainer.models.tables import EmbeddingArch
 
 
 class TaskTowers(nn.Module):
@@ -83,10 +48,10 @@ class TaskTowers(nn.Module):
 class Extractor(nn.Module):
     """Base of the variants: a config, the shared embeddings, and the knowledge-block contract."""
 
-    def __init__(self, cfg: ExtractorConfig) -> None:
+    def __init__(self, cfg: ExtractorConfig, *, materialize: bool = True) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embeddings = EmbeddingArch(cfg)
+        self.embeddings = EmbeddingArch(cfg, materialize=materialize)
 
     def heads(self) -> list[str]:
         raise NotImplementedError
@@ -121,20 +86,19 @@ class DINExtractor(Extractor):
     ``kui:<task>`` (64 per task, the last hidden layer of the task's tower).
     """
 
-    def __init__(self, cfg: ExtractorConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: ExtractorConfig, *, materialize: bool = True) -> None:
+        super().__init__(cfg, materialize=materialize)
         emb = self.embeddings
         self.attention = PackedTargetAttention(emb.behaviour_dim, cfg.attention)
         self.in_dim = emb.user_dim + emb.item_side_dim + 2 * emb.behaviour_dim
         self.towers = TaskTowers(self.in_dim, cfg.tasks, cfg.tower)
 
     def features(self, b: FeatureBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        emb = self.embeddings
-        user = emb.users(b)
-        item_side = emb.item_side(b)
-        row, h_item, h_cat = emb.behaviours(b)
+        e = self.embeddings(b)
+        user, item_side = e.user, e.item_side()
+        row, h_item, h_cat = e.behaviours()
         behaviours = torch.cat((h_item, h_cat), dim=-1)
-        interest = self.attention(emb.candidate(b), behaviours, row)
+        interest = self.attention(e.candidate(), behaviours, row)
         mean = packed_mean(behaviours, row, len(b))
         return torch.cat((user, item_side, interest, mean), dim=-1), user, item_side
 
@@ -158,10 +122,10 @@ class DINExtractor(Extractor):
         return {name: out[name] for name in blocks}
 
 
-def build_extractor(cfg: ExtractorConfig) -> Extractor:
-    """The module for ``cfg.strategy``."""
+def build_extractor(cfg: ExtractorConfig, *, materialize: bool = True) -> Extractor:
+    """The module for ``cfg.strategy`` (``materialize=False``: id tables on ``meta``, to be sharded)."""
     if cfg.strategy == "full":
-        return DINExtractor(cfg)
+        return DINExtractor(cfg, materialize=materialize)
     from trainer.models.towers import DecompositionExtractor, DegenerationExtractor, ServingExtractor
 
     variants: dict[str, type[Extractor]] = {
@@ -169,4 +133,4 @@ def build_extractor(cfg: ExtractorConfig) -> Extractor:
         "degeneration": DegenerationExtractor,
         "serving": ServingExtractor,
     }
-    return variants[cfg.strategy](cfg)
+    return variants[cfg.strategy](cfg, materialize=materialize)

@@ -23,8 +23,9 @@ from contract.extractor import ExtractorConfig
 from contract.knowledge import INTERACTION_BLOCK, ITEM_BLOCK, USER_BLOCK, USER_CATEGORY_BLOCK
 from trainer.models.batch import FeatureBatch
 from trainer.models.din import PackedTargetAttention
-from trainer.models.extractor import EmbeddingArch, Extractor, TaskTowers
+from trainer.models.extractor import Extractor, TaskTowers
 from trainer.models.layers import MLP, packed_mean
+from trainer.models.tables import Embedded, EmbeddingArch
 
 
 def _tower(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
@@ -52,18 +53,18 @@ class DecompositionArch(nn.Module):
         self.heads = TaskTowers(d, cfg.tasks, cfg.interaction_head)
         self.dim = d
 
-    def user_vector(self, emb: EmbeddingArch, b: FeatureBatch) -> torch.Tensor:
+    def user_vector(self, e: Embedded) -> torch.Tensor:
         """K̂_u from the user id and the mean of the behaviour embeddings."""
-        row, h_item, h_cat = emb.behaviours(b)
-        pooled = packed_mean(torch.cat((h_item, h_cat), dim=-1), row, len(b))
-        return self.user_tower(torch.cat((emb.users(b), pooled), dim=-1))
+        row, h_item, h_cat = e.behaviours()
+        pooled = packed_mean(torch.cat((h_item, h_cat), dim=-1), row, e.n)
+        return self.user_tower(torch.cat((e.user, pooled), dim=-1))
 
-    def item_vector(self, emb: EmbeddingArch, b: FeatureBatch) -> torch.Tensor:
+    def item_vector(self, e: Embedded) -> torch.Tensor:
         """K̂_i from the item, shop and category embeddings."""
-        return self.item_tower(emb.item_side(b))
+        return self.item_tower(e.item_side())
 
-    def forward(self, emb: EmbeddingArch, b: FeatureBatch, prefix: str = "") -> dict[str, torch.Tensor]:
-        interaction = self.user_vector(emb, b) * self.item_vector(emb, b)
+    def forward(self, e: Embedded, b: FeatureBatch, prefix: str = "") -> dict[str, torch.Tensor]:
+        interaction = self.user_vector(e) * self.item_vector(e)
         return self.heads(interaction, b, prefix)
 
 
@@ -75,19 +76,18 @@ class DegenerationArch(nn.Module):
         self.towers = TaskTowers(emb.user_dim + cat_dim + emb.behaviour_dim, cfg.tasks, cfg.tower)
         self.dim = self.towers.knowledge_dim * len(cfg.tasks)
 
-    def features(self, emb: EmbeddingArch, b: FeatureBatch) -> torch.Tensor:
+    def features(self, e: Embedded) -> torch.Tensor:
         """[user, category, behaviours attended by the category (keys: their categories)]."""
-        category = emb.category(b.category)
-        row, h_item, h_cat = emb.behaviours(b)
-        interest = self.attention(category, h_cat, row, torch.cat((h_item, h_cat), dim=-1))
-        return torch.cat((emb.users(b), category, interest), dim=-1)
+        row, h_item, h_cat = e.behaviours()
+        interest = self.attention(e.category, h_cat, row, torch.cat((h_item, h_cat), dim=-1))
+        return torch.cat((e.user, e.category, interest), dim=-1)
 
-    def forward(self, emb: EmbeddingArch, b: FeatureBatch, prefix: str = "") -> dict[str, torch.Tensor]:
-        return self.towers(self.features(emb, b), b, prefix)
+    def forward(self, e: Embedded, b: FeatureBatch, prefix: str = "") -> dict[str, torch.Tensor]:
+        return self.towers(self.features(e), b, prefix)
 
-    def uc_vector(self, emb: EmbeddingArch, b: FeatureBatch) -> torch.Tensor:
+    def uc_vector(self, e: Embedded) -> torch.Tensor:
         """K̂_uc: every task's last hidden layer, concatenated in task order."""
-        hidden = self.towers.hidden(self.features(emb, b))
+        hidden = self.towers.hidden(self.features(e))
         return torch.cat(list(hidden.values()), dim=-1)
 
     def uc_vector_per_user(
@@ -96,7 +96,8 @@ class DegenerationArch(nn.Module):
         """K̂_uc of the pairs ``(users[owner[p]], category[p])``: each user's embeddings and behaviour
         sequence once, then every one of their categories (export). The same numbers as
         :meth:`uc_vector` on one row per pair: the attention sees the same rows in the same order."""
-        row, h_item, h_cat = emb.behaviours(users)
+        e = emb(users)
+        row, h_item, h_cat = e.behaviours()
         counts = torch.bincount(row, minlength=len(users))
         per_pair = counts.index_select(0, owner)
         pair_row = torch.repeat_interleave(torch.arange(len(owner)), per_pair)
@@ -109,9 +110,9 @@ class DegenerationArch(nn.Module):
         )
         keys = h_cat.index_select(0, index)
         values = torch.cat((h_item, h_cat), dim=-1).index_select(0, index)
-        cat_emb = emb.category(category)
+        cat_emb = emb.lookup("category", category)
         interest = self.attention(cat_emb, keys, pair_row, values)
-        features = torch.cat((emb.users(users).index_select(0, owner), cat_emb, interest), dim=-1)
+        features = torch.cat((e.user.index_select(0, owner), cat_emb, interest), dim=-1)
         hidden = self.towers.hidden(features)
         return torch.cat(list(hidden.values()), dim=-1)
 
@@ -121,8 +122,8 @@ class _ServingForms(Extractor):
 
     forms: tuple[str, ...] = ()
 
-    def __init__(self, cfg: ExtractorConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: ExtractorConfig, *, materialize: bool = True) -> None:
+        super().__init__(cfg, materialize=materialize)
         self.decomposition = (
             DecompositionArch(self.embeddings, cfg) if "decomposition" in self.forms else None
         )
@@ -133,10 +134,11 @@ class _ServingForms(Extractor):
 
     def forward(self, b: FeatureBatch) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
+        e = self.embeddings(b)
         if self.decomposition is not None:
-            out.update(self.decomposition(self.embeddings, b, self._prefix("decomposition")))
+            out.update(self.decomposition(e, b, self._prefix("decomposition")))
         if self.degeneration is not None:
-            out.update(self.degeneration(self.embeddings, b, self._prefix("degeneration")))
+            out.update(self.degeneration(e, b, self._prefix("degeneration")))
         return out
 
     def heads(self) -> list[str]:
@@ -152,15 +154,15 @@ class _ServingForms(Extractor):
         return dims
 
     def user_vector(self, b: FeatureBatch) -> torch.Tensor:
-        return self._need_decomposition().user_vector(self.embeddings, b)
+        return self._need_decomposition().user_vector(self.embeddings(b))
 
     def item_vector(self, b: FeatureBatch) -> torch.Tensor:
-        return self._need_decomposition().item_vector(self.embeddings, b)
+        return self._need_decomposition().item_vector(self.embeddings(b))
 
     def uc_vector(self, b: FeatureBatch) -> torch.Tensor:
         if self.degeneration is None:
             raise KeyError(f"strategy {self.cfg.strategy!r} has no degeneration form")
-        return self.degeneration.uc_vector(self.embeddings, b)
+        return self.degeneration.uc_vector(self.embeddings(b))
 
     def uc_vector_per_user(
         self, users: FeatureBatch, owner: torch.Tensor, category: torch.Tensor
@@ -179,14 +181,17 @@ class _ServingForms(Extractor):
         self.check_blocks(blocks)
         out: dict[str, torch.Tensor] = {}
         wanted = set(blocks)
+        e = self.embeddings(b)
         if wanted & {USER_BLOCK, INTERACTION_BLOCK}:
-            out[USER_BLOCK] = self.user_vector(b)
+            out[USER_BLOCK] = self._need_decomposition().user_vector(e)
         if wanted & {ITEM_BLOCK, INTERACTION_BLOCK}:
-            out[ITEM_BLOCK] = self.item_vector(b)
+            out[ITEM_BLOCK] = self._need_decomposition().item_vector(e)
         if INTERACTION_BLOCK in wanted:
             out[INTERACTION_BLOCK] = out[USER_BLOCK] * out[ITEM_BLOCK]
         if USER_CATEGORY_BLOCK in wanted:
-            out[USER_CATEGORY_BLOCK] = self.uc_vector(b)
+            if self.degeneration is None:
+                raise KeyError(f"strategy {self.cfg.strategy!r} has no degeneration form")
+            out[USER_CATEGORY_BLOCK] = self.degeneration.uc_vector(e)
         return {name: out[name] for name in blocks}
 
 

@@ -1,0 +1,220 @@
+"""``keep bench scale``'s id-table part: memory and step time of the sharded tables (issue 12 item 3).
+
+Each configuration runs in fresh processes (``torchrun`` for 2 ranks, gloo on the CPU, 1 thread per
+rank) on a synthetic extractor of the production shape (``serving``, three tasks) with ``users`` user
+ids (4M by default; 200k with ``--quick``) and a tenth as many items:
+
+- ``sharded``: ``keep pretrain``'s path (:mod:`trainer.sharded`: TorchRec tables, fused row-wise
+  Adagrad, DDP for the dense towers);
+- ``dense``: the trainer it replaced, measured in the same run: the same tables read as plain
+  embeddings, dense gradients and one dense Adam over every parameter, the gradients of everything
+  (tables included) all-reduced tensor by tensor (``DataParallel.average_gradients``).
+
+Per rank: RSS before the model, after it is built (``tables_mib``: what its tables and their optimizer
+state hold, the dense towers being ~10 MiB), and the peak over the timed steps; the mean step time and
+the share of it spent in the all-reduce (``dense``: the timed ``average_gradients`` call; ``sharded``:
+one minus the step time under DDP's ``no_sync`` over the step time with it, since DDP overlaps its
+all-reduce with ``backward``: noisy on a loaded machine, hence also ``allreduce_mib_per_step``, what
+a step all-reduces).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BATCH = 2000
+STEPS = 4
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _batch(users: int, items: int, rank: int, step: int) -> Any:
+    import torch
+
+    from trainer.models.batch import FeatureBatch
+
+    g = torch.Generator().manual_seed(1000 * step + rank)
+    n = BATCH // int(os.environ.get("WORLD_SIZE", "1"))
+    lengths = torch.randint(0, 51, (n,), generator=g)
+    hist = torch.randint(2, items, (n, 50), generator=g)
+    hist[torch.arange(50)[None, :] < (50 - lengths)[:, None]] = 0  # left-padded, as make_batch gives
+    b = FeatureBatch(
+        user=torch.randint(2, users, (n,), generator=g),
+        item=torch.randint(2, items, (n,), generator=g),
+        shop=torch.randint(2, 1000, (n,), generator=g),
+        category=torch.randint(2, 500, (n,), generator=g),
+        hist_item=hist,
+        hist_category=torch.where(hist > 0, hist % 498 + 2, 0),
+    )
+    clicks = torch.rand(n, generator=g) < 0.2
+    for task, p in (("click", 1.0), ("conversion", 0.1), ("cart", 0.2)):
+        b.labels[task] = (clicks & (torch.rand(n, generator=g) < p)).float()
+        if task != "click":
+            b.task_rows[task] = clicks.nonzero()[:, 0]
+    return b
+
+
+def child(kind: str, users: int, out: str) -> None:
+    """One rank of one configuration; writes its figures to ``out/<rank>.json``."""
+    import contextlib
+
+    import torch
+
+    from contract.extractor import ExtractorConfig
+    from trainer.distributed import from_env, shutdown
+    from trainer.models.extractor import build_extractor
+    from trainer.pretrain import train_step
+    from trainer.sharded import process_group, shard
+
+    torch.set_num_threads(1)
+    group = from_env()
+    items = max(users // 10, 1000)
+    cfg = ExtractorConfig(
+        n_users=users,
+        n_items=items,
+        n_shops=1000,
+        n_categories=500,
+        strategy="serving",
+        tasks=("click", "conversion", "cart"),
+    )
+    tasks = cfg.tasks
+    before = _rss_mib()
+    reduce_s = 0.0
+    model: torch.nn.Module
+    optimizer: Any
+    ddp: Any = None
+    with process_group():
+        torch.manual_seed(0)
+        if kind == "sharded":
+            sharded = shard(build_extractor(cfg, materialize=False), 1e-3)
+            model, optimizer = sharded.module, sharded.optimizer
+            ddp = model._dmp_wrapped_module
+        else:
+            model = build_extractor(cfg)
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+        built = _rss_mib()
+        model.train()
+        reduced = optimizer.dense.param_groups[0]["params"] if kind == "sharded" else list(model.parameters())
+
+        def step(i: int, sync: bool = True) -> float:
+            nonlocal reduce_s
+            b = _batch(users, items, group.rank, i)
+            t0 = time.perf_counter()
+            if kind == "sharded":
+                with contextlib.nullcontext() if sync else ddp.no_sync():
+                    train_step(model, optimizer, b, tasks, 0.0, group)
+            else:
+                outputs = model(b)
+                loss = torch.stack(
+                    [
+                        torch.nn.functional.binary_cross_entropy_with_logits(
+                            v, b.task_labels(h.rsplit(":", 1)[-1])
+                        )
+                        for h, v in outputs.items()
+                    ]
+                ).sum()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                t1 = time.perf_counter()
+                group.average_gradients(model)
+                reduce_s += time.perf_counter() - t1
+                optimizer.step()
+            return time.perf_counter() - t0
+
+        step(0)  # warm-up: first touches of the tables' pages, kernel set-up
+        reduce_s = 0.0
+        synced = [step(1 + i) for i in range(STEPS)]
+        result: dict[str, Any] = {
+            "rank": group.rank,
+            "rss_before_mib": round(before, 1),
+            "tables_mib": round(built - before, 1),
+            "step_s": round(sum(synced) / len(synced), 3),
+            "samples_per_s": round(BATCH * len(synced) / sum(synced), 1),
+            # what each step all-reduces: the dense towers (sharded) or every parameter (dense)
+            "allreduce_mib_per_step": round(sum(p.numel() for p in reduced) * 4 / 2**20, 1),
+        }
+        if kind == "sharded" and group.enabled:
+            unsynced = [step(1 + STEPS + i, sync=False) for i in range(STEPS)]
+            result["step_no_sync_s"] = round(sum(unsynced) / len(unsynced), 3)
+            result["allreduce_share"] = round(max(0.0, 1 - sum(unsynced) / sum(synced)), 3)
+        elif kind == "dense" and group.enabled:
+            result["allreduce_share"] = round(reduce_s / sum(synced), 3)
+        result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        Path(out, f"{group.rank}.json").write_text(json.dumps(result))
+    shutdown(group)
+
+
+def _configuration(kind: str, users: int, world: int) -> dict[str, Any]:
+    from gkc.local_redis import free_port
+
+    with tempfile.TemporaryDirectory(prefix="keep-bench-tables-") as tmp:
+        args = ["-m", "bench.tables", kind, str(users), tmp]
+        if world > 1:
+            args = [
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                str(world),
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                str(free_port()),
+                *args,
+            ]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        subprocess.run([sys.executable, *args], check=True, capture_output=True, text=True, env=env)
+        ranks = [json.loads(Path(tmp, f"{r}.json").read_text()) for r in range(world)]
+    return {"world": world, "ranks": ranks}
+
+
+def run(quick: bool) -> dict[str, Any]:
+    users = 200_000 if quick else 4_000_000
+    out: dict[str, Any] = {
+        "users": users,
+        "items": max(users // 10, 1000),
+        "batch_size": BATCH,
+        "steps": STEPS,
+    }
+    for kind in ("sharded", "dense"):
+        for world in (1, 2):
+            out[f"{kind}_w{world}"] = _configuration(kind, users, world)
+    s1, s2 = out["sharded_w1"]["ranks"][0], out["sharded_w2"]["ranks"]
+    d1 = out["dense_w1"]["ranks"][0]
+    out["summary"] = {
+        "tables_mib_per_rank": {
+            "sharded_1_rank": s1["tables_mib"],
+            "sharded_2_ranks": [r["tables_mib"] for r in s2],
+            "dense_1_rank": d1["tables_mib"],
+            "dense_2_ranks": [r["tables_mib"] for r in out["dense_w2"]["ranks"]],
+        },
+        "peak_rss_mib_per_rank": {
+            k: [r["peak_rss_mib"] for r in out[k]["ranks"]]
+            for k in ("sharded_w1", "sharded_w2", "dense_w1", "dense_w2")
+        },
+        "allreduce_share_2_ranks": {
+            "sharded": max(r["allreduce_share"] for r in s2),
+            "dense": max(r["allreduce_share"] for r in out["dense_w2"]["ranks"]),
+        },
+        "samples_per_s": {
+            k: round(BATCH / max(r["step_s"] for r in out[k]["ranks"]), 1)
+            for k in ("sharded_w1", "sharded_w2", "dense_w1", "dense_w2")
+        },
+    }
+    return out
+
+
+if __name__ == "__main__":
+    child(sys.argv[1], int(sys.argv[2]), sys.argv[3])

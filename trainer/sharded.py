@@ -1,0 +1,300 @@
+"""Sharded training of the extractor (issue 12 deliver 3): TorchRec for the id tables, DDP for the rest.
+
+One code path for one process and for ``torchrun``: :func:`shard` wraps an extractor in TorchRec's
+:class:`~torchrec.distributed.DistributedModelParallel` (DMP) over the default process group (under
+``torchrun`` its group; in one process a private gloo group of one, :func:`process_group`).
+
+- **Id tables** (:mod:`trainer.models.tables`): sharded by the plan of :func:`plan`: ``user`` (the
+  largest, 48-d) **column-wise** in two 24-column shards, ``item``, ``shop`` and ``category``
+  **table-wise** (:func:`plan`: on 2 ranks each holds one ``user`` half, rank 1 ``item``, rank 0
+  ``shop`` and ``category``; in one process both halves are on it, so the model is the same function
+  of the data whatever the world size: row-wise Adagrad keeps one accumulator per row *and shard*).
+  Each rank allocates and initialises only its shards. Row-wise sharding needs CUDA in TorchRec and
+  is not used. Gradients of the tables never go through an all-reduce: the
+  lookups' all-to-all brings each row's gradient to the rank that owns it, and a **fused row-wise
+  Adagrad** (FBGEMM's TBE kernel, applied inside ``backward``) updates only the rows of the batch.
+  TorchRec divides the gradients its all-to-all sends back by the world size (``comm_ops``' gradient
+  division, on by default), so a row gets the global batch's mean gradient, as DDP's average does.
+- **Dense towers** (attention, MLPs, layer norms): replicated, wrapped by DMP in torch's
+  ``DistributedDataParallel`` (bucketed gradient all-reduce overlapping ``backward``), and updated by a
+  fused dense Adam (:class:`ExtractorOptimizer`).
+
+On the CPU (FBGEMM's ``fbgemm-gpu-cpu`` kernels) TBE supports only the optimizers ``EXACT_SGD``,
+``EXACT_ADAGRAD``, ``EXACT_ROWWISE_ADAGRAD`` and ``EMAINPLACE_ROWWISE_ADAGRAD``: a fused Adam fails at
+sharding with ``AssertionError: Optimizer adam is not supported in CPU mode.`` Hence row-wise Adagrad
+for the tables (what TorchRec's own recommendation models use).
+
+Checkpoints (:func:`gather_state` / :func:`load_state`) are **gathered** on rank 0 in the dense
+extractor's layout: ``model`` has the whole tables under ``embeddings.{user,item,shop,category}.weight``
+(what ``keep export`` reads), ``optimizer`` is ``{"dense": Adam's state dict, "sparse": {table key:
+{"momentum1": whole tensor}}}``. Loading copies each rank's slices out of the whole tensors (loaded
+memory-mapped, so only the pages of its own shards are read).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from fbgemm_gpu.split_embedding_configs import EmbOptimType
+from torch import nn
+from torchrec.distributed import DistributedModelParallel
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.sharding_plan import column_wise, construct_module_sharding_plan, table_wise
+from torchrec.distributed.types import ShardingEnv, ShardingPlan
+
+from trainer.models.extractor import Extractor, build_extractor
+from trainer.models.tables import CANONICAL, TABLES, fill_initial, from_canonical, table_key
+
+# TorchRec's KeyedJaggedTensor asks torch.fx whether it is being traced, and torch 2.13 logs a
+# one-time note about that question on every rank's stderr: nothing for a user to act on.
+logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+
+#: The tables' fused optimizer and its learning rate (row-wise Adagrad: see the module doc).
+SPARSE_OPTIMIZER = EmbOptimType.EXACT_ROWWISE_ADAGRAD
+SPARSE_LR = 0.02
+#: Column shards of the user table (column-wise; the other tables are placed whole).
+USER_COLUMN_SHARDS = 2
+_INTERNAL_TABLE = {CANONICAL[table_key(name)]: name for name in TABLES}
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[None]:
+    """The default process group TorchRec needs: torchrun's if any, else a private gloo world of one
+    (an in-memory store, no port), torn down on exit."""
+    if dist.is_initialized():
+        yield
+        return
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """TorchRec 1.8 on torch 2.13: deprecation notices the caller can do nothing about."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message="`broadcast_buffers` is deprecated")
+        warnings.filterwarnings("ignore", category=FutureWarning, message="Please use DTensor instead")
+        yield
+
+
+def _sharders(sparse_lr: float) -> list[Any]:
+    fused = {"optimizer": SPARSE_OPTIMIZER, "learning_rate": sparse_lr}
+    return [EmbeddingCollectionSharder(fused_params=fused), EmbeddingBagCollectionSharder(fused_params=fused)]
+
+
+def plan(model: Extractor) -> ShardingPlan:
+    """``user`` column-wise in :data:`USER_COLUMN_SHARDS` shards over the ranks (rank ``i % world``),
+    ``item`` whole on the last rank, ``shop`` and ``category`` whole on rank 0 (all fused kernels).
+
+    A fixed plan rather than TorchRec's planner: the planner's cost model is for GPUs, and a fixed
+    shard layout keeps the same model whatever the world size."""
+    world = dist.get_world_size()
+    fused = EmbeddingComputeKernel.FUSED.value
+    shape = {"local_size": world, "world_size": world, "device_type": "cpu"}
+    user = construct_module_sharding_plan(
+        model.embeddings.user_bags,
+        {"user": column_wise(ranks=[i % world for i in range(USER_COLUMN_SHARDS)], compute_kernel=fused)},
+        **shape,
+    )
+    ids = construct_module_sharding_plan(
+        model.embeddings.ids,
+        {
+            "item": table_wise(rank=world - 1, compute_kernel=fused),
+            "shop": table_wise(rank=0, compute_kernel=fused),
+            "category": table_wise(rank=0, compute_kernel=fused),
+        },
+        **shape,
+    )
+    return ShardingPlan({"embeddings.user_bags": user, "embeddings.ids": ids})
+
+
+class ExtractorOptimizer:
+    """Dense Adam over the replicated parameters; the tables' fused optimizer steps inside backward."""
+
+    def __init__(self, dmp: DistributedModelParallel, lr: float) -> None:
+        self.dmp = dmp
+        sparse = set(dmp.fused_optimizer.params)
+        dense = [p for name, p in dmp.named_parameters() if name not in sparse]
+        #: ``fused``: one pass per tensor instead of ~6 foreach passes.
+        self.dense = torch.optim.Adam(dense, lr=lr, fused=True)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.dense.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        self.dense.step()
+
+
+@dataclass
+class Sharded:
+    """An extractor under DMP: call ``module(batch)``; ``extractor`` is the wrapped module itself."""
+
+    module: nn.Module
+    extractor: Extractor
+    optimizer: ExtractorOptimizer
+
+
+def shard(
+    model: Extractor,
+    lr: float,
+    *,
+    state: dict[str, Any] | None = None,
+    sparse_lr: float = SPARSE_LR,
+) -> Sharded:
+    """``model`` (tables materialised or on ``meta``) under DMP with its optimizer.
+
+    The tables are filled from ``state`` (a gathered checkpoint: ``{"model", "optimizer"}``) when given,
+    else with their world-independent initial values (:func:`trainer.models.tables.fill_initial`)."""
+    sharding_plan = plan(model)
+    with _quiet():
+        dmp = DistributedModelParallel(
+            model,
+            env=ShardingEnv.from_process_group(dist.GroupMember.WORLD),
+            device=torch.device("cpu"),
+            plan=sharding_plan,
+            sharders=_sharders(sparse_lr),
+        )
+    optimizer = ExtractorOptimizer(dmp, lr)
+    tables = _tables(dmp)
+    with torch.no_grad(), _quiet():
+        if state is None:
+            for key, st in tables.items():
+                name = _INTERNAL_TABLE[key]
+                for shard_ in st.local_shards():
+                    row, col = shard_.metadata.shard_offsets
+                    fill_initial(model.cfg, model.embeddings.init_seed, name, shard_.tensor, row, col)
+        else:
+            load_state(Sharded(dmp, model, optimizer), state)
+    return Sharded(dmp, model, optimizer)
+
+
+def _tables(dmp: DistributedModelParallel) -> dict[str, Any]:
+    return {k: v for k, v in dmp.state_dict().items() if k in _INTERNAL_TABLE}
+
+
+def local_shards(sharded: Sharded) -> dict[str, list[list[int]]]:
+    """This rank's shards: table → ``[[row offset, column offset, rows, columns], ...]``."""
+    out: dict[str, list[list[int]]] = {}
+    with _quiet():
+        for key, st in _tables(sharded.module).items():
+            for shard_ in st.local_shards():
+                meta = shard_.metadata
+                assert tuple(shard_.tensor.shape) == tuple(meta.shard_sizes)
+                out.setdefault(_INTERNAL_TABLE[key], []).append([*meta.shard_offsets, *meta.shard_sizes])
+    return out
+
+
+def _sparse_state(dmp: DistributedModelParallel) -> dict[str, dict[str, Any]]:
+    """Fused optimizer state per canonical table key: ``{"momentum1": ShardedTensor}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, entry in dmp.fused_optimizer.state_dict()["state"].items():
+        name = _INTERNAL_TABLE[key]
+        out[table_key(name)] = {k.split(".", 1)[1]: v for k, v in entry.items()}
+    return out
+
+
+def _gather(st: Any) -> torch.Tensor | None:
+    full = torch.empty(tuple(st.size()), dtype=st.dtype) if dist.get_rank() == 0 else None
+    st.gather(dst=0, out=full)
+    return full
+
+
+def _gather_sparse(dmp: DistributedModelParallel) -> dict[str, dict[str, torch.Tensor]] | None:
+    """The fused optimizer's state, whole, on rank 0. A rank's fused optimizer knows only the tables it
+    holds shards of, so each rank sends its local shards (offsets and values) and rank 0 assembles."""
+    local = [
+        (key, name, [int(o) for o in shard_.metadata.shard_offsets], shard_.tensor.detach().clone())
+        for key, entry in _sparse_state(dmp).items()
+        for name, st in entry.items()
+        for shard_ in st.local_shards()
+    ]
+    parts: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(local, parts, dst=0)
+    if parts is None:
+        return None
+    pieces = [piece for part in parts for piece in part]
+    sizes: dict[tuple[str, str], list[int]] = {}
+    for key, name, offsets, value in pieces:
+        ends = [o + n for o, n in zip(offsets, value.shape, strict=True)]
+        sizes[key, name] = [max(a, b) for a, b in zip(sizes.get((key, name), ends), ends, strict=True)]
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for key, name, offsets, value in pieces:
+        full = out.setdefault(key, {}).setdefault(name, torch.zeros(sizes[key, name], dtype=value.dtype))
+        full[tuple(slice(o, o + n) for o, n in zip(offsets, value.shape, strict=True))] = value
+    return out
+
+
+def _scatter(st: Any, full: torch.Tensor) -> None:
+    for shard_ in st.local_shards():
+        index = tuple(
+            slice(o, o + n)
+            for o, n in zip(shard_.metadata.shard_offsets, shard_.metadata.shard_sizes, strict=True)
+        )
+        shard_.tensor.copy_(full[index])
+
+
+def gather_state(sharded: Sharded) -> dict[str, Any] | None:
+    """The model and optimizer state, whole, on rank 0 (``None`` on the others). Collective."""
+    with _quiet():
+        return _gather_state(sharded)
+
+
+def _gather_state(sharded: Sharded) -> dict[str, Any] | None:
+    model: dict[str, Any] = {}
+    for key, value in sharded.module.state_dict().items():
+        canonical = table_key(_INTERNAL_TABLE[key]) if key in _INTERNAL_TABLE else key
+        model[canonical] = _gather(value) if key in _INTERNAL_TABLE else value.detach().clone()
+    sparse = _gather_sparse(sharded.module)
+    if sparse is None:
+        return None
+    return {"model": model, "optimizer": {"dense": sharded.optimizer.dense.state_dict(), "sparse": sparse}}
+
+
+def unsharded(sharded: Sharded, state: dict[str, Any] | None = None) -> Extractor | None:
+    """A plain (unsharded) copy of the model for inference, on rank 0 (``None`` elsewhere); gathers
+    ``state`` unless given. Why: FBGEMM's CPU kernels of the training lookup exist only behind autograd,
+    so the sharded model fails under ``torch.inference_mode()`` (``NotImplementedError: Could not run
+    'fbgemm::split_embedding_codegen_lookup_rowwise_adagrad_function_pt2' with arguments from the 'CPU'
+    backend``); evaluation and export read plain embedding tables instead."""
+    state = gather_state(sharded) if state is None else state
+    if state is None:
+        return None
+    model = build_extractor(sharded.extractor.cfg)
+    model.load_state_dict(from_canonical(state["model"]))
+    return model
+
+
+def load_state(sharded: Sharded, state: dict[str, Any]) -> None:
+    """Fill ``sharded`` (every rank its own shards) from a gathered ``{"model", "optimizer"}``."""
+    optimizer = state["optimizer"]
+    if "sparse" not in optimizer or "dense" not in optimizer:
+        raise ValueError("not a sharded-trainer checkpoint (no dense/sparse optimizer state)")
+    dense = {k: v for k, v in state["model"].items() if k not in CANONICAL}
+    own = {k: v for k, v in sharded.module.state_dict().items() if k not in _INTERNAL_TABLE}
+    if own.keys() != dense.keys():
+        raise ValueError(
+            f"checkpoint does not fit the model: missing {sorted(own.keys() - dense.keys())}, "
+            f"unexpected {sorted(dense.keys() - own.keys())}"
+        )
+    with torch.no_grad():
+        for key, value in own.items():
+            value.copy_(dense[key])  # the state dict's tensors share the parameters' storage
+    with torch.no_grad(), _quiet():
+        for key, st in _tables(sharded.module).items():
+            _scatter(st, state["model"][table_key(_INTERNAL_TABLE[key])])
+        for key, entry in _sparse_state(sharded.module).items():
+            for name, st in entry.items():
+                _scatter(st, optimizer["sparse"][key][name])
+    sharded.optimizer.dense.load_state_dict(optimizer["dense"])
