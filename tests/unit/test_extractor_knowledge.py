@@ -39,7 +39,7 @@ def test_full_knowledge_layout_and_values(full: tuple[Path, pd.DataFrame]) -> No
     assert k.shape == (20, kfn.dim(blocks)) == (20, 224)
     emb = kfn.model.embeddings
     users = torch.from_numpy(log.user)
-    np.testing.assert_allclose(k[:, :48], emb.user(users).detach().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(k[:, :48], emb.lookup("user", users).detach().numpy(), rtol=1e-6)
     assert log.user[0] == 1
     # The same blocks straight from the model (one batch) agree with the batched matrix.
     direct = kfn.tensor(log, np.arange(20), ("kui:cart",)).numpy()

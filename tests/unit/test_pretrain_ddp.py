@@ -73,7 +73,9 @@ def test_two_ranks_match_one_process_exactly_for_the_pointwise_click_loss(
     two = load_extractor(tmp_path / "two")
     # Sharded: each rank holds only its shards ([row offset, column offset, rows, columns]).
     cfg = two.model.cfg
-    rank0, rank1 = summary["shards"]  # type: ignore[misc]
+    shards = summary["shards"]
+    assert isinstance(shards, list)
+    rank0, rank1 = shards
     assert rank0 == {
         "user": [[0, 0, cfg.n_users, 24]],
         "shop": [[0, 0, cfg.n_shops, 16]],
