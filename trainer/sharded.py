@@ -58,9 +58,10 @@ from trainer.models.tables import CANONICAL, TABLES, fill_initial, from_canonica
 # one-time note about that question on every rank's stderr: nothing for a user to act on.
 logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
-#: The tables' fused optimizer and its learning rate (row-wise Adagrad: see the module doc).
+#: The tables' fused optimizer (row-wise Adagrad: see the module doc); its learning rate is
+#: ``SPARSE_LR_RATIO`` x the dense Adam's (``--lr``): 0.02 at the default 1e-3, and ``--lr 0`` freezes all.
 SPARSE_OPTIMIZER = EmbOptimType.EXACT_ROWWISE_ADAGRAD
-SPARSE_LR = 0.02
+SPARSE_LR_RATIO = 20.0
 #: Column shards of the user table (column-wise; the other tables are placed whole).
 USER_COLUMN_SHARDS = 2
 _INTERNAL_TABLE = {CANONICAL[table_key(name)]: name for name in TABLES}
@@ -151,13 +152,13 @@ def shard(
     lr: float,
     *,
     state: dict[str, Any] | None = None,
-    sparse_lr: float = SPARSE_LR,
 ) -> Sharded:
     """``model`` (tables materialised or on ``meta``) under DMP with its optimizer.
 
     The tables are filled from ``state`` (a gathered checkpoint: ``{"model", "optimizer"}``) when given,
     else with their world-independent initial values (:func:`trainer.models.tables.fill_initial`)."""
     sharding_plan = plan(model)
+    sparse_lr = SPARSE_LR_RATIO * lr
     with _quiet():
         dmp = DistributedModelParallel(
             model,
