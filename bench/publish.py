@@ -151,12 +151,13 @@ def _writer(
     batch: int,
     start: Any,
     cluster: bool = False,
+    node_pipelines: bool = True,
 ) -> int:
     """One writer process: load its part, meet the others at the barrier, write, return entries."""
     from gkc.publish import write_data
     from gkc.redis_store import RedisStore
 
-    store = RedisStore(url, cluster=cluster, timeout_s=30.0)
+    store = RedisStore(url, cluster=cluster, timeout_s=30.0, node_pipelines=node_pipelines)
     bundle = _part(gkc_bundle.load(path, mmap=True, verify_checksums=False), part, parts)
     start.wait()  # a barrier: every writer and the timer
     written = write_data(store, staging, bundle, batch=batch, progress=False, writers=threads)
@@ -165,7 +166,13 @@ def _writer(
 
 
 def bulk_load(
-    url: str, path: Path, processes: int, threads: int, batch: int, cluster: bool = False
+    url: str,
+    path: Path,
+    processes: int,
+    threads: int,
+    batch: int,
+    cluster: bool = False,
+    node_pipelines: bool = True,
 ) -> dict[str, Any]:
     """Entries/s of the publisher's writes alone (no verification) into one staging version from
     ``processes`` processes x ``threads`` writer threads; the version is removed afterwards."""
@@ -182,7 +189,10 @@ def bulk_load(
     start = manager.Barrier(processes + 1)
     with ctx.Pool(processes) as pool:
         results = [
-            pool.apply_async(_writer, (url, str(path), staging, p, processes, threads, batch, start, cluster))
+            pool.apply_async(
+                _writer,
+                (url, str(path), staging, p, processes, threads, batch, start, cluster, node_pipelines),
+            )
             for p in range(processes)
         ]
         start.wait()  # every process has imported and loaded its part
@@ -195,6 +205,7 @@ def bulk_load(
     return {
         "processes": processes,
         "threads": threads,
+        **({"node_pipelines": node_pipelines} if cluster else {}),
         "entries": entries,
         "seconds": round(seconds, 3),
         "entries_per_s": round(entries / seconds),
@@ -209,9 +220,12 @@ def _cluster_bulk(root: Path, size: str, shape: dict[str, int], batch: int) -> d
 
     cluster = LocalCluster(3, root / "cluster").start()
     try:
+        # per-node pipelines (the publisher's way) against redis-py's cluster pipeline, taking turns
         bulk = {
             dtype: [
-                bulk_load(cluster.url, root / dtype, p, t, batch, cluster=True) for p, t in ((1, 2), (2, 2))
+                bulk_load(cluster.url, root / dtype, p, t, batch, cluster=True, node_pipelines=per_node)
+                for p, t in ((1, 2), (2, 2))
+                for per_node in (True, False)
             ]
             for dtype in ("float32", "int8")
         }

@@ -34,6 +34,7 @@ import numpy as np
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.exceptions import AskError, MovedError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
@@ -70,10 +71,20 @@ class RedisStore(RedisRegistry):
     The registry methods (:class:`gkc.store.VersionRegistry`) are :class:`RedisRegistry`'s."""
 
     def __init__(
-        self, url: str, *, cluster: bool = False, timeout_s: float = 0.5, bulk_timeout_s: float = 10.0
+        self,
+        url: str,
+        *,
+        cluster: bool = False,
+        timeout_s: float = 0.5,
+        bulk_timeout_s: float = 10.0,
+        node_pipelines: bool = True,
     ) -> None:
         self.url = url
         self.cluster = cluster
+        #: Cluster bulk writes and deletions as one plain pipeline per node (:meth:`_by_node`); False:
+        #: redis-py's cluster pipeline (routes every command itself; ``keep bench publish --cluster``
+        #: measures both).
+        self.node_pipelines = node_pipelines
         self.client: Any = self._connect(timeout_s)
         self._bulk_timeout_s = max(timeout_s, bulk_timeout_s)
         self._bulk: Any = None
@@ -154,6 +165,41 @@ class RedisStore(RedisRegistry):
                 self.client.ping()
 
     # --- bulk data ------------------------------------------------------------------------------
+    def _by_node(
+        self, commands: Sequence[tuple[str, str | bytes, tuple[Any, ...], dict[str, Any]]]
+    ) -> list[Any]:
+        """Run ``(command, key, args, kwargs)`` on a Cluster grouped by the primary that owns each key's
+        slot: one plain pipeline per node on that node's own connection, so no command pays redis-py's
+        per-command cluster routing (the cluster pipeline's cost). Replies come back in the order given.
+
+        A ``MOVED`` / ``ASK`` reply (slots moving: a resharding or failover) makes the client re-read the
+        topology and the batch fails with :class:`Unavailable`: the publish then retries on a fresh
+        version (a half-applied batch would fail its count check anyway)."""
+        client = self.bulk
+        if not self.node_pipelines:
+            cluster_pipe = client.pipeline(transaction=False)
+            for name, key, args, kwargs in commands:
+                getattr(cluster_pipe, name)(key, *args, **kwargs)
+            return list(cluster_pipe.execute())
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        for pos, (_, key, _, _) in enumerate(commands):
+            node = client.get_node_from_key(key)
+            groups.setdefault(node.name, (node, []))[1].append(pos)
+        replies: list[Any] = [None] * len(commands)
+        for node, positions in groups.values():
+            pipe = client.get_redis_connection(node).pipeline(transaction=False)
+            for pos in positions:
+                name, key, args, kwargs = commands[pos]
+                getattr(pipe, name)(key, *args, **kwargs)
+            for pos, reply in zip(positions, pipe.execute(raise_on_error=False), strict=True):
+                if isinstance(reply, (MovedError, AskError)):
+                    client.nodes_manager.initialize()
+                    raise Unavailable(f"redis cluster slots moved during a bulk write ({reply}); retry")
+                if isinstance(reply, Exception):
+                    raise reply
+                replies[pos] = reply
+        return replies
+
     def _log_keys(self, ns: str, kind: str, ids: Sequence[str]) -> None:
         """Append a batch's keys to the version's key log (before they are written)."""
         if ids:
@@ -164,6 +210,12 @@ class RedisStore(RedisRegistry):
         values = _row_bytes(vectors)
         with guard():
             self._log_keys(ns, "u", ids)
+            if self.cluster:
+                commands = [
+                    ("hset", user_key(ns, uid), (USER_FIELD, value), dict[str, Any]())
+                    for uid, value in zip(ids, values, strict=True)
+                ]
+                return int(sum(int(r) for r in self._by_node(commands)))
             pipe = self.bulk.pipeline(transaction=False)
             for uid, value in zip(ids, values, strict=True):
                 pipe.hset(user_key(ns, uid), USER_FIELD, value)
@@ -181,6 +233,9 @@ class RedisStore(RedisRegistry):
             fields.setdefault(uid, []).extend((f"c:{cid}", value))
         with guard():
             self._log_keys(ns, "u", list(fields))
+            if self.cluster:
+                commands = [("hset", user_key(ns, u), (), {"items": items}) for u, items in fields.items()]
+                return int(sum(int(r) for r in self._by_node(commands)))
             pipe = self.bulk.pipeline(transaction=False)
             for uid, items in fields.items():
                 pipe.hset(user_key(ns, uid), items=items)
@@ -198,10 +253,10 @@ class RedisStore(RedisRegistry):
                     return 0
                 created = self.bulk.msetnx({item_key(ns, i): v for i, v in zip(ids, values, strict=True)})
                 return len(ids) if created else 0
-            pipe = self.bulk.pipeline(transaction=False)
-            for iid, value in zip(ids, values, strict=True):
-                pipe.set(item_key(ns, iid), value, nx=True)
-            return sum(1 for r in pipe.execute() if r)
+            commands = [
+                ("set", item_key(ns, i), (value,), {"nx": True}) for i, value in zip(ids, values, strict=True)
+            ]
+            return sum(1 for r in self._by_node(commands) if r)
 
     def has_entries(self, ns: str, block: str, ids: Sequence[tuple[str, ...]]) -> int:
         with guard():
@@ -250,10 +305,7 @@ class RedisStore(RedisRegistry):
     def _unlink(self, keys: list[bytes]) -> int:
         if not self.cluster:
             return int(self.bulk.unlink(*keys))
-        pipe = self.bulk.pipeline(transaction=False)
-        for key in keys:
-            pipe.unlink(key)
-        return int(sum(int(r) for r in pipe.execute()))
+        return int(sum(int(r) for r in self._by_node([("unlink", k, (), {}) for k in keys])))
 
     def count_keys(self, namespaces: Sequence[str] | None = None, batch: int = 1000) -> dict[str, int]:
         counts: dict[str, int] = dict.fromkeys(namespaces or (), 0)
