@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from contract import artifact
@@ -119,7 +120,13 @@ def test_every_readme_command_runs_as_written(tmp_path: Path) -> None:
     assert len(evaluated) == 2 and all(0.0 < float(str(r["gauc"])) < 1.0 for r in evaluated)
     ranked = _json_lines(out[by_step["/v1/rank"]])[-1]
     assert len(ranked["scores"]) == 2 and ranked["degraded"] is False  # type: ignore[arg-type]
-    assert ranked["knowledge_version"] == 1 and ranked["unknown_items"] == 0 and ranked["history_len"] == 3
+    # the ranker knows exactly the user's clicks in the log `keep features` read (capped at 50)
+    asked = json.loads(re.search(r"-d '(\{.*\})'", blocks[by_step["/v1/rank"]]).group(1))  # type: ignore[union-attr]
+    day1 = pd.read_parquet(tmp_path / "data/train_day1.parquet")
+    clicks = int(day1.loc[day1["user_id"] == asked["user_id"], "click"].sum())
+    assert clicks > 0 and f"{clicks} click" in README.read_text()  # the README's sentence says how many
+    assert ranked["knowledge_version"] == 1 and ranked["unknown_items"] == 0
+    assert ranked["history_len"] == min(clicks, 50)
     assert (tmp_path / "runs/exp/results.json").is_file()
     assert "2" in out[by_step["--init models/"]].splitlines()
     day2 = artifact.load(tmp_path / "models/day2")
