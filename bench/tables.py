@@ -76,7 +76,7 @@ def child(kind: str, users: int, out: str) -> None:
     from contract.extractor import ExtractorConfig
     from trainer.distributed import from_env, shutdown
     from trainer.models.extractor import build_extractor
-    from trainer.pretrain import train_step
+    from trainer.pretrain_steps import train_step
     from trainer.sharded import process_group, shard
 
     torch.set_num_threads(1)

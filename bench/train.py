@@ -42,7 +42,7 @@ from trainer.data.dataset import EncodedLog
 from trainer.models.batch import feature_batch
 from trainer.models.checkpoint import LoadedExtractor
 from trainer.models.extractor import build_extractor
-from trainer.pretrain import day_batches, extractor_config, train_step
+from trainer.pretrain_steps import day_batches, extractor_config, train_step
 from trainer.sharded import process_group, shard
 
 BATCH = 2000

@@ -23,7 +23,7 @@ from contract.schema import TASKS, day_of
 def extractor_summary(path: Path, train: pd.DataFrame, super_df: pd.DataFrame) -> dict[str, Any]:
     from trainer.knowledge_fn import KnowledgeFn
     from trainer.metrics import auc, gauc
-    from trainer.pretrain import iter_scores
+    from trainer.pretrain_steps import iter_scores
 
     metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").is_file() else {}
     held = {t: metrics[t] for t in TASKS if t in metrics}

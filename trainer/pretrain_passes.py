@@ -38,6 +38,13 @@ from contract.schema import day_of
 from trainer.data.dataset import EncodedLog
 from trainer.models.batch import feature_batch
 from trainer.models.extractor import build_extractor
+from trainer.pretrain_steps import (
+    DEFAULT_STRATEGY,
+    day_batches,
+    evaluate_holdout,
+    extractor_config,
+    train_step,
+)
 
 if TYPE_CHECKING:
     from trainer.data.source import LogSource
@@ -72,8 +79,6 @@ class PassPlan:
 
 def pass_batches(days: np.ndarray, seed: int, batch_size: int, passes: int) -> list[np.ndarray]:
     """Every pass's day batches in order (pass 0 exactly the single-pass batches)."""
-    from trainer.pretrain import day_batches
-
     out: list[np.ndarray] = []
     for p in range(passes):
         out += day_batches(days, seed, batch_size, epoch=p)
@@ -115,12 +120,6 @@ def early_stopping(
     cfg: PretrainConfig, df: pd.DataFrame, train_days: list[int], tasks: tuple[str, ...]
 ) -> PassPlan:
     """Train on ``train_days[:-1]`` pass by pass, scoring ``train_days[-1]``; the best pass count."""
-    from trainer.pretrain import (
-        DEFAULT_STRATEGY,
-        evaluate_holdout,
-        extractor_config,
-        train_step,
-    )
     from trainer.sharded import shard, unsharded
 
     fit_days, val_day = train_days[:-1], train_days[-1]
@@ -135,8 +134,6 @@ def early_stopping(
     curve: list[float] = []
     per_pass: list[dict[str, Any]] = []
     for p in range(cfg.max_passes):
-        from trainer.pretrain import day_batches
-
         model.train()
         for rows in day_batches(encoded.day, cfg.seed, cfg.batch_size, epoch=p):
             train_step(

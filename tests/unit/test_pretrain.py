@@ -19,7 +19,8 @@ from trainer.losses import pointwise_loss
 from trainer.models.batch import feature_batch
 from trainer.models.checkpoint import load_extractor, load_state
 from trainer.models.extractor import build_extractor
-from trainer.pretrain import PretrainConfig, day_batches, pretrain
+from trainer.pretrain import PretrainConfig, pretrain
+from trainer.pretrain_steps import day_batches
 
 SMALL = {"users": 30, "items": 40, "categories": 5, "days": 5, "rows_per_day": 1200}
 

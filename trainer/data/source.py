@@ -4,7 +4,7 @@
 is streamed one day partition at a time, each rank reading only the rows of its shards; anything else
 (a file, a plain dataset) is read into memory once (:class:`InMemorySource`), with histories indexed
 from every click. Both give the same batches for the same seed: the days ascending, each day's rows in
-log order permuted by ``rng(seed, day[, pass])`` and cut per day (``trainer.pretrain.day_batches``),
+log order permuted by ``rng(seed, day[, pass])`` and cut per day (``trainer.pretrain_steps.day_batches``),
 and the same windows (the rule of :mod:`contract.sequences`).
 """
 

@@ -34,6 +34,7 @@ from contract.log import COLUMNS, DataError, read_log, validate
 from services.errors import InvalidArgument
 from trainer.data.dataset import EncodedLog
 from trainer.data.sequence_stage import HIST_CATEGORY, HIST_ITEM, SequencesMeta, day_dir
+from trainer.pretrain_steps import day_batches
 
 if TYPE_CHECKING:
     from trainer.distributed import DataParallel
@@ -221,8 +222,6 @@ class _DayStream:
     group: DataParallel
 
     def _day_batches(self, day: int, epoch: int) -> list[np.ndarray]:
-        from trainer.pretrain import day_batches
-
         n = self.source.rows([day])
         return day_batches(np.full(n, day, dtype=np.int64), self.seed, self.batch_size, epoch)
 

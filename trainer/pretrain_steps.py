@@ -1,0 +1,171 @@
+"""What the pre-training loop (:mod:`trainer.pretrain`), the pass search (:mod:`trainer.pretrain_passes`),
+the streamed source (:mod:`trainer.data.stream`) and the benches share: the batch order, the split of
+days, the extractor's shape, one optimisation step and hold-out scoring.
+
+Kept apart from the loop so that those modules import it at the top instead of importing the loop back
+lazily (the loop imports them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from contract.extractor import ExtractorConfig
+from contract.ids import Vocabs
+from contract.schema import DEFAULT_MAX_LEN
+from services.errors import InvalidArgument
+from trainer.data.dataset import EncodedLog
+from trainer.data.source import holdout_inputs
+from trainer.distributed import DataParallel
+from trainer.losses import hybrid_loss
+from trainer.metrics import auc, gauc
+from trainer.models.batch import feature_batch
+
+#: What ``keep pretrain`` trains unless told otherwise: the forms ``keep export`` can serve.
+DEFAULT_STRATEGY = "serving"
+
+
+def day_batches(days: np.ndarray, seed: int, batch_size: int, epoch: int = 0) -> list[np.ndarray]:
+    """Row-index batches: days ascending, each day permuted by ``rng(seed, day)`` (pass ``epoch`` > 0:
+    ``rng(seed, day, epoch)``), cut per day."""
+    out: list[np.ndarray] = []
+    order = np.argsort(days, kind="stable")
+    bounds = np.flatnonzero(np.diff(days[order])) + 1
+    for chunk in np.split(order, bounds):
+        if len(chunk) == 0:
+            continue
+        key = [seed, int(days[chunk[0]])] + ([epoch] if epoch else [])
+        rng = np.random.default_rng(key)
+        chunk = chunk[rng.permutation(len(chunk))]
+        out += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return out
+
+
+def split_days(days: list[int], holdout_days: int, source: str) -> tuple[list[int], list[int]]:
+    if holdout_days < 0:
+        raise InvalidArgument("--holdout-days must be >= 0")
+    if holdout_days >= len(days):
+        raise InvalidArgument(
+            f"{source}: {len(days)} day(s) of data; holding out {holdout_days} leaves nothing to train on"
+        )
+    cut = len(days) - holdout_days
+    return days[:cut], days[cut:]
+
+
+def extractor_config(
+    vocabs: Vocabs, strategy: str, tasks: tuple[str, ...], max_len: int = DEFAULT_MAX_LEN
+) -> ExtractorConfig:
+    """The extractor's shape for these vocabularies (shared by pre-training and the training bench)."""
+    return ExtractorConfig(
+        n_users=len(vocabs.user),
+        n_items=len(vocabs.item),
+        n_shops=vocabs.n_shops(),
+        n_categories=len(vocabs.category),
+        strategy=strategy,
+        tasks=tasks,
+        max_len=max_len,
+    )
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: Any,
+    batch: Any,
+    tasks: Sequence[str],
+    alpha: float,
+    group: DataParallel | None = None,
+) -> dict[str, float]:
+    """One step on the sum of every head's hybrid loss; returns each head's loss.
+
+    ``model`` is a sharded extractor (:func:`trainer.sharded.shard`): ``backward`` all-reduces the
+    dense gradients (DistributedDataParallel) and applies the tables' fused optimizer; ``optimizer``
+    then steps the dense parameters. Every head enters the loss (a head without rows with weight 0),
+    so every rank reaches every collective of ``backward`` even when its shard has no loss."""
+    outputs = model(batch)
+    losses: dict[str, torch.Tensor] = {}
+    for head, logits in outputs.items():
+        task = head.rsplit(":", 1)[-1]
+        if task not in tasks or logits.numel() == 0:
+            continue
+        losses[head] = hybrid_loss(logits, batch.task_labels(task), batch.pairs.get(task), alpha)
+    if not losses and not (group and group.enabled):
+        return {}
+    optimizer.zero_grad(set_to_none=True)
+    unused = [0.0 * logits.sum() for head, logits in outputs.items() if head not in losses]
+    torch.stack(list(losses.values()) + unused).sum().backward()
+    optimizer.step()
+    return {head: float(v.detach()) for head, v in losses.items()}
+
+
+def iter_scores(
+    model: torch.nn.Module, log: EncodedLog, tasks: Sequence[str], batch_size: int = 8192
+) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """(rows, {head: logits}) in file order; non-click heads scored on the clicked rows only."""
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(log), batch_size):
+            rows = np.arange(start, min(start + batch_size, len(log)))
+            batch = feature_batch(log, rows, tasks)
+            yield rows, {h: v.numpy() for h, v in model(batch).items()}
+
+
+def evaluate_holdout(
+    model: torch.nn.Module,
+    df: pd.DataFrame,
+    vocabs: Vocabs,
+    holdout_days: Sequence[int],
+    tasks: Sequence[str],
+    max_len: int = DEFAULT_MAX_LEN,
+) -> dict[str, Any]:
+    """Per-task GAUC on the held-out days (histories: every earlier click in ``df``, strictly before).
+
+    For ``serving`` every form gets its own ``gauc_<form>``; ``gauc`` scores the mean of their logits.
+    Click also gets ``gauc_popularity``: the items' click rate over the training rows, as a baseline.
+    """
+    return score_holdout(model, *holdout_inputs(df, vocabs, holdout_days, max_len), tasks)
+
+
+def score_holdout(
+    model: torch.nn.Module, log: EncodedLog, popularity: np.ndarray, tasks: Sequence[str]
+) -> dict[str, Any]:
+    """:func:`evaluate_holdout` of encoded held-out rows and their items' popularity (click rate before
+    the held-out days)."""
+    scores: dict[str, list[np.ndarray]] = {}
+    for _, out in iter_scores(model, log, tasks):
+        for head, s in out.items():
+            scores.setdefault(head, []).append(s)
+    clicked = log.labels["click"] == 1
+    metrics: dict[str, Any] = {}
+    for task in tasks:
+        heads = [h for h in scores if h.rsplit(":", 1)[-1] == task]
+        if not heads:
+            continue
+        sel = np.ones(len(log), bool) if task == "click" else clicked
+        users, labels = log.user[sel], log.labels[task][sel]
+        per_head = {h: np.concatenate(scores[h]) for h in heads}
+        entry: dict[str, Any] = {"rows": int(sel.sum()), "positives": int(labels.sum())}
+        mean_logit = np.mean(list(per_head.values()), axis=0)
+        entry["gauc"] = _safe_gauc(users, labels, mean_logit)
+        entry["auc"] = _safe_auc(labels, mean_logit)
+        if len(heads) > 1:
+            for h, s in per_head.items():
+                entry[f"gauc_{h.split(':')[0]}"] = _safe_gauc(users, labels, s)
+        metrics[task] = entry
+    if "click" in metrics:
+        metrics["click"]["gauc_popularity"] = _safe_gauc(log.user, log.labels["click"], popularity)
+    return metrics
+
+
+def _safe_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    value = float(auc(labels, scores)) if 0 < labels.sum() < len(labels) else float("nan")
+    return None if np.isnan(value) else round(value, 6)
+
+
+def _safe_gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float | None:
+    value = float(gauc(users, labels, scores)) if len(labels) else float("nan")
+    return None if np.isnan(value) else round(value, 6)
