@@ -1,8 +1,9 @@
 """``keep bench gkc``: GKC BatchGet over gRPC vs the raw Redis floor, one JSON object.
 
 Setup: a private redis-server (or a 3-master cluster with ``--cluster``), a random bundle published
-through the REST API (``medium``: 10k users x 50 categories = 500k K̂_uc, 200k items, all 64-d float32 =
-256 B per vector; ``--quick``: 1k users, 10k items), and a GKC process with ``GKC_BENCH_WORKERS`` gRPC
+through the REST API (``medium``: 10k users x 50 categories = 500k K̂_uc, 200k items; ``--quick``: 1k
+users, 10k items) at a real bundle's block widths, float32: K̂_u and K̂_i 32-d (the two towers' output),
+K̂_uc 192-d (each task's 64-d last hidden layer, 3 tasks), and a GKC process with ``GKC_BENCH_WORKERS`` gRPC
 processes (default 2; with 1 or 3 the results were within the noise of this shared 2-core machine). Each
 request is 1 user x 500 candidates from 50 categories; 80% of the candidates come from a hot 10% of the
 items (retrieval output is popularity-skewed).
@@ -31,11 +32,15 @@ from typing import Any
 
 import numpy as np
 
+from contract.extractor import ExtractorConfig
 from gkc import bundle as gkc_bundle
 from gkc.settings import gkc_env
 from services import launch
 
-DIM = 64
+#: A real bundle's block widths: the extractor's default shape (:class:`contract.extractor.ExtractorConfig`).
+_SHAPE = ExtractorConfig(n_users=1, n_items=1, n_shops=1, n_categories=1)
+USER_DIM = ITEM_DIM = _SHAPE.two_tower_dim
+UC_DIM = _SHAPE.tower[-1] * len(_SHAPE.tasks)
 CANDIDATES = 500
 CATEGORIES = 50
 SIZES = {
@@ -50,12 +55,12 @@ def make_bundle(out: Path, users: int, items: int, seed: int = 0) -> Path:
     uc_cats = np.tile(np.arange(CATEGORIES), users)
     built = gkc_bundle.build(
         user_ids=np.arange(users),
-        user_vectors=rng.standard_normal((users, DIM), dtype=np.float32),
+        user_vectors=rng.standard_normal((users, USER_DIM), dtype=np.float32),
         item_ids=np.arange(items),
-        item_vectors=rng.standard_normal((items, DIM), dtype=np.float32),
+        item_vectors=rng.standard_normal((items, ITEM_DIM), dtype=np.float32),
         uc_user_ids=uc_users,
         uc_category_ids=uc_cats,
-        uc_vectors=rng.standard_normal((len(uc_users), DIM), dtype=np.float32),
+        uc_vectors=rng.standard_normal((len(uc_users), UC_DIM), dtype=np.float32),
         source={"bench": True},
     )
     return gkc_bundle.save(built, out)
@@ -84,13 +89,20 @@ class RawFloor:
         self.store = RedisStore(url, cluster=cluster, timeout_s=5.0)
         records, _ = self.store.records()
         self.ns = next(r.namespace for r in records if r.version == version)
-        self.zero = bytes(4 * DIM)
 
-    def get(self, user: str, items: list[str], cats: list[str]) -> np.ndarray:
+    def get(self, user: str, items: list[str], cats: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """K̂_u, K̂_uc per distinct category and K̂_i per distinct item, float32 (zeros where missing)."""
         raw = self.store.read(self.ns, user, list(dict.fromkeys(cats)), list(dict.fromkeys(items)))
-        z = self.zero
-        blob = b"".join([raw.user or z, *(x or z for x in raw.ucs), *(x or z for x in raw.items)])
-        return np.frombuffer(blob, dtype="<f4").reshape(-1, DIM)
+        return (
+            _rows([raw.user], USER_DIM),
+            _rows(raw.ucs, UC_DIM),
+            _rows(raw.items, ITEM_DIM),
+        )
+
+
+def _rows(blobs: list[bytes | None], dim: int) -> np.ndarray:
+    zero = bytes(4 * dim)
+    return np.frombuffer(b"".join(b or zero for b in blobs), dtype="<f4").reshape(-1, dim)
 
 
 def _caller(kind: str, target: str, version: int, cluster: bool) -> Any:
@@ -211,6 +223,13 @@ def measure_concurrent(
     return {**_stats(lat, seconds), "concurrency": 16}
 
 
+def _score(lookup: Any) -> np.ndarray:
+    """A score that uses every block: the two-tower K̂_u · K̂_i plus the candidate's K̂_uc summed (its
+    width differs from K̂_u's, so no product with it)."""
+    uc = lookup.ucs[lookup.uc_index].sum(1) / np.sqrt(UC_DIM)
+    return np.asarray(lookup.items[lookup.item_index] @ lookup.user + uc)
+
+
 def float16_effect(target: str, version: int, reqs: list[Any]) -> dict[str, float]:
     from gkc.client import GkcClient
 
@@ -219,8 +238,7 @@ def float16_effect(target: str, version: int, reqs: list[Any]) -> dict[str, floa
     ratio = 0.0
     for user, items, cats in reqs[:50]:
         a, b = f32.batch_get(user, items, cats, version), f16.batch_get(user, items, cats, version)
-        score_a = a.items[a.item_index] @ a.user + (a.ucs[a.uc_index] * a.user).sum(1)
-        score_b = b.items[b.item_index] @ b.user + (b.ucs[b.uc_index] * b.user).sum(1)
+        score_a, score_b = _score(a), _score(b)
         errs.append(float(np.abs(a.items - b.items).max()))
         rel.append(float(np.abs(score_a - score_b).max() / np.abs(score_a).max()))
         ratio = len(f16.batch_get_raw(user, items, cats, version).SerializeToString()) / len(
@@ -282,7 +300,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "users": cfg["users"],
                 "items": cfg["items"],
                 "user_categories": int(cfg["users"]) * CATEGORIES,
-                "dim": DIM,
+                "dims": {"user": USER_DIM, "item": ITEM_DIM, "user_category": UC_DIM},
                 "build_s": round(build_s, 2),
                 "publish_s": round(publish_s, 2),
             },
