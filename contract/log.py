@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,25 +149,44 @@ def read_log(path: str | os.PathLike[str], columns: Sequence[str] | None = None)
 
 
 def _read_file(file: Path, columns: Sequence[str] | None) -> pd.DataFrame:
+    (df,) = _file_batches(file, columns, None)
+    return df
+
+
+def _file_batches(
+    file: Path, columns: Sequence[str] | None, batch_rows: int | None
+) -> Iterator[pd.DataFrame]:
+    """The validated frame of a file, whole (``batch_rows`` None) or in batches of at most that many rows
+    (Parquet record batches, CSV chunks), in file order."""
     name = str(file)
     if not file.is_file():
         raise DataError(f"{name}: no such file")
     if file.stat().st_size == 0:
         raise DataError(f"{name}: file is empty (0 bytes)")
+    if not name.endswith(LOG_SUFFIXES):
+        raise DataError(f"{name}: unknown format; expected one of {', '.join(LOG_SUFFIXES)}")
     try:
+        chunks: Iterator[pd.DataFrame]
         if name.endswith(PARQUET_SUFFIXES):
             present = set(pq.read_schema(file).names)
             wanted = None if columns is None else [c for c in columns if c in present]
-            df = pq.read_table(file, columns=wanted).to_pandas()
-        elif name.endswith((".csv", ".csv.gz")):
-            df = pd.read_csv(file, low_memory=False, usecols=lambda c: columns is None or c in columns)
+            if batch_rows is None:
+                chunks = iter([pq.read_table(file, columns=wanted).to_pandas()])
+            else:
+                batches = pq.ParquetFile(file).iter_batches(batch_size=batch_rows, columns=wanted)
+                chunks = (b.to_pandas() for b in batches)
         else:
-            raise DataError(f"{name}: unknown format; expected one of {', '.join(LOG_SUFFIXES)}")
+            usecols = None if columns is None else (lambda c: c in columns)
+            if batch_rows is None:
+                chunks = iter([pd.read_csv(file, low_memory=False, usecols=usecols)])
+            else:
+                chunks = pd.read_csv(file, low_memory=False, usecols=usecols, chunksize=batch_rows)
+        for chunk in chunks:
+            yield validate(chunk.reset_index(drop=True), name, columns)
     except DataError:
         raise
     except _READ_ERRORS as err:
         raise DataError(f"{name}: cannot be read as {file.suffix.lstrip('.')} ({err})") from err
-    return validate(df, name, columns)
 
 
 _READ_ERRORS = (
@@ -223,17 +242,27 @@ def log_fragments(path: str | os.PathLike[str]) -> list[Fragment]:
 
 
 def iter_log(
-    path: str | os.PathLike[str], columns: Sequence[str] | None = None
+    path: str | os.PathLike[str], columns: Sequence[str] | None = None, batch_rows: int | None = None
 ) -> Iterator[tuple[str, pd.DataFrame]]:
-    """``(source, validated frame)`` per file: once for a file, per fragment for a dataset directory.
+    """``(source, validated frame)`` per file: once for a file, per fragment for a dataset directory;
+    with ``batch_rows``, in frames of at most that many rows (a file's record batches or CSV chunks, a
+    fragment's record batches), in the same order.
 
-    Memory is one fragment at a time. Each fragment is checked on its own (its file named in the
-    error) and against the first: the same optional columns, the same id kinds (int64 or string),
+    Memory is one fragment (one batch) at a time. Each fragment is checked on its own (its file named in
+    the error) and against the first: the same optional columns, the same id kinds (int64 or string),
     and rows of a ``day=`` partition all inside that day.
     """
     _check_columns(columns)
+    if batch_rows is not None and batch_rows < 1:
+        raise InvalidArgument(f"batch_rows must be >= 1, got {batch_rows}")
     if not Path(path).is_dir():
-        yield str(path), _read_file(Path(path), columns)
+        first_batch: pd.DataFrame | None = None
+        for df in _file_batches(Path(path), columns, batch_rows):
+            if first_batch is None:
+                first_batch = df
+            else:  # a CSV's chunks are typed one by one: the same id kinds, or a loud error
+                _check_like_first(df, str(path), f"{path}'s first {batch_rows} rows", first_batch)
+            yield str(path), df
         return
     first: tuple[str, pd.DataFrame] | None = None
     for frag in log_fragments(path):
@@ -243,17 +272,23 @@ def iter_log(
         try:
             present = set(frag.fragment.physical_schema.names)
             wanted = None if columns is None else [c for c in columns if c in present]
-            table = frag.fragment.to_table(columns=wanted)
+            frames: Iterable[pd.DataFrame]
+            if batch_rows is None:
+                frames = [frag.fragment.to_table(columns=wanted).to_pandas()]
+            else:
+                batches = frag.fragment.to_batches(columns=wanted, batch_size=batch_rows)
+                frames = (b.to_pandas() for b in batches)
+            for frame in frames:
+                df = validate(frame, name, columns)
+                if frag.day is not None:
+                    _check_partition_day(df, name, frag.day)
+                if first is None:
+                    first = (name, df)
+                else:
+                    _check_like_first(df, name, *first)
+                yield name, df
         except _READ_ERRORS as err:
             raise DataError(f"{name}: cannot be read as parquet ({err})") from err
-        df = validate(table.to_pandas(), name, columns)
-        if frag.day is not None:
-            _check_partition_day(df, name, frag.day)
-        if first is None:
-            first = (name, df)
-        else:
-            _check_like_first(df, name, *first)
-        yield name, df
 
 
 def _check_partition_day(df: pd.DataFrame, name: str, day: int) -> None:

@@ -1,8 +1,8 @@
 """Backfill: fill the behaviour-sequence store (``ranker.sequence_store``) from an impression log.
 
 ``keep features LOG [--redis URL | --data-dir DIR]`` (or ``python -m ranker.features``) streams the log
-(Parquet row batches or CSV chunks of ``--batch-rows``; memory is one batch, whatever the log's size),
-keeps its clicks and
+(a file or a dataset directory, in Parquet record batches or CSV chunks of ``--batch-rows``:
+:func:`contract.log.iter_log`; memory is one batch, whatever the log's size), keeps its clicks and
 adds each as ``(ts, row number, item, category)`` to its user's set, trimmed to the newest
 ``--max-len``. The row number is the click's arrival order, so clicks in the same second keep file
 order, as the trainer's stable sort does; the request window is then cut by the shared rule
@@ -17,53 +17,28 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import redis
 
 from contract.ids import canonical_ids
-from contract.log import DataError, validate
-from contract.schema import DEFAULT_MAX_LEN, HISTORY_COLUMNS, LOG_SUFFIXES, PARQUET_SUFFIXES
+from contract.log import DataError, iter_log
+from contract.schema import DEFAULT_MAX_LEN, HISTORY_COLUMNS
 from ranker.history import SEP
 from ranker.sequence_store import DEFAULT_TTL_S, backfill_batch
 from services.errors import InvalidArgument, Unavailable
 
 BATCH_ROWS = 100_000
-_READ_ERRORS = (pa.ArrowInvalid, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError)
 
 
 def iter_log_batches(
     path: str | os.PathLike[str], batch_rows: int = BATCH_ROWS, columns: Sequence[str] = HISTORY_COLUMNS
 ) -> Iterator[pd.DataFrame]:
-    """Validated batches of at most ``batch_rows`` rows of a Parquet or CSV log, in file order."""
-    file = Path(path)
-    name = str(file)
-    if file.is_dir():
-        raise DataError(f"{name}: is a directory; expected a log file ({', '.join(LOG_SUFFIXES)})")
-    if not file.is_file():
-        raise DataError(f"{name}: no such file")
-    if file.stat().st_size == 0:
-        raise DataError(f"{name}: file is empty (0 bytes)")
-    try:
-        if name.endswith(PARQUET_SUFFIXES):
-            parquet = pq.ParquetFile(file)
-            present = set(parquet.schema_arrow.names)
-            wanted = [c for c in columns if c in present]
-            chunks: Iterator[pd.DataFrame] = (
-                b.to_pandas() for b in parquet.iter_batches(batch_size=batch_rows, columns=wanted)
-            )
-        elif name.endswith((".csv", ".csv.gz")):
-            chunks = pd.read_csv(file, chunksize=batch_rows, low_memory=False, usecols=lambda c: c in columns)
-        else:
-            raise DataError(f"{name}: unknown format; expected one of {', '.join(LOG_SUFFIXES)}")
-        for chunk in chunks:
-            yield validate(chunk.reset_index(drop=True), name, columns)
-    except _READ_ERRORS as err:
-        raise DataError(f"{name}: cannot be read as {file.suffix.lstrip('.')} ({err})") from err
+    """Validated batches of at most ``batch_rows`` rows of a log (a file or a dataset directory), in
+    :func:`contract.log.iter_log` order."""
+    for _, batch in iter_log(path, columns, batch_rows):
+        yield batch
 
 
 def clicks_of(batch: pd.DataFrame, first_row: int) -> Iterator[tuple[int, str, str, str, float]]:

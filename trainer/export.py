@@ -34,12 +34,12 @@ from tqdm import tqdm
 
 from contract.ids import OOV, PAD, RESERVED, canonical_ids
 from contract.knowledge import Dims
-from contract.log import read_log
-from contract.schema import SECONDS_PER_DAY, day_of
+from contract.schema import SECONDS_PER_DAY
 from gkc import bundle as gkc_bundle
 from gkc.bundle_writer import BundleWriter
 from services.errors import Conflict, InvalidArgument
 from trainer.data.sequences import HistoryIndex
+from trainer.export_scan import SCAN_BATCH_ROWS, LogDigest
 from trainer.models.batch import FeatureBatch, id_batch
 from trainer.models.checkpoint import LoadedExtractor, load_extractor
 from trainer.models.towers import ServingExtractor
@@ -66,16 +66,15 @@ class ExportStats:
         }
 
 
-def _item_features(df: pd.DataFrame, ext: LoadedExtractor, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+def _item_features(items: pd.DataFrame, ext: LoadedExtractor, n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """Each known item's category and shop index, from its last row in the log (OOV if unseen)."""
-    last = df.drop_duplicates("item_id", keep="last")
-    idx = ext.vocabs.item.lookup(last["item_id"].to_numpy()) - RESERVED
+    idx = ext.vocabs.item.lookup(items["item_id"].to_numpy()) - RESERVED
     keep = idx >= 0
     category = np.full(n_items, OOV, dtype=np.int64)
     shop = np.full(n_items, PAD, dtype=np.int64)
-    category[idx[keep]] = ext.vocabs.category.lookup(last["category_id"].to_numpy()[keep])
-    if ext.vocabs.shop is not None and "shop_id" in last.columns:
-        shop[idx[keep]] = ext.vocabs.shop.lookup(last["shop_id"].to_numpy()[keep])
+    category[idx[keep]] = ext.vocabs.category.lookup(items["category_id"].to_numpy()[keep])
+    if ext.vocabs.shop is not None and "shop_id" in items.columns:
+        shop[idx[keep]] = ext.vocabs.shop.lookup(items["shop_id"].to_numpy()[keep])
     return category, shop
 
 
@@ -87,15 +86,19 @@ def export(
     batch_size: int = 4096,
     progress: bool = True,
     dtype: str = "float32",
+    scan_batch_rows: int = SCAN_BATCH_ROWS,
 ) -> tuple[Path, ExportStats]:
-    """Write the bundle for ``extractor`` to ``out``, stored at ``dtype``; returns its path and timings."""
+    """Write the bundle for ``extractor`` to ``out``, stored at ``dtype``; returns its path and timings.
+
+    The log streams past in batches of ``scan_batch_rows`` rows (:class:`trainer.export_scan.LogDigest`)."""
     ext = load_extractor(extractor)
     check_exportable(ext)
     if Path(out).exists():
         raise InvalidArgument(f"{out} already exists; refusing to overwrite a bundle")
     source = Path(super_path or ext.config.data.super)
+    digest = LogDigest.scan(source, ext.window[1], scan_batch_rows)
     return export_loaded(
-        ext, read_log(source), out, source=source, batch_size=batch_size, progress=progress, dtype=dtype
+        ext, digest, out, source=source, batch_size=batch_size, progress=progress, dtype=dtype
     )
 
 
@@ -218,13 +221,19 @@ def _bar(total: int, progress: bool) -> Iterator[tqdm]:
         bar.close()
 
 
-def prepare(ext: LoadedExtractor, df: pd.DataFrame, *, source: Path) -> ExportPlan:
+def digest_of(ext: LoadedExtractor, log: pd.DataFrame | LogDigest) -> LogDigest:
+    """What the export needs from ``log`` (a frame in memory, or already a streamed digest)."""
+    return log if isinstance(log, LogDigest) else LogDigest.of([log], ext.window[1])
+
+
+def prepare(ext: LoadedExtractor, log: pd.DataFrame | LogDigest, *, source: Path) -> ExportPlan:
     """The export's ids and block functions: histories up to the end of the window, item features."""
     check_exportable(ext)
     model = ext.model
     assert isinstance(model, ServingExtractor)
     first_day, last_day = ext.window
-    df = df[day_of(df["ts"].to_numpy()) <= last_day].reset_index(drop=True)
+    digest = digest_of(ext, log)
+    clicks = digest.clicks
     vocabs = ext.vocabs
     max_len = model.cfg.max_len
 
@@ -232,25 +241,25 @@ def prepare(ext: LoadedExtractor, df: pd.DataFrame, *, source: Path) -> ExportPl
     user_index = np.arange(RESERVED, RESERVED + len(user_keys), dtype=np.int64)
     end_ts = np.full(len(user_keys), (last_day + 1) * SECONDS_PER_DAY, dtype=np.int64)
     history = HistoryIndex.build(
-        vocabs.user.lookup(df["user_id"].to_numpy()),
-        df["ts"].to_numpy(np.int64),
-        df["click"].to_numpy(),
+        vocabs.user.lookup(clicks["user_id"].to_numpy()),
+        clicks["ts"].to_numpy(np.int64),
+        np.ones(len(clicks), dtype=bool),
         {
-            "item": vocabs.item.lookup(df["item_id"].to_numpy()),
-            "category": vocabs.category.lookup(df["category_id"].to_numpy()),
+            "item": vocabs.item.lookup(clicks["item_id"].to_numpy()),
+            "category": vocabs.category.lookup(clicks["category_id"].to_numpy()),
         },
         max_len=max_len,
         rows_user=user_index,
         rows_ts=end_ts,
     )
-    pairs = df[["user_id", "category_id"]].drop_duplicates()
+    pairs = digest.pairs
     pair_user = vocabs.user.lookup(pairs["user_id"].to_numpy())
     known = pair_user >= RESERVED
     pairs, pair_user = pairs[known], pair_user[known]
     pair_cat = vocabs.category.lookup(pairs["category_id"].to_numpy())
     by_user = np.lexsort((pair_cat, pair_user))  # a user's categories side by side: one state per user
     pairs, pair_user, pair_cat = pairs.iloc[by_user], pair_user[by_user], pair_cat[by_user]
-    item_cat, item_shop = _item_features(df, ext, len(vocabs.item.keys))
+    item_cat, item_shop = _item_features(digest.items, ext, len(vocabs.item.keys))
     item_index = np.arange(RESERVED, RESERVED + len(vocabs.item.keys), dtype=np.int64)
 
     def user_rows(rows: np.ndarray) -> FeatureBatch:
@@ -307,7 +316,7 @@ def prepare(ext: LoadedExtractor, df: pd.DataFrame, *, source: Path) -> ExportPl
 
 def export_loaded(
     ext: LoadedExtractor,
-    df: pd.DataFrame,
+    log: pd.DataFrame | LogDigest,
     out: str | os.PathLike[str],
     *,
     source: Path,
@@ -315,11 +324,12 @@ def export_loaded(
     progress: bool = True,
     dtype: str = "float32",
 ) -> tuple[Path, ExportStats]:
-    """:func:`export` for an extractor already in memory and its super-domain log (benchmarks).
+    """:func:`export` for an extractor already in memory and its super-domain log (a frame, or the
+    :class:`trainer.export_scan.LogDigest` :func:`export` streams).
 
     Streams: each batch's vectors are appended to the bundle's files
     (:class:`gkc.bundle_writer.BundleWriter`), so the memory needed does not grow with the K̂_uc block."""
-    plan = prepare(ext, df, source=source)
+    plan = prepare(ext, log, source=source)
     writer = BundleWriter(out, plan.counts(), plan.dims(), dtype)
     try:
         with _bar(sum(b.n for b in plan.blocks.values()), progress) as bar:

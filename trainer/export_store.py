@@ -22,6 +22,7 @@ from gkc.store import Staging
 from services.errors import KeepError
 from trainer.distributed import DataParallel
 from trainer.export import ExportStats, prepare
+from trainer.export_scan import LogDigest
 from trainer.models.checkpoint import LoadedExtractor
 
 
@@ -31,7 +32,7 @@ class ShardedExportError(KeepError):
 
 def export_to_store(
     ext: LoadedExtractor,
-    df: pd.DataFrame,
+    log: pd.DataFrame | LogDigest,
     store: PublishStore,
     *,
     source: Path,
@@ -47,7 +48,7 @@ def export_to_store(
 
     Every rank calls this with the same arguments; all return the same result or raise."""
     group = group or DataParallel()
-    plan = prepare(ext, df, source=source)
+    plan = prepare(ext, log, source=source)
     spans = {n: group.span(b.n, batch_size) for n, b in plan.blocks.items()}
     shard: gkc_bundle.Bundle | None = None
     try:

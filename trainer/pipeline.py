@@ -158,23 +158,23 @@ def _export_delta(cfg: ExportConfig, out: Path, full: Any) -> dict[str, Any]:
 
 def _export_to_store(cfg: ExportConfig, url: str) -> dict[str, Any]:
     """Every rank computes its span of the blocks and writes it; rank 0 begins and finalises the version."""
-    from contract.log import read_log
     from gkc.redis_store import RedisStore
     from trainer.distributed import from_env, shutdown
     from trainer.export import check_exportable
+    from trainer.export_scan import LogDigest
     from trainer.export_store import export_to_store
     from trainer.models.checkpoint import load_extractor
 
     ext = load_extractor(cfg.extractor)
     check_exportable(ext)
     source = Path(cfg.super_path or ext.config.data.super)
-    df = read_log(source)
+    digest = LogDigest.scan(source, ext.window[1])  # streamed: memory follows clicks + pairs + items
     store = RedisStore(url, cluster=cfg.gkc_redis_cluster, timeout_s=10.0)
     group = from_env()  # a no-op outside torchrun
     try:
         result, stats = export_to_store(
             ext,
-            df,
+            digest,
             store,
             source=source,
             group=group,

@@ -59,3 +59,20 @@ def tiny_log(
 
 def write_tiny(path: Path, **kwargs: object) -> Path:
     return write_log(tiny_log(**kwargs), path)  # type: ignore[arg-type]
+
+
+#: The tiny super-domain the export tests pre-train on.
+EXPORT_SIZE = {"users": 40, "items": 60, "categories": 5, "days": 4, "rows_per_day": 800}
+
+
+def pretrained_serving(root: Path) -> tuple[Path, Path]:
+    """A tiny super-domain log under ``root`` and a ``serving`` extractor pre-trained on it."""
+    from trainer.pretrain import PretrainConfig, pretrain
+
+    path = write_tiny(root / "super.parquet", **EXPORT_SIZE)
+    pretrain(
+        PretrainConfig(
+            super_path=path, out=root / "serving", strategy="serving", batch_size=200, progress=False
+        )
+    )
+    return path, root / "serving"

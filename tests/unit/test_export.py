@@ -14,26 +14,17 @@ from contract.schema import day_of
 from gkc import bundle as gkc_bundle
 from gkc.bundle_writer import BundleWriter
 from services.errors import InvalidArgument
-from tests.support.stage1_data import DAY, write_tiny
+from tests.support.stage1_data import DAY, EXPORT_SIZE, pretrained_serving, write_tiny
 from trainer.cli import main
 from trainer.export import export, export_loaded, prepare
 from trainer.knowledge_fn import KnowledgeFn
 from trainer.models.checkpoint import load_extractor
 from trainer.pretrain import PretrainConfig, pretrain
 
-SIZE = {"users": 40, "items": 60, "categories": 5, "days": 4, "rows_per_day": 800}
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("export")
-    path = write_tiny(root / "super.parquet", **SIZE)
-    pretrain(
-        PretrainConfig(
-            super_path=path, out=root / "serving", strategy="serving", batch_size=200, progress=False
-        )
-    )
-    return path, root / "serving"
+    return pretrained_serving(tmp_path_factory.mktemp("export"))
 
 
 def test_bundle_manifest_matches_its_arrays(trained: tuple[Path, Path], tmp_path: Path) -> None:
@@ -97,7 +88,7 @@ def test_export_needs_the_serving_strategy(trained: tuple[Path, Path], tmp_path:
 
 
 def test_cli_pretrain_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_tiny(tmp_path / "s.parquet", **{**SIZE, "days": 3})
+    path = write_tiny(tmp_path / "s.parquet", **{**EXPORT_SIZE, "days": 3})
     ckpt, out = tmp_path / "ckpt", tmp_path / "bundle"
     args = ["pretrain", "--super", str(path), "--out", str(ckpt), "--strategy", "serving"]
     assert main([*args, "--batch-size", "300", "--no-progress", "--tasks", "click,cart"]) == 0
