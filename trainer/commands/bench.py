@@ -29,6 +29,11 @@ def register(sub: Any) -> None:
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for tests and CI")
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
     parser.add_argument("--cluster", action="store_true", help="(gkc) run against a local Redis Cluster")
+    parser.add_argument(
+        "--large",
+        action="store_true",
+        help="(scale) medium and large (>= 50M rows; the streaming steps only) instead of small and medium",
+    )
     parser.set_defaults(func=run)
 
 
