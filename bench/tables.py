@@ -75,7 +75,7 @@ def child(kind: str, users: int, out: str) -> None:
 
     from contract.extractor import ExtractorConfig
     from trainer.distributed import from_env, shutdown
-    from trainer.models.extractor import build_extractor
+    from trainer.models.strategies import build_extractor
     from trainer.pretrain_steps import train_step
     from trainer.sharded import process_group, shard
 

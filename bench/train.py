@@ -41,7 +41,7 @@ from contract.schema import TASKS, day_of
 from trainer.data.dataset import EncodedLog
 from trainer.models.batch import feature_batch
 from trainer.models.checkpoint import LoadedExtractor
-from trainer.models.extractor import build_extractor
+from trainer.models.strategies import build_extractor
 from trainer.pretrain_steps import day_batches, extractor_config, train_step
 from trainer.sharded import process_group, shard
 

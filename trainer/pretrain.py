@@ -36,7 +36,7 @@ from tqdm import tqdm
 from contract.extractor import CheckpointConfig, PretrainSettings, TrainingWindow
 from contract.ids import Vocabs
 from contract.log import tasks_present
-from contract.schema import DEFAULT_MAX_LEN, TASKS
+from contract.schema import TASKS
 from services.errors import Conflict, InvalidArgument
 from trainer.data.source import LogSource, open_source
 from trainer.distributed import DataParallel
@@ -53,11 +53,13 @@ from trainer.models.checkpoint import (
     save_state,
     write_json,
 )
-from trainer.models.extractor import build_extractor
 from trainer.models.growth import grow_state
-from trainer.pretrain_passes import AUTO, ONE_PASS_ROWS, PassPlan, choose_passes
+from trainer.models.strategies import build_extractor
+from trainer.pretrain_passes import PassPlan, choose_passes
 from trainer.pretrain_steps import (
+    AUTO,
     DEFAULT_STRATEGY,
+    PretrainConfig,
     extractor_config,
     score_holdout,
     split_days,
@@ -66,33 +68,6 @@ from trainer.pretrain_steps import (
 from trainer.sharded import Sharded, gather_state, local_shards, process_group, shard, unsharded
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    super_path: Path
-    out: Path
-    tasks: tuple[str, ...] = TASKS
-    alpha: float = 0.25
-    #: ``None``: the ``init`` (or resumed) checkpoint's strategy, else ``serving`` (what export needs).
-    strategy: str | None = None
-    seed: int = 0
-    batch_size: int = 2000
-    lr: float = 1e-3
-    init: Path | None = None
-    holdout_days: int = 1
-    #: Save the resumable state every this many batches (and at the end of the run).
-    checkpoint_every: int = 200
-    max_len: int = DEFAULT_MAX_LEN
-    progress: bool = True
-    #: Passes over the training days; AUTO (0): one on large data, early stopping on small data.
-    passes: int = AUTO
-    #: Early stopping's budget, patience (passes without a gain of min_delta click GAUC) and the size
-    #: (training rows) from which AUTO is the paper's single pass.
-    max_passes: int = 8
-    patience: int = 2
-    min_delta: float = 0.001
-    one_pass_rows: int = ONE_PASS_ROWS
 
 
 @dataclass

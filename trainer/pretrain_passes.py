@@ -26,36 +26,31 @@ bit-identical to the single-pass recipe (and to every checkpoint written before 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from contract.ids import Vocabs
-from contract.schema import day_of
+from contract.schema import DEFAULT_MAX_LEN, day_of
 from trainer.data.dataset import EncodedLog
+from trainer.data.source import LogSource, holdout_inputs
 from trainer.models.batch import feature_batch
-from trainer.models.extractor import build_extractor
+from trainer.models.strategies import build_extractor
 from trainer.pretrain_steps import (
+    AUTO,
     DEFAULT_STRATEGY,
+    PretrainConfig,
     day_batches,
-    evaluate_holdout,
     extractor_config,
+    score_holdout,
     train_step,
 )
 
-if TYPE_CHECKING:
-    from trainer.data.source import LogSource
-    from trainer.pretrain import PretrainConfig
-
 log = logging.getLogger(__name__)
-
-#: ``passes`` value that lets the data decide (the default).
-AUTO = 0
-#: At or above this many training rows, AUTO is the paper's one pass (see the module docstring).
-ONE_PASS_ROWS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -75,14 +70,6 @@ class PassPlan:
             "curve": [round(x, 6) for x in self.curve],
             "validation_day": self.validation_day,
         }
-
-
-def pass_batches(days: np.ndarray, seed: int, batch_size: int, passes: int) -> list[np.ndarray]:
-    """Every pass's day batches in order (pass 0 exactly the single-pass batches)."""
-    out: list[np.ndarray] = []
-    for p in range(passes):
-        out += day_batches(days, seed, batch_size, epoch=p)
-    return out
 
 
 def best_pass(curve: list[float], min_delta: float) -> int:
@@ -114,6 +101,22 @@ def choose_passes(
     if len(train_days) < 2:
         return PassPlan(1, "one training day: no day left to validate on, one pass")
     return early_stopping(cfg, data.frame(), train_days, tasks)
+
+
+def evaluate_holdout(
+    model: torch.nn.Module,
+    df: pd.DataFrame,
+    vocabs: Vocabs,
+    holdout_days: Sequence[int],
+    tasks: Sequence[str],
+    max_len: int = DEFAULT_MAX_LEN,
+) -> dict[str, Any]:
+    """Per-task GAUC on the held-out days (histories: every earlier click in ``df``, strictly before).
+
+    For ``serving`` every form gets its own ``gauc_<form>``; ``gauc`` scores the mean of their logits.
+    Click also gets ``gauc_popularity``: the items' click rate over the training rows, as a baseline.
+    """
+    return score_holdout(model, *holdout_inputs(df, vocabs, holdout_days, max_len), tasks)
 
 
 def early_stopping(

@@ -1,6 +1,7 @@
 """What the pre-training loop (:mod:`trainer.pretrain`), the pass search (:mod:`trainer.pretrain_passes`),
-the streamed source (:mod:`trainer.data.stream`) and the benches share: the batch order, the split of
-days, the extractor's shape, one optimisation step and hold-out scoring.
+the data sources (:mod:`trainer.data.source`, :mod:`trainer.data.stream`) and the benches share: the run's
+config, the batch order, the split of days, the extractor's shape, one optimisation step and hold-out
+scoring.
 
 Kept apart from the loop so that those modules import it at the top instead of importing the loop back
 lazily (the loop imports them).
@@ -9,18 +10,18 @@ lazily (the loop imports them).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from contract.extractor import ExtractorConfig
 from contract.ids import Vocabs
-from contract.schema import DEFAULT_MAX_LEN
+from contract.schema import DEFAULT_MAX_LEN, TASKS
 from services.errors import InvalidArgument
 from trainer.data.dataset import EncodedLog
-from trainer.data.source import holdout_inputs
 from trainer.distributed import DataParallel
 from trainer.losses import hybrid_loss
 from trainer.metrics import auc, gauc
@@ -28,6 +29,39 @@ from trainer.models.batch import feature_batch
 
 #: What ``keep pretrain`` trains unless told otherwise: the forms ``keep export`` can serve.
 DEFAULT_STRATEGY = "serving"
+
+
+#: ``passes`` value that lets the data decide (the default; :mod:`trainer.pretrain_passes`).
+AUTO = 0
+#: At or above this many training rows, AUTO is the paper's one pass (see :mod:`trainer.pretrain_passes`).
+ONE_PASS_ROWS = 1_000_000
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    super_path: Path
+    out: Path
+    tasks: tuple[str, ...] = TASKS
+    alpha: float = 0.25
+    #: ``None``: the ``init`` (or resumed) checkpoint's strategy, else ``serving`` (what export needs).
+    strategy: str | None = None
+    seed: int = 0
+    batch_size: int = 2000
+    lr: float = 1e-3
+    init: Path | None = None
+    holdout_days: int = 1
+    #: Save the resumable state every this many batches (and at the end of the run).
+    checkpoint_every: int = 200
+    max_len: int = DEFAULT_MAX_LEN
+    progress: bool = True
+    #: Passes over the training days; AUTO (0): one on large data, early stopping on small data.
+    passes: int = AUTO
+    #: Early stopping's budget, patience (passes without a gain of min_delta click GAUC) and the size
+    #: (training rows) from which AUTO is the paper's single pass.
+    max_passes: int = 8
+    patience: int = 2
+    min_delta: float = 0.001
+    one_pass_rows: int = ONE_PASS_ROWS
 
 
 def day_batches(days: np.ndarray, seed: int, batch_size: int, epoch: int = 0) -> list[np.ndarray]:
@@ -43,6 +77,14 @@ def day_batches(days: np.ndarray, seed: int, batch_size: int, epoch: int = 0) ->
         rng = np.random.default_rng(key)
         chunk = chunk[rng.permutation(len(chunk))]
         out += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return out
+
+
+def pass_batches(days: np.ndarray, seed: int, batch_size: int, passes: int) -> list[np.ndarray]:
+    """Every pass's day batches in order (pass 0 exactly the single-pass batches)."""
+    out: list[np.ndarray] = []
+    for p in range(passes):
+        out += day_batches(days, seed, batch_size, epoch=p)
     return out
 
 
@@ -114,27 +156,11 @@ def iter_scores(
             yield rows, {h: v.numpy() for h, v in model(batch).items()}
 
 
-def evaluate_holdout(
-    model: torch.nn.Module,
-    df: pd.DataFrame,
-    vocabs: Vocabs,
-    holdout_days: Sequence[int],
-    tasks: Sequence[str],
-    max_len: int = DEFAULT_MAX_LEN,
-) -> dict[str, Any]:
-    """Per-task GAUC on the held-out days (histories: every earlier click in ``df``, strictly before).
-
-    For ``serving`` every form gets its own ``gauc_<form>``; ``gauc`` scores the mean of their logits.
-    Click also gets ``gauc_popularity``: the items' click rate over the training rows, as a baseline.
-    """
-    return score_holdout(model, *holdout_inputs(df, vocabs, holdout_days, max_len), tasks)
-
-
 def score_holdout(
     model: torch.nn.Module, log: EncodedLog, popularity: np.ndarray, tasks: Sequence[str]
 ) -> dict[str, Any]:
-    """:func:`evaluate_holdout` of encoded held-out rows and their items' popularity (click rate before
-    the held-out days)."""
+    """Per-task GAUC of encoded held-out rows (:func:`trainer.pretrain_passes.evaluate_holdout` builds
+    them from a frame) and their items' popularity (click rate before the held-out days)."""
     scores: dict[str, list[np.ndarray]] = {}
     for _, out in iter_scores(model, log, tasks):
         for head, s in out.items():

@@ -51,7 +51,8 @@ from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.sharding_plan import column_wise, construct_module_sharding_plan, table_wise
 from torchrec.distributed.types import ShardingEnv, ShardingPlan
 
-from trainer.models.extractor import Extractor, build_extractor
+from trainer.models.extractor import Extractor
+from trainer.models.strategies import build_extractor
 from trainer.models.tables import CANONICAL, TABLES, fill_initial, from_canonical, table_key
 
 # TorchRec's KeyedJaggedTensor asks torch.fx whether it is being traced, and torch 2.13 logs a

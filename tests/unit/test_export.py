@@ -170,7 +170,7 @@ def test_per_user_kuc_equals_the_per_pair_path() -> None:
 
     from contract.extractor import ExtractorConfig
     from trainer.models.batch import id_batch
-    from trainer.models.extractor import build_extractor
+    from trainer.models.strategies import build_extractor
     from trainer.models.towers import ServingExtractor
 
     torch.manual_seed(0)

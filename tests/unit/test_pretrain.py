@@ -18,7 +18,7 @@ from trainer.export import export
 from trainer.losses import pointwise_loss
 from trainer.models.batch import feature_batch
 from trainer.models.checkpoint import load_extractor, load_state
-from trainer.models.extractor import build_extractor
+from trainer.models.strategies import build_extractor
 from trainer.pretrain import PretrainConfig, pretrain
 from trainer.pretrain_steps import day_batches
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from contract.extractor import ExtractorConfig
-from trainer.models.extractor import build_extractor
+from trainer.models.strategies import build_extractor
 from trainer.models.tables import from_canonical, to_canonical
 from trainer.sharded import gather_state, load_state, local_shards, process_group, shard
 

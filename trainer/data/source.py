@@ -23,6 +23,7 @@ from contract.ids import Vocabs
 from contract.log import read_log
 from contract.schema import day_of
 from trainer.data.dataset import EncodedLog
+from trainer.pretrain_steps import pass_batches
 
 if TYPE_CHECKING:
     from trainer.distributed import DataParallel
@@ -122,8 +123,6 @@ class InMemorySource:
         max_len: int,
         group: DataParallel,
     ) -> BatchStream:
-        from trainer.pretrain_passes import pass_batches
-
         window = self.df[np.isin(self._days, list(days))].reset_index(drop=True)
         history = self.df[self._days <= max(days)]
         encoded = EncodedLog.encode(window, vocabs, history_from=history, max_len=max_len)

@@ -32,7 +32,8 @@ import torch
 from contract.extractor import CheckpointConfig
 from contract.ids import Vocabs
 from services.errors import InvalidArgument, NotFound
-from trainer.models.extractor import Extractor, build_extractor
+from trainer.models.extractor import Extractor
+from trainer.models.strategies import build_extractor
 from trainer.models.tables import from_canonical
 
 CONFIG = "config.json"

@@ -120,17 +120,3 @@ class DINExtractor(Extractor):
         if any(name.startswith("kui:") for name in blocks):
             out.update({f"kui:{t}": h for t, h in self.towers.hidden(x).items()})
         return {name: out[name] for name in blocks}
-
-
-def build_extractor(cfg: ExtractorConfig, *, materialize: bool = True) -> Extractor:
-    """The module for ``cfg.strategy`` (``materialize=False``: id tables on ``meta``, to be sharded)."""
-    if cfg.strategy == "full":
-        return DINExtractor(cfg, materialize=materialize)
-    from trainer.models.towers import DecompositionExtractor, DegenerationExtractor, ServingExtractor
-
-    variants: dict[str, type[Extractor]] = {
-        "decomposition": DecompositionExtractor,
-        "degeneration": DegenerationExtractor,
-        "serving": ServingExtractor,
-    }
-    return variants[cfg.strategy](cfg, materialize=materialize)
