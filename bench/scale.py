@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             world = Path(tmp) / scale
             steps = STREAMING_STEPS if scale == "large" else STEPS
             result[scale] = {step: _step(step, world, scale) for step in steps}
-            result[scale]["load_avg_1m"] = round(os.getloadavg()[0], 2)
+            result.setdefault("load_avg_1m_after", {})[scale] = round(os.getloadavg()[0], 2)
     small, large = (result[s] for s in scales)
     result["rss_ratio"] = {
         step: round(large[step]["peak_rss_mib"] / max(small[step]["peak_rss_mib"], 1e-9), 2)
