@@ -14,15 +14,17 @@ own, so its peak RSS (``ru_maxrss``) is that step's alone:
 - ``stage``: ``keep data sequences`` of the super-domain dataset (one day + each user's last clicks);
 - ``pretrain_memory`` / ``pretrain_stream``: ``keep pretrain`` (one pass, ``PRETRAIN_STEPS`` Adam steps)
   on the plain dataset (read into memory) and on the sequenced one (streamed); the streamed step then
-  reads and encodes every remaining day of its stream, so its peak covers the whole data path.
+  reads and encodes every remaining day of its stream, so its peak covers the whole data path;
+- ``pretrain_full``: one whole streamed pass (``rows``: the rows trained), the extractor ``export`` needs;
+- ``export``: ``keep export`` of it, streaming the plain dataset (``rows``: the entries written;
+  ``entries_per_s`` beside).
 
 ``rss_ratio`` is the larger scale's peak over the smaller's per step: ~1 for the streaming steps, the
 row ratio for the in-memory ones.
 
 ``tables`` (:mod:`bench.tables`): RSS per rank of the id tables with 1 and 2 ranks at 4M users
 (200k with ``--quick``), the all-reduce share of a step and samples/s, sharded TorchRec tables against
-the dense trainer they replaced, in the same run. Issue 12's remaining target (export entries/s) is
-not measured here yet.
+the dense trainer they replaced, in the same run.
 """
 
 from __future__ import annotations
@@ -51,12 +53,20 @@ elif step == "check":
 elif step == "stage":
     from trainer.data.sequence_stage import sequence_log
     rows = sequence_log(path + "/super", path + "/super_seq").rows_written
+elif step == "export":  # the extractor pretrain_full trained, exported from the plain dataset
+    from pathlib import Path
+    from trainer.export import export
+    _, stats = export(Path(path) / "pretrain_full", Path(path) / "bundle", super_path=path + "/super",
+                      progress=False)
+    rows = stats.users + stats.items + stats.user_categories
 elif step.startswith("pretrain"):
     from pathlib import Path
     from trainer.pretrain import PretrainConfig, pretrain
-    data = path + ("/super_seq" if step == "pretrain_stream" else "/super")
+    data = path + ("/super" if step == "pretrain_memory" else "/super_seq")
     cfg = PretrainConfig(super_path=Path(data), out=Path(path) / step, passes=1, progress=False)
-    result = pretrain(cfg, stop_after_batches=int(sys.argv[4]))
+    full = step == "pretrain_full"
+    result = pretrain(cfg, stop_after_batches=None if full else int(sys.argv[4]))
+    rows = result.rows if full else None
     if step == "pretrain_stream":  # the rest of the data path: every day read and encoded
         from trainer.data.stream import SequencedSource
         from trainer.distributed import DataParallel
@@ -67,8 +77,6 @@ elif step.startswith("pretrain"):
         stream = source.batches(days, Vocabs.load(cfg.out / VOCABS), seed=0, batch_size=cfg.batch_size,
                                 passes=1, max_len=cfg.max_len, group=DataParallel())
         rows = sum(len(b) for _, b in stream.iter_from(0))
-    else:
-        rows = None
 else:
     from contract.log import read_log
     df = read_log(path + "/super")
@@ -82,7 +90,17 @@ peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"rows": rows, "seconds": round(seconds, 2), "peak_rss_mib": round(peak / 2**20, 1)}))
 """
 
-STEPS = ("synth", "check", "read", "sequences", "stage", "pretrain_memory", "pretrain_stream")
+STEPS = (
+    "synth",
+    "check",
+    "read",
+    "sequences",
+    "stage",
+    "pretrain_memory",
+    "pretrain_stream",
+    "pretrain_full",
+    "export",
+)
 #: Adam steps of the pre-training steps (their peak is the data path + the model, not training time).
 PRETRAIN_STEPS = 20
 
@@ -114,6 +132,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             steps = STREAMING_STEPS if scale == "large" else STEPS
             result[scale] = {step: _step(step, world, scale) for step in steps}
             result.setdefault("load_avg_1m_after", {})[scale] = round(os.getloadavg()[0], 2)
+    for scale in scales:
+        exported = result[scale].get("export")
+        if exported:
+            exported["entries_per_s"] = round(exported["rows"] / max(exported["seconds"], 1e-9), 1)
     small, large = (result[s] for s in scales)
     result["rss_ratio"] = {
         step: round(large[step]["peak_rss_mib"] / max(small[step]["peak_rss_mib"], 1e-9), 2)

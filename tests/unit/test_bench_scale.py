@@ -22,6 +22,9 @@ def test_bench_scale_quick_prints_one_json_object(capsys: pytest.CaptureFixture[
         assert len({steps[s]["rows"] for s in data_path}) == 1  # every step saw the whole super log
         assert 0 < steps["pretrain_stream"]["rows"] < steps["read"]["rows"]  # all but the held-out day
         assert all(s["peak_rss_mib"] > 0 and s["seconds"] > 0 for s in steps.values())
+        # the whole streamed pass trained every row but the held-out day's, and its export wrote entries
+        assert steps["pretrain_full"]["rows"] == steps["pretrain_stream"]["rows"]
+        assert steps["export"]["rows"] > 0 and steps["export"]["entries_per_s"] > 0
     assert result["small"]["read"]["rows"] > 5 * result["tiny"]["read"]["rows"]
     assert result["row_ratio"] > 5 and set(result["rss_ratio"]) == set(STEPS)
     assert set(result["stream_vs_memory_rss"]) == {"tiny", "small"}
