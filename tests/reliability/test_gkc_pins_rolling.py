@@ -4,6 +4,7 @@ versions retire."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import redis
 
 from bench import ranker_world
 from gkc.client import GkcOpsClient
@@ -136,7 +138,16 @@ def test_three_models_pinned_to_three_versions_survive_five_publishes(tmp_path: 
     finally:
         if ranker is not None:
             ranker.stop()
+            _shutdown_orphans(tmp_path / "ranker")
         gkc.stop()
+
+
+def _shutdown_orphans(root: Path) -> None:
+    """The SIGKILLed ranker's embedded feature store outlives it (a restarted ranker reuses it): shut it
+    down here, or every run of this test leaves a redis-server behind."""
+    for sock in root.rglob("redis.sock"):
+        with contextlib.suppress(redis.RedisError, OSError):
+            redis.Redis(unix_socket_path=str(sock), socket_timeout=5).shutdown(nosave=True)
 
 
 def _pinned(ops: GkcOpsClient, version: int, model: str, timeout_s: float = 30.0) -> bool:
