@@ -221,18 +221,13 @@ def _bar(total: int, progress: bool) -> Iterator[tqdm]:
         bar.close()
 
 
-def digest_of(ext: LoadedExtractor, log: pd.DataFrame | LogDigest) -> LogDigest:
-    """What the export needs from ``log`` (a frame in memory, or already a streamed digest)."""
-    return log if isinstance(log, LogDigest) else LogDigest.of([log], ext.window[1])
-
-
 def prepare(ext: LoadedExtractor, log: pd.DataFrame | LogDigest, *, source: Path) -> ExportPlan:
     """The export's ids and block functions: histories up to the end of the window, item features."""
     check_exportable(ext)
     model = ext.model
     assert isinstance(model, ServingExtractor)
     first_day, last_day = ext.window
-    digest = digest_of(ext, log)
+    digest = log if isinstance(log, LogDigest) else LogDigest.of([log], last_day)  # a frame: one batch
     clicks = digest.clicks
     vocabs = ext.vocabs
     max_len = model.cfg.max_len
