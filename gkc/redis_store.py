@@ -34,10 +34,10 @@ import numpy as np
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.exceptions import AskError, MovedError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
+from gkc.cluster_route import Command, NodeRouter
 from gkc.redis_registry import RedisRegistry, guard, namespace
 from gkc.store import MemoryInfo, RawRead
 from services.errors import Unavailable
@@ -89,6 +89,9 @@ class RedisStore(RedisRegistry):
         self._bulk_timeout_s = max(timeout_s, bulk_timeout_s)
         self._bulk: Any = None
         self._bulk_lock = threading.Lock()
+        self._bulk_router: NodeRouter | None = None
+        #: Cluster reads: per-node pipelines with a breaker (:mod:`gkc.cluster_route`)
+        self.cluster_reads = NodeRouter(self.client, follow_redirects=True) if cluster else None
         super().__init__(self.client)
 
     def _connect(self, timeout_s: float) -> Any:
@@ -124,20 +127,19 @@ class RedisStore(RedisRegistry):
         fields = [USER_FIELD, *[f"c:{c}" for c in category_ids]]
         layers = (ns,) if fallback is None else (ns, fallback)
         with guard():
-            if not item_ids and fallback is None:  # every item came from the cache: one plain command
+            if self.cluster_reads is not None:
+                replies = self.cluster_reads.run(_read_commands(layers, user_id, fields, item_ids))
+            elif not item_ids and fallback is None:  # every item came from the cache: one plain command
                 user_side = self.client.hmget(user_key(ns, user_id), fields)
                 return RawRead(user=user_side[0], ucs=user_side[1:], items=[])
-            pipe = self.client.pipeline(transaction=False)
-            for layer in layers:
-                pipe.hmget(user_key(layer, user_id), fields)
-            for layer in layers:
-                keys = [f"{layer}i:{i}" for i in item_ids]
-                if self.cluster:
-                    for key in keys:
-                        pipe.get(key)
-                elif keys:
-                    pipe.mget(keys)
-            replies = pipe.execute()
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for layer in layers:
+                    pipe.hmget(user_key(layer, user_id), fields)
+                for layer in layers:
+                    if item_ids:
+                        pipe.mget([f"{layer}i:{i}" for i in item_ids])
+                replies = pipe.execute()
         user_side = replies[0]
         if self.cluster:
             items = replies[len(layers) : len(layers) + len(item_ids)]
@@ -175,30 +177,16 @@ class RedisStore(RedisRegistry):
         A ``MOVED`` / ``ASK`` reply (slots moving: a resharding or failover) makes the client re-read the
         topology and the batch fails with :class:`Unavailable`: the publish then retries on a fresh
         version (a half-applied batch would fail its count check anyway)."""
-        client = self.bulk
         if not self.node_pipelines:
-            cluster_pipe = client.pipeline(transaction=False)
+            cluster_pipe = self.bulk.pipeline(transaction=False)
             for name, key, args, kwargs in commands:
                 getattr(cluster_pipe, name)(key, *args, **kwargs)
             return list(cluster_pipe.execute())
-        groups: dict[str, tuple[Any, list[int]]] = {}
-        for pos, (_, key, _, _) in enumerate(commands):
-            node = client.get_node_from_key(key)
-            groups.setdefault(node.name, (node, []))[1].append(pos)
-        replies: list[Any] = [None] * len(commands)
-        for node, positions in groups.values():
-            pipe = client.get_redis_connection(node).pipeline(transaction=False)
-            for pos in positions:
-                name, key, args, kwargs = commands[pos]
-                getattr(pipe, name)(key, *args, **kwargs)
-            for pos, reply in zip(positions, pipe.execute(raise_on_error=False), strict=True):
-                if isinstance(reply, (MovedError, AskError)):
-                    client.nodes_manager.initialize()
-                    raise Unavailable(f"redis cluster slots moved during a bulk write ({reply}); retry")
-                if isinstance(reply, Exception):
-                    raise reply
-                replies[pos] = reply
-        return replies
+        client = self.bulk
+        with self._bulk_lock:
+            if self._bulk_router is None:
+                self._bulk_router = NodeRouter(client, follow_redirects=False)
+        return self._bulk_router.run(commands)
 
     def _log_keys(self, ns: str, kind: str, ids: Sequence[str]) -> None:
         """Append a batch's keys to the version's key log (before they are written)."""
@@ -381,6 +369,16 @@ def _row_bytes(rows: np.ndarray) -> list[bytes]:
     blob = np.ascontiguousarray(rows).tobytes()
     width = len(blob) // len(rows)
     return [blob[i : i + width] for i in range(0, len(blob), width)]
+
+
+def _read_commands(
+    layers: Sequence[str], user_id: str, fields: list[str], item_ids: Sequence[str]
+) -> list[Command]:
+    """A request's reads on a cluster: per layer the user's hash, then per layer each item's key."""
+    commands: list[Command] = [("hmget", user_key(layer, user_id), (fields,), {}) for layer in layers]
+    for layer in layers:
+        commands.extend(("get", item_key(layer, i), (), {}) for i in item_ids)
+    return commands
 
 
 def _first(mine: list[Any], base: list[Any]) -> list[Any]:
