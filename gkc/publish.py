@@ -12,19 +12,17 @@ which the janitor abandons once its heartbeat is older than the lease. A failure
 (Redis unavailable, a failover that lost acknowledged writes) is retried once on a fresh version, then
 answered :class:`services.errors.Unavailable` (retryable), never a 500.
 
-A *sharded* publish (``keep export --gkc-redis`` under torchrun) is the same protocol split over ranks:
-one rank allocates the staging version with the full manifest, every rank writes and checks its own
-slice (:func:`write_shard`), and one rank finalises (:func:`finalise_shards`).
+A *sharded* publish (``keep export --gkc-redis`` under torchrun) is the same protocol split over ranks
+(:mod:`gkc.publish_sharded`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -218,7 +216,7 @@ def publish(
     for attempt in range(1, attempts + 1):
         used_before = store.memory().used_bytes
         staging = store.begin(m.to_json(), checksum, m.dims, floor)
-        log.info("publishing %s (%d entries, attempt %d)", staging.identity, _entries(m.counts), attempt)
+        log.info("publishing %s (%d entries, attempt %d)", staging.identity, entry_count(m.counts), attempt)
         try:
             written = write_data(
                 store, staging, bundle, batch=batch, progress=progress, on_batch=on_batch, writers=writers
@@ -229,7 +227,7 @@ def publish(
             store.wait_replicated(replica_timeout_s)
             size = measured_size(store, used_before)
             retired = store.finish(
-                staging.number, max_ready, key_count(bundle), sample, _entries(m.counts), size
+                staging.number, max_ready, key_count(bundle), sample, entry_count(m.counts), size
             )
         except (Unavailable, PublishVerificationError) as err:
             abort(store, staging, str(err))
@@ -245,7 +243,7 @@ def publish(
             abort(store, staging, f"{type(err).__name__}: {err}")
             raise
         log.info("%s ready; retired %s", staging.identity, retired)
-        return PublishResult(staging.number, retired, _entries(m.counts), staging.identity)
+        return PublishResult(staging.number, retired, entry_count(m.counts), staging.identity)
     raise AssertionError("unreachable")
 
 
@@ -256,7 +254,7 @@ def measured_size(store: PublishStore, used_before: int) -> int:
     return max(0, store.memory().used_bytes - used_before) if used_before > 0 else 0
 
 
-def _entries(c: Counts) -> int:
+def entry_count(c: Counts) -> int:
     return c.users + c.user_categories + c.items
 
 
@@ -326,103 +324,3 @@ def verify_sample(store: KnowledgeReader, ns: str, number: int, bundle: Bundle, 
         for got, irow in zip(raw.items, items, strict=True):
             if got != row("items", irow):
                 raise PublishVerificationError(f"version {number}: K̂_i of {bundle.item_ids[irow]!r} differs")
-
-
-# --- sharded publish ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ShardReport:
-    """What one rank of a sharded publish did: entries written per block, digests, or its error."""
-
-    rank: int
-    written: dict[str, int] = field(default_factory=dict)
-    digests: dict[str, str] = field(default_factory=dict)
-    error: str | None = None
-
-
-def array_digests(bundle: Bundle) -> dict[str, str]:
-    """SHA-256 of each array's raw bytes (not of its ``.npy`` file), keyed by array name.
-
-    A sharded publish has no files; these name exactly the rows and vectors each rank wrote."""
-    out = {}
-    for name, arr in bundle.arrays().items():
-        data = np.ascontiguousarray(arr)
-        digest = hashlib.sha256(f"{data.dtype.str}{data.shape}".encode())
-        for start in range(0, len(data), 65_536):  # bounded copies for big blocks
-            digest.update(data[start : start + 65_536].tobytes())
-        out[name.removesuffix(".npy")] = digest.hexdigest()
-    return out
-
-
-def shard_checksums(digests: Sequence[dict[str, str]]) -> dict[str, str]:
-    """The manifest's ``checksums`` of a sharded version: ``shard<r>/<array>`` -> SHA-256 of its bytes."""
-    return {f"shard{r}/{name}": d for r, ds in enumerate(digests) for name, d in sorted(ds.items())}
-
-
-def begin_sharded(store: PublishStore, manifest: Manifest, max_ready: int) -> Staging:
-    """The finalising rank opens the staging version every rank writes into."""
-    check_room(store, manifest, max_ready)
-    check_base(manifest, store.records()[0])
-    used_before = store.memory().used_bytes
-    staging = store.begin(manifest.to_json(), manifest.content_checksum(), manifest.dims)
-    return replace(staging, used_before=used_before)
-
-
-def write_shard(
-    store: PublishStore,
-    staging: Staging,
-    shard: Bundle,
-    *,
-    rank: int,
-    batch: int = 2000,
-    samples: int = 64,
-    progress: bool = False,
-    writers: int = 2,
-) -> ShardReport:
-    """One rank's slice of a sharded publish: write, check counts, read a sample back bit-exact.
-
-    Never raises: the report carries the error, so the finalising rank hears from every live rank."""
-    try:
-        written = write_data(store, staging, shard, batch=batch, progress=progress, writers=writers)
-        check_counts(staging.number, written, shard.manifest.counts)
-        verify_sample(store, staging.namespace, staging.number, shard, samples)
-        return ShardReport(rank=rank, written=written, digests=array_digests(shard))
-    except Exception as err:
-        log.warning("rank %d: writing its shard of %s failed: %s", rank, staging.identity, err)
-        return ShardReport(rank=rank, error=f"{type(err).__name__}: {err}")
-
-
-def finalise_shards(
-    store: PublishStore,
-    staging: Staging,
-    manifest: Manifest,
-    reports: Sequence[ShardReport],
-    ids: Bundle,
-    *,
-    max_ready: int = 5,
-    replica_timeout_s: float = 10.0,
-) -> PublishResult:
-    """Verify a sharded version and make it ready in one atomic update; remove it on any failure.
-
-    ``ids``: a bundle whose id arrays are the whole version's (vectors are not looked at)."""
-    try:
-        failed = [f"rank {r.rank}: {r.error}" for r in reports if r.error is not None]
-        if failed:
-            raise PublishVerificationError(f"version {staging.number}: " + "; ".join(failed))
-        if shard_checksums([r.digests for r in reports]) != manifest.checksums:
-            raise PublishVerificationError(
-                f"version {staging.number}: the shards written are not the manifest's"
-            )
-        written = {k: sum(r.written[k] for r in reports) for k in ("users", "ucs", "items")}
-        check_counts(staging.number, written, manifest.counts)
-        sample_digests(store, staging.namespace, ids, 64)  # a wider presence check than the record's
-        sample = sample_digests(store, staging.namespace, ids)
-        store.wait_replicated(replica_timeout_s)
-        size = measured_size(store, staging.used_before)
-        retired = store.finish(
-            staging.number, max_ready, key_count(ids), sample, _entries(manifest.counts), size
-        )
-    except BaseException as err:
-        abort(store, staging, f"{type(err).__name__}: {err}")
-        raise
-    log.info("sharded %s ready (%d shards); retired %s", staging.identity, len(reports), retired)
-    return PublishResult(staging.number, retired, sum(written.values()), staging.identity)

@@ -3,7 +3,7 @@
 Under torchrun every rank prepares the same :class:`trainer.export.ExportPlan` (vocabularies, history
 index, id lists), computes its contiguous span of each block cut at ``batch_size`` boundaries (so every
 rank runs exactly the batches one process would, and the vectors are bit-identical), and writes it into
-one staging version through ``gkc.publish``'s sharded protocol (see there); rank 0 allocates the
+one staging version through ``gkc.publish_sharded``'s protocol (see there); rank 0 allocates the
 version and finalises it. A failure on any rank is told to the others, so none waits forever and no
 partial version becomes visible.
 """
@@ -17,6 +17,7 @@ import pandas as pd
 
 from gkc import bundle as gkc_bundle
 from gkc import publish as gkc_publish
+from gkc import publish_sharded as gkc_sharded
 from gkc.publish import PublishStore
 from gkc.store import Staging
 from services.errors import KeepError
@@ -53,7 +54,7 @@ def export_to_store(
     shard: gkc_bundle.Bundle | None = None
     try:
         shard = plan.bundle(spans, batch_size, progress and group.is_writer, dtype)
-        mine: dict[str, str] | str = gkc_publish.array_digests(shard)
+        mine: dict[str, str] | str = gkc_sharded.array_digests(shard)
     except Exception as err:  # tell the others instead of leaving them waiting
         mine = f"rank {group.rank}: {type(err).__name__}: {err}"
     digests = group.gather_objects(mine)
@@ -69,19 +70,19 @@ def export_to_store(
         interaction=model_dims.user == model_dims.item,
         source={**plan.source, "sharded": {"ranks": group.world, "batch_size": batch_size}},
         metrics=plan.metrics,
-        checksums=gkc_publish.shard_checksums(digests),
+        checksums=gkc_sharded.shard_checksums(digests),
         created=time.time(),
     )
     staging: Staging | str = ""
     if group.is_writer:
         try:
-            staging = gkc_publish.begin_sharded(store, manifest, max_ready)
+            staging = gkc_sharded.begin_sharded(store, manifest, max_ready)
         except Exception as err:
             staging = f"rank 0 could not begin a version: {type(err).__name__}: {err}"
     staging = group.broadcast_object(staging)
     if isinstance(staging, str):
         raise ShardedExportError(staging)
-    report = gkc_publish.write_shard(
+    report = gkc_sharded.write_shard(
         store,
         staging,
         shard,
@@ -99,7 +100,7 @@ def export_to_store(
     outcome: gkc_publish.PublishResult | str = ""
     if group.is_writer:
         try:
-            outcome = gkc_publish.finalise_shards(
+            outcome = gkc_sharded.finalise_shards(
                 store, staging, manifest, reports, plan.id_bundle(), max_ready=max_ready
             )
         except Exception as err:
