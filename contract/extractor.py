@@ -78,6 +78,8 @@ class PretrainSettings:
     strategy: str
     #: The model's heads' tasks (a continuation keeps the tasks it was built with).
     model_tasks: tuple[str, ...]
+    #: The id tables' learning rate over ``lr`` (``None``: the trainer's default).
+    sparse_lr_ratio: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "tasks": list(self.tasks), "model_tasks": list(self.model_tasks)}
@@ -92,6 +94,7 @@ class PretrainSettings:
             lr=float(data["lr"]),
             strategy=str(data["strategy"]),
             model_tasks=tuple(data.get("model_tasks", data["tasks"])),
+            sparse_lr_ratio=data.get("sparse_lr_ratio"),
         )
 
 

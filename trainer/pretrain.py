@@ -133,7 +133,12 @@ def _plan(
         model_cfg, state, added = grow_state(prev.model.cfg, state, vocabs, seed=cfg.seed)
         if any(added.values()):
             log.info("%s: new ids in days %s get rows of their own: %s", source, run_days, added)
-        sharded = shard(build_extractor(model_cfg, materialize=False), cfg.lr, state=state)
+        sharded = shard(
+            build_extractor(model_cfg, materialize=False),
+            cfg.lr,
+            sparse_lr_ratio=cfg.sparse_lr_ratio,
+            state=state,
+        )
         model_tasks = model_cfg.tasks
         if cfg.strategy is not None and model_cfg.strategy != cfg.strategy:
             raise InvalidArgument(
@@ -148,7 +153,7 @@ def _plan(
         torch.manual_seed(cfg.seed)
         strategy = cfg.strategy or DEFAULT_STRATEGY
         model = build_extractor(extractor_config(vocabs, strategy, tasks, cfg.max_len), materialize=False)
-        sharded = shard(model, cfg.lr)
+        sharded = shard(model, cfg.lr, sparse_lr_ratio=cfg.sparse_lr_ratio)
         model_tasks = tasks
         window_first = run_days[0]
     config = CheckpointConfig(
@@ -161,6 +166,7 @@ def _plan(
             lr=cfg.lr,
             strategy=strategy,
             model_tasks=tuple(model_tasks),
+            sparse_lr_ratio=cfg.sparse_lr_ratio,
         ),
         data=TrainingWindow(
             super=str(cfg.super_path.resolve()),
@@ -186,7 +192,12 @@ def _resume_plan(cfg: PretrainConfig, tasks: tuple[str, ...]) -> _Plan:
     if diff or (cfg.strategy is not None and saved.strategy != cfg.strategy):
         raise CheckpointError(f"{cfg.out}: cannot resume with different {diff or ['strategy']}")
     state = require_sharded_state(cfg.out, load_state(cfg.out, mmap=True))
-    sharded = shard(build_extractor(prev.model.cfg, materialize=False), cfg.lr, state=state)
+    sharded = shard(
+        build_extractor(prev.model.cfg, materialize=False),
+        cfg.lr,
+        sparse_lr_ratio=cfg.sparse_lr_ratio,
+        state=state,
+    )
     run_days = list(prev.config.data.run_days)
     done = int(prev.progress["batches_done"])
     return _Plan(sharded, prev.vocabs, prev.config, run_days, done, int(prev.progress.get("passes", 1)))

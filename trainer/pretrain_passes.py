@@ -131,7 +131,7 @@ def early_stopping(
     vocabs = Vocabs.build(fit)
     torch.manual_seed(cfg.seed)
     shape = extractor_config(vocabs, cfg.strategy or DEFAULT_STRATEGY, tasks, cfg.max_len)
-    sharded = shard(build_extractor(shape, materialize=False), cfg.lr)
+    sharded = shard(build_extractor(shape, materialize=False), cfg.lr, sparse_lr_ratio=cfg.sparse_lr_ratio)
     model, optimizer = sharded.module, sharded.optimizer
     encoded = EncodedLog.encode(fit, vocabs, history_from=df[days <= fit_days[-1]], max_len=cfg.max_len)
     curve: list[float] = []

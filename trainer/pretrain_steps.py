@@ -48,6 +48,9 @@ class PretrainConfig:
     seed: int = 0
     batch_size: int = 2000
     lr: float = 1e-3
+    #: The id tables' row-wise Adagrad learning rate as a multiple of ``lr``; ``None``: the default of
+    #: :data:`trainer.sharded.SPARSE_LR_RATIO`.
+    sparse_lr_ratio: float | None = None
     init: Path | None = None
     holdout_days: int = 1
     #: Save the resumable state every this many batches (and at the end of the run).

@@ -152,14 +152,16 @@ def shard(
     model: Extractor,
     lr: float,
     *,
+    sparse_lr_ratio: float | None = None,
     state: dict[str, Any] | None = None,
 ) -> Sharded:
-    """``model`` (tables materialised or on ``meta``) under DMP with its optimizer.
+    """``model`` (tables materialised or on ``meta``) under DMP with its optimizer; the tables' learning
+    rate is ``sparse_lr_ratio`` (default :data:`SPARSE_LR_RATIO`) x ``lr``.
 
     The tables are filled from ``state`` (a gathered checkpoint: ``{"model", "optimizer"}``) when given,
     else with their world-independent initial values (:func:`trainer.models.tables.fill_initial`)."""
     sharding_plan = plan(model)
-    sparse_lr = SPARSE_LR_RATIO * lr
+    sparse_lr = (SPARSE_LR_RATIO if sparse_lr_ratio is None else sparse_lr_ratio) * lr
     with _quiet():
         dmp = DistributedModelParallel(
             model,

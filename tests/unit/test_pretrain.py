@@ -192,6 +192,24 @@ def test_resume_with_other_settings_is_refused(log_file: Path, tmp_path: Path) -
         pretrain(cfg(log_file, tmp_path / "a", seed=7))
 
 
+def test_the_tables_learning_rate_reaches_their_optimizer(log_file: Path, tmp_path: Path) -> None:
+    """``sparse_lr_ratio`` 0 freezes the id tables (however many steps; the dense layers still learn),
+    the default moves them; the ratio is recorded in the checkpoint's settings."""
+    tables = [f"embeddings.{t}.weight" for t in ("user", "item", "shop", "category")]
+    pretrain(cfg(log_file, tmp_path / "frozen", sparse_lr_ratio=0.0))
+    early_cfg = cfg(log_file, tmp_path / "frozen_early", sparse_lr_ratio=0.0, checkpoint_every=1)
+    pretrain(early_cfg, stop_after_batches=1)
+    pretrain(cfg(log_file, tmp_path / "default"))
+    frozen, early, moved = (load_state(tmp_path / n)["model"] for n in ("frozen", "frozen_early", "default"))
+    for name in tables:
+        assert torch.equal(frozen[name], early[name]), name
+        assert not torch.equal(frozen[name], moved[name]), name
+    dense = [n for n in frozen if n not in tables and frozen[n].is_floating_point()]
+    assert any(not torch.equal(frozen[n], early[n]) for n in dense)  # the dense layers did train
+    assert load_extractor(tmp_path / "frozen").config.train.sparse_lr_ratio == 0.0
+    assert load_extractor(tmp_path / "default").config.train.sparse_lr_ratio is None
+
+
 def test_missing_label_column_skips_the_task(tmp_path: Path) -> None:
     path = write_tiny(tmp_path / "s.parquet", **{**SMALL, "days": 3}, labels=("conversion",))
     result = pretrain(cfg(path, tmp_path / "x", tasks=("click", "conversion", "cart")))

@@ -38,6 +38,12 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the batch order")
     p.add_argument("--batch-size", type=int, default=2000, help="rows per batch")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument(
+        "--sparse-lr-ratio",
+        type=float,
+        default=None,
+        help="the id tables' row-wise Adagrad learning rate as a multiple of --lr (default 20)",
+    )
     p.add_argument("--init", default=None, help="previous checkpoint: continue on the days after its window")
     p.add_argument("--holdout-days", type=int, default=1, help="last days kept for the GAUC (default 1)")
     p.add_argument(
@@ -131,6 +137,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         lr=args.lr,
+        sparse_lr_ratio=args.sparse_lr_ratio,
         init=Path(args.init) if args.init else None,
         holdout_days=args.holdout_days,
         checkpoint_every=args.checkpoint_every,
