@@ -59,6 +59,8 @@ class ExperimentConfig:
     separate_extractors: bool = False
     #: sample_merging adds the super-domain rows of the downstream training days (cross-domain setup).
     merge_days: str = "train"
+    #: The extractors' tables' learning rate over the dense one (``None``: the trainer's default).
+    sparse_lr_ratio: float | None = None
     downstream: TrainConfig = field(default_factory=lambda: TrainConfig(progress=False))
     progress: bool = True
 
@@ -107,7 +109,9 @@ class Runner:
 
     def extractor_dir(self, key: str, seed: int) -> Path:
         s = 0 if self.cfg.reuse_extractors else seed
-        return self.work / f"seed{s}" / f"extractor_{key}"
+        # another tables' learning rate is another extractor: never reuse one cached under the other
+        ratio = "" if self.cfg.sparse_lr_ratio is None else f"_slr{self.cfg.sparse_lr_ratio:g}"
+        return self.work / f"seed{s}" / f"extractor_{key}{ratio}"
 
     def ensure_extractor(self, key: str, seed: int) -> Path:
         from trainer.pretrain import PretrainConfig, pretrain
@@ -129,6 +133,7 @@ class Runner:
                 seed=seed if not self.cfg.reuse_extractors else 0,
                 holdout_days=0,
                 progress=self.cfg.progress,
+                sparse_lr_ratio=self.cfg.sparse_lr_ratio,
             )
         )
         self.timings[f"pretrain_{key}_s{seed}"] = time.perf_counter() - started
@@ -419,6 +424,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             "max_epochs": cfg.max_epochs,
             "reuse_extractors": cfg.reuse_extractors,
             "separate_extractors": cfg.separate_extractors,
+            "sparse_lr_ratio": cfg.sparse_lr_ratio,
             "batch_size": cfg.downstream.batch_size,
             "lr": cfg.downstream.lr,
         },

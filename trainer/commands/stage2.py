@@ -51,6 +51,12 @@ def register(sub: Any) -> None:
         "--reuse-extractors", action="store_true", help="pre-train once (seed 0) for all seeds (faster)"
     )
     x.add_argument("--separate-extractors", action="store_true", help="one extractor per table variant")
+    x.add_argument(
+        "--sparse-lr-ratio",
+        type=float,
+        default=None,
+        help="the extractors' id tables' learning rate as a multiple of the dense one (default 20)",
+    )
     _common(x)
     x.set_defaults(func=run_experiment_cmd)
 
@@ -160,6 +166,7 @@ def run_experiment_cmd(args: argparse.Namespace) -> int:
         max_epochs=args.max_epochs,
         reuse_extractors=args.reuse_extractors,
         separate_extractors=args.separate_extractors,
+        sparse_lr_ratio=args.sparse_lr_ratio,
         downstream=TrainConfig(progress=False),
         progress=not args.no_progress,
     )
