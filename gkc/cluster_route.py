@@ -33,9 +33,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.errors import Unavailable
 
-#: ``(command, key, args, kwargs)``: ``getattr(pipeline, command)(key, *args, **kwargs)``.
 log = logging.getLogger(__name__)
 
+#: ``(command, key, args, kwargs)``: ``getattr(pipeline, command)(key, *args, **kwargs)``.
 Command = tuple[str, str | bytes, tuple[Any, ...], dict[str, Any]]
 
 

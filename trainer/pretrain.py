@@ -187,7 +187,13 @@ def _plan(
 def _resume_plan(cfg: PretrainConfig, tasks: tuple[str, ...]) -> _Plan:
     prev = load_extractor(cfg.out)
     saved = prev.config.train
-    asked = {"tasks": tasks, "alpha": cfg.alpha, "seed": cfg.seed, "batch_size": cfg.batch_size}
+    asked = {
+        "tasks": tasks,
+        "alpha": cfg.alpha,
+        "seed": cfg.seed,
+        "batch_size": cfg.batch_size,
+        "sparse_lr_ratio": cfg.sparse_lr_ratio,
+    }
     diff = [k for k, v in asked.items() if getattr(saved, k) != v]
     if diff or (cfg.strategy is not None and saved.strategy != cfg.strategy):
         raise CheckpointError(f"{cfg.out}: cannot resume with different {diff or ['strategy']}")

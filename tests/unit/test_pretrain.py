@@ -208,6 +208,9 @@ def test_the_tables_learning_rate_reaches_their_optimizer(log_file: Path, tmp_pa
     assert any(not torch.equal(frozen[n], early[n]) for n in dense)  # the dense layers did train
     assert load_extractor(tmp_path / "frozen").config.train.sparse_lr_ratio == 0.0
     assert load_extractor(tmp_path / "default").config.train.sparse_lr_ratio is None
+    # a resume must ask for the ratio it started with (else the recorded settings would not be true)
+    with pytest.raises(InvalidArgument, match="cannot resume with different \\['sparse_lr_ratio'\\]"):
+        pretrain(cfg(log_file, tmp_path / "frozen_early", checkpoint_every=1))
 
 
 def test_missing_label_column_skips_the_task(tmp_path: Path) -> None:
