@@ -30,9 +30,7 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
 
 
 def _node(process: RedisProcess) -> redis.Redis:
-    assert isinstance(process.address, tuple)
-    host, port = process.address
-    return redis.Redis(host=host, port=port)
+    return redis.Redis.from_url(process.url)
 
 
 def _published(
