@@ -7,8 +7,11 @@ random weights) pinned to that version, with full 50-click histories for every u
 is a grpc.aio client in this process. Reported: p50/p99/rps at concurrency 1 and 16, the share of
 server time spent waiting on GKC vs running the model (from the ranker's own stage histograms), the
 degraded count (answers that did not get knowledge in time, by reason) and the refused ones
-(back-pressure), the sequence-store read's time and share, the ranker's page faults per request,
-concurrency 16 once more against a second ranker without back-pressure (the two take turns), the model
+(back-pressure), the sequence-store read's time and share, the ranker's page faults per request, the
+CPU time of each process of the stack per answer (``bench.ranker_load``),
+concurrency 16 once more against a second ranker without back-pressure and a third that runs the
+model only after GKC answers (``RANKER_OVERLAP_KNOWLEDGE=false``; concurrency 1 against it too; the
+variants take turns, ``bench.ranker_load.turns``), the model
 alone (encode + forward) and per speed lever (``bench.levers``: the per-row reference, the served
 shared-history path, int8 dynamic quantization, each with its largest score difference from the
 reference), the same with glibc's default malloc in a fresh process, the bound on per-user caching,
@@ -23,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +38,8 @@ import httpx
 import numpy as np
 
 from bench import levers, ranker_world
+from bench.ranker_load import load, turns
+from gkc.local_redis import EmbeddedRedis, free_port
 from gkc.settings import gkc_env
 from ranker.settings import ranker_env
 from services import launch
@@ -46,110 +50,6 @@ SIZES: dict[str, dict[str, int]] = {
     "full": {"users": 1000, "items": 50000, "categories": 500, "rows": 150, "c1": 1000, "c16": 4000},
 }
 DIM, UC_DIM = 64, 64
-
-
-def _percentiles(lat: list[float], seconds: float) -> dict[str, float]:
-    arr = np.asarray(lat) * 1000
-    return {
-        "p50_ms": round(float(np.percentile(arr, 50)), 3),
-        "p99_ms": round(float(np.percentile(arr, 99)), 3),
-        "mean_ms": round(float(arr.mean()), 3),
-        "rps": round(len(lat) / seconds, 1),
-        "requests": len(lat),
-    }
-
-
-def _stage_sums(http_url: str) -> dict[str, float]:
-    """Seconds spent per stage so far, and the degraded answers per reason (``degraded:<reason>``)."""
-    text = httpx.get(f"{http_url}/metrics", timeout=10).text
-    out = {}
-    for stage in ("features", "gkc", "model", "handoff", "queue"):
-        m = re.search(rf'keep_ranker_stage_seconds_sum{{stage="{stage}"}} ([0-9.e+-]+)', text)
-        out[stage] = float(m.group(1)) if m else 0.0
-    for m in re.finditer(r'keep_ranker_degraded_total{[^}]*reason="([a-z_]+)"[^}]*} ([0-9.e+-]+)', text):
-        out[f"degraded:{m.group(1)}"] = out.get(f"degraded:{m.group(1)}", 0.0) + float(m.group(2))
-    return out
-
-
-def _phase(addr: str, http_url: str, pid: int, requests: list[Any], n: int, conc: int) -> dict[str, Any]:
-    """``n`` requests at concurrency ``conc`` against one ranker, with its server-side stage times."""
-    before, faults0 = _stage_sums(http_url), _minor_faults(pid)
-    lat, seconds, degraded, refused = asyncio.run(_load(addr, requests, n, conc))
-    after, faults = _stage_sums(http_url), _minor_faults(pid) - faults0
-    stats: dict[str, Any] = dict(_percentiles(lat, seconds))
-    spent = {k: after[k] - before.get(k, 0.0) for k in after}
-    done = max(len(lat), 1)
-    stats["degraded"] = degraded
-    stats["degraded_reasons"] = {k.split(":")[1]: int(v) for k, v in spent.items() if ":" in k and v}
-    stats["refused"] = refused  # RESOURCE_EXHAUSTED: back-pressure
-    stats["features_ms_mean"] = round(spent["features"] / done * 1000, 3)
-    stats["features_share"] = round(spent["features"] / max(sum(lat), 1e-9), 3)  # of the request time
-    for stage in ("gkc", "model", "handoff", "queue"):
-        stats[f"{stage}_ms_mean"] = round(spent[stage] / done * 1000, 3)
-    stats["gkc_share"] = round(spent["gkc"] / max(spent["gkc"] + spent["model"], 1e-9), 3)
-    stats["ranker_faults_per_request"] = round(faults / done, 1)
-    stats["load_avg_1m"] = round(os.getloadavg()[0], 2)
-    return stats
-
-
-def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Phases run in turns, as one: counts add up, means and shares are averaged (equal halves)."""
-    out: dict[str, Any] = {}
-    for key in parts[0]:
-        values = [p[key] for p in parts]
-        if key in ("degraded", "refused", "requests"):
-            out[key] = sum(values)
-        elif key == "degraded_reasons":
-            out[key] = {r: sum(v.get(r, 0) for v in values) for r in set().union(*values)}
-        elif key == "p99_ms":
-            out[key] = max(values)  # the worse half: no raw latencies kept across phases
-        else:
-            out[key] = round(sum(values) / len(values), 3)
-    return out
-
-
-def _minor_faults(pid: int) -> int:
-    """Minor page faults of a process so far (Linux ``/proc``; 0 elsewhere)."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-async def _load(
-    addr: str, requests: list[Any], n: int, concurrency: int
-) -> tuple[list[float], float, int, int]:
-    """Latencies of the answered requests, the wall time, the degraded answers and the refused ones
-    (``RESOURCE_EXHAUSTED``: the ranker's back-pressure)."""
-    import grpc
-    from grpc import aio
-
-    from protos import ranker_pb2_grpc
-
-    latencies: list[float] = []
-    degraded = refused = 0
-    async with aio.insecure_channel(addr) as channel:
-        rank = ranker_pb2_grpc.RankerStub(channel).Rank
-        counter = iter(range(n))
-
-        async def worker() -> None:
-            nonlocal degraded, refused
-            for k in counter:
-                req = requests[k % len(requests)]
-                t0 = time.perf_counter()
-                try:
-                    resp = await rank(req, timeout=30)
-                except aio.AioRpcError as err:
-                    if err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
-                        raise
-                    refused += 1
-                    continue
-                latencies.append(time.perf_counter() - t0)
-                degraded += resp.degraded
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return latencies, time.perf_counter() - t0, degraded, refused
 
 
 def _requests(cfg: dict[str, int], n: int, seed: int = 7) -> list[Any]:
@@ -277,9 +177,37 @@ def ingest_visibility(http_url: str, store_url: str, token: str, n: int) -> dict
     return out
 
 
+def _start_ranker(
+    procs: list[subprocess.Popen[bytes]],
+    tmp: Path,
+    gkc_grpc: int,
+    features_url: str,
+    events_token: str,
+    extra: dict[str, str],
+    stream: str,
+) -> tuple[str, str, int]:
+    """A ranker process (address, REST URL, pid) consuming events from ``stream`` (each ranker its own,
+    so that all pay for a consumer the same and one sees every event)."""
+    grpc_port, http_port = free_port(), free_port()
+    ranker_vars = ranker_env(
+        grpc_port,
+        http_port,
+        f"127.0.0.1:{gkc_grpc}",
+        tmp / "models",
+        host=None,
+        RANKER_LOG_LEVEL="WARNING",
+        RANKER_FEATURES_REDIS_URL=features_url,
+        RANKER_EVENTS_TOKEN=events_token,
+        RANKER_EVENTS_STREAM=stream,
+    )
+    procs.append(launch.start([sys.executable, "-m", "ranker"], ranker_vars | extra))
+    http_url = f"http://127.0.0.1:{http_port}"
+    launch.wait_healthy(procs[-1], "ranker", f"{http_url}/healthz", timeout_s=90)
+    return f"127.0.0.1:{grpc_port}", http_url, procs[-1].pid
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from gkc.client import GkcOpsClient
-    from gkc.local_redis import EmbeddedRedis, free_port
 
     size = "quick" if getattr(args, "quick", False) else "full"
     cfg = SIZES[size]
@@ -303,41 +231,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         artifact_dir = ranker_world.make_artifact(tmp / "models" / "ctr", log, bundle, version)
         ranker_world.fill_store(features.url, log)
         events_token = "bench-events-" + os.urandom(8).hex()
-        rankers = []  # the ranker as configured, and one without back-pressure (RANKER_MAX_IN_FLIGHT=-1)
-        extras: list[dict[str, str]] = [{}, {"RANKER_MAX_IN_FLIGHT": "-1"}]
-        for extra in extras:
-            grpc_port, http_port = free_port(), free_port()
-            ranker_vars = (
-                ranker_env(
-                    grpc_port,
-                    http_port,
-                    f"127.0.0.1:{gkc_grpc}",
-                    tmp / "models",
-                    host=None,
-                    RANKER_LOG_LEVEL="WARNING",
-                    RANKER_FEATURES_REDIS_URL=features.url,
-                    RANKER_EVENTS_TOKEN=events_token,
-                    RANKER_EVENTS_STREAM="" if extra else "keep:events",
-                )
-                | extra
-            )
-            procs.append(launch.start([sys.executable, "-m", "ranker"], ranker_vars))
-            http_url = f"http://127.0.0.1:{http_port}"
-            launch.wait_healthy(procs[-1], "ranker", f"{http_url}/healthz", timeout_s=90)
-            rankers.append((f"127.0.0.1:{grpc_port}", http_url, procs[-1].pid))
+        # the ranker as configured, one without back-pressure and one scoring after GKC answers
+        extras = [{}, {"RANKER_MAX_IN_FLIGHT": "-1"}, {"RANKER_OVERLAP_KNOWLEDGE": "false"}]
+        rankers = [
+            _start_ranker(procs, tmp, gkc_grpc, features.url, events_token, extra, f"keep:events{i or ''}")
+            for i, extra in enumerate(extras)
+        ]
         requests = _requests(cfg, 200)
         result: dict[str, Any] = {"size": size, "candidates": CANDIDATES}
         for addr, _, _ in rankers:
-            asyncio.run(_load(addr, requests, 20, 1))  # warm-up (connections, first-call paths)
+            asyncio.run(load(addr, requests, 20, 1))  # warm-up (connections, first-call paths)
         main = rankers[0]
-        result["c1"] = _phase(*main, requests, cfg["c1"], 1)
-        # c16 with and without back-pressure, taking turns in halves (the same load for both)
-        halves: list[dict[str, Any]] = []
-        for _ in range(2):
-            for ranker in rankers:
-                halves.append(_phase(*ranker, requests, cfg["c16"] // 2, 16))
-        result["c16"] = _merge(halves[0::2])
-        result["c16_no_backpressure"] = _merge(halves[1::2])
+        # the variants take turns in halves, so each sees the same load
+        others = {"gkc": procs[0].pid, "gkc_redis": redis.pid, "features_redis": features.pid}
+        c1 = turns([rankers[0], rankers[2]], requests, cfg["c1"], 1, others)
+        result["c1"], result["c1_sequential"] = c1
+        c16 = turns(rankers, requests, cfg["c16"], 16, others)
+        result["c16"], result["c16_no_backpressure"], result["c16_sequential"] = c16
+        result["overlap_knowledge"] = {
+            "c1_p50_speedup": round(c1[1]["p50_ms"] / c1[0]["p50_ms"], 3),
+            "c1_p99_speedup": round(c1[1]["p99_ms"] / c1[0]["p99_ms"], 3),
+            "c16_rps_ratio": round(c16[0]["rps"] / c16[2]["rps"], 3),
+        }
         addr, http_url, _ = main
         seconds = 2.0 if size == "quick" else 6.0
         alone = _model_alone_fresh(artifact_dir, cfg, seconds, levers.LEVERS, True)

@@ -134,6 +134,11 @@ class RedisProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def pid(self) -> int:
+        """The redis-server's process id (0 when not started)."""
+        return self.proc.pid if self.proc is not None else 0
+
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM: redis writes its AOF/RDB and exits cleanly."""
         if self.proc is None or self.proc.poll() is not None:

@@ -179,6 +179,21 @@ class OverArch(nn.Module):
                 x = x + addends[m]
         return self.logit(x).squeeze(-1)
 
+    def until(self, x: Tensor, m: int) -> Tensor:
+        """The m-th layer's output after its activation, before any addend: ``forward``'s first half."""
+        for layer in self.layers[:m]:
+            x = torch.relu(layer(x))
+        return x
+
+    def after(self, h: Tensor, m: int, addend: Tensor | None) -> Tensor:
+        """``forward``'s second half from ``h = until(x, m)``: the same operations in the same order, so
+        ``after(until(x, m), m, a)`` equals ``forward(x, {m: a})`` bit for bit."""
+        if addend is not None:
+            h = h + addend
+        for layer in self.layers[m:]:
+            h = torch.relu(layer(h))
+        return self.logit(h).squeeze(-1)
+
 
 class PlugIn(nn.Module):
     """``h^k = MLP(K)``: standardise K (statistics fitted once on training knowledge), then a 2-layer MLP.
@@ -242,14 +257,29 @@ class DownstreamModel(nn.Module):
 
     def forward(self, batch: Batch) -> Tensor:
         """Logits [B]. Every plug-in in ``cfg.plugins`` needs its knowledge in ``batch.knowledge``."""
-        addend: Tensor | None = None
-        for name, plugin in self.plugins.items():
-            if name not in batch.knowledge:
-                raise KeyError(f"batch has no knowledge {name!r} for its plug-in")
-            h = plugin(batch.knowledge[name])
-            addend = h if addend is None else addend + h
+        addend = self.plugin_addend(batch.knowledge)
         addends = {self.cfg.plugin_layer: addend} if addend is not None else None
         return self.over(self.base_features(batch), addends)
+
+    def plugin_addend(self, knowledge: dict[str, Tensor]) -> Tensor | None:
+        """``h^k``: the sum of the plug-ins' outputs (None for a model without plug-ins)."""
+        addend: Tensor | None = None
+        for name, plugin in self.plugins.items():
+            if name not in knowledge:
+                raise KeyError(f"batch has no knowledge {name!r} for its plug-in")
+            h = plugin(knowledge[name])
+            addend = h if addend is None else addend + h
+        return addend
+
+    def before_plugins(self, batch: Batch) -> Tensor:
+        """``h_m``, everything that does not depend on knowledge: serving computes it while the
+        knowledge is still being read, then :meth:`after_plugins` (bit-exact to ``forward``)."""
+        return self.over.until(self.base_features(batch), self.cfg.plugin_layer)
+
+    def after_plugins(self, h_m: Tensor, knowledge: dict[str, Tensor] | None) -> Tensor:
+        """Logits from ``h_m``; ``knowledge=None`` runs the base model (the plug-ins' addend zeroed)."""
+        addend = None if knowledge is None else self.plugin_addend(knowledge)
+        return self.over.after(h_m, self.cfg.plugin_layer, addend)
 
     @torch.no_grad()
     def score_user(self, batch: Batch) -> Tensor:

@@ -107,22 +107,31 @@ class Scorer:
         assert self.knowledge is not None
         return assemble(lookup, self.knowledge[1].schema)
 
-    def logits(self, encoded: Encoded, knowledge: np.ndarray | None) -> torch.Tensor:
-        """Logits [n]; ``knowledge=None`` on a plugged model runs the base model."""
-        model = self.model
-        batch = encoded.batch
+    def prepare(self, encoded: Encoded) -> torch.Tensor:
+        """``h_m``: the part of the forward that needs no knowledge (serving runs it while GKC answers)."""
+        with torch.inference_mode():
+            return self.model.before_plugins(encoded.batch)
+
+    def finish(self, h_m: torch.Tensor, knowledge: np.ndarray | None) -> torch.Tensor:
+        """Logits [n] from :meth:`prepare`'s ``h_m``; ``knowledge=None`` on a plugged model runs the
+        base model (the plug-in's output zeroed)."""
         with torch.inference_mode():
             if self.knowledge is not None and knowledge is not None:
-                batch.knowledge = {self.knowledge[0]: torch.from_numpy(knowledge)}
-                return model(batch)
-            if self.knowledge is None:
-                return model(batch)
-            return model.over(model.base_features(batch), None)  # plug-in output zeroed
+                return self.model.after_plugins(h_m, {self.knowledge[0]: torch.from_numpy(knowledge)})
+            return self.model.after_plugins(h_m, None if self.knowledge is not None else {})
+
+    def logits(self, encoded: Encoded, knowledge: np.ndarray | None) -> torch.Tensor:
+        """Logits [n]; ``knowledge=None`` on a plugged model runs the base model."""
+        return self.finish(self.prepare(encoded), knowledge)
+
+    @staticmethod
+    def probabilities(logits: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return torch.sigmoid(logits).numpy().astype(np.float32, copy=False)
 
     def score(self, encoded: Encoded, knowledge: np.ndarray | None) -> np.ndarray:
         """Probabilities [n] float32; ``knowledge=None`` on a plugged model runs the base model."""
-        with torch.inference_mode():
-            return torch.sigmoid(self.logits(encoded, knowledge)).numpy().astype(np.float32, copy=False)
+        return self.probabilities(self.logits(encoded, knowledge))
 
     def warm_up(self) -> None:
         """Score a probe batch (known ids; the base model, and with zero and with random knowledge) so

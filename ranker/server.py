@@ -125,6 +125,7 @@ async def _build(settings: RankerSettings, features_url: str) -> AsyncIterator[R
             settings.features_timeout_s,
         ),
         executor=executor,
+        overlap_knowledge=settings.overlap_knowledge,
         features=features,
         events=features,
         admission=Admission(settings.in_flight_limit(), settings.max_queue, settings.queue_timeout_s),

@@ -28,9 +28,10 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
+import torch
 
 from gkc.lookup import Lookup
 from ranker.admission import Admission
@@ -43,6 +44,7 @@ from ranker.scoring import Encoded
 from services.errors import DeadlineExceeded, InvalidArgument, KeepError, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: Degraded reasons (the ``reason`` label and ``RankResponse.degraded_reason``).
 BREAKER_OPEN = "breaker_open"
@@ -69,6 +71,22 @@ class KnowledgeSource(Protocol):
         version: int,
         timeout_s: float,
     ) -> Lookup: ...
+
+
+@dataclass(frozen=True)
+class _Done:
+    """A scored request and what it cost, whichever way it was scheduled."""
+
+    scores: np.ndarray
+    encoded: Encoded
+    lookup: Lookup | None
+    gkc_reason: str
+    model_reason: str
+    features_reason: str
+    gkc_s: float
+    model_s: float
+    features_s: float
+    handoff_s: float
 
 
 @dataclass(frozen=True)
@@ -123,6 +141,7 @@ class RankerService:
         events: EventSink | None = None,
         wall: Callable[[], float] = time.time,
         admission: Admission | None = None,
+        overlap_knowledge: bool = True,
     ) -> None:
         self.registry = registry
         self.source = source
@@ -138,6 +157,8 @@ class RankerService:
         self.executor = executor
         self.clock = clock
         self.admission = admission or Admission(0, 0, 0.0, clock=clock)
+        #: Run the model's knowledge-free part while GKC answers (two hand-offs to the worker, not one).
+        self.overlap_knowledge = overlap_knowledge
         self._last_loud: dict[tuple[str, int], float] = {}
 
     def validate(self, q: RankQuery) -> None:
@@ -167,41 +188,77 @@ class RankerService:
             start = self.clock()
             limit = start + self.budget.request_deadline_s  # the budget starts at admission
             deadline = limit if deadline is None else min(deadline, limit)
-            (history, features_reason, features_s), (lookup, reason, gkc_s) = await asyncio.gather(
-                self._history(q.user_id, before), self._knowledge(snapshot, q, deadline)
-            )
-            t0 = self.clock()
-            if self.executor is None:
-                scores, model_reason, encoded, model_s = self._score(snapshot, q, history, lookup)
+            # Overlapping buys latency with a second hand-off to the worker: worth it while the CPUs
+            # have room, not when requests already queue for a slot (then every core is scoring).
+            overlap = self.overlap_knowledge and not self.admission.waiting
+            if overlap and snapshot.scorer.knowledge is not None:
+                done = await self._overlapped(snapshot, q, before, deadline)
             else:
-                loop = asyncio.get_running_loop()
-                scores, model_reason, encoded, model_s = await loop.run_in_executor(
-                    self.executor, self._score, snapshot, q, history, lookup
-                )
-            handoff_s = self.clock() - t0 - model_s
-        reasons = [r for r in (reason or model_reason, features_reason) if r]
+                done = await self._sequential(snapshot, q, before, deadline)
+        lookup, encoded = done.lookup, done.encoded
+        reasons = [r for r in (done.gkc_reason or done.model_reason, done.features_reason) if r]
         if self.metrics is not None:
-            self.metrics.stage.labels("gkc").observe(gkc_s)
-            self.metrics.stage.labels("model").observe(model_s)
-            self.metrics.stage.labels("handoff").observe(max(handoff_s, 0.0))
+            self.metrics.stage.labels("gkc").observe(done.gkc_s)
+            self.metrics.stage.labels("model").observe(done.model_s)
+            self.metrics.stage.labels("handoff").observe(max(done.handoff_s, 0.0))
             self.metrics.stage.labels("queue").observe(queued_s)
             if self.features is not None:
-                self.metrics.stage.labels("features").observe(features_s)
+                self.metrics.stage.labels("features").observe(done.features_s)
             for r in reasons:
                 self.metrics.degraded.labels(r, snapshot.name).inc()
         return Ranking(
-            scores=scores,
+            scores=done.scores,
             model=snapshot.name,
             revision=snapshot.revision,
             knowledge_version=lookup.version if lookup is not None else snapshot.knowledge_version,
             degraded=bool(reasons),
             reason=",".join(reasons),
-            gkc_s=gkc_s,
-            model_s=model_s,
+            gkc_s=done.gkc_s,
+            model_s=done.model_s,
             unknown_items=encoded.unknown_items,
             history_len=encoded.history_len,
-            features_s=features_s,
+            features_s=done.features_s,
         )
+
+    async def _sequential(
+        self, snapshot: ModelSnapshot, q: RankQuery, before: float, deadline: float
+    ) -> _Done:
+        """History and knowledge concurrently, then the whole model in one step on the worker."""
+        (history, features_reason, features_s), (lookup, gkc_reason, gkc_s) = await asyncio.gather(
+            self._history(q.user_id, before), self._knowledge(snapshot, q, deadline)
+        )
+        t0 = self.clock()
+        scored = await self._in_worker(self._score, snapshot, q, history, lookup)
+        encoded, scores, model_reason, model_s = scored
+        return _Done(scores, encoded, lookup, gkc_reason, model_reason, features_reason,
+                     gkc_s, model_s, features_s, self.clock() - t0 - model_s)  # fmt: skip
+
+    async def _overlapped(
+        self, snapshot: ModelSnapshot, q: RankQuery, before: float, deadline: float
+    ) -> _Done:
+        """The part of the model that needs no knowledge (``Scorer.prepare``: the features, the attention,
+        the MLP up to the plug-in's layer) runs while GKC answers; the plug-in and the rest after."""
+        gkc = asyncio.ensure_future(self._knowledge(snapshot, q, deadline))
+        try:
+            history, features_reason, features_s = await self._history(q.user_id, before)
+            t0 = self.clock()
+            encoded, h_m, prepare_s = await self._in_worker(self._prepare, snapshot, q, history)
+            handoff_s = self.clock() - t0 - prepare_s
+            lookup, gkc_reason, gkc_s = await gkc
+        except BaseException:
+            gkc.cancel()
+            raise
+        t1 = self.clock()
+        scores, model_reason, finish_s = await self._in_worker(self._finish, snapshot, encoded, h_m, lookup)
+        handoff_s += self.clock() - t1 - finish_s
+        return _Done(scores, encoded, lookup, gkc_reason, model_reason, features_reason,
+                     gkc_s, prepare_s + finish_s, features_s, handoff_s)  # fmt: skip
+
+    async def _in_worker(self, fn: Callable[..., _T], *args: object) -> _T:
+        """``fn(*args)`` on a model worker (inline without an executor: tests)."""
+        if self.executor is None:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def _history(self, user_id: str, before: float) -> tuple[History, str, float]:
         """The user's window, the degraded reason ("" if none) and the time spent."""
@@ -229,13 +286,29 @@ class RankerService:
 
     def _score(
         self, snapshot: ModelSnapshot, q: RankQuery, history: History, lookup: Lookup | None
-    ) -> tuple[np.ndarray, str, Encoded, float]:
-        """Probabilities, a degraded reason ("" = none) when K̂ cannot be built from ``lookup``, the
-        encoded request (its unknown-id counts) and the seconds this step took (in the thread that runs
-        it: the model step without the hand-off to and from the worker)."""
+    ) -> tuple[Encoded, np.ndarray, str, float]:
+        """:meth:`_prepare` then :meth:`_finish` in one step."""
+        encoded, h_m, prepare_s = self._prepare(snapshot, q, history)
+        scores, reason, finish_s = self._finish(snapshot, encoded, h_m, lookup)
+        return encoded, scores, reason, prepare_s + finish_s
+
+    def _prepare(
+        self, snapshot: ModelSnapshot, q: RankQuery, history: History
+    ) -> tuple[Encoded, torch.Tensor, float]:
+        """The encoded request, ``h_m`` (the model before its plug-in) and the seconds this step took in
+        the thread that runs it (the model step without the hand-off to and from the worker)."""
         t0 = self.clock()
         scorer = snapshot.scorer
         encoded = scorer.encode(q.user_id, history, q.item_ids, q.category_ids, q.shop_ids)
+        return encoded, scorer.prepare(encoded), self.clock() - t0
+
+    def _finish(
+        self, snapshot: ModelSnapshot, encoded: Encoded, h_m: torch.Tensor, lookup: Lookup | None
+    ) -> tuple[np.ndarray, str, float]:
+        """Probabilities, a degraded reason ("" = none) when K̂ cannot be built from ``lookup`` (the base
+        model answers then) and the seconds this step took."""
+        t0 = self.clock()
+        scorer = snapshot.scorer
         knowledge, reason = None, ""
         if lookup is not None:
             try:
@@ -249,7 +322,8 @@ class RankerService:
                     self.metrics.observe_coverage(
                         snapshot.name, lookup.n_candidates, (int(found[0]), int(found[1]), int(found[2]))
                     )
-        return scorer.score(encoded, knowledge), reason, encoded, self.clock() - t0
+        scores = scorer.probabilities(scorer.finish(h_m, knowledge))
+        return scores, reason, self.clock() - t0
 
     async def _knowledge(
         self, snapshot: ModelSnapshot, q: RankQuery, deadline: float

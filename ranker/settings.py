@@ -82,6 +82,10 @@ class RankerSettings(ServiceSettings):
     #: model worker; -1 = no limit), requests waiting for a slot beyond those, and the longest wait; a
     #: request beyond either bound is refused at once (RESOURCE_EXHAUSTED / 503 + Retry-After).
     max_in_flight: int = 0
+    #: Run the model's knowledge-free part (features, attention, MLP up to the plug-in layer) while GKC
+    #: answers, then the plug-in and the rest: latency ≈ max(GKC, that part) + the rest, not the sum.
+    #: Only while no request is queued for admission (under saturation the extra hand-off costs).
+    overlap_knowledge: bool = True
     max_queue: int = 64
     queue_timeout_s: float = 1.0
     #: GKC's REST URL: each loaded model holds a lease (pin) there on its knowledge version, so GKC never

@@ -21,7 +21,7 @@ def test_quick_bench_prints_one_json_object() -> None:
     lines = [line for line in out.stdout.splitlines() if line.strip()]
     assert len(lines) == 1, out.stdout
     result = json.loads(lines[0])
-    for key in ("c1", "c16"):
+    for key in ("c1", "c16", "c1_sequential", "c16_sequential", "c16_no_backpressure"):
         run = result[key]
         assert run["requests"] > 0 and run["rps"] > 0
         assert 0 < run["p50_ms"] <= run["p99_ms"]
@@ -31,6 +31,7 @@ def test_quick_bench_prints_one_json_object() -> None:
             assert run[f"{stage}_ms_mean"] >= 0
         assert run["ranker_faults_per_request"] >= 0
     assert result["candidates"] == 500
+    assert all(v > 0 for v in result["overlap_knowledge"].values())
     alone = result["model_alone"]
     assert alone["samples_per_s"] > 0 and result["model_step_vs_alone"] > 0
     assert 0.0 <= result["c1"]["features_share"] <= 1.0 and result["c1"]["features_ms_mean"] > 0

@@ -10,13 +10,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from bench import ranker_world
 from contract import artifact as artifact_mod
@@ -30,6 +34,7 @@ from ranker.history import ClickEvent
 from ranker.knowledge import manifest_schema
 from ranker.metrics import RankerMetrics
 from ranker.registry import ModelRegistry
+from ranker.scoring import Encoded
 from ranker.sequence_store import RedisSequenceStore
 from ranker.service import Budget, RankerService, Ranking, RankQuery
 from services.errors import InvalidArgument, NotFound, Unavailable
@@ -153,8 +158,9 @@ def offline(world: dict, rows: pd.DataFrame, artifact: artifact_mod.Artifact | N
     return predict(art, rows, [GkcKnowledge(reader, VERSION, schema)], history_from=world["log"])
 
 
-def test_scores_equal_offline_predict(world: dict) -> None:
-    svc, _ = service(world)
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlapped", "sequential"])
+def test_scores_equal_offline_predict(world: dict, overlap: bool) -> None:
+    svc, _ = service(world, overlap_knowledge=overlap)
     rows = later_rows(world["log"], ["u1", "u7", "u29", "unknown-user"])
     expected = offline(world, rows)
     for user, part in rows.groupby("user_id", sort=False):
@@ -206,10 +212,11 @@ def test_features_down_gives_an_empty_history_flagged_and_counted(world: dict) -
     assert metrics.degraded.labels("features_unavailable", "ctr")._value.get() == 2
 
 
-def test_unavailable_gkc_gives_the_base_model(world: dict) -> None:
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlapped", "sequential"])
+def test_unavailable_gkc_gives_the_base_model(world: dict, overlap: bool) -> None:
     """Degraded = plug-in output zeroed: the same as the artifact with its plug-in's last layer at 0."""
     metrics = RankerMetrics()
-    svc, source = service(world, metrics=metrics)
+    svc, source = service(world, metrics=metrics, overlap_knowledge=overlap)
     source.fault = Unavailable("GKC down")
     rows = later_rows(world["log"], ["u3"], seed=1)
     got = rank(svc, rows)
@@ -220,6 +227,71 @@ def test_unavailable_gkc_gives_the_base_model(world: dict) -> None:
     np.testing.assert_allclose(got.scores, offline(world, rows, art), rtol=0, atol=1e-6)
     assert not np.allclose(got.scores, offline(world, rows), atol=1e-4)  # knowledge does matter here
     assert metrics.degraded.labels("gkc_unavailable", "ctr")._value.get() == 1
+
+
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlapped", "sequential"])
+def test_the_knowledge_free_part_of_the_model_runs_while_gkc_answers(world: dict, overlap: bool) -> None:
+    """Overlapped, ``Scorer.prepare`` (features, attention, MLP up to the plug-in layer) has run by the
+    time GKC answers, on a model worker; sequential, it waits for the answer. Scores are the same."""
+    budget = Budget(gkc_timeout_s=2.0, request_deadline_s=4.0)
+    svc, source = service(world, overlap_knowledge=overlap, executor=ThreadPoolExecutor(1), budget=budget)
+    snapshot = svc.registry.get("")
+    prepared: list[str] = []
+    prepare = snapshot.scorer.prepare
+
+    def counting_prepare(encoded: Encoded) -> torch.Tensor:
+        prepared.append(threading.current_thread().name)
+        return prepare(encoded)
+
+    seen_by_gkc: list[int] = []
+    batch_get = source.batch_get
+
+    async def slow_batch_get(*args: Any) -> Lookup:
+        await asyncio.sleep(0.2)
+        seen_by_gkc.append(len(prepared))
+        return await batch_get(*args)
+
+    snapshot.scorer.prepare = counting_prepare  # type: ignore[method-assign]
+    source.batch_get = slow_batch_get  # type: ignore[method-assign, assignment]
+    rows = later_rows(world["log"], ["u4"], seed=5)
+    try:
+        got = rank(svc, rows)
+    finally:
+        snapshot.scorer.prepare = prepare  # type: ignore[method-assign]
+    assert not got.degraded and len(prepared) == 1
+    assert seen_by_gkc == ([1] if overlap else [0])
+    assert prepared[0] != threading.current_thread().name  # on the worker, not the event loop
+    np.testing.assert_allclose(got.scores, offline(world, rows), rtol=0, atol=1e-6)
+
+
+def test_a_failing_model_step_does_not_leave_the_gkc_call_running(world: dict) -> None:
+    budget = Budget(gkc_timeout_s=8.0, request_deadline_s=9.0)
+    svc, source = service(world, overlap_knowledge=True, budget=budget)
+    snapshot = svc.registry.get("")
+    prepare = snapshot.scorer.prepare
+    cancelled: list[bool] = []
+    batch_get = source.batch_get
+
+    async def slow_batch_get(*args: Any) -> Lookup:
+        try:
+            await asyncio.sleep(5.0)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+        return await batch_get(*args)
+
+    def broken_prepare(encoded: Encoded) -> torch.Tensor:
+        raise RuntimeError("model step failed")
+
+    snapshot.scorer.prepare = broken_prepare  # type: ignore[method-assign]
+    source.batch_get = slow_batch_get  # type: ignore[method-assign, assignment]
+    try:
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="model step failed"):
+            rank(svc, later_rows(world["log"], ["u4"], items=4))
+    finally:
+        snapshot.scorer.prepare = prepare  # type: ignore[method-assign]
+    assert cancelled == [True] and time.monotonic() - started < 4.0
 
 
 def test_slow_gkc_is_abandoned_at_its_timeout(world: dict) -> None:

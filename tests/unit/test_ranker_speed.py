@@ -234,3 +234,23 @@ def test_admission_keeps_the_gkc_budget_of_queued_requests(tmp_path: Path) -> No
     refused = [a for a in answers if isinstance(a, Overloaded)]
     assert len(refused) == 3
     assert all(not a.degraded for a in answers if isinstance(a, Ranking))
+
+
+@pytest.mark.parametrize("with_knowledge", [True, False])
+def test_the_split_forward_is_the_forward_bit_for_bit(scorer: Scorer, with_knowledge: bool) -> None:
+    """Serving runs the model in two steps (before the plug-in while GKC answers, then the rest); the
+    same operations in the same order, so the same bits as ``DownstreamModel.forward``."""
+    from ranker.scoring import Encoded
+
+    batch, knowledge = request(scorer, 300, HISTORIES["full"], seed=11)
+    encoded = Encoded(batch=batch, n=300)
+    model = scorer.model
+    assert scorer.knowledge is not None
+    with torch.inference_mode():
+        if with_knowledge:
+            batch.knowledge = {scorer.knowledge[0]: torch.from_numpy(knowledge)}
+            whole = model(batch)
+        else:
+            whole = model.over(model.base_features(batch), None)
+    split = scorer.finish(scorer.prepare(encoded), knowledge if with_knowledge else None)
+    assert torch.equal(split, whole)
