@@ -97,6 +97,16 @@ def register(sub: Any) -> None:
         "--out", required=True, help="the sequenced dataset directory (new, or one to continue)"
     )
     seqs.add_argument("--max-len", type=int, default=None, help="clicks per sequence (default 50)")
+    seqs.add_argument(
+        "--engine",
+        choices=("arrow", "spark"),
+        default="arrow",
+        help="arrow (default): in process, out of core; spark: Spark SQL for logs beyond one machine "
+        "(needs pyspark and a JDK; a new --out only, continue it with arrow)",
+    )
+    seqs.add_argument(
+        "--spark-master", default="local[*]", help="with --engine spark: the cluster (default local[*])"
+    )
     seqs.set_defaults(func=run_sequences)
 
 
@@ -185,7 +195,13 @@ def run_sequences(args: argparse.Namespace) -> int:
     from contract.schema import DEFAULT_MAX_LEN
     from trainer.data.sequence_stage import sequence_log
 
-    result = sequence_log(args.log, args.out, max_len=args.max_len or DEFAULT_MAX_LEN)
+    max_len = args.max_len or DEFAULT_MAX_LEN
+    if args.engine == "spark":
+        from trainer.data.sequence_spark import sequence_log_spark
+
+        result = sequence_log_spark(args.log, args.out, max_len=max_len, master=args.spark_master)
+    else:
+        result = sequence_log(args.log, args.out, max_len=max_len)
     print(json.dumps(result.to_json(), sort_keys=True))
     return 0
 

@@ -64,6 +64,12 @@ class SequencesMeta:
     def to_json(self) -> dict[str, Any]:
         return {"max_len": self.max_len, "days": list(self.days), "rows": list(self.rows), "log": self.log}
 
+    def save(self, root: Path) -> None:
+        """Written last, atomically: a run stopped before it leaves the previous manifest."""
+        tmp = root / f".{META}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        os.replace(tmp, root / META)
+
     @classmethod
     def load(cls, root: Path) -> SequencesMeta | None:
         file = root / META
@@ -213,11 +219,9 @@ class SequencesResult:
         }
 
 
-def sequence_log(
-    log: str | os.PathLike[str], out: str | os.PathLike[str], *, max_len: int = DEFAULT_MAX_LEN
-) -> SequencesResult:
-    """Sequence ``log``'s days into the dataset ``out`` (continuing from its state when it has one)."""
-    src, root = Path(log), Path(out)
+def check_target(src: Path, root: Path, max_len: int) -> SequencesMeta | None:
+    """Refuse a bad ``--max-len``, an ``--out`` that is the input or a non-empty directory that is not a
+    sequenced dataset; the dataset's manifest when ``--out`` is one."""
     if max_len < 1:
         raise InvalidArgument(f"--max-len must be >= 1, got {max_len}")
     if src.resolve() == root.resolve():
@@ -225,6 +229,15 @@ def sequence_log(
     meta = SequencesMeta.load(root)
     if meta is None and root.exists() and any(root.iterdir()):
         raise InvalidArgument(f"--out {root} exists and is not a sequenced dataset; choose a new directory")
+    return meta
+
+
+def sequence_log(
+    log: str | os.PathLike[str], out: str | os.PathLike[str], *, max_len: int = DEFAULT_MAX_LEN
+) -> SequencesResult:
+    """Sequence ``log``'s days into the dataset ``out`` (continuing from its state when it has one)."""
+    src, root = Path(log), Path(out)
+    meta = check_target(src, root, max_len)
     if meta is not None and meta.max_len != max_len:
         raise InvalidArgument(
             f"{root} was sequenced with --max-len {meta.max_len}; continue it with the same (asked {max_len})"
@@ -253,10 +266,7 @@ def sequence_log(
         raise DataError(f"{src}: no rows to sequence")
     root.mkdir(parents=True, exist_ok=True)
     state.save(root / STATE)
-    manifest = SequencesMeta(max_len, tuple(days), tuple(rows), str(src.resolve()))
-    tmp = root / f".{META}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(manifest.to_json(), indent=1) + "\n")
-    os.replace(tmp, root / META)
+    SequencesMeta(max_len, tuple(days), tuple(rows), str(src.resolve())).save(root)
     return SequencesResult(root, max_len, written, skipped, n_written, len(state))
 
 
