@@ -4,6 +4,7 @@ times from its metrics, and variants taking turns so that each sees the same loa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import time
@@ -45,12 +46,13 @@ def phase(
     n: int,
     conc: int,
     others: dict[str, int] | None = None,
+    channels: int = 1,
 ) -> dict[str, Any]:
     """``n`` requests at concurrency ``conc`` against one ranker, with its server-side stage times and
     the CPU each process spent per request (``others``: name → pid of the rest of the stack)."""
     pids = {"ranker": pid, **(others or {})}
     before, faults0, cpu0 = stage_sums(http_url), minor_faults(pid), _cpu_seconds(pids)
-    lat, seconds, degraded, refused = asyncio.run(load(addr, requests, n, conc))
+    lat, seconds, degraded, refused = asyncio.run(load(addr, requests, n, conc, channels))
     after, faults = stage_sums(http_url), minor_faults(pid) - faults0
     cpu = {name: spent_s - cpu0[name] for name, spent_s in _cpu_seconds(pids).items()}
     stats: dict[str, Any] = dict(percentiles(lat, seconds))
@@ -94,13 +96,26 @@ def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     out = {}
     for name, pid in pids.items():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            out[name] = (int(fields[11]) + int(fields[12])) / tick
-        except (OSError, IndexError, ValueError):
-            out[name] = 0.0
+        out[name] = 0.0
+        for one in _tree(pid):  # a ranker with several serving processes: all of them
+            try:
+                fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+                out[name] += (int(fields[11]) + int(fields[12])) / tick
+            except (OSError, IndexError, ValueError):
+                pass
     times = os.times()
     out["load_generator"] = times.user + times.system
+    return out
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (Linux ``/proc``; ``[pid]`` elsewhere)."""
+    out, todo = [], [pid]
+    while todo:
+        one = todo.pop()
+        out.append(one)
+        with contextlib.suppress(OSError, ValueError):
+            todo += [int(c) for c in Path(f"/proc/{one}/task/{one}/children").read_text().split()]
     return out
 
 
@@ -113,10 +128,11 @@ def minor_faults(pid: int) -> int:
 
 
 async def load(
-    addr: str, requests: list[Any], n: int, concurrency: int
+    addr: str, requests: list[Any], n: int, concurrency: int, channels: int = 1
 ) -> tuple[list[float], float, int, int]:
     """Latencies of the answered requests, the wall time, the degraded answers and the refused ones
-    (``RESOURCE_EXHAUSTED``: the ranker's back-pressure)."""
+    (``RESOURCE_EXHAUSTED``: the ranker's back-pressure). ``channels``: connections the clients
+    share (client k uses channel k mod channels), as several callers would open."""
     import grpc
     from grpc import aio
 
@@ -124,11 +140,15 @@ async def load(
 
     latencies: list[float] = []
     degraded = refused = 0
-    async with aio.insecure_channel(addr) as channel:
-        rank = ranker_pb2_grpc.RankerStub(channel).Rank
+    # a local subchannel pool per channel: its own connection (channels to one address share one else)
+    opened = [
+        aio.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(channels)
+    ]
+    try:
+        stubs = [ranker_pb2_grpc.RankerStub(channel).Rank for channel in opened]
         counter = iter(range(n))
 
-        async def worker() -> None:
+        async def worker(rank: Any) -> None:
             nonlocal degraded, refused
             for k in counter:
                 req = requests[k % len(requests)]
@@ -144,8 +164,11 @@ async def load(
                 degraded += resp.degraded
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(stubs[k % channels]) for k in range(concurrency)))
         return latencies, time.perf_counter() - t0, degraded, refused
+    finally:
+        for channel in opened:
+            await channel.close()
 
 
 def turns(
@@ -154,11 +177,12 @@ def turns(
     n: int,
     conc: int,
     others: dict[str, int] | None = None,
+    channels: int = 1,
 ) -> list[dict[str, Any]]:
     """``n`` requests at ``conc`` against each ranker, in two halves taking turns, the second half in
     reverse order (the same load for all, none always first)."""
     halves: list[list[dict[str, Any]]] = [[] for _ in rankers]
     for order in (range(len(rankers)), reversed(range(len(rankers)))):
         for i in order:
-            halves[i].append(phase(*rankers[i], requests, n // 2, conc, others))
+            halves[i].append(phase(*rankers[i], requests, n // 2, conc, others, channels))
     return [merge(h) for h in halves]

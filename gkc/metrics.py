@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import Counter, Histogram, Metric, values
+from prometheus_client import Counter, Histogram, Metric
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -29,27 +29,6 @@ if TYPE_CHECKING:
 
 #: ``() -> (records, active)``: the registry as the collector reports it (read at scrape time).
 RecordSource = Callable[[], tuple[list[VersionRecord], int | None]]
-
-
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
-def enable_multiprocess(path: str | os.PathLike[str], *, clean: bool) -> Path:
-    """Switch this process' metric values to mmap files under ``path`` (before any metric is made).
-
-    ``clean=True`` (the main process, once per run) deletes the directory's ``*.db`` files first so
-    that counts of an earlier run or of dead processes are not summed in. The path goes to
-    ``os.environ`` so that worker processes spawned afterwards inherit it.
-    """
-    root = Path(path)
-    root.mkdir(parents=True, exist_ok=True)
-    if clean:
-        for old in root.glob("*.db"):
-            old.unlink()
-    os.environ[MULTIPROC_ENV] = str(root)
-    if not getattr(values.ValueClass, "_multiprocess", False):
-        values.ValueClass = values.MultiProcessValue()
-    return root
 
 
 class GkcMetrics:

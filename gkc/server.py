@@ -26,7 +26,7 @@ from gkc.health import HealthMonitor, fitness_problem
 from gkc.integrity import Shadow, reconcile
 from gkc.janitor import Janitor
 from gkc.local_redis import EmbeddedRedis
-from gkc.metrics import MULTIPROC_ENV, GkcMetrics, enable_multiprocess
+from gkc.metrics import GkcMetrics
 from gkc.operations import PublishLimits, VersionOps
 from gkc.read_path import KnowledgeCenter
 from gkc.redis_store import RedisStore
@@ -36,6 +36,7 @@ from services.errors import Unavailable
 from services.grpc_server import add_port, build_server, graceful_stop
 from services.http import http_server
 from services.logging import setup_logging
+from services.metrics import MULTIPROC_ENV, enable_multiprocess
 from services.ports import require_free
 
 log = logging.getLogger(__name__)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterator
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from ranker.breaker import BreakerState
 from services.errors import KeepError
@@ -48,7 +50,11 @@ def observed(metrics: RankerMetrics | None, transport: str, method: str) -> Iter
 
 
 class RankerMetrics:
-    def __init__(self) -> None:
+    """``multiprocess_dir``: set in every process of a ranker serving from several processes (after
+    ``services.metrics.enable_multiprocess``); ``registry`` then exposes all of them, counters and
+    histograms summed, gauges per process (a ``pid`` label)."""
+
+    def __init__(self, multiprocess_dir: str | os.PathLike[str] | None = None) -> None:
         self.registry = r = new_registry()
         self.latency = Histogram(
             "keep_ranker_request_seconds",
@@ -127,6 +133,9 @@ class RankerMetrics:
             ["transport", "result"],
             registry=r,
         )
+        if multiprocess_dir is not None:  # every process' values, from their files
+            self.registry = new_registry()
+            self.registry.register(MultiProcessCollector(None, str(multiprocess_dir)))
 
     def observe_request(self, transport: str, method: str, code: str, seconds: float) -> None:
         self.latency.labels(transport, method, code).observe(seconds)

@@ -6,7 +6,10 @@ exposes it with :func:`render`. Latency buckets are tuned for sub-millisecond to
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+import os
+from pathlib import Path
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, values
 
 #: Seconds; dense below 10 ms where the GKC and ranker live.
 LATENCY_BUCKETS = (
@@ -37,3 +40,26 @@ def new_registry() -> CollectorRegistry:
 def render(registry: CollectorRegistry) -> tuple[bytes, str]:
     """The exposition body and its content type, for a ``/metrics`` route."""
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def enable_multiprocess(path: str | os.PathLike[str], *, clean: bool) -> Path:
+    """Switch this process' metric values to mmap files under ``path`` (before any metric is made):
+    prometheus_client's multiprocess mode, for a service serving from several processes whose
+    ``/metrics`` sums them.
+
+    ``clean=True`` (the main process, once per run) deletes the directory's ``*.db`` files first so
+    that counts of an earlier run or of dead processes are not summed in. The path goes to
+    ``os.environ`` so that worker processes spawned afterwards inherit it.
+    """
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    if clean:
+        for old in root.glob("*.db"):
+            old.unlink()
+    os.environ[MULTIPROC_ENV] = str(root)
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        values.ValueClass = values.MultiProcessValue()
+    return root
