@@ -25,6 +25,9 @@ from services.errors import NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
+#: Least time between two registry reads forced by requests for a version the view has not seen.
+FORCED_READ_GAP_S = 0.05
+
 
 class ServingView:
     def __init__(
@@ -145,12 +148,32 @@ class ServingView:
                 raise NotFound(f"the active version {self._active} is not ready (damaged?); activate another")
             return record
         record = self._ready.get(version)
-        if record is None and time.monotonic() - self._read_at > 0.05:
-            self._ensure_fresh(force=True)
+        if record is None:
+            # Unseen: perhaps published after the last read began. Read again (a read that begins after
+            # this request arrived), but at most one such read per FORCED_READ_GAP_S: a flood of unknown
+            # versions must not become a flood of registry reads. Waiting for the gap (this runs in a
+            # worker thread) instead of refusing: a version the publish call has just reported ready
+            # was answered NOT_FOUND by a process whose last read was a few ms old.
+            asked = time.monotonic()
+            gap = self._read_at + FORCED_READ_GAP_S - asked
+            if gap > 0:
+                time.sleep(gap)
+            self._read_since(asked)
             record = self._ready.get(version)
         if record is None:
             raise NotFound(f"knowledge version {version} does not exist or is not ready")
         return record
+
+    def _read_since(self, since: float) -> None:
+        """Make sure a registry read began at or after ``since`` (one read serves every waiting caller)."""
+        with self._lock:
+            if self._read_at >= since:
+                return
+            try:
+                self._refresh_locked()
+            except Unavailable:
+                if not self._usable(time.monotonic()):
+                    raise
 
     def base_of(self, record: VersionRecord) -> VersionRecord | None:
         """A delta version's base as the view holds it (None for a full version). NotFound when the base
