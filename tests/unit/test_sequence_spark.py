@@ -101,6 +101,7 @@ def test_the_cli_runs_spark_and_bad_logs_get_one_line_errors(
     write_log(bad, tmp_path / "bad.parquet")
     with pytest.raises(DataError, match=r"bad\.parquet: column 'click' has 1 values not 0/1"):
         sequence_log_spark(tmp_path / "bad.parquet", tmp_path / "bad-seq", master="local[2]")
+    assert not (tmp_path / "bad-seq").exists() or not any((tmp_path / "bad-seq").iterdir())
     write_log(df.drop(columns=["ts"]), tmp_path / "nots.parquet")
     with pytest.raises(DataError, match="column 'ts' is missing"):
         sequence_log_spark(tmp_path / "nots.parquet", tmp_path / "nots-seq", master="local[2]")

@@ -84,6 +84,12 @@ def sequence_log_spark(
     spark = spark_session(master)
     try:
         return _run(spark, src, root, max_len)
+    except BaseException:
+        # --out was new or empty: leave it so (a rerun would refuse a half-written directory)
+        shutil.rmtree(root / "_spark", ignore_errors=True)
+        for day in root.glob("day=*"):
+            shutil.rmtree(day, ignore_errors=True)
+        raise
     finally:
         spark.stop()
 
