@@ -98,11 +98,9 @@ def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     for name, pid in pids.items():
         out[name] = 0.0
         for one in _tree(pid):  # a ranker with several serving processes: all of them
-            try:
-                fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
-                out[name] += (int(fields[11]) + int(fields[12])) / tick
-            except (OSError, IndexError, ValueError):
-                pass
+            fields = _stat(one)
+            if fields:
+                out[name] += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
     times = os.times()
     out["load_generator"] = times.user + times.system
     return out
@@ -119,12 +117,18 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (Linux; empty elsewhere or gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
 def minor_faults(pid: int) -> int:
     """Minor page faults of a process so far (Linux ``/proc``; 0 elsewhere)."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
-    except (OSError, IndexError, ValueError):
-        return 0
+    fields = _stat(pid)
+    return int(fields[7]) if fields else 0
 
 
 async def load(

@@ -9,13 +9,11 @@ calls finish, workers stop, then Redis is shut down cleanly (it writes its AOF/R
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import multiprocessing as mp
-import os
-import shutil
 import signal
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +34,7 @@ from services.errors import Unavailable
 from services.grpc_server import add_port, build_server, graceful_stop
 from services.http import http_server
 from services.logging import setup_logging
-from services.metrics import MULTIPROC_ENV, enable_multiprocess
+from services.metrics import enable_multiprocess, multiprocess_dir
 from services.ports import require_free
 
 log = logging.getLogger(__name__)
@@ -204,13 +202,9 @@ def run(settings: GkcSettings) -> None:
         url = embedded.url
         log.info("embedded redis at %s (data in %s)", url, settings.data_dir)
     workers: list[Any] = []
-    metrics_dir, own_dir = None, False
-    if settings.workers > 1:
-        # every process writes its metrics under one directory; /metrics (main process) sums them
-        metrics_dir = os.environ.get(MULTIPROC_ENV)
-        if not metrics_dir:
-            metrics_dir, own_dir = tempfile.mkdtemp(prefix="gkc-metrics-"), True
-        enable_multiprocess(metrics_dir, clean=True)
+    cleanup = contextlib.ExitStack()
+    # every process writes its metrics under one directory; /metrics (main process) sums them
+    metrics_dir = cleanup.enter_context(multiprocess_dir("gkc-metrics-")) if settings.workers > 1 else None
     try:
         shadow = Shadow.open(settings.data_dir)
         problems = _start_checks(settings, url, shadow)
@@ -229,8 +223,7 @@ def run(settings: GkcSettings) -> None:
             proc.join(10)
         if embedded is not None:
             embedded.stop()
-        if own_dir and metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        cleanup.close()
         log.info("GKC stopped")
 
 

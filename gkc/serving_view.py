@@ -115,14 +115,19 @@ class ServingView:
         with self._lock:
             if not force and time.monotonic() - self._read_at <= self.ttl_s:
                 return  # another thread refreshed it meanwhile
-            try:
-                self._refresh_locked()
-            except Unavailable:
-                if not self._usable(time.monotonic()):
-                    raise Unavailable(
-                        f"the version registry has been unreadable for over {self.stale_s:.0f} s: "
-                        f"{self.last_error}"
-                    ) from None
+            self._refresh_or_keep()
+
+    def _refresh_or_keep(self) -> None:
+        """Read the registry (lock held); when it cannot be read, keep the last good view while it is
+        usable, else UNAVAILABLE."""
+        try:
+            self._refresh_locked()
+        except Unavailable:
+            if not self._usable(time.monotonic()):
+                raise Unavailable(
+                    f"the version registry has been unreadable for over {self.stale_s:.0f} s: "
+                    f"{self.last_error}"
+                ) from None
 
     def _refresh_in_background(self) -> None:
         try:
@@ -167,13 +172,8 @@ class ServingView:
     def _read_since(self, since: float) -> None:
         """Make sure a registry read began at or after ``since`` (one read serves every waiting caller)."""
         with self._lock:
-            if self._read_at >= since:
-                return
-            try:
-                self._refresh_locked()
-            except Unavailable:
-                if not self._usable(time.monotonic()):
-                    raise
+            if self._read_at < since:
+                self._refresh_or_keep()
 
     def base_of(self, record: VersionRecord) -> VersionRecord | None:
         """A delta version's base as the view holds it (None for a full version). NotFound when the base

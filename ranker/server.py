@@ -12,10 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import shutil
 import signal
-import tempfile
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,7 +38,7 @@ from ranker.workers import start_workers, stop_workers
 from services.grpc_server import add_port, build_server, graceful_stop, mark_not_serving, mark_serving
 from services.http import BearerToken, http_server
 from services.logging import setup_logging
-from services.metrics import MULTIPROC_ENV, enable_multiprocess
+from services.metrics import multiprocess_dir
 from services.ports import require_free
 
 log = logging.getLogger(__name__)
@@ -182,23 +179,13 @@ async def run_async(
     require_free(settings.host, ports)
     several = settings.grpc_processes > 1
     with contextlib.ExitStack() as cleanup:
-        metrics_dir = _metrics_dir(cleanup) if several else None
+        metrics_dir = cleanup.enter_context(multiprocess_dir("ranker-metrics-")) if several else None
         async with build(settings, metrics_dir) as ranker:
             workers = start_workers(settings, ranker.features.url, metrics_dir) if metrics_dir else []
             try:
                 await _serve(settings, ranker, stop, several, ready)
             finally:
                 stop_workers(workers)  # before this process closes what they share (an embedded store)
-
-
-def _metrics_dir(cleanup: contextlib.ExitStack) -> str:
-    """Where every serving process writes its metrics (``PROMETHEUS_MULTIPROC_DIR`` or a private one,
-    removed at exit); switched on in this process before any metric exists."""
-    path = os.environ.get(MULTIPROC_ENV)
-    if not path:
-        path = tempfile.mkdtemp(prefix="ranker-metrics-")
-        cleanup.callback(shutil.rmtree, path, True)
-    return str(enable_multiprocess(path, clean=True))
 
 
 async def start_grpc(

@@ -80,7 +80,7 @@ class RankerSettings(ServiceSettings):
     model_workers: int = 0
     #: Processes serving gRPC on the one port (SO_REUSEPORT; each with its own models, GKC channel and
     #: RANKER_MODEL_WORKERS threads; the first also serves REST and the event stream). Python threads
-    #: share one interpreter lock: a second process measured 1.41x the requests/s at concurrency 16.
+    #: share one interpreter lock: a second process measured 1.44x the requests/s at concurrency 16.
     #: The kernel spreads connections, not calls: clients need several channels (as many callers have).
     grpc_processes: int = 1
     #: Back-pressure (``ranker.admission``): requests in the GKC + model pipeline at once (0 = two per

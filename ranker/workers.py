@@ -3,7 +3,7 @@
 Python threads share one interpreter lock, and a ranker's request is half model (torch releases the
 lock per operation) and half Python around it (gRPC, the GKC and Redis clients, K̂ assembly), so one
 process did not use the second core: at concurrency 16 on 2 cores the machine stayed ~26% idle, and two
-processes answered 1.41x the requests/s of one with two model threads (``keep bench ranker``,
+processes answered 1.44x the requests/s of one with two model threads (``keep bench ranker``,
 ``docs/ranker.md``). Each extra process is a whole ranker core of its own (models loaded from the same
 directory and polled for changes, its own GKC channel, pins, breaker and admission) serving the same gRPC
 port with ``SO_REUSEPORT``; the first process also serves REST and consumes the event stream. Metrics

@@ -6,7 +6,11 @@ exposes it with :func:`render`. Latency buckets are tuned for sub-millisecond to
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, values
@@ -63,3 +67,19 @@ def enable_multiprocess(path: str | os.PathLike[str], *, clean: bool) -> Path:
     if not getattr(values.ValueClass, "_multiprocess", False):
         values.ValueClass = values.MultiProcessValue()
     return root
+
+
+@contextlib.contextmanager
+def multiprocess_dir(prefix: str) -> Iterator[str]:
+    """The directory every serving process of a multi-process service writes its metrics to:
+    ``PROMETHEUS_MULTIPROC_DIR`` when set, else a private one removed on exit; switched on (and
+    cleaned) in this process, which must not have made a metric yet."""
+    path = os.environ.get(MULTIPROC_ENV)
+    own = not path
+    if not path:
+        path = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield str(enable_multiprocess(path, clean=True))
+    finally:
+        if own:
+            shutil.rmtree(path, ignore_errors=True)

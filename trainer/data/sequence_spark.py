@@ -33,13 +33,12 @@ from services.errors import InvalidArgument
 from trainer.data.sequence_stage import (
     HIST_CATEGORY,
     HIST_ITEM,
-    ROW_GROUP,
     STATE,
     SequencesMeta,
     SequencesResult,
     TailState,
     check_target,
-    day_dir,
+    write_day,
 )
 
 _DAY, _FILE, _ROW = "__keep_day", "__keep_file", "__keep_row"
@@ -204,11 +203,7 @@ def _finish(src: Path, root: Path, staging: Path, max_len: int) -> SequencesResu
         if len(parts) != 1:
             raise DataError(f"Spark wrote {len(parts)} files for day {day}; expected one")
         table = pq.read_table(parts[0])
-        target = day_dir(root, day)
-        target.mkdir(parents=True, exist_ok=True)
-        tmp = target / f".part-0.parquet.tmp-{os.getpid()}"
-        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP, write_statistics=False)
-        os.replace(tmp, target / "part-0.parquet")
+        write_day(root, day, table)
         days.append(day)
         counts.append(table.num_rows)
     if not days:
@@ -216,8 +211,7 @@ def _finish(src: Path, root: Path, staging: Path, max_len: int) -> SequencesResu
     tail = pq.read_table(staging / "_tail").to_pandas()
     order = np.lexsort((tail["pos"].to_numpy(), tail["user_id"].to_numpy()))  # by user, oldest first
     tail = tail.iloc[order]
-    state = TailState(*(tail[c].to_numpy() for c in ("user_id", "item_id", "category_id", "ts")))
-    state.ts = state.ts.astype(np.int64)
+    state = TailState.of(tail)  # ts: Spark's long, int64 as in process
     state.save(root / STATE)
     shutil.rmtree(staging)
     SequencesMeta(max_len, tuple(days), tuple(counts), str(src.resolve())).save(root)

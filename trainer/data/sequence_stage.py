@@ -119,6 +119,11 @@ class TailState:
             df = pq.read_table(file).to_pandas()
         except (OSError, pa.ArrowInvalid) as err:
             raise DataError(f"{file}: cannot be read as the sequences state ({err})") from err
+        return cls.of(df)
+
+    @classmethod
+    def of(cls, df: pd.DataFrame) -> TailState:
+        """From a frame with the state's columns, in its row order."""
         return cls(*(df[c].to_numpy() for c in _STATE_COLUMNS))
 
 
@@ -257,7 +262,7 @@ def sequence_log(
         if state is None:
             state = TailState.empty(df)
         table, state = sequence_day(df, state, max_len)
-        _write_day(root, day, table)
+        write_day(root, day, table)
         days.append(day)
         rows.append(table.num_rows)
         written.append(day)
@@ -270,7 +275,8 @@ def sequence_log(
     return SequencesResult(root, max_len, written, skipped, n_written, len(state))
 
 
-def _write_day(root: Path, day: int, table: pa.Table) -> None:
+def write_day(root: Path, day: int, table: pa.Table) -> None:
+    """``table`` as the day's one file, atomically (both engines write days through this)."""
     folder = day_dir(root, day)
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.parquet"):
