@@ -4,15 +4,15 @@ times from its metrics, and variants taking turns so that each sees the same loa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+
+from bench import procfs
 
 
 def percentiles(lat: list[float], seconds: float) -> dict[str, float]:
@@ -97,8 +97,8 @@ def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     out = {}
     for name, pid in pids.items():
         out[name] = 0.0
-        for one in _tree(pid):  # a ranker with several serving processes: all of them
-            fields = _stat(one)
+        for one in procfs.tree(pid):  # a ranker with several serving processes: all of them
+            fields = procfs.stat(one)
             if fields:
                 out[name] += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
     times = os.times()
@@ -106,28 +106,9 @@ def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     return out
 
 
-def _tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (Linux ``/proc``; ``[pid]`` elsewhere)."""
-    out, todo = [], [pid]
-    while todo:
-        one = todo.pop()
-        out.append(one)
-        with contextlib.suppress(OSError, ValueError):
-            todo += [int(c) for c in Path(f"/proc/{one}/task/{one}/children").read_text().split()]
-    return out
-
-
-def _stat(pid: int) -> list[str]:
-    """The fields of ``/proc/<pid>/stat`` after the command name (Linux; empty elsewhere or gone)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return []
-
-
 def minor_faults(pid: int) -> int:
     """Minor page faults of a process so far (Linux ``/proc``; 0 elsewhere)."""
-    fields = _stat(pid)
+    fields = procfs.stat(pid)
     return int(fields[7]) if fields else 0
 
 

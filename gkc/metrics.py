@@ -76,6 +76,11 @@ class GkcMetrics:
             "Versions found lost, damaged or resurrected by the integrity checks",
             registry=own,
         )
+        self.worker_restarts = Counter(
+            "keep_gkc_worker_restarts",
+            "gRPC worker processes (GKC_WORKERS > 1) found dead and started again",
+            registry=own,
+        )
 
     def observe(
         self, version: int, user_found: bool, items_found: int, n_items: int, ucs_found: int, n_ucs: int

@@ -12,10 +12,8 @@ import asyncio
 import contextlib
 import gc
 import logging
-import multiprocessing as mp
 import signal
 from dataclasses import dataclass
-from typing import Any
 
 from grpc_health.v1 import health_pb2
 
@@ -36,6 +34,7 @@ from services.http import http_server
 from services.logging import setup_logging
 from services.metrics import enable_multiprocess, multiprocess_dir
 from services.ports import require_free
+from services.supervisor import ProcessGroup
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +127,20 @@ def _start_checks(settings: GkcSettings, url: str, shadow: Shadow) -> list[str]:
 
 
 async def _main(
-    settings: GkcSettings, url: str, metrics_dir: str | None, shadow: Shadow, problems: int
+    settings: GkcSettings,
+    url: str,
+    metrics_dir: str | None,
+    shadow: Shadow,
+    problems: int,
+    workers: ProcessGroup,
 ) -> None:
     stop = asyncio.Event()
     _install_stop(stop)
     proc = build_process(settings, url, metrics_dir)
     store, metrics = proc.store, proc.metrics
     metrics.integrity_problems.inc(problems)
+    metrics.worker_restarts.inc(workers.restarts())
+    workers.on_restart = lambda *_: metrics.worker_restarts.inc()
     janitor = Janitor(
         store,
         lease_s=settings.publish_lease_s,
@@ -201,26 +207,19 @@ def run(settings: GkcSettings) -> None:
         embedded = EmbeddedRedis(settings.data_dir).start()
         url = embedded.url
         log.info("embedded redis at %s (data in %s)", url, settings.data_dir)
-    workers: list[Any] = []
     cleanup = contextlib.ExitStack()
     # every process writes its metrics under one directory; /metrics (main process) sums them
     metrics_dir = cleanup.enter_context(multiprocess_dir("gkc-metrics-")) if settings.workers > 1 else None
+    # model_dump_json hides secrets; workers do not need the token (they only serve gRPC reads).
+    payload = settings.model_dump_json()
+    workers = ProcessGroup("gkc", settings.workers, _worker, lambda _: (payload, url, metrics_dir))
     try:
         shadow = Shadow.open(settings.data_dir)
         problems = _start_checks(settings, url, shadow)
-        ctx = mp.get_context("spawn")
-        payload = settings.model_dump_json()
-        # model_dump_json hides secrets; workers do not need the token (they only serve gRPC reads).
-        for _ in range(settings.workers - 1):
-            proc = ctx.Process(target=_worker, args=(payload, url, metrics_dir), daemon=True)
-            proc.start()
-            workers.append(proc)
-        asyncio.run(_main(settings, url, metrics_dir, shadow, len(problems)))
+        workers.start()  # supervised: a dead worker is started again (services.supervisor)
+        asyncio.run(_main(settings, url, metrics_dir, shadow, len(problems), workers))
     finally:
-        for proc in workers:
-            proc.terminate()
-        for proc in workers:
-            proc.join(10)
+        workers.stop()
         if embedded is not None:
             embedded.stop()
         cleanup.close()

@@ -91,14 +91,20 @@ class RankerMetrics:
             registry=r,
         )
         self.breaker_state = Gauge(
-            "keep_ranker_gkc_breaker_state", "GKC circuit breaker: 0 closed, 1 open, 2 half-open", registry=r
+            "keep_ranker_gkc_breaker_state",
+            "GKC circuit breaker: 0 closed, 1 open, 2 half-open",
+            registry=r,
+            multiprocess_mode="liveall",
         )
-        self.models_loaded = Gauge("keep_ranker_models_loaded", "Models currently loaded", registry=r)
+        self.models_loaded = Gauge(
+            "keep_ranker_models_loaded", "Models currently loaded", registry=r, multiprocess_mode="liveall"
+        )
         self.model_info = Gauge(
             "keep_ranker_model_info",
             "1 per loaded model, labelled with its artifact revision and pinned knowledge version",
             ["model", "revision", "knowledge_version"],
             registry=r,
+            multiprocess_mode="liveall",
         )
         self.knowledge_candidates = Counter(
             "keep_ranker_knowledge_candidates",
@@ -117,7 +123,9 @@ class RankerMetrics:
             "Share of candidates scored with knowledge whose user / item / user_category row was found",
             ["model", "kind"],
             registry=r,
+            multiprocess_mode="liveall",
         )
+        self._model_labels: set[tuple[str, str, str]] = set()
         self._coverage: dict[str, list[int]] = {}
         self._coverage_lock = threading.Lock()
         self.reloads = Counter(
@@ -127,6 +135,11 @@ class RankerMetrics:
             registry=r,
         )
 
+        self.process_restarts = Counter(
+            "keep_ranker_process_restarts",
+            "Serving processes (RANKER_GRPC_PROCESSES > 1) found dead and started again",
+            registry=r,
+        )
         self.events = Counter(
             "keep_ranker_events",
             "Click events by transport (api, grpc, stream) and result (recorded, duplicate)",
@@ -159,7 +172,11 @@ class RankerMetrics:
 
     def set_models(self, models: list[tuple[str, str, int]]) -> None:
         """``(name, revision, knowledge_version)`` of every loaded model."""
-        self.model_info.clear()
-        for name, revision, version in models:
-            self.model_info.labels(name, revision, str(version)).set(1)
+        now = {(name, revision, str(version)) for name, revision, version in models}
+        for labels in self._model_labels - now:  # zeroed first: with several processes a removed
+            self.model_info.labels(*labels).set(0)  # series would keep its last value in their files
+            self.model_info.remove(*labels)
+        for labels in now:
+            self.model_info.labels(*labels).set(1)
+        self._model_labels = now
         self.models_loaded.set(len(models))

@@ -9,7 +9,8 @@
   while the breaker is open and answers come from the base model), 503 while no model is loaded.
 - ``GET /metrics``: Prometheus exposition.
 - ``GET /v1/models``; ``POST /v1/models/reload`` (bearer ``RANKER_ADMIN_TOKEN``; without a token the
-  call is open only while the ranker listens on loopback).
+  call is open only while the ranker listens on loopback); with several serving processes it answers
+  once every one has reloaded (``ranker.workers``).
 - ``POST /v1/events`` (bearer ``RANKER_EVENTS_TOKEN``): ``{"events": [{"event_id": "e1", "user_id": "u1",
   "item_id": "i1", "category_id": "c1", "ts": 1733150000.5?}, ...]}`` → ``{"received", "recorded"}``;
   ``ts`` absent = now; a redelivered ``event_id`` is not recorded again (``recorded`` counts the new ones).
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
@@ -92,9 +95,11 @@ def create_app(
     events_auth: BearerToken | None = None,
     *,
     reload_open: bool = True,
+    reload: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> FastAPI:
     """``admin_token``: bearer token of ``POST /v1/models/reload``; without one the call is open only
-    when ``reload_open`` (the ranker listens on loopback only), else refused."""
+    when ``reload_open`` (the ranker listens on loopback only), else refused. ``reload``: what that call
+    does (default: rescan this process' model dir; a ranker with several processes reloads them all)."""
     app = FastAPI(title="KEEP ranker", version="1")
     metrics = service.metrics
     events_auth = events_auth or BearerToken(None, name="RANKER_EVENTS_TOKEN")
@@ -178,7 +183,9 @@ def create_app(
         }
 
     @app.post("/v1/models/reload", dependencies=admin)
-    async def reload() -> dict[str, object]:
+    async def reload_models() -> dict[str, Any]:
+        if reload is not None:
+            return await reload()
         return await asyncio.get_running_loop().run_in_executor(None, service.registry.reload)
 
     return app

@@ -34,7 +34,8 @@ from ranker.rest_app import create_app
 from ranker.sequence_store import RedisSequenceStore, embedded
 from ranker.service import Budget, RankerService
 from ranker.settings import RankerSettings
-from ranker.workers import start_workers, stop_workers
+from ranker.workers import Workers
+from services.errors import Unavailable
 from services.grpc_server import add_port, build_server, graceful_stop, mark_not_serving, mark_serving
 from services.http import BearerToken, http_server
 from services.logging import setup_logging
@@ -181,11 +182,34 @@ async def run_async(
     with contextlib.ExitStack() as cleanup:
         metrics_dir = cleanup.enter_context(multiprocess_dir("ranker-metrics-")) if several else None
         async with build(settings, metrics_dir) as ranker:
-            workers = start_workers(settings, ranker.features.url, metrics_dir) if metrics_dir else []
+            restarts = ranker.metrics.process_restarts
+            workers = None
+            if metrics_dir is not None:
+                workers = Workers(settings, ranker.features.url, metrics_dir, lambda *_: restarts.inc())
+                workers.start()
             try:
-                await _serve(settings, ranker, stop, several, ready)
+                await _serve(settings, ranker, stop, workers, ready)
             finally:
-                stop_workers(workers)  # before this process closes what they share (an embedded store)
+                if workers is not None:  # before this process closes what they share (an embedded store)
+                    workers.stop()
+
+
+async def reload_models(ranker: Ranker, workers: Workers | None) -> dict[str, Any]:
+    """``POST /v1/models/reload``: this process rescans the model dir, then every other serving
+    process does; answers once all confirmed (503 naming those that did not in time)."""
+    loop = asyncio.get_running_loop()
+    report = await loop.run_in_executor(None, ranker.registry.reload)
+    if workers is None:
+        return report
+    timeout_s = ranker.settings.reload_timeout_s
+    report["processes"] = processes = await workers.reload(timeout_s)
+    late = [p["process"] for p in processes if not p["confirmed"]]
+    if late:
+        raise Unavailable(
+            f"serving processes {late} did not confirm the reload within {timeout_s:g} s "
+            f"(RANKER_RELOAD_TIMEOUT_S); this process reloaded {report['loaded'] or 'nothing new'}; retry"
+        )
+    return report
 
 
 async def start_grpc(
@@ -206,12 +230,12 @@ async def _serve(
     settings: RankerSettings,
     ranker: Ranker,
     stop: asyncio.Event,
-    reuse_port: bool,
+    workers: Workers | None,
     ready: asyncio.Event | None,
 ) -> None:
-    """The first process: gRPC (sharing its port with the workers when ``reuse_port``), REST, the
-    model poller and the event-stream consumer, until ``stop``."""
-    server, health, events_auth = await start_grpc(settings, ranker, reuse_port)
+    """The first process: gRPC (sharing its port with the ``workers``), REST, the model poller and
+    the event-stream consumer, until ``stop``."""
+    server, health, events_auth = await start_grpc(settings, ranker, reuse_port=workers is not None)
     token = settings.admin_token.get_secret_value() if settings.admin_token else None
     if token is None and not settings.reload_open():
         log.warning(
@@ -219,7 +243,13 @@ async def _serve(
             "refused (set a token to use it)",
             settings.host,
         )
-    app = create_app(ranker.service, token, events_auth, reload_open=settings.reload_open())
+    app = create_app(
+        ranker.service,
+        token,
+        events_auth,
+        reload_open=settings.reload_open(),
+        reload=lambda: reload_models(ranker, workers),
+    )
     http = http_server(app, settings, settings.http_port)
     http_task = asyncio.create_task(http.serve())
     poll_task = asyncio.create_task(poll_models(ranker, health, stop))

@@ -74,6 +74,9 @@ class RankerSettings(ServiceSettings):
     breaker_reset_s: float = 2.0
     #: Model directory poll interval for hot reload (0 = only ``POST /v1/models/reload``).
     reload_poll_s: float = 2.0
+    #: How long ``POST /v1/models/reload`` waits for the other serving processes to confirm their reload
+    #: (``RANKER_GRPC_PROCESSES > 1``); a process that does not is named in a 503.
+    reload_timeout_s: float = 60.0
     #: torch intra-op threads per scoring worker.
     torch_threads: int = 1
     #: Threads running models concurrently (0 = one per CPU core).

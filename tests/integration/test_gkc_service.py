@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +18,7 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import procfs
 from gkc import bundle as gkc_bundle
 from gkc.bundle_reader import BundleReader
 from gkc.client import GkcClient, GkcOpsClient, tar_bundle
@@ -435,3 +438,39 @@ def test_metrics_count_requests_served_by_every_worker(
     }
     assert cache["hit"] + cache["miss"] == 2 * sent
     assert "keep_gkc_item_cache_hit_ratio" in body and "keep_gkc_active_version 1.0" in body
+
+
+def test_a_killed_worker_is_started_again(
+    start_gkc, make_bundle: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A gRPC worker killed from outside (the OOM killer, a native crash) is spawned again and counted;
+    the new one serves."""
+    metrics_dir = tmp_path / "prom"
+    svc = start_gkc(GKC_WORKERS="2", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    version = GkcOpsClient(svc.http_url, svc.token).publish(make_bundle(tmp_path / "b"), progress=False)[
+        "version"
+    ]
+    (first,) = [c for c in procfs.children(svc.proc.pid) if "spawn_main" in procfs.cmdline(c)]
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    restarted: list[int] = []
+    while not restarted:
+        assert time.monotonic() < deadline, "the worker was not started again:\n" + svc.log()[-2000:]
+        time.sleep(0.2)
+        restarted = [
+            c
+            for c in procfs.children(svc.proc.pid)
+            if "spawn_main" in procfs.cmdline(c) and c != first and procfs.alive(c)
+        ]
+    (second,) = restarted
+    before = procfs.cpu_ticks(second)
+    deadline = time.monotonic() + 60
+    while procfs.cpu_ticks(second) == before:  # new connections until the kernel gives it some
+        assert time.monotonic() < deadline, "the restarted worker served nothing"
+        for _ in range(4):
+            with GkcClient(svc.grpc_addr, timeout_s=5) as client:
+                for _ in range(3):
+                    client.batch_get("u1", ["i1", "i2"], ["c0", "c1"], version)
+    body = httpx.get(f"{svc.http_url}/metrics", timeout=5).text
+    assert "keep_gkc_worker_restarts_total 1.0" in body
+    assert "died with exit code -9" in svc.log()

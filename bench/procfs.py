@@ -1,0 +1,53 @@
+"""Process facts from Linux ``/proc`` for the benches and the multi-process tests (empty elsewhere)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+
+def stat(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (empty when gone or not Linux)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def cpu_ticks(pid: int) -> int:
+    """User + system CPU time so far, in clock ticks (0 when gone)."""
+    fields = stat(pid)
+    return int(fields[11]) + int(fields[12]) if fields else 0
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie)."""
+    fields = stat(pid)
+    return bool(fields) and fields[0] != "Z"
+
+
+def cmdline(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    return ""
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of every thread of ``pid`` (a process started from a thread, e.g. a
+    supervisor's restart, is that thread's child, not the main thread's)."""
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        one = todo.pop()
+        out.append(one)
+        todo += children(one)
+    return out
