@@ -10,6 +10,9 @@ ids (4M by default; 200k with ``--quick``) and a tenth as many items:
   embeddings, dense gradients and one dense Adam over every parameter, the gradients of everything
   (tables included) all-reduced tensor by tensor (``DataParallel.average_gradients``).
 
+Per rank (``sharded``), one checkpoint: what it adds to the rank's memory and takes, written in
+per-rank pieces (``keep pretrain``'s way) and gathered whole on rank 0 (the way it replaced).
+
 Per rank: RSS before the model, after it is built (``tables_mib``: what its tables and their optimizer
 state hold, the dense towers being ~10 MiB), and the peak over the timed steps; the mean step time and
 the share of it spent in the all-reduce (``dense``: the timed ``average_gradients`` call; ``sharded``:
@@ -26,6 +29,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -153,8 +157,41 @@ def child(kind: str, users: int, out: str) -> None:
         elif kind == "dense" and group.enabled:
             result["allreduce_share"] = round(reduce_s / sum(synced), 3)
         result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        if kind == "sharded":
+            result["checkpoint"] = _checkpoint_cost(sharded)
         Path(out, f"{group.rank}.json").write_text(json.dumps(result))
     shutdown(group)
+
+
+def _checkpoint_cost(sharded: Any) -> dict[str, Any]:
+    """What one checkpoint adds to this rank's memory (RSS sampled every 5 ms, above the RSS before)
+    and takes: written in per-rank pieces (``trainer.shard_files``, what ``keep pretrain`` does) and,
+    for comparison, gathered whole on rank 0 (what it did before)."""
+    from trainer.sharded import checkpoint_state, gather_state
+
+    def measured(fn: Any) -> dict[str, float]:
+        before, peak, done = _rss_mib(), [0.0], threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.005):
+                peak[0] = max(peak[0], _rss_mib())
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        t0 = time.perf_counter()
+        kept = fn()
+        seconds = time.perf_counter() - t0
+        done.set()
+        sampler.join()
+        peak[0] = max(peak[0], _rss_mib())
+        del kept
+        return {"seconds": round(seconds, 2), "added_peak_mib": round(max(0.0, peak[0] - before), 1)}
+
+    with tempfile.TemporaryDirectory(prefix="keep-bench-ckpt-") as tmp:
+        pieces = measured(lambda: checkpoint_state(sharded, Path(tmp), 1))
+        written = sum(f.stat().st_size for f in Path(tmp).rglob("*.npy")) / 2**20
+    gathered = measured(lambda: gather_state(sharded))
+    return {"pieces": {**pieces, "written_mib": round(written, 1)}, "gathered": gathered}
 
 
 def _configuration(kind: str, users: int, world: int) -> dict[str, Any]:
@@ -211,6 +248,12 @@ def run(quick: bool) -> dict[str, Any]:
         "samples_per_s": {
             k: round(BATCH / max(r["step_s"] for r in out[k]["ranks"]), 1)
             for k in ("sharded_w1", "sharded_w2", "dense_w1", "dense_w2")
+        },
+        # what a checkpoint adds to each rank's memory: its own pieces vs the tables gathered on rank 0
+        "checkpoint_added_peak_mib_per_rank": {
+            f"{way}_{k[-2:]}": [r["checkpoint"][way]["added_peak_mib"] for r in out[k]["ranks"]]
+            for way in ("pieces", "gathered")
+            for k in ("sharded_w1", "sharded_w2")
         },
     }
     return out

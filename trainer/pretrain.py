@@ -65,7 +65,7 @@ from trainer.pretrain_steps import (
     split_days,
     train_step,
 )
-from trainer.sharded import Sharded, gather_state, local_shards, process_group, shard, unsharded
+from trainer.sharded import Sharded, checkpoint_state, local_shards, process_group, shard, unsharded
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def _resume_plan(cfg: PretrainConfig, tasks: tuple[str, ...]) -> _Plan:
     diff = [k for k, v in asked.items() if getattr(saved, k) != v]
     if diff or (cfg.strategy is not None and saved.strategy != cfg.strategy):
         raise CheckpointError(f"{cfg.out}: cannot resume with different {diff or ['strategy']}")
-    state = require_sharded_state(cfg.out, load_state(cfg.out, mmap=True))
+    state = require_sharded_state(cfg.out, load_state(cfg.out, mmap=True, pieces=True))
     sharded = shard(
         build_extractor(prev.model.cfg, materialize=False),
         cfg.lr,
@@ -224,12 +224,12 @@ def pretrain(
         return _pretrain(cfg, stop_after_batches, group or DataParallel())
 
 
-def _save(out: Path, sharded: Sharded, progress: dict[str, Any]) -> dict[str, Any] | None:
-    """Gather the state (every rank) and write it (rank 0); returns the gathered state on rank 0."""
-    state = gather_state(sharded)
+def _save(out: Path, sharded: Sharded, progress: dict[str, Any]) -> bool:
+    """Every rank writes its table pieces, rank 0 the checkpoint naming them; True on rank 0."""
+    state = checkpoint_state(sharded, out, int(progress["batches_done"]))
     if state is not None:
         save_state(out, state, progress)
-    return state
+    return state is not None
 
 
 def _pretrain(cfg: PretrainConfig, stop_after_batches: int | None, group: DataParallel) -> PretrainResult:
@@ -310,8 +310,8 @@ def _pretrain(cfg: PretrainConfig, stop_after_batches: int | None, group: DataPa
     progress["state"] = "done"
     progress["final_loss"] = ema
     metrics: dict[str, Any] = {}
-    state = _save(cfg.out, plan.sharded, progress)
-    final = unsharded(plan.sharded, state) if state is not None else None
+    wrote = _save(cfg.out, plan.sharded, progress)
+    final = unsharded(plan.sharded, load_state(cfg.out, mmap=True)) if wrote else None
     if final is not None:
         metrics = (
             score_holdout(final, *data.holdout(plan.vocabs, holdout, cfg.max_len), tasks) if holdout else {}

@@ -24,11 +24,14 @@ On the CPU (FBGEMM's ``fbgemm-gpu-cpu`` kernels) TBE supports only the optimizer
 sharding with ``AssertionError: Optimizer adam is not supported in CPU mode.`` Hence row-wise Adagrad
 for the tables (what TorchRec's own recommendation models use).
 
-Checkpoints (:func:`gather_state` / :func:`load_state`) are **gathered** on rank 0 in the dense
-extractor's layout: ``model`` has the whole tables under ``embeddings.{user,item,shop,category}.weight``
-(what ``keep export`` reads), ``optimizer`` is ``{"dense": Adam's state dict, "sparse": {table key:
-{"momentum1": whole tensor}}}``. Loading copies each rank's slices out of the whole tensors (loaded
-memory-mapped, so only the pages of its own shards are read).
+Checkpoints are written **in pieces** (:func:`checkpoint_state`, :mod:`trainer.shard_files`): every
+rank writes the table shards and optimizer-state shards it holds, rank 0 the dense part, so no rank
+ever holds a whole table it does not own. Readers see the dense extractor's layout either way:
+``model`` has the tables under ``embeddings.{user,item,shop,category}.weight`` (whole tensors, or
+:class:`~trainer.shard_files.PiecedTable` read by region), ``optimizer`` is ``{"dense": Adam's state
+dict, "sparse": {table key: {"momentum1": ...}}}``. :func:`load_state` copies each rank's regions out
+of either (a resuming rank reads only its own shards' regions, whatever world size wrote them).
+:func:`gather_state` (whole tables on rank 0) is what :func:`unsharded` uses for a model in memory.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,6 +58,7 @@ from torchrec.distributed.types import ShardingEnv, ShardingPlan
 from trainer.models.extractor import Extractor
 from trainer.models.strategies import build_extractor
 from trainer.models.tables import CANONICAL, TABLES, fill_initial, from_canonical, table_key
+from trainer.shard_files import PiecedTable, model_name, new_tag, sparse_name, write_pieces
 
 # TorchRec's KeyedJaggedTensor asks torch.fx whether it is being traced, and torch 2.13 logs a
 # one-time note about that question on every rank's stderr: nothing for a user to act on.
@@ -127,8 +132,11 @@ class ExtractorOptimizer:
 
     def __init__(self, dmp: DistributedModelParallel, lr: float) -> None:
         self.dmp = dmp
-        sparse = set(dmp.fused_optimizer.params)
-        dense = [p for name, p in dmp.named_parameters() if name not in sparse]
+        # By name, not "what the fused optimizer holds": a rank also lists (empty) parameters of the
+        # tables it holds no shard of, which would make the dense parameter list, hence Adam's
+        # positional state dict, differ between ranks and world sizes (a checkpoint then failed to
+        # resume on another rank count, or on rank 1 of the same one).
+        dense = [p for name, p in dmp.named_parameters() if name not in _INTERNAL_TABLE]
         #: ``fused``: one pass per tensor instead of ~6 foreach passes.
         self.dense = torch.optim.Adam(dense, lr=lr, fused=True)
 
@@ -240,13 +248,15 @@ def _gather_sparse(dmp: DistributedModelParallel) -> dict[str, dict[str, torch.T
     return out
 
 
-def _scatter(st: Any, full: torch.Tensor) -> None:
+def _scatter(st: Any, full: torch.Tensor | PiecedTable) -> None:
+    if tuple(st.size()) != tuple(full.shape):
+        raise ValueError(f"checkpoint table of shape {tuple(full.shape)} does not fit {tuple(st.size())}")
     for shard_ in st.local_shards():
-        index = tuple(
-            slice(o, o + n)
-            for o, n in zip(shard_.metadata.shard_offsets, shard_.metadata.shard_sizes, strict=True)
-        )
-        shard_.tensor.copy_(full[index])
+        offsets, sizes = shard_.metadata.shard_offsets, shard_.metadata.shard_sizes
+        if isinstance(full, PiecedTable):
+            shard_.tensor.copy_(full.region(offsets, sizes))
+        else:
+            shard_.tensor.copy_(full[tuple(slice(o, o + n) for o, n in zip(offsets, sizes, strict=True))])
 
 
 def gather_state(sharded: Sharded) -> dict[str, Any] | None:
@@ -266,6 +276,46 @@ def _gather_state(sharded: Sharded) -> dict[str, Any] | None:
     return {"model": model, "optimizer": {"dense": sharded.optimizer.dense.state_dict(), "sparse": sparse}}
 
 
+def checkpoint_state(sharded: Sharded, root: Path, step: int) -> dict[str, Any] | None:
+    """Write this rank's table pieces under ``root`` (:mod:`trainer.shard_files`) and return, on rank
+    0, the rest of the checkpoint: ``{"model": dense parameters, "optimizer": {"dense": ...},
+    "shards": {"dir", "sizes"}}`` (``None`` on the other ranks). Collective."""
+    with _quiet():
+        tag: list[Any] = [new_tag(step) if dist.get_rank() == 0 else None]
+        dist.broadcast_object_list(tag, src=0)
+        pieces: list[dict[str, Any]] = []
+        sizes: dict[str, list[int]] = {}
+        dense: dict[str, Any] = {}
+        for key, value in sharded.module.state_dict().items():
+            if key not in _INTERNAL_TABLE:
+                dense[key] = value.detach().clone()
+                continue
+            canonical = table_key(_INTERNAL_TABLE[key])
+            sizes[model_name(canonical)] = list(value.size())
+            pieces += [_piece("model", canonical, None, s) for s in value.local_shards()]
+        for canonical, entry in _sparse_state(sharded.module).items():
+            for name, st in entry.items():
+                sizes[sparse_name(canonical, name)] = list(st.size())
+                pieces += [_piece("sparse", canonical, name, s) for s in st.local_shards()]
+        write_pieces(root, tag[0], dist.get_rank(), pieces)
+        everyone: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, sizes)  # a rank's fused optimizer knows only its own tables
+        dist.barrier()  # every rank's pieces are on disk before rank 0 points the checkpoint at them
+    if dist.get_rank() != 0:
+        return None
+    merged = {name: size for part in everyone for name, size in part.items()}
+    return {
+        "model": dense,
+        "optimizer": {"dense": sharded.optimizer.dense.state_dict()},
+        "shards": {"dir": f"shards/{tag[0]}", "sizes": merged},
+    }
+
+
+def _piece(kind: str, key: str, name: str | None, shard_: Any) -> dict[str, Any]:
+    offsets = [int(o) for o in shard_.metadata.shard_offsets]
+    return {"kind": kind, "key": key, "name": name, "offsets": offsets, "tensor": shard_.tensor}
+
+
 def unsharded(sharded: Sharded, state: dict[str, Any] | None = None) -> Extractor | None:
     """A plain (unsharded) copy of the model for inference, on rank 0 (``None`` elsewhere); gathers
     ``state`` unless given. Why: FBGEMM's CPU kernels of the training lookup exist only behind autograd,
@@ -281,7 +331,8 @@ def unsharded(sharded: Sharded, state: dict[str, Any] | None = None) -> Extracto
 
 
 def load_state(sharded: Sharded, state: dict[str, Any]) -> None:
-    """Fill ``sharded`` (every rank its own shards) from a gathered ``{"model", "optimizer"}``."""
+    """Fill ``sharded`` (every rank its own shards) from a checkpoint's ``{"model", "optimizer"}``
+    (tables whole or in pieces)."""
     optimizer = state["optimizer"]
     if "sparse" not in optimizer or "dense" not in optimizer:
         raise ValueError("not a sharded-trainer checkpoint (no dense/sparse optimizer state)")

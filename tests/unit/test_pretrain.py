@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -238,9 +239,10 @@ def test_a_dense_adam_checkpoint_still_loads_but_resuming_it_is_refused(
     with a one-line error naming the fix."""
     pretrain(cfg(log_file, tmp_path / "a"), stop_after_batches=3)  # checkpoint after 2 batches
     file = tmp_path / "a" / "checkpoint.pt"
-    state = torch.load(file, weights_only=True)
+    state = load_state(tmp_path / "a")  # tables whole, in the one file, as that trainer wrote them
     state["optimizer"] = {"state": {}, "param_groups": [{"lr": 1e-3, "params": []}]}
     torch.save(state, file)
+    shutil.rmtree(tmp_path / "a" / "shards")
     ext = load_extractor(tmp_path / "a")
     assert torch.equal(ext.model.embeddings.table("user"), state["model"]["embeddings.user.weight"])
     with pytest.raises(
@@ -248,3 +250,34 @@ def test_a_dense_adam_checkpoint_still_loads_but_resuming_it_is_refused(
     ) as err:
         pretrain(cfg(log_file, tmp_path / "a"))
     assert "\n" not in str(err.value)
+
+
+def test_checkpoints_keep_the_tables_in_pieces_and_older_gathered_ones_still_resume(
+    log_file: Path, tmp_path: Path
+) -> None:
+    """``checkpoint.pt`` holds no table: the tables and their optimizer state are pieces under
+    ``shards/<tag>/`` (trainer.shard_files), only the current tag's kept. A checkpoint of the gathered
+    layout (tables whole in ``checkpoint.pt``, before pieces) resumes to the same parameters."""
+    pretrain(cfg(log_file, tmp_path / "full"))
+    pretrain(cfg(log_file, tmp_path / "a"), stop_after_batches=5)  # checkpoints at batches 2 and 4
+    raw = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    assert not any(k.startswith("embeddings.") for k in raw["model"])
+    assert "sparse" not in raw["optimizer"]
+    (tag,) = [d.name for d in (tmp_path / "a" / "shards").iterdir()]  # the batch-2 pieces are gone
+    assert raw["shards"]["dir"] == f"shards/{tag}" and tag.startswith("000000000004-")
+    # pieces of a save that was killed before its checkpoint.pt was replaced change nothing
+    stray = tmp_path / "a" / "shards" / "000000000006-0-0"
+    shutil.copytree(tmp_path / "a" / "shards" / tag, stray)
+    for piece in stray.glob("*.npy"):
+        np.save(piece, np.full_like(np.load(piece), 7.0))
+    gathered = tmp_path / "b"
+    shutil.copytree(tmp_path / "a", gathered)
+    torch.save(load_state(tmp_path / "a"), gathered / "checkpoint.pt")  # the gathered layout
+    shutil.rmtree(gathered / "shards")
+    for run in (tmp_path / "a", gathered):
+        pretrain(cfg(log_file, run))
+        resumed, full = load_state(run)["model"], load_state(tmp_path / "full")["model"]
+        assert resumed.keys() == full.keys()
+        assert all(torch.equal(resumed[k], full[k]) for k in full), run
+    assert [d.name for d in (tmp_path / "a" / "shards").iterdir()] != [stray.name]
+    assert not stray.exists()  # dropped by the next checkpoint

@@ -22,8 +22,10 @@ sharded path as a world of one. So:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.support.stage1_data import write_tiny
@@ -82,6 +84,17 @@ def test_two_ranks_match_one_process_exactly_for_the_pointwise_click_loss(
         "category": [[0, 0, cfg.n_categories, 16]],
     }
     assert rank1 == {"user": [[0, 24, cfg.n_users, 24]], "item": [[0, 0, cfg.n_items, 16]]}
+    # ... and writes only those to the checkpoint (one file per piece: tables, then Adagrad state)
+    written: dict[int, set[tuple[str, tuple[int, ...]]]] = {0: set(), 1: set()}
+    for piece in (tmp_path / "two" / "shards").glob("*/r*-*.json"):
+        entry = json.loads(piece.read_text())
+        if entry["kind"] == "model":
+            table, shape = entry["key"].split(".")[1], np.load(piece.with_suffix(".npy")).shape
+            written[int(piece.name[1])].add((table, (*entry["offsets"], *shape)))
+    assert written == {
+        rank: {(t, tuple(s)) for t, pieces in shards_.items() for s in pieces}
+        for rank, shards_ in ((0, rank0), (1, rank1))
+    }
     assert two.progress["state"] == "done"
     assert two.progress["batches_done"] == load_extractor(tmp_path / "one").progress["batches_done"]
     assert relative_difference(tmp_path / "one", tmp_path / "two") < 1e-3
@@ -103,3 +116,27 @@ def test_two_ranks_match_one_process_within_tolerance_for_the_full_loss(
     single(log_file, tmp_path / "other", seed=1)
     ddp_gap = relative_difference(tmp_path / "one", tmp_path / "two")
     assert 0 < ddp_gap < relative_difference(tmp_path / "one", tmp_path / "other") / 2
+
+
+def test_a_one_process_checkpoint_resumes_on_two_ranks(log_file: Path, tmp_path: Path) -> None:
+    """The table pieces one process wrote (both user halves in one rank's files) are read back by
+    region on two ranks, each taking its own shards, and the run ends where one process would."""
+    single(log_file, tmp_path / "one", tasks=("click",), alpha=0.0)
+    config = PretrainConfig(
+        super_path=log_file,
+        out=tmp_path / "resumed",
+        batch_size=250,
+        progress=False,
+        passes=1,
+        tasks=("click",),
+        alpha=0.0,
+        checkpoint_every=4,
+    )
+    pretrain(config, stop_after_batches=6)  # a checkpoint at 4 batches, then "killed"
+    assert load_extractor(tmp_path / "resumed").progress["batches_done"] == 4
+    summary = torchrun_pretrain(log_file, tmp_path / "resumed", "--tasks", "click", "--alpha", "0")
+    assert summary["world_size"] == 2
+    resumed = load_extractor(tmp_path / "resumed")
+    assert resumed.progress["state"] == "done"
+    assert resumed.progress["batches_done"] == load_extractor(tmp_path / "one").progress["batches_done"]
+    assert relative_difference(tmp_path / "one", tmp_path / "resumed") < 1e-3

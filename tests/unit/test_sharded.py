@@ -1,13 +1,21 @@
-"""The sharded id tables in one process (a world of one): initial values, checkpoint round trip."""
+"""The sharded id tables in one process (a world of one): initial values, checkpoint round trips
+(gathered, and in per-rank pieces)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+import pytest
 import torch
 
 from contract.extractor import ExtractorConfig
+from trainer.models import checkpoint as ckpt
+from trainer.models.checkpoint import save_state
 from trainer.models.strategies import build_extractor
 from trainer.models.tables import from_canonical, to_canonical
-from trainer.sharded import gather_state, load_state, local_shards, process_group, shard
+from trainer.shard_files import Piece, PiecedTable
+from trainer.sharded import checkpoint_state, gather_state, load_state, local_shards, process_group, shard
 
 CFG = ExtractorConfig(n_users=70_000, n_items=50, n_shops=20, n_categories=10, strategy="serving")
 
@@ -36,3 +44,41 @@ def test_sharded_tables_start_as_the_unsharded_model_and_round_trip_through_a_ch
         assert torch.equal(value, again["model"][key]), key
     model = build_extractor(CFG)
     model.load_state_dict(from_canonical(state["model"]))  # what export does with a checkpoint
+
+
+def test_a_checkpoint_in_pieces_reads_back_as_the_gathered_state(tmp_path: Path) -> None:
+    """Each rank's pieces (here one rank holding both user column halves) read back, whole or by
+    region, equal to what gathering gives, optimizer state included; loading them by region into
+    another sharded model gives it the same state."""
+    with process_group():
+        torch.manual_seed(0)
+        sharded = shard(build_extractor(CFG, materialize=False), 1e-3)
+        gathered = gather_state(sharded)
+        part = checkpoint_state(sharded, tmp_path, step=3)
+        assert gathered is not None and part is not None
+        save_state(tmp_path, part, {"batches_done": 3})
+        whole = ckpt.load_state(tmp_path)
+        lazy = ckpt.load_state(tmp_path, pieces=True)
+        torch.manual_seed(1)
+        other = shard(build_extractor(CFG, materialize=False), 1e-3)
+        load_state(other, lazy)
+        again = gather_state(other)
+    assert again is not None
+    for state in (whole, again):
+        assert state["model"].keys() == gathered["model"].keys()
+        for key, value in gathered["model"].items():
+            assert torch.equal(value, state["model"][key]), key
+        for key, entry in gathered["optimizer"]["sparse"].items():
+            for name, value in entry.items():
+                assert torch.equal(value, state["optimizer"]["sparse"][key][name]), (key, name)
+    user = lazy["model"]["embeddings.user.weight"]
+    assert isinstance(user, PiecedTable) and len(user.pieces) == 2  # the two column shards
+    rows = user.region([10, 20], [5, 8])  # crosses the column shards' border at 24
+    assert torch.equal(rows, gathered["model"]["embeddings.user.weight"][10:15, 20:28])
+
+
+def test_a_region_no_piece_covers_is_refused() -> None:
+    table = PiecedTable((4, 6), (Piece((0, 0), np.ones((4, 3), np.float32)),), np.dtype(np.float32))
+    assert torch.equal(table.region([1, 0], [2, 3]), torch.ones(2, 3))
+    with pytest.raises(ValueError, match="cover 6 of 12 values"):
+        table.region([1, 0], [2, 6])

@@ -6,17 +6,20 @@ Layout::
     vocabs/          contract.ids.Vocabs — raw id → row for user, item, category, shop: one
                      {user,item,category,shop}.npy of keys each, memory-mapped on load
                      (checkpoints of older versions have vocabs.json instead; both load)
-    checkpoint.pt    {"model": state dict, "optimizer": {"dense": ..., "sparse": ...}, "progress": {...}}
-                     gathered on rank 0 in the dense extractor's layout (whole tables under
-                     ``embeddings.<table>.weight``; see :mod:`trainer.sharded`); checkpoints of the
-                     dense-Adam trainer (``optimizer`` = one Adam state dict) still load for export
+    checkpoint.pt    {"model": dense parameters, "optimizer": {"dense": ...}, "progress": {...},
+                     "shards": {"dir", "sizes"}}, written by rank 0 once every rank has written
+    shards/<tag>/    the id tables and their optimizer state in per-rank pieces (trainer.shard_files);
+                     :func:`load_state` gives the dense extractor's layout (tables under
+                     ``embeddings.<table>.weight``, see :mod:`trainer.sharded`). Older checkpoints
+                     with the tables gathered into checkpoint.pt, and those of the dense-Adam trainer
+                     (``optimizer`` = one Adam state dict, export only), still load
     progress.json    the same progress pointer, readable: state, days, batches done / total
     metrics.json     per-task GAUC on the held-out day(s) (written when the run completes)
 
-``checkpoint.pt`` holds the weights, the optimizer state and the progress pointer in one file that is
-replaced atomically (write to a temporary name, then ``os.replace``), so a run killed at any moment
-leaves either the previous consistent checkpoint or the new one, never a model from one step with
-the pointer of another.
+``checkpoint.pt`` holds the dense weights, the optimizer state, the progress pointer and the name of
+its table pieces in one file that is replaced atomically (write to a temporary name, then
+``os.replace``) after the pieces are written, so a run killed at any moment leaves either the previous
+consistent checkpoint or the new one, never a model from one step with the pointer of another.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from services.errors import InvalidArgument, NotFound
 from trainer.models.extractor import Extractor
 from trainer.models.strategies import build_extractor
 from trainer.models.tables import from_canonical
+from trainer.shard_files import read_pieces, remove_others
 
 CONFIG = "config.json"
 VOCABS = "vocabs"
@@ -84,22 +88,39 @@ def read_json(path: Path) -> Any:
 
 
 def save_state(out: Path, state: dict[str, Any], progress: dict[str, Any]) -> None:
-    """Write ``{"model", "optimizer"}`` (a gathered state, :func:`trainer.sharded.gather_state`)."""
+    """Write ``checkpoint.pt`` from rank 0's part of :func:`trainer.sharded.checkpoint_state` (the
+    pieces already written), then drop the pieces of earlier checkpoints."""
     tmp = out / f".{STATE}.tmp-{os.getpid()}"
-    torch.save({"model": state["model"], "optimizer": state["optimizer"], "progress": progress}, tmp)
+    torch.save({**state, "progress": progress}, tmp)
     os.replace(tmp, out / STATE)
+    if "shards" in state:
+        remove_others(out, Path(state["shards"]["dir"]).name)
     write_json(out / PROGRESS, progress)
 
 
-def load_state(out: Path, *, mmap: bool = False) -> dict[str, Any]:
-    """``checkpoint.pt``; ``mmap``: tensors memory-mapped (a rank then reads only its shards' pages)."""
+def load_state(out: Path, *, mmap: bool = False, pieces: bool = False) -> dict[str, Any]:
+    """``checkpoint.pt`` with its tables: whole tensors, or with ``pieces`` as
+    :class:`~trainer.shard_files.PiecedTable` (a resuming rank reads only its own regions). ``mmap``:
+    tensors memory-mapped (table pieces always are)."""
     file = out / STATE
     if not file.is_file():
         raise NotFound(f"{file}: missing (the run never reached its first checkpoint?)")
     try:
         state: dict[str, Any] = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+        meta = state.pop("shards", None)
+        tables = read_pieces(out, meta) if meta is not None else {}
     except (RuntimeError, OSError, EOFError) as err:
         raise CheckpointError(f"{file}: unreadable ({err})") from err
+    if meta is not None:
+        sparse: dict[str, dict[str, Any]] = {}
+        for name, table in tables.items():
+            value = table if pieces else table.whole()
+            kind, key, *rest = name.split("/", 2)
+            if kind == "model":
+                state["model"][key] = value
+            else:
+                sparse.setdefault(key, {})[rest[0]] = value
+        state["optimizer"]["sparse"] = sparse
     return state
 
 
