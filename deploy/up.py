@@ -51,17 +51,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def free_cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is free too and still a valid port."""
+def _free_port_not_in(taken: set[int]) -> int:
+    """A free port not in ``taken`` (then added to it): two picks in one plan never coincide."""
     for _ in range(200):
         port = free_port()
-        if port + 10000 > 65535:
+        if port not in taken:
+            taken.add(port)
+            return port
+    raise UpError("no free port outside the ones already picked")
+
+
+def free_cluster_port(taken: set[int]) -> int:
+    """A free port whose cluster bus port (+10000) is free too, still a valid port, and neither is in
+    ``taken`` (the nodes already picked and their bus ports: a node on another node's bus port fails to
+    bind, ``Address already in use``); both are added to ``taken``."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535 or {port, port + 10000} & taken:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port + 10000))
             except OSError:
                 continue
+        taken |= {port, port + 10000}
         return port
     raise UpError("no free port pair (port, port + 10000) for a cluster node")
 
@@ -190,7 +203,8 @@ def redis_cli_ok(cli: str, port: int, args: Sequence[str], expect: str) -> bool:
 def redis_ports(args: argparse.Namespace) -> list[int]:
     count = 3 if args.cluster else 1
     if args.free_ports:
-        return [free_cluster_port() if args.cluster else free_port() for _ in range(count)]
+        taken: set[int] = set()
+        return [free_cluster_port(taken) if args.cluster else _free_port_not_in(taken) for _ in range(count)]
     return [args.redis_port + i for i in range(count)]
 
 
@@ -223,7 +237,9 @@ def plan_env(args: argparse.Namespace, redis: Sequence[int]) -> dict[str, str]:
     env.pop("GKC_REDIS_CLUSTER", None)
     if args.cluster:
         env["GKC_REDIS_CLUSTER"] = "true"
-    pick = free_port if args.free_ports else None
+    # the services' ports: none on a Redis node's port or (cluster) its bus port, which Redis binds later
+    taken = set(redis) | ({p + 10000 for p in redis} if args.cluster else set())
+    pick = (lambda: _free_port_not_in(taken)) if args.free_ports else None
     gkc_grpc = pick() if pick else int(env.get("GKC_GRPC_PORT", "50051"))
     gkc_http = pick() if pick else int(env.get("GKC_HTTP_PORT", "8081"))
     ranker_grpc = pick() if pick else int(env.get("RANKER_GRPC_PORT", "50052"))

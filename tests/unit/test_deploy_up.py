@@ -99,3 +99,40 @@ def test_cluster_mode_sets_the_cluster_setting(tmp_path: Path) -> None:
     env = up.plan_env(args, ports)
     assert env["GKC_REDIS_CLUSTER"] == "true"
     assert env["GKC_REDIS_URL"] == "redis://127.0.0.1:6390/0"
+
+
+def test_free_ports_never_put_a_node_or_a_service_on_a_cluster_bus_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--free-ports --cluster`` picked each node's port alone, so a node could land on another node's
+    bus port (port + 10000) and die with ``Address already in use`` (seen in CI: nodes on 41563 and
+    51563). The kernel's picks are replayed here with exactly that collision and a repeat."""
+    picks = iter([41563, 51563, 41563, 23456, 24567, 51563, 24567, 30001, 30002, 30003, 30004, 30005])
+    monkeypatch.setattr(up, "free_port", lambda: next(picks))
+    bound: list[int] = []
+    real_socket = up.socket.socket
+
+    class Probe:  # the bus-port probe: every port is free for it
+        def __init__(self, *a: object) -> None:
+            pass
+
+        def __enter__(self) -> Probe:
+            return self
+
+        def __exit__(self, *a: object) -> None:
+            pass
+
+        def bind(self, addr: tuple[str, int]) -> None:
+            bound.append(addr[1])
+
+    monkeypatch.setattr(up.socket, "socket", Probe)
+    args = up.build_parser().parse_args(["--work-dir", "/tmp/x", "--free-ports", "--cluster"])
+    ports = up.redis_ports(args)
+    monkeypatch.setattr(up.socket, "socket", real_socket)
+    assert ports == [41563, 23456, 24567]
+    env = up.plan_env(args, ports)
+    services = [
+        int(env[k]) for k in ("GKC_GRPC_PORT", "GKC_HTTP_PORT", "RANKER_GRPC_PORT", "RANKER_HTTP_PORT")
+    ]
+    busy = set(ports) | {p + 10000 for p in ports}
+    assert not busy & set(services) and len(set(services)) == 4
