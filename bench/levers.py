@@ -154,3 +154,30 @@ def user_side_share(model: DownstreamModel, batch: Batch, repeats: int = 50) -> 
         "forward_ms": round(timings["forward"] * 1000, 3),
         "user_side_share": round(timings["user_side"] / timings["forward"], 4),
     }
+
+
+def micro_batch_bound(
+    score: Callable[[Any], Any], single: Any, double: Any, rounds: int = 40
+) -> dict[str, float]:
+    """What micro-batching concurrent requests could save at most: ``score(double)`` (one request of
+    twice the candidates, the same user: the best case, since requests of different users do not share
+    the history GEMM) against ``score(single)`` twice, taking turns; medians and their ratio (< 1: the
+    batched call is cheaper)."""
+    pair, joint = [], []
+    for _ in range(3):
+        score(single), score(double)
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        score(single)
+        score(single)
+        pair.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        score(double)
+        joint.append(time.perf_counter() - t0)
+        time.sleep(0.002)
+    two, one = float(np.median(pair)), float(np.median(joint))
+    return {
+        "two_requests_ms": round(two * 1000, 3),
+        "one_double_request_ms": round(one * 1000, 3),
+        "ratio": round(one / two, 3),
+    }

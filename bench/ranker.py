@@ -114,6 +114,14 @@ def model_alone(
         elapsed += time.perf_counter() - t0
         n += 1
         time.sleep(0.002)
+    doubled = list(reqs[0].item_ids) + list(reqs[1].item_ids)
+    double_cats = list(reqs[0].category_ids) + list(reqs[1].category_ids)
+    double = scorer.encode(reqs[0].user_id, history, doubled, double_cats, [])
+    micro_batch = levers.micro_batch_bound(
+        lambda pair: scorer.score(*pair),
+        (encoded[0], knowledge),
+        (double, np.concatenate([knowledge, knowledge])),
+    )
     for enc in encoded:
         enc.batch.knowledge = {scorer.knowledge[0]: torch.from_numpy(knowledge)}
     batches = [e.batch for e in encoded[:8]]
@@ -125,6 +133,7 @@ def model_alone(
         "history_len": scorer.max_len,
         "levers": levers.measure(scorer.model, batches, seconds / 2, lever_names),
         "per_user_cache_bound": levers.user_side_share(scorer.model, batches[0]),
+        "micro_batch_bound": micro_batch,
     }
 
 

@@ -43,6 +43,7 @@ def test_quick_bench_prints_one_json_object() -> None:
     assert 0 < int8["max_abs_score_diff"] < 0.5  # quantized: close to float32, not equal
     assert set(alone["malloc_default"]["levers"]) == {"reference", "eager"}
     assert alone["per_user_cache_bound"]["user_side_share"] > 0
+    assert alone["micro_batch_bound"]["two_requests_ms"] > 0 and alone["micro_batch_bound"]["ratio"] > 0
     for path in ("api", "stream"):
         assert 0 < result["ingest_visible"][path]["p50_ms"] <= result["ingest_visible"][path]["p99_ms"]
     assert set(result["targets_met"]) == {
