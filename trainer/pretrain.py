@@ -48,6 +48,7 @@ from trainer.models.checkpoint import (
     VOCABS,
     CheckpointError,
     load_extractor,
+    load_run,
     load_state,
     require_sharded_state,
     save_state,
@@ -121,7 +122,7 @@ def _plan(
     if (out / STATE).is_file():
         return _resume_plan(cfg, tasks)
     if cfg.init is not None:
-        prev = load_extractor(cfg.init)
+        prev = load_run(cfg.init)
         if prev.progress.get("state") != "done":
             raise Conflict(f"{cfg.init}: that run has not completed; resume it first")
         first, last = prev.window
@@ -129,8 +130,8 @@ def _plan(
         if not run_days:
             raise InvalidArgument(f"{source}: no training day after day {last} (the end of {cfg.init})")
         vocabs = data.vocabs(run_days, init=prev.vocabs)
-        state = require_sharded_state(prev.path, load_state(prev.path, mmap=True))
-        model_cfg, state, added = grow_state(prev.model.cfg, state, vocabs, seed=cfg.seed)
+        state = require_sharded_state(prev.path, load_state(prev.path, mmap=True, pieces=True))
+        model_cfg, state, added = grow_state(prev.config.extractor, state, vocabs, seed=cfg.seed)
         if any(added.values()):
             log.info("%s: new ids in days %s get rows of their own: %s", source, run_days, added)
         sharded = shard(
@@ -185,7 +186,7 @@ def _plan(
 
 
 def _resume_plan(cfg: PretrainConfig, tasks: tuple[str, ...]) -> _Plan:
-    prev = load_extractor(cfg.out)
+    prev = load_run(cfg.out)
     saved = prev.config.train
     asked = {
         "tasks": tasks,
@@ -199,7 +200,7 @@ def _resume_plan(cfg: PretrainConfig, tasks: tuple[str, ...]) -> _Plan:
         raise CheckpointError(f"{cfg.out}: cannot resume with different {diff or ['strategy']}")
     state = require_sharded_state(cfg.out, load_state(cfg.out, mmap=True, pieces=True))
     sharded = shard(
-        build_extractor(prev.model.cfg, materialize=False),
+        build_extractor(prev.config.extractor, materialize=False),
         cfg.lr,
         sparse_lr_ratio=cfg.sparse_lr_ratio,
         state=state,

@@ -94,7 +94,9 @@ class PiecedTable:
 
 
 def new_tag(step: int) -> str:
-    return f"{step:012d}-{os.getpid()}-{torch.randint(0, 1 << 30, ()).item():08x}"
+    """A directory name for one checkpoint's pieces (from ``os.urandom``: drawing from torch's global
+    generator would make training depend on how often it checkpoints)."""
+    return f"{step:012d}-{os.getpid()}-{os.urandom(4).hex()}"
 
 
 def write_pieces(root: Path, tag: str, rank: int, pieces: Iterable[dict[str, Any]]) -> int:

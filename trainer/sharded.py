@@ -58,7 +58,7 @@ from torchrec.distributed.types import ShardingEnv, ShardingPlan
 from trainer.models.extractor import Extractor
 from trainer.models.strategies import build_extractor
 from trainer.models.tables import CANONICAL, TABLES, fill_initial, from_canonical, table_key
-from trainer.shard_files import PiecedTable, model_name, new_tag, sparse_name, write_pieces
+from trainer.shard_files import model_name, new_tag, sparse_name, write_pieces
 
 # TorchRec's KeyedJaggedTensor asks torch.fx whether it is being traced, and torch 2.13 logs a
 # one-time note about that question on every rank's stderr: nothing for a user to act on.
@@ -248,15 +248,17 @@ def _gather_sparse(dmp: DistributedModelParallel) -> dict[str, dict[str, torch.T
     return out
 
 
-def _scatter(st: Any, full: torch.Tensor | PiecedTable) -> None:
+def _scatter(st: Any, full: Any) -> None:
+    """Copy this rank's shards of ``st`` out of ``full``: a whole tensor, or anything read by region
+    (:class:`~trainer.shard_files.PiecedTable`, :class:`~trainer.models.growth.GrownTable`)."""
     if tuple(st.size()) != tuple(full.shape):
         raise ValueError(f"checkpoint table of shape {tuple(full.shape)} does not fit {tuple(st.size())}")
     for shard_ in st.local_shards():
         offsets, sizes = shard_.metadata.shard_offsets, shard_.metadata.shard_sizes
-        if isinstance(full, PiecedTable):
-            shard_.tensor.copy_(full.region(offsets, sizes))
-        else:
+        if isinstance(full, torch.Tensor):
             shard_.tensor.copy_(full[tuple(slice(o, o + n) for o, n in zip(offsets, sizes, strict=True))])
+        else:
+            shard_.tensor.copy_(full.region(offsets, sizes))
 
 
 def gather_state(sharded: Sharded) -> dict[str, Any] | None:

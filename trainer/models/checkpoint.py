@@ -154,15 +154,43 @@ class LoadedExtractor:
         return self.config.window
 
 
+@dataclass
+class SavedRun:
+    """What a run's checkpoint says about it, without building the model (a resume or continuation
+    shards the tables straight from the checkpoint; no process needs them whole)."""
+
+    path: Path
+    config: CheckpointConfig
+    vocabs: Vocabs
+    progress: dict[str, Any]
+
+    @property
+    def window(self) -> tuple[int, int]:
+        return self.config.window
+
+
+def load_run(path: str | os.PathLike[str]) -> SavedRun:
+    root = Path(path)
+    if not root.is_dir():
+        raise NotFound(f"{root}: no such extractor checkpoint directory")
+    config = _config(root)
+    progress = load_state(root, mmap=True, pieces=True)["progress"]
+    return SavedRun(path=root, config=config, vocabs=load_vocabs(root), progress=dict(progress))
+
+
+def _config(root: Path) -> CheckpointConfig:
+    try:
+        return CheckpointConfig.from_json(read_json(root / CONFIG), source=str(root / CONFIG))
+    except InvalidArgument as err:
+        raise CheckpointError(str(err)) from err
+
+
 def load_extractor(path: str | os.PathLike[str]) -> LoadedExtractor:
     """Load a checkpoint directory written by ``keep pretrain`` (complete or not)."""
     root = Path(path)
     if not root.is_dir():
         raise NotFound(f"{root}: no such extractor checkpoint directory")
-    try:
-        config = CheckpointConfig.from_json(read_json(root / CONFIG), source=str(root / CONFIG))
-    except InvalidArgument as err:
-        raise CheckpointError(str(err)) from err
+    config = _config(root)
     model = build_extractor(config.extractor)
     state = load_state(root)
     model.load_state_dict(from_canonical(state["model"]))

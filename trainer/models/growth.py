@@ -5,12 +5,16 @@ ids get rows at the end. So growing is: keep every old row (weights and the tabl
 state) and append new rows, the weights drawn like a fresh table's (``normal(0, init_std)``, from a
 generator seeded with the run's seed so every rank draws the same), the optimizer state zero: a new
 row starts as a fresh row would, and the first step that reaches it updates it like any other. No id
-silently stays OOV. Works on a gathered checkpoint state (:mod:`trainer.sharded`), before sharding.
+silently stays OOV. Works on a checkpoint state before sharding, without making any table whole: a
+grown table is a :class:`GrownTable`, read by region (each rank copies out its own shards), over the
+previous checkpoint's tables (whole tensors or per-rank pieces, :mod:`trainer.shard_files`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,10 +34,63 @@ def table_sizes(vocabs: Vocabs) -> dict[str, int]:
     }
 
 
+def _read(base: Any, offsets: Sequence[int], sizes: Sequence[int]) -> torch.Tensor:
+    """A region of a whole tensor or of anything with ``region`` (a ``PiecedTable``, a grown table)."""
+    if isinstance(base, torch.Tensor):
+        return base[tuple(slice(o, o + n) for o, n in zip(offsets, sizes, strict=True))]
+    return base.region(offsets, sizes)
+
+
+@dataclass(frozen=True)
+class GrownTable:
+    """``base`` grown from ``old_rows`` to ``new_rows`` rows, read by region.
+
+    Weights (``added`` given, ``[new_rows - old_rows, dim]``): rows below ``old_rows`` are the base's,
+    the rest ``added``. A row-wise optimizer state (``added`` None): one value per row and column shard,
+    shard-major ``[shards * rows]``; each shard's old rows are the base's, its new rows zeros."""
+
+    base: Any
+    old_rows: int
+    new_rows: int
+    added: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> torch.Size:
+        if self.added is not None:
+            return torch.Size((self.new_rows, int(self.base.shape[1])))
+        return torch.Size((int(self.base.shape[0]) // self.old_rows * self.new_rows,))
+
+    def region(self, offsets: Sequence[int], sizes: Sequence[int]) -> torch.Tensor:
+        if self.added is not None:
+            (r0, c0), (nr, nc) = offsets, sizes
+            out = torch.empty((nr, nc), dtype=self.added.dtype)
+            split = min(max(self.old_rows, r0), r0 + nr)  # first row of the region that is new
+            if split > r0:
+                out[: split - r0] = _read(self.base, (r0, c0), (split - r0, nc))
+            if r0 + nr > split:
+                lo, hi = split - self.old_rows, r0 + nr - self.old_rows
+                out[split - r0 :] = self.added[lo:hi, c0 : c0 + nc]
+            return out
+        (g0,), (n,) = offsets, sizes
+        out = torch.zeros(n, dtype=torch.float32)
+        for shard in range(g0 // self.new_rows, (g0 + n - 1) // self.new_rows + 1 if n else 0):
+            lo = max(g0, shard * self.new_rows) - shard * self.new_rows  # rows of this shard in the region
+            hi = min(g0 + n, (shard + 1) * self.new_rows) - shard * self.new_rows
+            old_hi = min(hi, self.old_rows)
+            if old_hi > lo:
+                at = shard * self.new_rows + lo - g0
+                out[at : at + old_hi - lo] = _read(self.base, (shard * self.old_rows + lo,), (old_hi - lo,))
+        return out
+
+    def whole(self) -> torch.Tensor:
+        return self.region([0] * len(self.shape), list(self.shape))
+
+
 def grow_state(
     cfg: ExtractorConfig, state: dict[str, Any], vocabs: Vocabs, *, seed: int
 ) -> tuple[ExtractorConfig, dict[str, Any], dict[str, int]]:
-    """``cfg`` and the gathered ``{"model", "optimizer"}`` state with tables sized for ``vocabs``.
+    """``cfg`` and the checkpoint's ``{"model", "optimizer"}`` state with tables sized for ``vocabs``
+    (grown tables are :class:`GrownTable`, read by region when sharding).
 
     Returns (config, state, rows added per table); the same objects when nothing grew."""
     sizes = table_sizes(vocabs)
@@ -59,14 +116,12 @@ def grow_state(
             continue
         key, old_rows = table_key(name), getattr(cfg, field)
         old = model[key]
-        new_rows = torch.empty(n, old.shape[1], dtype=old.dtype).normal_(
+        new_rows = torch.empty(n, int(old.shape[1]), dtype=torch.float32).normal_(
             0.0, cfg.init_std, generator=generator
         )
-        model[key] = torch.cat([old, new_rows])
+        model[key] = GrownTable(old, old_rows, old_rows + n, new_rows)
         for moment, value in sparse.get(key, {}).items():
             # One value per row and column shard, shard-major: [shards * rows] -> [shards * new rows].
-            per_shard = value.reshape(-1, old_rows)
-            pad = torch.zeros((per_shard.shape[0], n), dtype=value.dtype)
-            sparse[key][moment] = torch.cat([per_shard, pad], dim=1).reshape(-1)
+            sparse[key][moment] = GrownTable(value, old_rows, old_rows + n)
     optimizer = {"dense": state["optimizer"]["dense"], "sparse": sparse}
     return grown_cfg, {"model": model, "optimizer": optimizer}, added
