@@ -47,7 +47,6 @@ from trainer.models.checkpoint import (
     STATE,
     VOCABS,
     CheckpointError,
-    load_extractor,
     load_run,
     load_state,
     require_sharded_state,
@@ -340,7 +339,7 @@ def _finished_run(cfg: PretrainConfig) -> PretrainResult | None:
     """A rerun of a completed run (same ``--out``): report it instead of training again."""
     if not (cfg.out / STATE).is_file():
         return None
-    prev = load_extractor(cfg.out)
+    prev = load_run(cfg.out)
     if prev.progress.get("state") != "done":
         return None
     return PretrainResult(

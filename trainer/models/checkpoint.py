@@ -163,6 +163,7 @@ class SavedRun:
     config: CheckpointConfig
     vocabs: Vocabs
     progress: dict[str, Any]
+    metrics: dict[str, Any]
 
     @property
     def window(self) -> tuple[int, int]:
@@ -175,7 +176,12 @@ def load_run(path: str | os.PathLike[str]) -> SavedRun:
         raise NotFound(f"{root}: no such extractor checkpoint directory")
     config = _config(root)
     progress = load_state(root, mmap=True, pieces=True)["progress"]
-    return SavedRun(path=root, config=config, vocabs=load_vocabs(root), progress=dict(progress))
+    return SavedRun(root, config, load_vocabs(root), dict(progress), _metrics(root))
+
+
+def _metrics(root: Path) -> dict[str, Any]:
+    file = root / METRICS
+    return read_json(file) if file.is_file() else {}
 
 
 def _config(root: Path) -> CheckpointConfig:
@@ -195,8 +201,7 @@ def load_extractor(path: str | os.PathLike[str]) -> LoadedExtractor:
     state = load_state(root)
     model.load_state_dict(from_canonical(state["model"]))
     model.eval()
-    metrics_file = root / METRICS
-    metrics = read_json(metrics_file) if metrics_file.is_file() else {}
+    metrics = _metrics(root)
     return LoadedExtractor(
         path=root,
         model=model,
