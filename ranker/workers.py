@@ -26,6 +26,7 @@ import logging
 import multiprocessing as mp
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,7 +66,7 @@ class Workers:
         settings: RankerSettings,
         features_url: str,
         metrics_dir: str,
-        on_restart: Any = None,
+        on_restart: Callable[[int, int | None, int | None], None] | None = None,
     ) -> None:
         self.signal = ReloadSignal.create(settings.grpc_processes)
         self.metrics_dir = metrics_dir
@@ -74,7 +75,7 @@ class Workers:
             if pid is not None:  # its per-process gauges (models loaded, breaker) leave /metrics
                 multiprocess.mark_process_dead(pid, metrics_dir)
             if on_restart is not None:
-                on_restart(index, exitcode)
+                on_restart(index, pid, exitcode)
 
         self.group = ProcessGroup(
             "ranker",
