@@ -18,7 +18,11 @@ def bring_up_redis(tmp_path: Path, *flags: str) -> tuple[object, dict[str, str],
     ports = up.redis_ports(args)
     env = up.plan_env(args, ports)
     sup = up.Supervisor()
-    up.start_redis(sup, args, ports, env)
+    try:
+        up.start_redis(sup, args, ports, env)
+    except BaseException:
+        sup.stop_all()  # the nodes that did start (a failed cluster start left them running)
+        raise
     return sup, env, ports
 
 
