@@ -28,6 +28,7 @@ whole-model readers ask for :meth:`PiecedTable.whole`.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
 from collections.abc import Iterable, Sequence
@@ -91,6 +92,14 @@ class PiecedTable:
 
     def whole(self) -> torch.Tensor:
         return self.region([0] * len(self.size), self.size)
+
+    def release(self) -> None:
+        """Unmap the pages read so far (they stay in the page cache): a reader copying a table block by
+        block holds one block of it, not every page it has touched."""
+        for piece in self.pieces:
+            mapping = getattr(piece.values, "_mmap", None)
+            if mapping is not None:
+                mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def new_tag(step: int) -> str:

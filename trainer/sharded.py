@@ -70,6 +70,8 @@ SPARSE_OPTIMIZER = EmbOptimType.EXACT_ROWWISE_ADAGRAD
 SPARSE_LR_RATIO = 20.0
 #: Column shards of the user table (column-wise; the other tables are placed whole).
 USER_COLUMN_SHARDS = 2
+#: Rows copied at a time when a shard is filled from a checkpoint's pieces.
+SCATTER_ROWS = 1 << 16
 _INTERNAL_TABLE = {CANONICAL[table_key(name)]: name for name in TABLES}
 
 
@@ -257,8 +259,13 @@ def _scatter(st: Any, full: Any) -> None:
         offsets, sizes = shard_.metadata.shard_offsets, shard_.metadata.shard_sizes
         if isinstance(full, torch.Tensor):
             shard_.tensor.copy_(full[tuple(slice(o, o + n) for o, n in zip(offsets, sizes, strict=True))])
-        else:
-            shard_.tensor.copy_(full.region(offsets, sizes))
+            continue
+        for lo in range(0, sizes[0], SCATTER_ROWS):  # a block of rows at a time: no whole-shard copy
+            hi = min(sizes[0], lo + SCATTER_ROWS)
+            block = full.region([offsets[0] + lo, *offsets[1:]], [hi - lo, *sizes[1:]])
+            shard_.tensor[lo:hi].copy_(block)
+            if hasattr(full, "release"):
+                full.release()
 
 
 def gather_state(sharded: Sharded) -> dict[str, Any] | None:

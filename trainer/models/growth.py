@@ -85,6 +85,10 @@ class GrownTable:
     def whole(self) -> torch.Tensor:
         return self.region([0] * len(self.shape), list(self.shape))
 
+    def release(self) -> None:
+        if hasattr(self.base, "release"):
+            self.base.release()
+
 
 def grow_state(
     cfg: ExtractorConfig, state: dict[str, Any], vocabs: Vocabs, *, seed: int
