@@ -14,6 +14,16 @@ def stat(pid: int) -> list[str]:
         return []
 
 
+def status(pid: int | str = "self") -> dict[str, int]:
+    """The ``kB`` fields of ``/proc/<pid>/status`` (``VmRSS``, ``RssAnon``, ``RssFile``, ...) in bytes."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if value.strip().endswith(" kB"):
+            out[key] = int(value.split()[0]) * 1024
+    return out
+
+
 def cpu_ticks(pid: int) -> int:
     """User + system CPU time so far, in clock ticks (0 when gone)."""
     fields = stat(pid)

@@ -34,15 +34,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import procfs
+
 BATCH = 2000
 STEPS = 4
 
 
 def _rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return procfs.status().get("VmRSS", float("nan")) / 2**20
 
 
 def _batch(users: int, items: int, rank: int, step: int) -> Any:

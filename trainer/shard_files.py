@@ -102,6 +102,20 @@ class PiecedTable:
                 mapping.madvise(mmap.MADV_DONTNEED)
 
 
+def read_region(table: Any, offsets: Sequence[int], sizes: Sequence[int]) -> torch.Tensor:
+    """``[offsets, offsets + sizes)`` of a whole tensor or of a table read by region (a
+    :class:`PiecedTable`, a :class:`trainer.models.growth.GrownTable`)."""
+    if isinstance(table, torch.Tensor):
+        return table[tuple(slice(o, o + n) for o, n in zip(offsets, sizes, strict=True))]
+    return table.region(offsets, sizes)
+
+
+def release(table: Any) -> None:
+    """Let go of the pages a table read by region has mapped (nothing for a tensor)."""
+    if hasattr(table, "release"):
+        table.release()
+
+
 def new_tag(step: int) -> str:
     """A directory name for one checkpoint's pieces (from ``os.urandom``: drawing from torch's global
     generator would make training depend on how often it checkpoints)."""

@@ -58,7 +58,7 @@ from torchrec.distributed.types import ShardingEnv, ShardingPlan
 from trainer.models.extractor import Extractor
 from trainer.models.strategies import build_extractor
 from trainer.models.tables import CANONICAL, TABLES, fill_initial, from_canonical, table_key
-from trainer.shard_files import model_name, new_tag, sparse_name, write_pieces
+from trainer.shard_files import model_name, new_tag, read_region, release, sparse_name, write_pieces
 
 # TorchRec's KeyedJaggedTensor asks torch.fx whether it is being traced, and torch 2.13 logs a
 # one-time note about that question on every rank's stderr: nothing for a user to act on.
@@ -257,15 +257,11 @@ def _scatter(st: Any, full: Any) -> None:
         raise ValueError(f"checkpoint table of shape {tuple(full.shape)} does not fit {tuple(st.size())}")
     for shard_ in st.local_shards():
         offsets, sizes = shard_.metadata.shard_offsets, shard_.metadata.shard_sizes
-        if isinstance(full, torch.Tensor):
-            shard_.tensor.copy_(full[tuple(slice(o, o + n) for o, n in zip(offsets, sizes, strict=True))])
-            continue
         for lo in range(0, sizes[0], SCATTER_ROWS):  # a block of rows at a time: no whole-shard copy
             hi = min(sizes[0], lo + SCATTER_ROWS)
-            block = full.region([offsets[0] + lo, *offsets[1:]], [hi - lo, *sizes[1:]])
+            block = read_region(full, [offsets[0] + lo, *offsets[1:]], [hi - lo, *sizes[1:]])
             shard_.tensor[lo:hi].copy_(block)
-            if hasattr(full, "release"):
-                full.release()
+            release(full)
 
 
 def gather_state(sharded: Sharded) -> dict[str, Any] | None:

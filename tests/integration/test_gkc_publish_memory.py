@@ -13,17 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench import procfs
 from gkc import bundle as gkc_bundle
 from gkc.client import GkcOpsClient
 
 
 def _status(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "RssAnon", "RssFile"):
-            out[key] = int(value.split()[0]) * 1024
-    return out
+    return {k: v for k, v in procfs.status(pid).items() if k in ("VmRSS", "RssAnon", "RssFile")}
 
 
 @pytest.mark.slow

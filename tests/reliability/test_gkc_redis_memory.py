@@ -14,6 +14,7 @@ import httpx
 import pytest
 import redis
 
+from bench import procfs
 from gkc.client import GkcOpsClient, tar_bundle
 from gkc.local_redis import RedisProcess, free_port
 from protos import gkc_pb2, gkc_pb2_grpc
@@ -158,10 +159,7 @@ def test_a_full_redis_refuses_before_writing_cleans_a_failed_publish_and_still_d
 
 
 def _rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
+    return procfs.status(pid)["VmRSS"]
 
 
 def test_hostile_reads_cannot_grow_a_worker_without_bound(tmp_path: Path) -> None:

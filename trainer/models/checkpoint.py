@@ -134,27 +134,6 @@ def load_vocabs(root: Path) -> Vocabs:
 
 
 @dataclass
-class LoadedExtractor:
-    """An extractor restored for inference: the module (eval mode), its vocabularies and config."""
-
-    path: Path
-    model: Extractor
-    vocabs: Vocabs
-    config: CheckpointConfig
-    progress: dict[str, Any]
-    metrics: dict[str, Any]
-
-    @property
-    def strategy(self) -> str:
-        return self.model.cfg.strategy
-
-    @property
-    def window(self) -> tuple[int, int]:
-        """First and last super-domain day the extractor has been trained on (inclusive)."""
-        return self.config.window
-
-
-@dataclass
 class SavedRun:
     """What a run's checkpoint says about it, without building the model (a resume or continuation
     shards the tables straight from the checkpoint; no process needs them whole)."""
@@ -167,16 +146,33 @@ class SavedRun:
 
     @property
     def window(self) -> tuple[int, int]:
+        """First and last super-domain day the extractor has been trained on (inclusive)."""
         return self.config.window
 
 
+@dataclass
+class LoadedExtractor(SavedRun):
+    """An extractor restored for inference: the run plus its module (eval mode)."""
+
+    model: Extractor
+
+    @property
+    def strategy(self) -> str:
+        return self.model.cfg.strategy
+
+
 def load_run(path: str | os.PathLike[str]) -> SavedRun:
-    root = Path(path)
-    if not root.is_dir():
-        raise NotFound(f"{root}: no such extractor checkpoint directory")
+    root = _root(path)
     config = _config(root)
     progress = load_state(root, mmap=True, pieces=True)["progress"]
     return SavedRun(root, config, load_vocabs(root), dict(progress), _metrics(root))
+
+
+def _root(path: str | os.PathLike[str]) -> Path:
+    root = Path(path)
+    if not root.is_dir():
+        raise NotFound(f"{root}: no such extractor checkpoint directory")
+    return root
 
 
 def _metrics(root: Path) -> dict[str, Any]:
@@ -193,20 +189,17 @@ def _config(root: Path) -> CheckpointConfig:
 
 def load_extractor(path: str | os.PathLike[str]) -> LoadedExtractor:
     """Load a checkpoint directory written by ``keep pretrain`` (complete or not)."""
-    root = Path(path)
-    if not root.is_dir():
-        raise NotFound(f"{root}: no such extractor checkpoint directory")
+    root = _root(path)
     config = _config(root)
     model = build_extractor(config.extractor)
     state = load_state(root)
     model.load_state_dict(from_canonical(state["model"]))
     model.eval()
-    metrics = _metrics(root)
     return LoadedExtractor(
         path=root,
         model=model,
         vocabs=load_vocabs(root),
         config=config,
         progress=dict(state["progress"]),
-        metrics=metrics,
+        metrics=_metrics(root),
     )

@@ -22,6 +22,7 @@ import torch
 from contract.extractor import ExtractorConfig
 from contract.ids import Vocabs
 from trainer.models.tables import TABLES, table_key
+from trainer.shard_files import read_region, release
 
 
 def table_sizes(vocabs: Vocabs) -> dict[str, int]:
@@ -32,13 +33,6 @@ def table_sizes(vocabs: Vocabs) -> dict[str, int]:
         "shop": vocabs.n_shops(),
         "category": len(vocabs.category),
     }
-
-
-def _read(base: Any, offsets: Sequence[int], sizes: Sequence[int]) -> torch.Tensor:
-    """A region of a whole tensor or of anything with ``region`` (a ``PiecedTable``, a grown table)."""
-    if isinstance(base, torch.Tensor):
-        return base[tuple(slice(o, o + n) for o, n in zip(offsets, sizes, strict=True))]
-    return base.region(offsets, sizes)
 
 
 @dataclass(frozen=True)
@@ -66,7 +60,7 @@ class GrownTable:
             out = torch.empty((nr, nc), dtype=self.added.dtype)
             split = min(max(self.old_rows, r0), r0 + nr)  # first row of the region that is new
             if split > r0:
-                out[: split - r0] = _read(self.base, (r0, c0), (split - r0, nc))
+                out[: split - r0] = read_region(self.base, (r0, c0), (split - r0, nc))
             if r0 + nr > split:
                 lo, hi = split - self.old_rows, r0 + nr - self.old_rows
                 out[split - r0 :] = self.added[lo:hi, c0 : c0 + nc]
@@ -78,16 +72,15 @@ class GrownTable:
             hi = min(g0 + n, (shard + 1) * self.new_rows) - shard * self.new_rows
             old_hi = min(hi, self.old_rows)
             if old_hi > lo:
-                at = shard * self.new_rows + lo - g0
-                out[at : at + old_hi - lo] = _read(self.base, (shard * self.old_rows + lo,), (old_hi - lo,))
+                at, first = shard * self.new_rows + lo - g0, shard * self.old_rows + lo
+                out[at : at + old_hi - lo] = read_region(self.base, (first,), (old_hi - lo,))
         return out
 
     def whole(self) -> torch.Tensor:
         return self.region([0] * len(self.shape), list(self.shape))
 
     def release(self) -> None:
-        if hasattr(self.base, "release"):
-            self.base.release()
+        release(self.base)
 
 
 def grow_state(
