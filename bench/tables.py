@@ -1,17 +1,30 @@
 """``keep bench scale``'s id-table part: memory and step time of the sharded tables (issue 12 item 3).
 
-Each configuration runs in fresh processes (``torchrun`` for 2 ranks, gloo on the CPU, 1 thread per
+Each configuration runs in fresh processes (``torchrun`` for 2 and 4 ranks, gloo on the CPU, 1 thread per
 rank) on a synthetic extractor of the production shape (``serving``, three tasks) with ``users`` user
 ids (4M by default; 200k with ``--quick``) and a tenth as many items:
 
 - ``sharded``: ``keep pretrain``'s path (:mod:`trainer.sharded`: TorchRec tables, fused row-wise
-  Adagrad, DDP for the dense towers);
+  Adagrad, DDP for the dense towers), the user table in 2 column shards (1 and 2 ranks) and in 4
+  (``sharded_w4``: 4 ranks, ``--user-column-shards 4``);
 - ``dense``: the trainer it replaced, measured in the same run: the same tables read as plain
   embeddings, dense gradients and one dense Adam over every parameter, the gradients of everything
   (tables included) all-reduced tensor by tensor (``DataParallel.average_gradients``).
 
 Per rank (``sharded``), one checkpoint: what it adds to the rank's memory and takes, written in
 per-rank pieces (``keep pretrain``'s way) and gathered whole on rank 0 (the way it replaced).
+
+``continuation``: the 2-rank checkpoint continued in one process as ``keep pretrain --init`` does with
+:data:`NEW_USERS` new user ids (read the run's state, grow the user table, shard it, a fresh process
+each way): from the pieces by region (``keep pretrain``'s way) against whole tensors read first.
+
+``inference_load``: the 2-rank checkpoint loaded for inference (what ``keep export`` and the held-out
+scoring at a run's end build), each way in a fresh process, every table then read once: from the
+pieces (:func:`trainer.models.checkpoint.inference_model`: tables on ``meta``, one-piece tables
+memory-mapped, the user table's column pieces copied once) against the way it replaced (a module with
+random tables, the whole tensors read from the pieces, copied in). ``added_peak_mib``: the process's
+peak RSS above its RSS before; ``anon_mib``: its anonymous memory after (what cannot be given back
+without swap; memory-mapped pages are the page cache's).
 
 Per rank: RSS before the model, after it is built (``tables_mib``: what its tables and their optimizer
 state hold, the dense towers being ~10 MiB), and the peak over the timed steps; the mean step time and
@@ -38,6 +51,8 @@ from bench import procfs
 
 BATCH = 2000
 STEPS = 4
+#: New user ids a measured continuation brings.
+NEW_USERS = 100_000
 
 
 def _rss_mib() -> float:
@@ -70,13 +85,26 @@ def _batch(users: int, items: int, rank: int, step: int) -> Any:
     return b
 
 
-def child(kind: str, users: int, out: str) -> None:
-    """One rank of one configuration; writes its figures to ``out/<rank>.json``."""
+def _config(users: int) -> Any:
+    from contract.extractor import ExtractorConfig
+
+    return ExtractorConfig(
+        n_users=users,
+        n_items=max(users // 10, 1000),
+        n_shops=1000,
+        n_categories=500,
+        strategy="serving",
+        tasks=("click", "conversion", "cart"),
+    )
+
+
+def child(kind: str, users: int, out: str, user_shards: int = 2) -> None:
+    """One rank of one configuration; writes its figures to ``out/<rank>.json`` (and, ``sharded``, its
+    checkpoint under ``out/checkpoint``)."""
     import contextlib
 
     import torch
 
-    from contract.extractor import ExtractorConfig
     from trainer.distributed import from_env, shutdown
     from trainer.models.strategies import build_extractor
     from trainer.pretrain_steps import train_step
@@ -84,15 +112,8 @@ def child(kind: str, users: int, out: str) -> None:
 
     torch.set_num_threads(1)
     group = from_env()
-    items = max(users // 10, 1000)
-    cfg = ExtractorConfig(
-        n_users=users,
-        n_items=items,
-        n_shops=1000,
-        n_categories=500,
-        strategy="serving",
-        tasks=("click", "conversion", "cart"),
-    )
+    cfg = _config(users)
+    items = cfg.n_items
     tasks = cfg.tasks
     before = _rss_mib()
     reduce_s = 0.0
@@ -102,7 +123,7 @@ def child(kind: str, users: int, out: str) -> None:
     with process_group():
         torch.manual_seed(0)
         if kind == "sharded":
-            sharded = shard(build_extractor(cfg, materialize=False), 1e-3)
+            sharded = shard(build_extractor(cfg, materialize=False), 1e-3, user_shards=user_shards)
             model, optimizer = sharded.module, sharded.optimizer
             ddp = model._dmp_wrapped_module
         else:
@@ -157,15 +178,16 @@ def child(kind: str, users: int, out: str) -> None:
             result["allreduce_share"] = round(reduce_s / sum(synced), 3)
         result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         if kind == "sharded":
-            result["checkpoint"] = _checkpoint_cost(sharded)
+            result["checkpoint"] = _checkpoint_cost(sharded, Path(out, "checkpoint"), group.rank)
         Path(out, f"{group.rank}.json").write_text(json.dumps(result))
     shutdown(group)
 
 
-def _checkpoint_cost(sharded: Any) -> dict[str, Any]:
-    """What one checkpoint adds to this rank's memory (RSS sampled every 5 ms, above the RSS before)
-    and takes: written in per-rank pieces (``trainer.shard_files``, what ``keep pretrain`` does) and,
-    for comparison, gathered whole on rank 0 (what it did before)."""
+def _checkpoint_cost(sharded: Any, root: Path, rank: int) -> dict[str, Any]:
+    """What one checkpoint (left in ``root``) adds to this rank's memory (RSS sampled every 5 ms, above
+    the RSS before) and takes: written in per-rank pieces (``trainer.shard_files``, what ``keep
+    pretrain`` does) and, for comparison, gathered whole on rank 0 (what it did before)."""
+    from trainer.models.checkpoint import save_state
     from trainer.sharded import checkpoint_state, gather_state
 
     def measured(fn: Any) -> dict[str, float]:
@@ -186,18 +208,111 @@ def _checkpoint_cost(sharded: Any) -> dict[str, Any]:
         del kept
         return {"seconds": round(seconds, 2), "added_peak_mib": round(max(0.0, peak[0] - before), 1)}
 
-    with tempfile.TemporaryDirectory(prefix="keep-bench-ckpt-") as tmp:
-        pieces = measured(lambda: checkpoint_state(sharded, Path(tmp), 1))
-        written = sum(f.stat().st_size for f in Path(tmp).rglob("*.npy")) / 2**20
+    part: list[Any] = []
+    pieces = measured(lambda: part.append(checkpoint_state(sharded, root, 1)))
+    written = sum(f.stat().st_size for f in root.rglob(f"r{rank}-*.npy")) / 2**20
+    if part[0] is not None:  # rank 0: the pieces are written, checkpoint.pt names them
+        save_state(root, part[0], {"batches_done": 1})
     gathered = measured(lambda: gather_state(sharded))
     return {"pieces": {**pieces, "written_mib": round(written, 1)}, "gathered": gathered}
 
 
-def _configuration(kind: str, users: int, world: int) -> dict[str, Any]:
+def load_child(way: str, users: int, root: str, out: str) -> None:
+    """Load ``root``'s checkpoint for inference one ``way`` in this fresh process, read every table
+    once (as an export does) and write the figures to ``out``."""
+    import torch
+
+    from trainer.models import checkpoint as ckpt
+    from trainer.models.strategies import build_extractor
+    from trainer.models.tables import TABLES, from_canonical
+
+    torch.set_num_threads(1)
+    cfg = _config(users)
+    before = procfs.status()
+    t0 = time.perf_counter()
+    if way == "pieces":
+        model = ckpt.inference_model(cfg, ckpt.load_state(Path(root), mmap=True, pieces=True)["model"])
+    else:  # the way it replaced: random tables, then the whole tensors read from the pieces copied in
+        model = build_extractor(cfg)
+        model.load_state_dict(from_canonical(ckpt.load_state(Path(root))["model"]))
+        model.eval()
+    seconds = time.perf_counter() - t0
+    with torch.inference_mode():
+        checksum = sum(float(model.embeddings.table(name).sum()) for name in TABLES)
+    after = procfs.status()
+    figures = {
+        "seconds": round(seconds, 2),
+        "added_peak_mib": round((after["VmHWM"] - before["VmRSS"]) / 2**20, 1),
+        "anon_mib": round((after["RssAnon"] - before["RssAnon"]) / 2**20, 1),
+        "file_mib": round((after["RssFile"] - before["RssFile"]) / 2**20, 1),
+        "checksum": checksum,
+    }
+    Path(out).write_text(json.dumps(figures))
+
+
+def continue_child(way: str, users: int, root: str, out: str) -> None:
+    """Continue ``root``'s checkpoint one ``way`` in this fresh process (world of one): read the run,
+    grow the user table by :data:`NEW_USERS` rows, shard it; write the figures to ``out``."""
+    import numpy as np
+    import torch
+
+    from contract.ids import RESERVED, Vocab, Vocabs
+    from trainer.models import checkpoint as ckpt
+    from trainer.models.growth import grow_state
+    from trainer.models.strategies import build_extractor
+    from trainer.sharded import gather_state, process_group, shard
+
+    torch.set_num_threads(1)
+    cfg = _config(users)
+
+    def keys(rows: int) -> Vocab:
+        return Vocab(np.arange(rows - RESERVED, dtype=np.int64))
+
+    vocabs = Vocabs(
+        user=keys(users + NEW_USERS),
+        item=keys(cfg.n_items),
+        category=keys(cfg.n_categories),
+        shop=keys(cfg.n_shops),
+    )
+    before = procfs.status()
+    t0 = time.perf_counter()
+    with process_group():
+        state = ckpt.load_state(Path(root), mmap=True, pieces=way == "pieces")
+        grown, state, _ = grow_state(cfg, state, vocabs, seed=0)
+        sharded = shard(build_extractor(grown, materialize=False), 1e-3, state=state)
+        seconds = time.perf_counter() - t0
+        after = procfs.status()
+        del state
+        gathered = gather_state(sharded)  # after the measurement: to compare the two ways
+    assert gathered is not None
+    figures = {
+        "seconds": round(seconds, 2),
+        "added_peak_mib": round((after["VmHWM"] - before["VmRSS"]) / 2**20, 1),
+        "checksum": sum(float(v.double().sum()) for v in gathered["model"].values() if v.is_floating_point()),
+    }
+    Path(out).write_text(json.dumps(figures))
+
+
+def _both_ways(step: str, users: int, root: Path) -> dict[str, Any]:
+    """``step`` (``load`` or ``continue``) on the checkpoint in ``root`` from its pieces and from whole
+    tensors, each in a fresh process; both must give the same tables."""
+    out: dict[str, Any] = {}
+    for way in ("pieces", "whole"):
+        file = root.parent / f"{step}-{way}.json"
+        args = ["-m", "bench.tables", step, way, str(users), str(root), str(file)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        subprocess.run([sys.executable, *args], check=True, capture_output=True, text=True, env=env)
+        out[way] = json.loads(file.read_text())
+    if out["pieces"].pop("checksum") != out["whole"].pop("checksum"):
+        raise RuntimeError(f"{step}: the two ways of reading the checkpoint gave different tables")
+    return out
+
+
+def _configuration(kind: str, users: int, world: int, user_shards: int = 2) -> dict[str, Any]:
     from gkc.local_redis import free_port
 
     with tempfile.TemporaryDirectory(prefix="keep-bench-tables-") as tmp:
-        args = ["-m", "bench.tables", kind, str(users), tmp]
+        args = ["-m", "bench.tables", kind, str(users), tmp, str(user_shards)]
         if world > 1:
             args = [
                 "-m",
@@ -213,7 +328,11 @@ def _configuration(kind: str, users: int, world: int) -> dict[str, Any]:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         subprocess.run([sys.executable, *args], check=True, capture_output=True, text=True, env=env)
         ranks = [json.loads(Path(tmp, f"{r}.json").read_text()) for r in range(world)]
-    return {"world": world, "ranks": ranks}
+        result: dict[str, Any] = {"world": world, "ranks": ranks}
+        if kind == "sharded" and world == 2:
+            result["inference_load"] = _both_ways("load", users, Path(tmp, "checkpoint"))
+            result["continuation"] = _both_ways("continue", users, Path(tmp, "checkpoint"))
+    return result
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -227,18 +346,21 @@ def run(quick: bool) -> dict[str, Any]:
     for kind in ("sharded", "dense"):
         for world in (1, 2):
             out[f"{kind}_w{world}"] = _configuration(kind, users, world)
+    # more ranks: the user table in as many column shards (--user-column-shards 4), 1/4 per rank
+    out["sharded_w4"] = _configuration("sharded", users, 4, user_shards=4)
     s1, s2 = out["sharded_w1"]["ranks"][0], out["sharded_w2"]["ranks"]
     d1 = out["dense_w1"]["ranks"][0]
     out["summary"] = {
         "tables_mib_per_rank": {
             "sharded_1_rank": s1["tables_mib"],
             "sharded_2_ranks": [r["tables_mib"] for r in s2],
+            "sharded_4_ranks_4_shards": [r["tables_mib"] for r in out["sharded_w4"]["ranks"]],
             "dense_1_rank": d1["tables_mib"],
             "dense_2_ranks": [r["tables_mib"] for r in out["dense_w2"]["ranks"]],
         },
         "peak_rss_mib_per_rank": {
             k: [r["peak_rss_mib"] for r in out[k]["ranks"]]
-            for k in ("sharded_w1", "sharded_w2", "dense_w1", "dense_w2")
+            for k in ("sharded_w1", "sharded_w2", "sharded_w4", "dense_w1", "dense_w2")
         },
         "allreduce_share_2_ranks": {
             "sharded": max(r["allreduce_share"] for r in s2),
@@ -254,9 +376,19 @@ def run(quick: bool) -> dict[str, Any]:
             for way in ("pieces", "gathered")
             for k in ("sharded_w1", "sharded_w2")
         },
+        # the 2-rank checkpoint loaded for inference (export, held-out scoring): from the pieces in
+        # place vs random tables + whole tensors copied in
+        "inference_load": out["sharded_w2"]["inference_load"],
+        # the same checkpoint continued with NEW_USERS new users (grown, sharded in one process)
+        "continuation": out["sharded_w2"]["continuation"],
     }
     return out
 
 
 if __name__ == "__main__":
-    child(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+    if sys.argv[1] == "load":
+        load_child(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
+    elif sys.argv[1] == "continue":
+        continue_child(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
+    else:
+        child(sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))

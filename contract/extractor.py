@@ -80,6 +80,9 @@ class PretrainSettings:
     model_tasks: tuple[str, ...]
     #: The id tables' learning rate over ``lr`` (``None``: the trainer's default).
     sparse_lr_ratio: float | None = None
+    #: Column shards of the user table (its row-wise optimizer keeps one value per row and shard, so
+    #: a resume or continuation keeps the count; runs before it was recorded used 2).
+    user_column_shards: int = 2
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "tasks": list(self.tasks), "model_tasks": list(self.model_tasks)}
@@ -95,6 +98,7 @@ class PretrainSettings:
             strategy=str(data["strategy"]),
             model_tasks=tuple(data.get("model_tasks", data["tasks"])),
             sparse_lr_ratio=data.get("sparse_lr_ratio"),
+            user_column_shards=int(data.get("user_column_shards", 2)),
         )
 
 

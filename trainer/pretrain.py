@@ -65,7 +65,15 @@ from trainer.pretrain_steps import (
     split_days,
     train_step,
 )
-from trainer.sharded import Sharded, checkpoint_state, local_shards, process_group, shard, unsharded
+from trainer.sharded import (
+    USER_COLUMN_SHARDS,
+    Sharded,
+    checkpoint_state,
+    local_shards,
+    process_group,
+    shard,
+    unsharded,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +137,13 @@ def _plan(
         if not run_days:
             raise InvalidArgument(f"{source}: no training day after day {last} (the end of {cfg.init})")
         vocabs = data.vocabs(run_days, init=prev.vocabs)
+        user_shards = prev.config.train.user_column_shards
+        if cfg.user_column_shards not in (None, user_shards):
+            raise InvalidArgument(
+                f"--user-column-shards {cfg.user_column_shards} does not match {cfg.init} ({user_shards} "
+                "shards: its row-wise Adagrad state is per row and shard); leave it out to continue with "
+                "the checkpoint's"
+            )
         state = require_sharded_state(prev.path, load_state(prev.path, mmap=True, pieces=True))
         model_cfg, state, added = grow_state(prev.config.extractor, state, vocabs, seed=cfg.seed)
         if any(added.values()):
@@ -137,6 +152,7 @@ def _plan(
             build_extractor(model_cfg, materialize=False),
             cfg.lr,
             sparse_lr_ratio=cfg.sparse_lr_ratio,
+            user_shards=user_shards,
             state=state,
         )
         model_tasks = model_cfg.tasks
@@ -153,7 +169,8 @@ def _plan(
         torch.manual_seed(cfg.seed)
         strategy = cfg.strategy or DEFAULT_STRATEGY
         model = build_extractor(extractor_config(vocabs, strategy, tasks, cfg.max_len), materialize=False)
-        sharded = shard(model, cfg.lr, sparse_lr_ratio=cfg.sparse_lr_ratio)
+        user_shards = cfg.user_column_shards or USER_COLUMN_SHARDS
+        sharded = shard(model, cfg.lr, sparse_lr_ratio=cfg.sparse_lr_ratio, user_shards=user_shards)
         model_tasks = tasks
         window_first = run_days[0]
     config = CheckpointConfig(
@@ -167,6 +184,7 @@ def _plan(
             strategy=strategy,
             model_tasks=tuple(model_tasks),
             sparse_lr_ratio=cfg.sparse_lr_ratio,
+            user_column_shards=user_shards,
         ),
         data=TrainingWindow(
             super=str(cfg.super_path.resolve()),
@@ -193,6 +211,7 @@ def _resume_plan(cfg: PretrainConfig, tasks: tuple[str, ...]) -> _Plan:
         "seed": cfg.seed,
         "batch_size": cfg.batch_size,
         "sparse_lr_ratio": cfg.sparse_lr_ratio,
+        "user_column_shards": cfg.user_column_shards or saved.user_column_shards,
     }
     diff = [k for k, v in asked.items() if getattr(saved, k) != v]
     if diff or (cfg.strategy is not None and saved.strategy != cfg.strategy):
@@ -202,6 +221,7 @@ def _resume_plan(cfg: PretrainConfig, tasks: tuple[str, ...]) -> _Plan:
         build_extractor(prev.config.extractor, materialize=False),
         cfg.lr,
         sparse_lr_ratio=cfg.sparse_lr_ratio,
+        user_shards=saved.user_column_shards,
         state=state,
     )
     run_days = list(prev.config.data.run_days)
@@ -311,7 +331,7 @@ def _pretrain(cfg: PretrainConfig, stop_after_batches: int | None, group: DataPa
     progress["final_loss"] = ema
     metrics: dict[str, Any] = {}
     wrote = _save(cfg.out, plan.sharded, progress)
-    final = unsharded(plan.sharded, load_state(cfg.out, mmap=True)) if wrote else None
+    final = unsharded(plan.sharded, load_state(cfg.out, mmap=True, pieces=True)) if wrote else None
     if final is not None:
         metrics = (
             score_holdout(final, *data.holdout(plan.vocabs, holdout, cfg.max_len), tasks) if holdout else {}

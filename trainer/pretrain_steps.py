@@ -51,6 +51,10 @@ class PretrainConfig:
     #: The id tables' row-wise Adagrad learning rate as a multiple of ``lr``; ``None``: the default of
     #: :data:`trainer.sharded.SPARSE_LR_RATIO`.
     sparse_lr_ratio: float | None = None
+    #: Column shards of the user table, spread over the ranks (shard i on rank i % world): with N ranks,
+    #: N shards give each rank 1/N of it. ``None``: the ``init`` (or resumed) run's, else
+    #: :data:`trainer.sharded.USER_COLUMN_SHARDS`.
+    user_column_shards: int | None = None
     init: Path | None = None
     holdout_days: int = 1
     #: Save the resumable state every this many batches (and at the end of the run).

@@ -40,7 +40,8 @@ import numpy as np
 import torch
 
 SHARDS = "shards"
-#: Rows copied at a time when a piece is written (bounds the memory a save adds).
+#: Rows copied at a time when a piece is written or a table read by region is copied out (bounds the
+#: memory a save, a resume or a load adds to one block).
 CHUNK_ROWS = 1 << 16
 
 
@@ -116,6 +117,30 @@ def release(table: Any) -> None:
         table.release()
 
 
+def copy_region(target: torch.Tensor, table: Any, offsets: Sequence[int]) -> None:
+    """Fill ``target`` with the region of ``table`` (a tensor, or a table read by region) that starts at
+    ``offsets`` and has ``target``'s shape, :data:`CHUNK_ROWS` rows at a time, unmapping the pages read
+    after each block: the copy never holds more of ``table`` than one block."""
+    sizes = target.shape
+    for lo in range(0, sizes[0], CHUNK_ROWS):
+        hi = min(sizes[0], lo + CHUNK_ROWS)
+        target[lo:hi].copy_(read_region(table, [offsets[0] + lo, *offsets[1:]], [hi - lo, *sizes[1:]]))
+        release(table)
+
+
+def readable(table: torch.Tensor | PiecedTable) -> torch.Tensor:
+    """The whole of ``table`` as one tensor to read from (inference): a tensor as it is; a table kept in
+    one piece, that piece memory-mapped (no copy: its pages are the page cache's, read as touched);
+    else (a table split by columns or rows) one copy, filled by :func:`copy_region`."""
+    if isinstance(table, torch.Tensor):
+        return table
+    if len(table.pieces) == 1 and table.pieces[0].values.shape == table.size:
+        return torch.from_numpy(table.pieces[0].values)
+    out = torch.from_numpy(np.empty(table.size, dtype=table.dtype))
+    copy_region(out, table, [0] * len(table.size))
+    return out
+
+
 def new_tag(step: int) -> str:
     """A directory name for one checkpoint's pieces (from ``os.urandom``: drawing from torch's global
     generator would make training depend on how often it checkpoints)."""
@@ -150,7 +175,8 @@ def read_pieces(root: Path, meta: dict[str, Any]) -> dict[str, PiecedTable]:
     found: dict[str, list[Piece]] = {}
     for file in sorted(directory.glob("r*-*.json")):
         entry = json.loads(file.read_text())
-        values = np.load(file.with_suffix(".npy"), mmap_mode="r")
+        # copy-on-write: a tensor over the mapping is writable (no warning) and never writes the file
+        values = np.load(file.with_suffix(".npy"), mmap_mode="c")
         name = _name(entry["kind"], entry["key"], entry.get("name"))
         found.setdefault(name, []).append(Piece(tuple(entry["offsets"]), values))
     sizes = meta["sizes"]

@@ -55,10 +55,11 @@ from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.sharding_plan import column_wise, construct_module_sharding_plan, table_wise
 from torchrec.distributed.types import ShardingEnv, ShardingPlan
 
+from services.errors import InvalidArgument
+from trainer.models.checkpoint import inference_model
 from trainer.models.extractor import Extractor
-from trainer.models.strategies import build_extractor
-from trainer.models.tables import CANONICAL, TABLES, fill_initial, from_canonical, table_key
-from trainer.shard_files import model_name, new_tag, read_region, release, sparse_name, write_pieces
+from trainer.models.tables import CANONICAL, TABLES, fill_initial, table_key
+from trainer.shard_files import copy_region, model_name, new_tag, sparse_name, write_pieces
 
 # TorchRec's KeyedJaggedTensor asks torch.fx whether it is being traced, and torch 2.13 logs a
 # one-time note about that question on every rank's stderr: nothing for a user to act on.
@@ -68,10 +69,9 @@ logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 #: ``SPARSE_LR_RATIO`` x the dense Adam's (``--lr``): 0.02 at the default 1e-3, and ``--lr 0`` freezes all.
 SPARSE_OPTIMIZER = EmbOptimType.EXACT_ROWWISE_ADAGRAD
 SPARSE_LR_RATIO = 20.0
-#: Column shards of the user table (column-wise; the other tables are placed whole).
+#: Column shards of the user table by default (column-wise; the other tables are placed whole). A run
+#: chooses its own (``--user-column-shards``, kept in its config): see :func:`check_user_shards`.
 USER_COLUMN_SHARDS = 2
-#: Rows copied at a time when a shard is filled from a checkpoint's pieces.
-SCATTER_ROWS = 1 << 16
 _INTERNAL_TABLE = {CANONICAL[table_key(name)]: name for name in TABLES}
 
 
@@ -103,18 +103,31 @@ def _sharders(sparse_lr: float) -> list[Any]:
     return [EmbeddingCollectionSharder(fused_params=fused), EmbeddingBagCollectionSharder(fused_params=fused)]
 
 
-def plan(model: Extractor) -> ShardingPlan:
-    """``user`` column-wise in :data:`USER_COLUMN_SHARDS` shards over the ranks (rank ``i % world``),
+def check_user_shards(user_dim: int, shards: int) -> None:
+    """Refuse a user-table column split FBGEMM's CPU kernels cannot run: every shard needs a width that
+    is a multiple of 4 (``user_dim / shards``)."""
+    if shards < 1 or user_dim % shards or (user_dim // shards) % 4:
+        raise InvalidArgument(
+            f"--user-column-shards {shards}: the {user_dim}-wide user table must split into shards whose "
+            "width is a multiple of 4 (for 48: 1, 2, 3, 4, 6 or 12)"
+        )
+
+
+def plan(model: Extractor, user_shards: int = USER_COLUMN_SHARDS) -> ShardingPlan:
+    """``user`` column-wise in ``user_shards`` shards over the ranks (shard ``i`` on rank ``i % world``),
     ``item`` whole on the last rank, ``shop`` and ``category`` whole on rank 0 (all fused kernels).
 
     A fixed plan rather than TorchRec's planner: the planner's cost model is for GPUs, and a fixed
-    shard layout keeps the same model whatever the world size."""
+    shard layout keeps the same model whatever the world size (row-wise Adagrad keeps one accumulator
+    per row and column shard, so the shard count is part of what a run trains: it is kept in the run's
+    config, and with more ranks than shards the extra ranks hold no part of ``user``)."""
+    check_user_shards(model.cfg.user_dim, user_shards)
     world = dist.get_world_size()
     fused = EmbeddingComputeKernel.FUSED.value
     shape = {"local_size": world, "world_size": world, "device_type": "cpu"}
     user = construct_module_sharding_plan(
         model.embeddings.user_bags,
-        {"user": column_wise(ranks=[i % world for i in range(USER_COLUMN_SHARDS)], compute_kernel=fused)},
+        {"user": column_wise(ranks=[i % world for i in range(user_shards)], compute_kernel=fused)},
         **shape,
     )
     ids = construct_module_sharding_plan(
@@ -163,14 +176,16 @@ def shard(
     lr: float,
     *,
     sparse_lr_ratio: float | None = None,
+    user_shards: int = USER_COLUMN_SHARDS,
     state: dict[str, Any] | None = None,
 ) -> Sharded:
     """``model`` (tables materialised or on ``meta``) under DMP with its optimizer; the tables' learning
-    rate is ``sparse_lr_ratio`` (default :data:`SPARSE_LR_RATIO`) x ``lr``.
+    rate is ``sparse_lr_ratio`` (default :data:`SPARSE_LR_RATIO`) x ``lr``; the user table in
+    ``user_shards`` column shards (:func:`plan`).
 
     The tables are filled from ``state`` (a gathered checkpoint: ``{"model", "optimizer"}``) when given,
     else with their world-independent initial values (:func:`trainer.models.tables.fill_initial`)."""
-    sharding_plan = plan(model)
+    sharding_plan = plan(model, user_shards)
     sparse_lr = (SPARSE_LR_RATIO if sparse_lr_ratio is None else sparse_lr_ratio) * lr
     with _quiet():
         dmp = DistributedModelParallel(
@@ -255,13 +270,8 @@ def _scatter(st: Any, full: Any) -> None:
     (:class:`~trainer.shard_files.PiecedTable`, :class:`~trainer.models.growth.GrownTable`)."""
     if tuple(st.size()) != tuple(full.shape):
         raise ValueError(f"checkpoint table of shape {tuple(full.shape)} does not fit {tuple(st.size())}")
-    for shard_ in st.local_shards():
-        offsets, sizes = shard_.metadata.shard_offsets, shard_.metadata.shard_sizes
-        for lo in range(0, sizes[0], SCATTER_ROWS):  # a block of rows at a time: no whole-shard copy
-            hi = min(sizes[0], lo + SCATTER_ROWS)
-            block = read_region(full, [offsets[0] + lo, *offsets[1:]], [hi - lo, *sizes[1:]])
-            shard_.tensor[lo:hi].copy_(block)
-            release(full)
+    for shard_ in st.local_shards():  # a block of rows at a time: no whole-shard copy
+        copy_region(shard_.tensor, full, shard_.metadata.shard_offsets)
 
 
 def gather_state(sharded: Sharded) -> dict[str, Any] | None:
@@ -323,16 +333,15 @@ def _piece(kind: str, key: str, name: str | None, shard_: Any) -> dict[str, Any]
 
 def unsharded(sharded: Sharded, state: dict[str, Any] | None = None) -> Extractor | None:
     """A plain (unsharded) copy of the model for inference, on rank 0 (``None`` elsewhere); gathers
-    ``state`` unless given. Why: FBGEMM's CPU kernels of the training lookup exist only behind autograd,
-    so the sharded model fails under ``torch.inference_mode()`` (``NotImplementedError: Could not run
-    'fbgemm::split_embedding_codegen_lookup_rowwise_adagrad_function_pt2' with arguments from the 'CPU'
-    backend``); evaluation and export read plain embedding tables instead."""
+    ``state`` unless given (tables whole or in pieces: :func:`trainer.models.checkpoint.inference_model`
+    reads them without a second copy). Why: FBGEMM's CPU kernels of the training lookup exist only
+    behind autograd, so the sharded model fails under ``torch.inference_mode()`` (``NotImplementedError:
+    Could not run 'fbgemm::split_embedding_codegen_lookup_rowwise_adagrad_function_pt2' with arguments
+    from the 'CPU' backend``); evaluation and export read plain embedding tables instead."""
     state = gather_state(sharded) if state is None else state
     if state is None:
         return None
-    model = build_extractor(sharded.extractor.cfg)
-    model.load_state_dict(from_canonical(state["model"]))
-    return model
+    return inference_model(sharded.extractor.cfg, state["model"])
 
 
 def load_state(sharded: Sharded, state: dict[str, Any]) -> None:

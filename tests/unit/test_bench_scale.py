@@ -31,3 +31,7 @@ def test_bench_scale_quick_prints_one_json_object(capsys: pytest.CaptureFixture[
     tables = result["tables"]["summary"]
     assert len(tables["tables_mib_per_rank"]["sharded_2_ranks"]) == 2
     assert set(tables["samples_per_s"]) == {"sharded_w1", "sharded_w2", "dense_w1", "dense_w2"}
+    # the 2-rank checkpoint loaded for inference both ways (their tables read the same, or the bench fails)
+    for step in ("inference_load", "continuation"):  # each both ways (their tables compared by the bench)
+        ways = tables[step]
+        assert set(ways) == {"pieces", "whole"} and all(w["added_peak_mib"] > 0 for w in ways.values())

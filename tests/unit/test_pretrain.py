@@ -214,6 +214,28 @@ def test_the_tables_learning_rate_reaches_their_optimizer(log_file: Path, tmp_pa
         pretrain(cfg(log_file, tmp_path / "frozen_early", checkpoint_every=1))
 
 
+def test_the_user_table_splits_into_the_column_shards_the_run_chose(log_file: Path, tmp_path: Path) -> None:
+    """``user_column_shards``: that many user pieces in the checkpoint, recorded in its settings and kept
+    by a continuation; asking another count of a continuation or a resume, or a width FBGEMM cannot
+    run, is refused with the reason."""
+    df = read_log(log_file)
+    days = day_of(df["ts"].to_numpy())
+    first = write_log(df[days <= days.min() + 2], tmp_path / "first.parquet")
+    pretrain(cfg(first, tmp_path / "a", user_column_shards=3))
+    pretrain(cfg(log_file, tmp_path / "b", init=tmp_path / "a"))  # the count left out: the init's
+    for run in ("a", "b"):
+        assert load_extractor(tmp_path / run).config.train.user_column_shards == 3
+        user = load_state(tmp_path / run, pieces=True)["model"]["embeddings.user.weight"]
+        assert sorted(piece.offsets[1] for piece in user.pieces) == [0, 16, 32], run
+    with pytest.raises(InvalidArgument, match="--user-column-shards 2 does not match"):
+        pretrain(cfg(log_file, tmp_path / "c", init=tmp_path / "a", user_column_shards=2))
+    pretrain(cfg(log_file, tmp_path / "d", user_column_shards=4), stop_after_batches=3)
+    with pytest.raises(InvalidArgument, match="cannot resume with different \\['user_column_shards'\\]"):
+        pretrain(cfg(log_file, tmp_path / "d", user_column_shards=2))
+    with pytest.raises(InvalidArgument, match="a multiple of 4"):
+        pretrain(cfg(log_file, tmp_path / "e", user_column_shards=8))
+
+
 def test_missing_label_column_skips_the_task(tmp_path: Path) -> None:
     path = write_tiny(tmp_path / "s.parquet", **{**SMALL, "days": 3}, labels=("conversion",))
     result = pretrain(cfg(path, tmp_path / "x", tasks=("click", "conversion", "cart")))

@@ -119,9 +119,10 @@ def test_two_ranks_match_one_process_within_tolerance_for_the_full_loss(
 
 
 def test_a_one_process_checkpoint_resumes_on_two_ranks(log_file: Path, tmp_path: Path) -> None:
-    """The table pieces one process wrote (both user halves in one rank's files) are read back by
-    region on two ranks, each taking its own shards, and the run ends where one process would."""
-    single(log_file, tmp_path / "one", tasks=("click",), alpha=0.0)
+    """The table pieces one process wrote (all four user column shards in one rank's files) are read
+    back by region on two ranks, each taking its own two shards (``--user-column-shards 4``: shard i on
+    rank i % 2), and the run ends where one process would."""
+    single(log_file, tmp_path / "one", tasks=("click",), alpha=0.0, user_column_shards=4)
     config = PretrainConfig(
         super_path=log_file,
         out=tmp_path / "resumed",
@@ -131,11 +132,19 @@ def test_a_one_process_checkpoint_resumes_on_two_ranks(log_file: Path, tmp_path:
         tasks=("click",),
         alpha=0.0,
         checkpoint_every=4,
+        user_column_shards=4,
     )
     pretrain(config, stop_after_batches=6)  # a checkpoint at 4 batches, then "killed"
     assert load_extractor(tmp_path / "resumed").progress["batches_done"] == 4
     summary = torchrun_pretrain(log_file, tmp_path / "resumed", "--tasks", "click", "--alpha", "0")
     assert summary["world_size"] == 2
+    shards = summary["shards"]
+    assert isinstance(shards, list)
+    n = load_extractor(tmp_path / "resumed").model.cfg.n_users
+    assert [rank["user"] for rank in shards] == [
+        [[0, 0, n, 12], [0, 24, n, 12]],
+        [[0, 12, n, 12], [0, 36, n, 12]],
+    ]
     resumed = load_extractor(tmp_path / "resumed")
     assert resumed.progress["state"] == "done"
     assert resumed.progress["batches_done"] == load_extractor(tmp_path / "one").progress["batches_done"]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -46,17 +47,24 @@ def test_sharded_tables_start_as_the_unsharded_model_and_round_trip_through_a_ch
     model.load_state_dict(from_canonical(state["model"]))  # what export does with a checkpoint
 
 
+def checkpointed(root: Path, step: int) -> dict[str, Any]:
+    """A fresh sharded model's checkpoint in ``root`` (pieces + checkpoint.pt); its gathered state.
+    Call inside ``process_group()``."""
+    torch.manual_seed(0)
+    sharded = shard(build_extractor(CFG, materialize=False), 1e-3)
+    gathered = gather_state(sharded)
+    part = checkpoint_state(sharded, root, step=step)
+    assert gathered is not None and part is not None
+    save_state(root, part, {"batches_done": step})
+    return gathered
+
+
 def test_a_checkpoint_in_pieces_reads_back_as_the_gathered_state(tmp_path: Path) -> None:
     """Each rank's pieces (here one rank holding both user column halves) read back, whole or by
     region, equal to what gathering gives, optimizer state included; loading them by region into
     another sharded model gives it the same state."""
     with process_group():
-        torch.manual_seed(0)
-        sharded = shard(build_extractor(CFG, materialize=False), 1e-3)
-        gathered = gather_state(sharded)
-        part = checkpoint_state(sharded, tmp_path, step=3)
-        assert gathered is not None and part is not None
-        save_state(tmp_path, part, {"batches_done": 3})
+        gathered = checkpointed(tmp_path, 3)
         whole = ckpt.load_state(tmp_path)
         lazy = ckpt.load_state(tmp_path, pieces=True)
         torch.manual_seed(1)
@@ -75,6 +83,34 @@ def test_a_checkpoint_in_pieces_reads_back_as_the_gathered_state(tmp_path: Path)
     assert isinstance(user, PiecedTable) and len(user.pieces) == 2  # the two column shards
     rows = user.region([10, 20], [5, 8])  # crosses the column shards' border at 24
     assert torch.equal(rows, gathered["model"]["embeddings.user.weight"][10:15, 20:28])
+
+
+def test_an_inference_model_reads_the_pieces_in_place_and_scores_as_the_gathered_one(tmp_path: Path) -> None:
+    """What export and the run's held-out scoring build: a table kept in one piece is the memory-mapped
+    piece itself (no copy), the column-split user table one copy; the scores equal a model loaded the
+    old way (random tables, then the gathered state copied in); a state missing a table is refused."""
+    with process_group():
+        gathered = checkpointed(tmp_path, 1)
+    lazy = ckpt.load_state(tmp_path, mmap=True, pieces=True)
+    model = ckpt.inference_model(CFG, lazy["model"])
+    old = build_extractor(CFG)
+    old.load_state_dict(from_canonical(gathered["model"]))
+    old.eval()
+    item = model.embeddings.table("item")
+    piece = lazy["model"]["embeddings.item.weight"].pieces[0].values
+    assert item.data_ptr() == piece.ctypes.data  # the mapping itself, not a copy
+    user = model.embeddings.table("user")
+    assert torch.equal(user, gathered["model"]["embeddings.user.weight"])
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+    g = torch.Generator().manual_seed(0)
+    users = torch.randint(0, CFG.n_users, (64,), generator=g)
+    items = torch.randint(2, CFG.n_items, (64,), generator=g)
+    with torch.inference_mode():
+        for name, ids in (("user", users), ("item", items)):
+            assert torch.equal(model.embeddings.lookup(name, ids), old.embeddings.lookup(name, ids)), name
+    del lazy["model"]["embeddings.shop.weight"]
+    with pytest.raises(ckpt.CheckpointError, match=r"missing \['embeddings.shop.weight'\]"):
+        ckpt.inference_model(CFG, lazy["model"])
 
 
 def test_a_region_no_piece_covers_is_refused() -> None:

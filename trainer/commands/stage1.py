@@ -44,6 +44,14 @@ def register(sub: Any) -> None:
         default=None,
         help="the id tables' row-wise Adagrad learning rate as a multiple of --lr (default 20)",
     )
+    p.add_argument(
+        "--user-column-shards",
+        type=int,
+        default=None,
+        help="split the user table into this many column shards, spread over the torchrun ranks (with N "
+        "ranks, N shards give each 1/N of it; width a multiple of 4: 1, 2, 3, 4, 6 or 12 for 48); "
+        "default 2, or the --init run's",
+    )
     p.add_argument("--init", default=None, help="previous checkpoint: continue on the days after its window")
     p.add_argument("--holdout-days", type=int, default=1, help="last days kept for the GAUC (default 1)")
     p.add_argument(
@@ -138,6 +146,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         sparse_lr_ratio=args.sparse_lr_ratio,
+        user_column_shards=args.user_column_shards,
         init=Path(args.init) if args.init else None,
         holdout_days=args.holdout_days,
         checkpoint_every=args.checkpoint_every,

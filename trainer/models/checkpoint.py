@@ -32,13 +32,13 @@ from typing import Any
 
 import torch
 
-from contract.extractor import CheckpointConfig
+from contract.extractor import CheckpointConfig, ExtractorConfig
 from contract.ids import Vocabs
 from services.errors import InvalidArgument, NotFound
 from trainer.models.extractor import Extractor
 from trainer.models.strategies import build_extractor
-from trainer.models.tables import from_canonical
-from trainer.shard_files import read_pieces, remove_others
+from trainer.models.tables import TABLES, from_canonical, table_key
+from trainer.shard_files import read_pieces, readable, remove_others
 
 CONFIG = "config.json"
 VOCABS = "vocabs"
@@ -187,14 +187,41 @@ def _config(root: Path) -> CheckpointConfig:
         raise CheckpointError(str(err)) from err
 
 
+def inference_model(cfg: ExtractorConfig, model_state: dict[str, Any]) -> Extractor:
+    """The extractor for inference (eval mode, no gradients) from a checkpoint's ``model`` state whose
+    tables are whole tensors or :class:`~trainer.shard_files.PiecedTable`s.
+
+    The tables are never allocated twice: the module is built with its tables on ``meta`` (no random
+    initial values) and each table is :func:`~trainer.shard_files.readable`: a table kept in one piece
+    is read memory-mapped (no copy), one split across ranks is copied once, a block of rows at a time.
+    No optimizer state is read. Building the module with random tables and then copying the loaded ones
+    in held about twice the tables (three times with the whole tensors read from the pieces)."""
+    model = build_extractor(cfg, materialize=False)
+    tables = {table_key(name): name for name in TABLES}
+    dense = {k: v for k, v in model_state.items() if k not in tables}
+    missing, unexpected = model.load_state_dict(from_canonical(dense), strict=False)
+    absent = sorted(set(tables) - set(model_state))
+    wrong = sorted(set(missing) - set(from_canonical({k: None for k in tables})))
+    if absent or wrong or unexpected:
+        raise CheckpointError(
+            f"checkpoint state does not fit the extractor: missing {absent + wrong}, unexpected {unexpected}"
+        )
+    for key, name in tables.items():
+        model.embeddings.set_table(name, readable(model_state[key]))
+    unset = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if unset:
+        raise CheckpointError(f"checkpoint state leaves {unset} without values")
+    model.requires_grad_(False)
+    return model.eval()
+
+
 def load_extractor(path: str | os.PathLike[str]) -> LoadedExtractor:
-    """Load a checkpoint directory written by ``keep pretrain`` (complete or not)."""
+    """Load a checkpoint directory written by ``keep pretrain`` (complete or not) for inference: the
+    tables memory-mapped where the checkpoint allows (:func:`inference_model`)."""
     root = _root(path)
     config = _config(root)
-    model = build_extractor(config.extractor)
-    state = load_state(root)
-    model.load_state_dict(from_canonical(state["model"]))
-    model.eval()
+    state = load_state(root, mmap=True, pieces=True)
+    model = inference_model(config.extractor, state["model"])
     return LoadedExtractor(
         path=root,
         model=model,

@@ -191,6 +191,15 @@ class EmbeddingArch(nn.Module):
             raise RuntimeError(f"table {name!r} is sharded or not materialised; gather it first")
         return weight
 
+    def set_table(self, name: str, weight: torch.Tensor) -> None:
+        """Make ``weight`` (``[rows, dim]`` of table ``name``, used as it is, not copied: a memory-mapped
+        checkpoint piece stays on disk) the table of an inference module."""
+        module = self.user_bags.embedding_bags[name] if name == "user" else self.ids.embeddings[name]
+        want = tuple(module.weight.shape)
+        if tuple(weight.shape) != want:
+            raise ValueError(f"table {name!r}: {tuple(weight.shape)} does not fit {want}")
+        module.weight = nn.Parameter(weight, requires_grad=False)
+
     def lookup(self, name: str, ids: torch.Tensor) -> torch.Tensor:
         """Rows ``ids`` of table ``name`` of an unsharded module (PAD reads as zeros)."""
         values = torch.nn.functional.embedding(ids, self.table(name))
