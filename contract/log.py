@@ -101,7 +101,8 @@ def validate(df: pd.DataFrame, source: str, columns: Sequence[str] | None = None
     """Check and normalise ``df`` in the contract; returns a frame with only contract columns.
 
     ids → int64 (or Python str objects), ``ts`` → int64, labels → int8 in {0, 1}. ``columns`` limits
-    the check and the result to those (each must exist); by default every contract column present.
+    the check and the result to those (each required one must exist, an optional one, such as
+    ``shop_id``, is taken when present); by default every contract column present.
     """
     if len(df) == 0:
         raise DataError(f"{source}: file is empty (no rows)")
@@ -109,7 +110,7 @@ def validate(df: pd.DataFrame, source: str, columns: Sequence[str] | None = None
     out: dict[str, pd.Series] = {}
     for col in wanted:
         if col.name not in df.columns:
-            if columns is not None:
+            if columns is not None and col.required:
                 raise _fail(source, col.name, "is missing (needed: " + ", ".join(columns) + ")")
             if col.required:
                 raise _fail(source, col.name, "is missing (required: " + ", ".join(REQUIRED_COLUMNS) + ")")

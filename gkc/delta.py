@@ -119,32 +119,46 @@ def _layout(m: Manifest) -> Any:
 
 
 def select(new: Bundle, base: Bundle, rule: Rule) -> dict[str, np.ndarray]:
-    """Per block, the rows of ``new`` that go into the delta (bool masks); refuses removals."""
+    """Per block, the rows of the full export ``new`` that go into a ``moved`` delta (bool masks);
+    refuses removals."""
+    if rule.kind != "moved":
+        raise ValueError("select() takes the moved rule; a seen delta is computed apart (select_seen)")
     check_compatible(new.manifest, base.manifest)
     masks: dict[str, np.ndarray] = {}
     for block in BLOCKS:
         at = align(keys(new, block), keys(base, block))
-        found = int((at >= 0).sum())
-        n_base = len(keys(base, block))
-        if found != n_base:
-            raise Conflict(
-                f"{n_base - found} {block} entries of the base are not in this export; a delta cannot remove "
-                "entries: export a full version"
-            )
-        masks[block] = at < 0
-        if rule.kind == "seen":
-            masks[block] |= _seen(new, block, rule)
-        else:
-            masks[block] |= _moved(new, base, block, at, rule.epsilon)
+        _refuse_removal(block, int((at >= 0).sum()), len(keys(base, block)))
+        masks[block] = (at < 0) | _moved(new, base, block, at, rule.epsilon)
     return masks
 
 
-def _seen(new: Bundle, block: str, rule: Rule) -> np.ndarray:
-    if rule.seen_users is None or rule.seen_items is None:
-        raise ValueError("the seen rule needs seen_users and seen_items")
-    if block == "items":
-        return np.isin(new.item_ids, rule.seen_items)
-    return np.isin(new.user_ids if block == "users" else new.uc_user_ids, rule.seen_users)
+def select_seen(
+    part: Bundle, base: Bundle, rule: Rule, users: np.ndarray, items: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Masks of a ``seen`` delta computed from its entries alone: ``part`` is the new extractor's export
+    restricted to the rule's users and items (every new entry is one of theirs: new ids and pairs come
+    from the new days), so all of it goes in. ``users`` / ``items``: every id the new extractor exports.
+    Refuses what would leave a base entry the new export lacks: a base user or item not among those, or
+    a base (user, category) of a seen user that ``part`` lacks. (A base pair of a user not seen stays
+    the base's: the log up to the base's window, where it comes from, is the new export's too.)"""
+    if rule.kind != "seen" or rule.seen_users is None:
+        raise ValueError("select_seen() takes the seen rule with its users and items")
+    check_compatible(part.manifest, base.manifest)
+    for block, known in (("users", users), ("items", items)):
+        base_keys = keys(base, block)
+        _refuse_removal(block, int(np.isin(base_keys, known).sum()), len(base_keys))
+    theirs = np.isin(base.uc_user_ids, rule.seen_users)
+    found = int((align(keys(base, "ucs")[theirs], keys(part, "ucs")) >= 0).sum())
+    _refuse_removal("ucs", found, int(theirs.sum()))
+    return {block: np.ones(len(keys(part, block)), dtype=bool) for block in BLOCKS}
+
+
+def _refuse_removal(block: str, found: int, n_base: int) -> None:
+    if found != n_base:
+        raise Conflict(
+            f"{n_base - found} {block} entries of the base are not in this export; a delta cannot remove "
+            "entries: export a full version"
+        )
 
 
 def _moved(new: Bundle, base: Bundle, block: str, at: np.ndarray, epsilon: float) -> np.ndarray:
@@ -177,15 +191,22 @@ def _rows_at(bundle: Bundle, block: str, rows: np.ndarray) -> np.ndarray:
     return quant.encode_rows(getattr(bundle, vectors)[rows], None if sc is None else sc[rows])
 
 
-def build(new: Bundle, masks: dict[str, np.ndarray], base: VersionIdentity, rule: Rule) -> Bundle:
-    """The delta bundle: ``new``'s rows under ``masks``, its manifest naming ``base``."""
+def build(
+    new: Bundle,
+    masks: dict[str, np.ndarray],
+    base: VersionIdentity,
+    rule: Rule,
+    full_counts: Counts | None = None,
+) -> Bundle:
+    """The delta bundle: ``new``'s rows under ``masks``, its manifest naming ``base``; ``full_counts``:
+    the whole export's (default ``new``'s own, when ``new`` is the whole export)."""
 
     def pick(name: str, block: str) -> Any:
         arr = getattr(new, name)
         return None if arr is None else np.ascontiguousarray(arr[masks[block]])
 
     counts = Counts(int(masks["users"].sum()), int(masks["items"].sum()), int(masks["ucs"].sum()))
-    full = new.manifest.counts
+    full = full_counts or new.manifest.counts
     manifest = replace(
         new.manifest,
         counts=counts,

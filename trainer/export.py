@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,14 @@ def _item_features(items: pd.DataFrame, ext: LoadedExtractor, n_items: int) -> t
     return category, shop
 
 
+@dataclass(frozen=True)
+class Only:
+    """Export only these users (their K̂_u and all their K̂_uc) and items (canonical ids)."""
+
+    users: np.ndarray
+    items: np.ndarray
+
+
 def export(
     extractor: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -87,8 +95,10 @@ def export(
     progress: bool = True,
     dtype: str = "float32",
     scan_batch_rows: int = SCAN_BATCH_ROWS,
+    only: Only | None = None,
 ) -> tuple[Path, ExportStats]:
     """Write the bundle for ``extractor`` to ``out``, stored at ``dtype``; returns its path and timings.
+    ``only``: the entries of those users and items alone (:meth:`ExportPlan.restricted`).
 
     The log streams past in batches of ``scan_batch_rows`` rows (:class:`trainer.export_scan.LogDigest`)."""
     ext = load_extractor(extractor)
@@ -98,7 +108,7 @@ def export(
     source = Path(super_path or ext.config.data.super)
     digest = LogDigest.scan(source, ext.window[1], scan_batch_rows)
     return export_loaded(
-        ext, digest, out, source=source, batch_size=batch_size, progress=progress, dtype=dtype
+        ext, digest, out, source=source, batch_size=batch_size, progress=progress, dtype=dtype, only=only
     )
 
 
@@ -195,9 +205,39 @@ class ExportPlan:
     def counts(self) -> gkc_bundle.Counts:
         return gkc_bundle.Counts(self.stats.users, self.stats.items, self.stats.user_categories)
 
+    def restricted(self, only: Only) -> ExportPlan:
+        """The plan of ``only``'s entries: its users' K̂_u and K̂_uc, its items' K̂_i, computed by the
+        same functions in batches of those rows alone (what a ``seen`` delta writes, without computing
+        the rest). Ids not in the export are ignored. The source records the whole export's counts."""
+        rows = {
+            "users": np.flatnonzero(np.isin(self.user_ids, only.users)),
+            "items": np.flatnonzero(np.isin(self.item_ids, only.items)),
+            "user_categories": np.flatnonzero(np.isin(self.uc_user_ids, only.users)),
+        }
+        blocks = {
+            name: replace(block, n=len(rows[name]), vectors=_through(block.vectors, rows[name]))
+            for name, block in self.blocks.items()
+        }
+        at = rows["user_categories"]
+        return ExportPlan(
+            user_ids=self.user_ids[rows["users"]],
+            item_ids=self.item_ids[rows["items"]],
+            uc_user_ids=self.uc_user_ids[at],
+            uc_category_ids=self.uc_category_ids[at],
+            blocks=blocks,
+            source={**self.source, "subset": {"of_counts": vars(self.counts())}},
+            metrics=self.metrics,
+            stats=ExportStats(users=len(rows["users"]), items=len(rows["items"]), user_categories=len(at)),
+        )
+
     def dims(self) -> Dims:
         b = self.blocks
         return Dims(user=b["users"].dim, item=b["items"].dim, uc=b["user_categories"].dim)
+
+
+def _through(vectors: Callable[[np.ndarray], torch.Tensor], rows: np.ndarray) -> Callable[..., torch.Tensor]:
+    """``vectors`` of a block read at ``rows`` (position ``k`` of the restricted block is ``rows[k]``)."""
+    return lambda sel: vectors(rows[sel])
 
 
 VECTORS = {"users": "user_vectors", "items": "item_vectors", "user_categories": "uc_vectors"}
@@ -318,6 +358,7 @@ def export_loaded(
     batch_size: int = 4096,
     progress: bool = True,
     dtype: str = "float32",
+    only: Only | None = None,
 ) -> tuple[Path, ExportStats]:
     """:func:`export` for an extractor already in memory and its super-domain log (a frame, or the
     :class:`trainer.export_scan.LogDigest` :func:`export` streams).
@@ -325,6 +366,8 @@ def export_loaded(
     Streams: each batch's vectors are appended to the bundle's files
     (:class:`gkc.bundle_writer.BundleWriter`), so the memory needed does not grow with the K̂_uc block."""
     plan = prepare(ext, log, source=source)
+    if only is not None:
+        plan = plan.restricted(only)
     writer = BundleWriter(out, plan.counts(), plan.dims(), dtype)
     try:
         with _bar(sum(b.n for b in plan.blocks.values()), progress) as bar:

@@ -1,11 +1,13 @@
 """``keep export --base V --base-bundle DIR``: a delta bundle over GKC version V (:mod:`gkc.delta`).
 
-The extractor's full export is computed as usual (into a scratch bundle next to ``--out``: computing
-costs what a full export costs; what a delta saves is what GKC writes and keeps), compared with the base
-version's bundle, and only the entries that are new or changed go into ``--out``, whose manifest names
-V's identity (number, publish id, checksum) as GKC reports it. The base bundle must be V's content
-(its checksum is V's), else the export is refused: a delta computed against other knowledge would
-complete the wrong base.
+``moved``: the extractor's full export is computed as usual (into a scratch bundle next to ``--out``:
+computing costs what a full export costs; what the delta saves is what GKC writes and keeps), compared
+with the base version's bundle, and only the entries that are new or changed go into ``--out``.
+``seen``: only the entries of the users and items seen in the new days are computed (an export
+restricted to them, :meth:`trainer.export.ExportPlan.restricted`), so the compute, too, follows what
+the new days touched. Either way the manifest names V's identity (number, publish id, checksum) as GKC
+reports it. The base bundle must be V's content (its checksum is V's), else the export is refused: a
+delta computed against other knowledge would complete the wrong base.
 """
 
 from __future__ import annotations
@@ -18,14 +20,43 @@ from typing import Any
 import numpy as np
 
 from contract.ids import canonical_ids
-from contract.log import read_log
+from contract.log import iter_log
 from contract.schema import day_of
 from gkc import bundle as gkc_bundle
 from gkc import delta as gkc_delta
+from gkc.manifest import Counts
 from gkc.store import VersionIdentity
 from services.errors import Conflict, InvalidArgument
+from trainer.export import ExportStats, Only, export
+from trainer.export_scan import SCAN_BATCH_ROWS
+from trainer.models.checkpoint import SavedRun, load_run
 
 RULES = ("moved", "seen")
+
+
+@dataclass(frozen=True)
+class NewExport:
+    """The export a delta is made of: the new extractor, read how ``keep export`` reads it."""
+
+    extractor: Path
+    super_path: Path | None = None
+    batch_size: int = 4096
+    progress: bool = True
+    dtype: str = "float32"
+
+    def run(self) -> SavedRun:
+        return load_run(self.extractor)
+
+    def write(self, out: Path, only: Only | None = None) -> tuple[Path, ExportStats]:
+        return export(
+            self.extractor,
+            out,
+            super_path=self.super_path,
+            batch_size=self.batch_size,
+            progress=self.progress,
+            dtype=self.dtype,
+            only=only,
+        )
 
 
 @dataclass(frozen=True)
@@ -57,9 +88,9 @@ def base_identity(spec: DeltaSpec) -> VersionIdentity:
 
 
 def export_delta(
-    export_full: Any, out: Path, spec: DeltaSpec, identity: VersionIdentity | None = None
+    new: NewExport, out: Path, spec: DeltaSpec, identity: VersionIdentity | None = None
 ) -> dict[str, Any]:
-    """``export_full(path) -> (path, stats)`` writes the full bundle; the delta goes to ``out``."""
+    """The delta of ``new``'s export over ``spec``'s base, written to ``out``; its summary."""
     if spec.rule not in RULES:
         raise InvalidArgument(f"--changed {spec.rule!r} is not one of {', '.join(RULES)}")
     if spec.epsilon < 0 or (spec.rule == "seen" and spec.epsilon):
@@ -77,22 +108,33 @@ def export_delta(
     if scratch.exists():
         shutil.rmtree(scratch)
     try:
-        _, stats = export_full(scratch)
-        full = gkc_bundle.load(scratch, verify_checksums=False, mmap=True)
-        rule = _rule(spec, full, base)
-        masks = gkc_delta.select(full, base, rule)
-        delta = gkc_delta.build(full, masks, identity, rule)
+        if spec.rule == "seen":
+            run = new.run()
+            rule = _seen_rule(run, new.super_path, base)
+            assert rule.seen_users is not None and rule.seen_items is not None
+            _, stats = new.write(scratch, Only(rule.seen_users, rule.seen_items))
+            part = gkc_bundle.load(scratch, verify_checksums=False, mmap=True)
+            users, items = canonical_ids(run.vocabs.user.keys), canonical_ids(run.vocabs.item.keys)
+            masks = gkc_delta.select_seen(part, base, rule, users, items)
+            full_counts = Counts(**part.manifest.source["subset"]["of_counts"])
+            delta = gkc_delta.build(part, masks, identity, rule, full_counts)
+        else:
+            _, stats = new.write(scratch)
+            full = gkc_bundle.load(scratch, verify_checksums=False, mmap=True)
+            rule = gkc_delta.Rule("moved", spec.epsilon)
+            delta = gkc_delta.build(full, gkc_delta.select(full, base, rule), identity, rule)
+            full_counts = full.manifest.counts
         gkc_bundle.save(delta, out)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    written, total = gkc_delta.entries(delta.manifest.counts), gkc_delta.entries(full.manifest.counts)
+    written, total = gkc_delta.entries(delta.manifest.counts), gkc_delta.entries(full_counts)
     return {
         "bundle": str(out),
         "base": identity.to_json(),
         **rule.describe(),
         "dtype": delta.manifest.dtype,
         "delta_counts": vars(delta.manifest.counts),
-        "full_counts": vars(full.manifest.counts),
+        "full_counts": vars(full_counts),
         "entries": written,
         "full_entries": total,
         "share": round(written / max(total, 1), 4),
@@ -100,23 +142,28 @@ def export_delta(
     }
 
 
-def _rule(spec: DeltaSpec, full: gkc_bundle.Bundle, base: gkc_bundle.Bundle) -> gkc_delta.Rule:
-    if spec.rule == "moved":
-        return gkc_delta.Rule("moved", spec.epsilon)
-    src, base_src = full.manifest.source, base.manifest.source
-    init_from = src.get("init_from")
+def _seen_rule(run: SavedRun, super_path: Path | None, base: gkc_bundle.Bundle) -> gkc_delta.Rule:
+    """The users and items of the log days after the base's window up to ``run``'s end (the log streams
+    past in batches: only the ids are kept)."""
+    base_src = base.manifest.source
+    init_from = run.config.data.init_from
     if not init_from or init_from != base_src.get("extractor"):
         raise Conflict(
             "--changed seen keeps the base's vectors for what the new days did not touch, so the new "
             f"extractor must continue the base's (keep pretrain --init): it continues {init_from!r}, "
             f"the base was exported from {base_src.get('extractor')!r}; use --changed moved"
         )
-    after, until = int(base_src["window"]["last_day"]), int(src["window"]["last_day"])
-    df = read_log(src["super"])
-    days = day_of(df["ts"].to_numpy())
-    new = df[(days > after) & (days <= until)]
+    after, until = int(base_src["window"]["last_day"]), run.window[1]
+    users: list[np.ndarray] = []
+    items: list[np.ndarray] = []
+    source = super_path or run.config.data.super
+    for _, df in iter_log(source, ("user_id", "item_id", "ts"), SCAN_BATCH_ROWS):
+        days = day_of(df["ts"].to_numpy())
+        new = df[(days > after) & (days <= until)]
+        users.append(np.unique(new["user_id"].to_numpy()))
+        items.append(np.unique(new["item_id"].to_numpy()))
     return gkc_delta.Rule(
         "seen",
-        seen_users=canonical_ids(np.unique(new["user_id"].to_numpy())),
-        seen_items=canonical_ids(np.unique(new["item_id"].to_numpy())),
+        seen_users=canonical_ids(np.unique(np.concatenate(users))) if users else np.array([], dtype=str),
+        seen_items=canonical_ids(np.unique(np.concatenate(items))) if items else np.array([], dtype=str),
     )

@@ -18,13 +18,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gkc.publishing import PublishConfig, PublishOutcome, publish
 from services.errors import InvalidArgument
 from trainer.pipeline_downstream import EvaluateJob, KnowledgeSource, TrainJob, evaluate, train
 from trainer.pretrain import PretrainConfig
 from trainer.train import TrainConfig
+
+if TYPE_CHECKING:
+    from trainer.export_delta import NewExport
 
 __all__ = [
     "EvaluateJob",
@@ -122,25 +125,22 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
     if cfg.gkc_redis is not None:
         return _export_to_store(cfg, cfg.gkc_redis)
     assert cfg.out is not None
-    from trainer.export import export as export_bundle
+    from trainer.export_delta import NewExport
 
-    def full(path: Path) -> Any:
-        return export_bundle(
-            cfg.extractor,
-            path,
-            super_path=cfg.super_path,
-            batch_size=cfg.batch_size,
-            progress=cfg.progress,
-            dtype=cfg.dtype,
-        )
-
+    new = NewExport(
+        cfg.extractor,
+        super_path=cfg.super_path,
+        batch_size=cfg.batch_size,
+        progress=cfg.progress,
+        dtype=cfg.dtype,
+    )
     if cfg.base is not None:
-        return _export_delta(cfg, cfg.out, full)
-    path, stats = full(cfg.out)
+        return _export_delta(cfg, cfg.out, new)
+    path, stats = new.write(cfg.out)
     return {"bundle": str(path), "dtype": cfg.dtype, **stats.to_json()}
 
 
-def _export_delta(cfg: ExportConfig, out: Path, full: Any) -> dict[str, Any]:
+def _export_delta(cfg: ExportConfig, out: Path, new: NewExport) -> dict[str, Any]:
     from gkc.publishing import DEFAULT_GKC_API
     from trainer.export_delta import DeltaSpec, export_delta
 
@@ -153,7 +153,7 @@ def _export_delta(cfg: ExportConfig, out: Path, full: Any) -> dict[str, Any]:
         rule=cfg.changed,
         epsilon=cfg.epsilon,
     )
-    return export_delta(full, out, spec)
+    return export_delta(new, out, spec)
 
 
 def _export_to_store(cfg: ExportConfig, url: str) -> dict[str, Any]:

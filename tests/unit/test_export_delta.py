@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from contract.log import read_log, write_log
@@ -17,7 +18,7 @@ from services.errors import Conflict
 from tests.support.stage1_data import write_tiny
 from trainer.cli import main
 from trainer.export import export
-from trainer.export_delta import DeltaSpec, export_delta
+from trainer.export_delta import DeltaSpec, NewExport, export_delta
 from trainer.pretrain import PretrainConfig, pretrain
 
 SIZE = {"users": 40, "items": 60, "categories": 5, "days": 4, "rows_per_day": 800}
@@ -25,9 +26,14 @@ SIZE = {"users": 40, "items": 60, "categories": 5, "days": 4, "rows_per_day": 80
 
 @pytest.fixture(scope="module")
 def continued(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A base extractor on days 0-1 and its one-day continuation (day 2), with their full bundles."""
+    """A base extractor on days 0-1 and its one-day continuation (day 2), with their full bundles. On
+    day 2 only half of the users are active (every user is, every day, in this tiny world otherwise)."""
     root = tmp_path_factory.mktemp("delta")
-    path = write_tiny(root / "super.parquet", **SIZE)
+    df = read_log(write_tiny(root / "all.parquet", **SIZE))
+    days = day_of(df["ts"].to_numpy())
+    users = np.unique(df["user_id"].to_numpy())
+    idle = np.isin(df["user_id"].to_numpy(), users[::2]) & (days == days.min() + 2)
+    path = write_log(df[~idle].reset_index(drop=True), root / "super.parquet")
     df = read_log(path)
     days = day_of(df["ts"].to_numpy())
     first = write_log(df[days <= days.min() + 2], root / "first.parquet")
@@ -54,8 +60,8 @@ def _identity(paths: dict[str, Path]) -> VersionIdentity:
     return VersionIdentity(4, "ab" * 8, gkc_bundle.read_manifest(paths["base_bundle"]).content_checksum())
 
 
-def _full(paths: dict[str, Path]) -> Any:
-    return lambda out: export(paths["cont"], out, progress=False)
+def _full(paths: dict[str, Path]) -> NewExport:
+    return NewExport(paths["cont"], progress=False)
 
 
 def test_a_moved_delta_folds_back_to_the_full_export_bit_for_bit(continued: dict[str, Path]) -> None:
@@ -83,8 +89,21 @@ def test_the_seen_rule_writes_what_the_new_day_touched(continued: dict[str, Path
     new_day = df[days == days.min() + 2]
     assert set(delta.user_ids.tolist()) == {str(u) for u in new_day["user_id"].unique()}
     assert set(delta.item_ids.tolist()) == {str(i) for i in new_day["item_id"].unique()}
-    assert summary["rule"] == "seen"  # (in this tiny world every user is active every day)
+    assert summary["rule"] == "seen"
     assert delta.manifest.source["delta"]["rule"] == "seen"
+    # Only the seen entries were computed (half of the users, and their pairs), not a full export ...
+    full = gkc_bundle.load(continued["full"])
+    assert summary["full_counts"] == vars(full.manifest.counts)
+    assert summary["users"] == len(delta.user_ids) == summary["delta_counts"]["users"] < len(full.user_ids)
+    assert summary["user_categories"] == len(delta.uc_user_ids) < len(full.uc_user_ids)
+    assert summary["share"] < 0.8
+    # ... and each equals the full export's entry of its key (other batches: equal to float rounding).
+    for block in gkc_delta.BLOCKS:
+        want = dict(zip(gkc_delta.keys(full, block).tolist(), full.rows(block), strict=True))
+        for key, row in zip(gkc_delta.keys(delta, block).tolist(), delta.rows(block), strict=True):
+            np.testing.assert_allclose(
+                row.view(np.float32), want[key].view(np.float32), rtol=1e-5, atol=1e-6, err_msg=key
+            )
 
 
 def test_refusals(continued: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:

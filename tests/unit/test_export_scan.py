@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from contract.log import read_log, write_dataset
+from contract.log import read_log, write_dataset, write_log
 from contract.schema import day_of
 from gkc import bundle as gkc_bundle
 from tests.support.stage1_data import EXPORT_SIZE, pretrained_serving, write_tiny
@@ -28,12 +28,17 @@ def _equal(a: LogDigest, b: LogDigest) -> None:
         pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), obj=name)
 
 
-@pytest.mark.parametrize("layout", ["file", "dataset"])
+@pytest.mark.parametrize("layout", ["file", "dataset", "no_shops"])
 def test_digest_of_batches_is_the_digest_of_the_whole_log(tmp_path: Path, layout: str) -> None:
+    """``no_shops``: a log without the optional ``shop_id`` (the Taobao behaviour data) was refused
+    ("column 'shop_id' is missing") by the streamed export's reader."""
     path = write_tiny(tmp_path / "super.parquet", **EXPORT_SIZE)
     df = read_log(path)
+    if layout == "no_shops":
+        df = df.drop(columns="shop_id")
+        path = write_log(df, tmp_path / "no_shops.parquet")
     last_day = int(day_of(df["ts"].to_numpy()).max()) - 1  # the held-out day is outside the window
-    source = path if layout == "file" else tmp_path / "ds"
+    source = tmp_path / "ds" if layout == "dataset" else path
     if layout == "dataset":
         write_dataset(df, source, files_per_day=2)
     whole = LogDigest.of([read_log(source)], last_day)

@@ -13,7 +13,7 @@ from gkc import bundle as gkc_bundle
 from gkc import delta as gkc_delta
 from gkc.bundle_reader import BundleReader
 from gkc.bundle_writer import convert
-from gkc.manifest import BundleError, Manifest
+from gkc.manifest import BundleError, Counts, Manifest
 from gkc.store import VersionIdentity
 from services.errors import Conflict, InvalidArgument
 
@@ -86,14 +86,45 @@ def test_epsilon_keeps_small_moves_out_and_bounds_what_reads_through() -> None:
     assert gkc_delta.select(new, base, gkc_delta.Rule())["users"][:2].tolist() == [True, True]
 
 
-def test_the_seen_rule_takes_seen_users_with_all_their_pairs_and_seen_items() -> None:
+def _part(b: gkc_bundle.Bundle, users: list[str], items: list[str]) -> gkc_bundle.Bundle:
+    """``b`` restricted to ``users`` (K̂_u and their K̂_uc) and ``items``: what a seen export computes."""
+    u, i, p = np.isin(b.user_ids, users), np.isin(b.item_ids, items), np.isin(b.uc_user_ids, users)
+    return replace(
+        b,
+        manifest=replace(b.manifest, counts=Counts(int(u.sum()), int(i.sum()), int(p.sum()))),
+        user_ids=b.user_ids[u],
+        user_vectors=b.user_vectors[u],
+        item_ids=b.item_ids[i],
+        item_vectors=b.item_vectors[i],
+        uc_user_ids=b.uc_user_ids[p],
+        uc_category_ids=b.uc_category_ids[p],
+        uc_vectors=b.uc_vectors[p],
+    )
+
+
+def test_the_seen_rule_takes_the_seen_entries_and_refuses_what_would_remove_a_base_entry() -> None:
+    """A seen delta is the export of the seen users (with all their pairs) and items alone (new ids are
+    seen: they come from the new days); it is refused when the new extractor lacks a base user or item,
+    or the part lacks a base pair of a seen user."""
     base = _bundle(6, 8)
-    new = _bundle(7, 8, seed=9)  # every vector differs: only the rule decides
-    rule = gkc_delta.Rule("seen", seen_users=np.array(["u2"]), seen_items=np.array(["i0", "i7"]))
-    masks = gkc_delta.select(new, base, rule)
-    assert new.user_ids[masks["users"]].tolist() == ["u2", "u6"]  # seen, new
-    assert new.item_ids[masks["items"]].tolist() == ["i0", "i7"]
-    assert sorted(set(new.uc_user_ids[masks["ucs"]].tolist())) == ["u2", "u6"]
+    new = _bundle(7, 8, seed=9)  # u6 is new
+    rule = gkc_delta.Rule("seen", seen_users=np.array(["u2", "u6"]), seen_items=np.array(["i0", "i7"]))
+    part = _part(new, ["u2", "u6"], ["i0", "i7"])
+    masks = gkc_delta.select_seen(part, base, rule, new.user_ids, new.item_ids)
+    assert {k: int(m.sum()) for k, m in masks.items()} == {
+        "users": 2,
+        "items": 2,
+        "ucs": len(part.uc_user_ids),
+    }
+    with pytest.raises(Conflict, match="1 users entries of the base are not in this export"):
+        gkc_delta.select_seen(part, base, rule, new.user_ids[new.user_ids != "u3"], new.item_ids)
+    with pytest.raises(Conflict, match="1 items entries"):
+        gkc_delta.select_seen(part, base, rule, new.user_ids, new.item_ids[1:])
+    short = _part(new, ["u6"], ["i0", "i7"])  # u2's pairs missing
+    with pytest.raises(Conflict, match="ucs entries of the base are not in this export"):
+        gkc_delta.select_seen(short, base, rule, new.user_ids, new.item_ids)
+    with pytest.raises(ValueError, match="moved rule"):
+        gkc_delta.select(new, base, rule)
 
 
 def test_refusals_removed_entries_other_layouts_and_deltas_over_deltas() -> None:
