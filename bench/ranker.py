@@ -12,7 +12,9 @@ CPU time of each process of the stack per answer (``bench.ranker_load``),
 concurrency 16 once more against a second ranker without back-pressure and a third that runs the
 model only after GKC answers (``RANKER_OVERLAP_KNOWLEDGE=false``; concurrency 1 against it too; the
 variants take turns, ``bench.ranker_load.turns``) and a fourth serving from two processes
-(``RANKER_GRPC_PROCESSES=2``, one model thread each; 16 clients over 4 connections), the model
+(``RANKER_GRPC_PROCESSES=2``, one model thread each; 16 clients over 4 connections) and a fifth
+like the fourth with knowledge on the wire as float16 (``RANKER_GKC_FLOAT16=true``: its throughput and
+its largest score difference from the fourth's on the same requests), the model
 alone (encode + forward) and per speed lever (``bench.levers``: the per-row reference, the served
 shared-history path, int8 dynamic quantization, each with its largest score difference from the
 reference), the same with glibc's default malloc in a fresh process, the bound on per-user caching,
@@ -70,6 +72,24 @@ def _requests(cfg: dict[str, int], n: int, seed: int = 7) -> list[Any]:
             )
         )
     return out
+
+
+async def _score_diff(addr_a: str, addr_b: str, requests: list[Any]) -> float:
+    """The largest absolute score difference between two rankers answering the same requests."""
+    from grpc import aio
+
+    from protos import ranker_pb2_grpc
+
+    worst = 0.0
+    async with aio.insecure_channel(addr_a) as a, aio.insecure_channel(addr_b) as b:
+        rank_a, rank_b = ranker_pb2_grpc.RankerStub(a).Rank, ranker_pb2_grpc.RankerStub(b).Rank
+        for req in requests:
+            got_a, got_b = await rank_a(req, timeout=30), await rank_b(req, timeout=30)
+            if got_a.degraded or got_b.degraded:
+                raise RuntimeError("a degraded answer: the score difference would not be the wire's")
+            diff = np.abs(np.asarray(got_a.scores) - np.asarray(got_b.scores))
+            worst = max(worst, float(diff.max()))
+    return worst
 
 
 def model_alone(
@@ -250,6 +270,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             {"RANKER_MAX_IN_FLIGHT": "-1"},
             {"RANKER_OVERLAP_KNOWLEDGE": "false"},
             {"RANKER_GRPC_PROCESSES": "2", "RANKER_MODEL_WORKERS": "1"},
+            {"RANKER_GRPC_PROCESSES": "2", "RANKER_MODEL_WORKERS": "1", "RANKER_GKC_FLOAT16": "true"},
         ]
         rankers = [
             _start_ranker(procs, tmp, gkc_grpc, features.url, events_token, extra, f"keep:events{i or ''}")
@@ -266,13 +287,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["c1"], result["c1_sequential"] = c1
         # 16 clients over 4 connections (as several callers; one connection reaches one process)
         c16 = turns(rankers, requests, cfg["c16"], 16, others, channels=C16_CHANNELS)
-        result["c16"], result["c16_no_backpressure"], result["c16_sequential"], result["c16_processes2"] = c16
+        names = ("c16", "c16_no_backpressure", "c16_sequential", "c16_processes2", "c16_processes2_float16")
+        result.update(zip(names, c16, strict=True))
         result["overlap_knowledge"] = {
             "c1_p50_speedup": round(c1[1]["p50_ms"] / c1[0]["p50_ms"], 3),
             "c1_p99_speedup": round(c1[1]["p99_ms"] / c1[0]["p99_ms"], 3),
             "c16_rps_ratio": round(c16[0]["rps"] / c16[2]["rps"], 3),
         }
         result["grpc_processes2_c16_rps_ratio"] = round(c16[3]["rps"] / c16[0]["rps"], 3)
+        result["float16_wire"] = {
+            "c16_rps_ratio": round(c16[4]["rps"] / c16[3]["rps"], 3),
+            "max_abs_score_diff": asyncio.run(_score_diff(rankers[3][0], rankers[4][0], requests[:50])),
+        }
         addr, http_url, _ = main
         seconds = 2.0 if size == "quick" else 6.0
         alone = _model_alone_fresh(artifact_dir, cfg, seconds, levers.LEVERS, True)

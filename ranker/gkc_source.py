@@ -23,12 +23,18 @@ class GkcKnowledgeSource:
     """Create inside the running event loop (``grpc.aio`` channels bind to it).
 
     TLS as :class:`gkc.client.GkcClient`: ``ca_file`` (PEM) = trust that CA, ``tls`` alone = the
-    system roots, neither = plaintext."""
+    system roots, neither = plaintext. ``float16``: vectors travel as float16 (decoded to float32)."""
 
     def __init__(
-        self, addr: str, *, ca_file: str | os.PathLike[str] | None = None, tls: bool = False
+        self,
+        addr: str,
+        *,
+        ca_file: str | os.PathLike[str] | None = None,
+        tls: bool = False,
+        float16: bool = False,
     ) -> None:
         self.addr = addr
+        self.format = gkc_pb2.WIRE_FORMAT_FLOAT16 if float16 else gkc_pb2.WIRE_FORMAT_FLOAT32
         options = [
             ("grpc.max_receive_message_length", 64 << 20),
             # Reconnect quickly once GKC is back (the breaker's probes need a live channel).
@@ -47,7 +53,7 @@ class GkcKnowledgeSource:
         timeout_s: float,
     ) -> Lookup:
         request = gkc_pb2.BatchGetRequest(
-            user_id=user_id, item_ids=item_ids, category_ids=category_ids, version=version
+            user_id=user_id, item_ids=item_ids, category_ids=category_ids, version=version, format=self.format
         )
         try:
             response = await self._call(request, timeout=timeout_s)

@@ -113,7 +113,9 @@ async def build_core(
         log.warning(
             "no model loaded from %s yet; waiting for one (health is NOT_SERVING)", settings.model_dir
         )
-    source = GkcKnowledgeSource(settings.gkc_addr, ca_file=settings.gkc_ca_file, tls=settings.gkc_tls)
+    source = GkcKnowledgeSource(
+        settings.gkc_addr, ca_file=settings.gkc_ca_file, tls=settings.gkc_tls, float16=settings.gkc_float16
+    )
 
     def on_breaker(state: BreakerState) -> None:
         metrics.on_breaker(state)

@@ -36,6 +36,9 @@ class RankerSettings(ServiceSettings):
     gkc_ca_file: Path | None = None
     #: ... or, with no CA file, the system roots. Off with no CA file: plaintext.
     gkc_tls: bool = False
+    #: Ask GKC for float16 vectors on the wire (half the bytes of every answer; each knowledge value
+    #: rounded to float16, ~5e-4 relative: docs/ranker.md, "Speed"); false: float32.
+    gkc_float16: bool = False
     #: Either one model artifact (``artifact.json`` inside; the model is named after its task) or a
     #: directory of artifacts / symlinks to artifacts (each model is named after its entry).
     model_dir: Path = Path(".keep/models")

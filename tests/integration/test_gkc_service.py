@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ from gkc.bundle_reader import BundleReader
 from gkc.client import GkcClient, GkcOpsClient, tar_bundle
 from gkc.local_redis import EmbeddedRedis
 from protos import gkc_pb2, gkc_pb2_grpc
+from ranker.gkc_source import GkcKnowledgeSource
 from services.errors import Conflict, InvalidArgument, NotFound, Unauthenticated, Unavailable
 
 
@@ -71,6 +73,19 @@ def test_float16_wire_halves_bytes_and_stays_close(
     got = half.batch_get("u1", items, cats, version)
     want = reader.batch_get("u1", items, cats, version)
     np.testing.assert_allclose(got.items, want.items, rtol=2e-3, atol=2e-3)
+    # the ranker's own client (RANKER_GKC_FLOAT16) asks for the same wire format
+    ranker_half = asyncio.run(_ranker_lookup(gkc_service.grpc_addr, items, cats, version))
+    np.testing.assert_array_equal(ranker_half.items, got.items)
+    np.testing.assert_array_equal(ranker_half.ucs, got.ucs)
+    assert not np.array_equal(ranker_half.items, want.items)  # rounded: it did travel as float16
+
+
+async def _ranker_lookup(addr: str, items: list[str], cats: list[str], version: int) -> Any:
+    source = GkcKnowledgeSource(addr, float16=True)
+    try:
+        return await source.batch_get("u1", items, cats, version, timeout_s=10)
+    finally:
+        await source.close()
 
 
 def test_bad_requests_have_the_right_codes(
