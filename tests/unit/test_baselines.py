@@ -151,13 +151,17 @@ def test_conet_cross_units_receive_gradient_from_both_domains() -> None:
     torch.manual_seed(0)
     model = CoNet(_config())
     assert len(model.towers.cross) == 2  # 16 → 8 and 8 → logit
+    # The cross units start at zero (the networks start apart) ...
+    assert all(float(w.detach().abs().sum()) == 0 for w in model.towers.cross.parameters())
     for domain in ("sub", "source"):
         model.zero_grad()
         losses = model.losses(_batch(1), _batch(2), progress=0.0)
         losses[domain].backward()
         for unit in model.towers.cross:
             assert _grad_size(unit.weight) > 0, domain
-    # Without the cross units the sub-domain loss would not reach the super-domain tower.
+    # ... and once they have learnt, the sub-domain loss reaches the super-domain tower through them
+    # alone (the sub-domain network does not read the super-domain one otherwise).
+    torch.optim.SGD(model.towers.cross.parameters(), lr=0.1).step()
     model.zero_grad()
     model.losses(_batch(1), _batch(2), progress=0.0)["sub"].backward()
     assert _grad_size(model.towers.super.layers[0].weight) > 0
