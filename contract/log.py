@@ -110,11 +110,11 @@ def validate(df: pd.DataFrame, source: str, columns: Sequence[str] | None = None
     out: dict[str, pd.Series] = {}
     for col in wanted:
         if col.name not in df.columns:
-            if columns is not None and col.required:
+            if not col.required:  # optional (shop_id, ...): taken when present
+                continue
+            if columns is not None:
                 raise _fail(source, col.name, "is missing (needed: " + ", ".join(columns) + ")")
-            if col.required:
-                raise _fail(source, col.name, "is missing (required: " + ", ".join(REQUIRED_COLUMNS) + ")")
-            continue
+            raise _fail(source, col.name, "is missing (required: " + ", ".join(REQUIRED_COLUMNS) + ")")
         out[col.name] = _normalise(col, df[col.name], source)
     return pd.DataFrame(out, index=pd.RangeIndex(len(df)))
 

@@ -37,7 +37,7 @@ from contract.ids import Vocabs
 from services.errors import InvalidArgument, NotFound
 from trainer.models.extractor import Extractor
 from trainer.models.strategies import build_extractor
-from trainer.models.tables import TABLES, from_canonical, table_key
+from trainer.models.tables import CANONICAL, TABLES, from_canonical, table_key
 from trainer.shard_files import read_pieces, readable, remove_others
 
 CONFIG = "config.json"
@@ -201,7 +201,7 @@ def inference_model(cfg: ExtractorConfig, model_state: dict[str, Any]) -> Extrac
     dense = {k: v for k, v in model_state.items() if k not in tables}
     missing, unexpected = model.load_state_dict(from_canonical(dense), strict=False)
     absent = sorted(set(tables) - set(model_state))
-    wrong = sorted(set(missing) - set(from_canonical({k: None for k in tables})))
+    wrong = sorted(set(missing) - {CANONICAL[k] for k in tables})  # the tables are set below
     if absent or wrong or unexpected:
         raise CheckpointError(
             f"checkpoint state does not fit the extractor: missing {absent + wrong}, unexpected {unexpected}"
