@@ -22,7 +22,8 @@ each way): from the pieces by region (``keep pretrain``'s way) against whole ten
 scoring at a run's end build), each way in a fresh process, every table then read once: from the
 pieces (:func:`trainer.models.checkpoint.inference_model`: tables on ``meta``, one-piece tables
 memory-mapped, the user table's column pieces copied once) against the way it replaced (a module with
-random tables, the whole tensors read from the pieces, copied in). ``added_peak_mib``: the process's
+random tables, the whole tensors read from the pieces, copied in), and ``half``: the first half of the
+users' rows alone (one of 2 ranks of ``keep export --gkc-redis``). ``added_peak_mib``: the process's
 peak RSS above its RSS before; ``anon_mib``: its anonymous memory after (what cannot be given back
 without swap; memory-mapped pages are the page cache's).
 
@@ -222,6 +223,7 @@ def load_child(way: str, users: int, root: str, out: str) -> None:
     once (as an export does) and write the figures to ``out``."""
     import torch
 
+    from contract.ids import RESERVED
     from trainer.models import checkpoint as ckpt
     from trainer.models.strategies import build_extractor
     from trainer.models.tables import TABLES, from_canonical
@@ -230,8 +232,9 @@ def load_child(way: str, users: int, root: str, out: str) -> None:
     cfg = _config(users)
     before = procfs.status()
     t0 = time.perf_counter()
-    if way == "pieces":
-        model = ckpt.inference_model(cfg, ckpt.load_state(Path(root), mmap=True, pieces=True)["model"])
+    if way in ("pieces", "half"):  # half: one of 2 ranks of an export by user range, its rows alone
+        rows = (0, RESERVED + users // 2) if way == "half" else None
+        model = ckpt.inference_model(cfg, ckpt.load_state(Path(root), mmap=True, pieces=True)["model"], rows)
     else:  # the way it replaced: random tables, then the whole tensors read from the pieces copied in
         model = build_extractor(cfg)
         model.load_state_dict(from_canonical(ckpt.load_state(Path(root))["model"]))
@@ -297,12 +300,13 @@ def _both_ways(step: str, users: int, root: Path) -> dict[str, Any]:
     """``step`` (``load`` or ``continue``) on the checkpoint in ``root`` from its pieces and from whole
     tensors, each in a fresh process; both must give the same tables."""
     out: dict[str, Any] = {}
-    for way in ("pieces", "whole"):
+    for way in ("pieces", "whole", "half") if step == "load" else ("pieces", "whole"):
         file = root.parent / f"{step}-{way}.json"
         args = ["-m", "bench.tables", step, way, str(users), str(root), str(file)]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         subprocess.run([sys.executable, *args], check=True, capture_output=True, text=True, env=env)
         out[way] = json.loads(file.read_text())
+    out.get("half", {}).pop("checksum", None)  # half of the user table: a table of its own
     if out["pieces"].pop("checksum") != out["whole"].pop("checksum"):
         raise RuntimeError(f"{step}: the two ways of reading the checkpoint gave different tables")
     return out

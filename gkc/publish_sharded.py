@@ -2,6 +2,10 @@
 ranks. One rank allocates the staging version with the full manifest (:func:`begin_sharded`), every rank
 writes and checks its own slice (:func:`write_shard`), and one rank verifies the whole and makes it ready
 in one atomic update (:func:`finalise_shards`), or removes it.
+
+The slices are split by user: all of a user's entries (K̂_u and every K̂_uc: one hash key) are in one
+rank's slice, and each item in one slice. So no rank needs the whole version's ids: the version's key
+count is the sum of the slices', and the presence check reads a sample each rank drew from its own.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from gkc.bundle import Bundle, Manifest
+from contract.knowledge import Dims
+from gkc.bundle import Bundle, Counts, Manifest
 from gkc.delta import check_base
 from gkc.publish import (
     PublishResult,
@@ -42,6 +47,10 @@ class ShardReport:
     written: dict[str, int] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    #: Keys its slice holds (one hash per user, one string per item).
+    keys: int = 0
+    #: A few of its ids per block (zero-width vectors): the finaliser's presence check reads them back.
+    sample: Bundle | None = None
 
 
 def array_digests(bundle: Bundle) -> dict[str, str]:
@@ -90,10 +99,50 @@ def write_shard(
         written = write_data(store, staging, shard, batch=batch, progress=progress, writers=writers)
         check_counts(staging.number, written, shard.manifest.counts)
         verify_sample(store, staging.namespace, staging.number, shard, samples)
-        return ShardReport(rank=rank, written=written, digests=array_digests(shard))
+        return ShardReport(
+            rank=rank,
+            written=written,
+            digests=array_digests(shard),
+            keys=key_count(shard),
+            sample=id_sample(shard, samples, seed=rank),
+        )
     except Exception as err:
         log.warning("rank %d: writing its shard of %s failed: %s", rank, staging.identity, err)
         return ShardReport(rank=rank, error=f"{type(err).__name__}: {err}")
+
+
+def ids_only(
+    user_ids: np.ndarray, item_ids: np.ndarray, uc_user_ids: np.ndarray, uc_category_ids: np.ndarray
+) -> Bundle:
+    """A bundle of these ids with zero-width vectors (presence checks look at ids alone)."""
+    return Bundle(
+        manifest=Manifest(dims=Dims(0, 0, 0), counts=Counts(len(user_ids), len(item_ids), len(uc_user_ids))),
+        user_ids=user_ids,
+        user_vectors=np.empty((len(user_ids), 0), np.float32),
+        item_ids=item_ids,
+        item_vectors=np.empty((len(item_ids), 0), np.float32),
+        uc_user_ids=uc_user_ids,
+        uc_category_ids=uc_category_ids,
+        uc_vectors=np.empty((len(uc_user_ids), 0), np.float32),
+    )
+
+
+def id_sample(bundle: Bundle, n: int, seed: int) -> Bundle:
+    """Up to ``n`` ids per block of ``bundle``, drawn at random."""
+    rng = np.random.default_rng(seed)
+
+    def pick(length: int) -> np.ndarray:
+        return np.sort(rng.choice(length, min(n, length), replace=False))
+
+    users, items, ucs = pick(len(bundle.user_ids)), pick(len(bundle.item_ids)), pick(len(bundle.uc_user_ids))
+    return ids_only(
+        bundle.user_ids[users], bundle.item_ids[items], bundle.uc_user_ids[ucs], bundle.uc_category_ids[ucs]
+    )
+
+
+def _joined(samples: Sequence[Bundle]) -> Bundle:
+    names = ("user_ids", "item_ids", "uc_user_ids", "uc_category_ids")
+    return ids_only(*(np.concatenate([getattr(s, name) for s in samples]) for name in names))
 
 
 def finalise_shards(
@@ -101,14 +150,11 @@ def finalise_shards(
     staging: Staging,
     manifest: Manifest,
     reports: Sequence[ShardReport],
-    ids: Bundle,
     *,
     max_ready: int = 5,
     replica_timeout_s: float = 10.0,
 ) -> PublishResult:
-    """Verify a sharded version and make it ready in one atomic update; remove it on any failure.
-
-    ``ids``: a bundle whose id arrays are the whole version's (vectors are not looked at)."""
+    """Verify a sharded version and make it ready in one atomic update; remove it on any failure."""
     try:
         failed = [f"rank {r.rank}: {r.error}" for r in reports if r.error is not None]
         if failed:
@@ -119,13 +165,13 @@ def finalise_shards(
             )
         written = {k: sum(r.written[k] for r in reports) for k in ("users", "ucs", "items")}
         check_counts(staging.number, written, manifest.counts)
+        ids = _joined([r.sample for r in reports if r.sample is not None])
         sample_digests(store, staging.namespace, ids, 64)  # a wider presence check than the record's
         sample = sample_digests(store, staging.namespace, ids)
         store.wait_replicated(replica_timeout_s)
         size = measured_size(store, staging.used_before)
-        retired = store.finish(
-            staging.number, max_ready, key_count(ids), sample, entry_count(manifest.counts), size
-        )
+        keys = sum(r.keys for r in reports)
+        retired = store.finish(staging.number, max_ready, keys, sample, entry_count(manifest.counts), size)
     except BaseException as err:
         abort(store, staging, f"{type(err).__name__}: {err}")
         raise

@@ -158,6 +158,8 @@ class ExportPlan:
     item_ids: np.ndarray
     uc_user_ids: np.ndarray
     uc_category_ids: np.ndarray
+    #: Each pair's user's place in :attr:`user_ids` (ascending: the pairs are ordered by user).
+    uc_user_places: np.ndarray
     blocks: dict[str, Block]
     source: dict[str, object]
     metrics: dict[str, object]
@@ -189,18 +191,12 @@ class ExportPlan:
             **parts, strategy="serving", source=self.source, metrics=self.metrics, dtype=dtype
         )
 
-    def id_bundle(self) -> gkc_bundle.Bundle:
-        """The whole export's ids with zero-width vectors (for the finaliser's presence checks)."""
-        return gkc_bundle.Bundle(
-            manifest=gkc_bundle.Manifest(dims=Dims(0, 0, 0), counts=self.counts()),
-            user_ids=self.user_ids,
-            user_vectors=np.empty((len(self.user_ids), 0), np.float32),
-            item_ids=self.item_ids,
-            item_vectors=np.empty((len(self.item_ids), 0), np.float32),
-            uc_user_ids=self.uc_user_ids,
-            uc_category_ids=self.uc_category_ids,
-            uc_vectors=np.empty((len(self.uc_user_ids), 0), np.float32),
-        )
+    def user_span(self, lo: int, hi: int, batch_size: int) -> dict[str, tuple[int, int]]:
+        """The spans of every block for users ``[lo, hi)`` (places in :attr:`user_ids`): their K̂_u and
+        all their K̂_uc (the pairs are ordered by user, so a contiguous span); the items are the caller's
+        to split."""
+        uc = np.searchsorted(self.uc_user_places, [lo, hi])
+        return {"users": (lo, hi), "user_categories": (int(uc[0]), int(uc[1]))}
 
     def counts(self) -> gkc_bundle.Counts:
         return gkc_bundle.Counts(self.stats.users, self.stats.items, self.stats.user_categories)
@@ -224,6 +220,7 @@ class ExportPlan:
             item_ids=self.item_ids[rows["items"]],
             uc_user_ids=self.uc_user_ids[at],
             uc_category_ids=self.uc_category_ids[at],
+            uc_user_places=np.searchsorted(rows["users"], self.uc_user_places[at]),
             blocks=blocks,
             source={**self.source, "subset": {"of_counts": vars(self.counts())}},
             metrics=self.metrics,
@@ -261,13 +258,22 @@ def _bar(total: int, progress: bool) -> Iterator[tqdm]:
         bar.close()
 
 
+def user_filter(ext: LoadedExtractor) -> Callable[[np.ndarray], np.ndarray] | None:
+    """For :class:`LogDigest`: the rows of the users whose K̂ ``ext`` computes (``None``: all)."""
+    if ext.user_positions is None:
+        return None
+    lookup = ext.vocabs.user.lookup  # the range's own vocabulary: every other user is OOV
+    return lambda user_ids: lookup(user_ids) >= RESERVED
+
+
 def prepare(ext: LoadedExtractor, log: pd.DataFrame | LogDigest, *, source: Path) -> ExportPlan:
     """The export's ids and block functions: histories up to the end of the window, item features."""
     check_exportable(ext)
     model = ext.model
     assert isinstance(model, ServingExtractor)
     first_day, last_day = ext.window
-    digest = log if isinstance(log, LogDigest) else LogDigest.of([log], last_day)  # a frame: one batch
+    # a frame: one batch
+    digest = log if isinstance(log, LogDigest) else LogDigest.of([log], last_day, users=user_filter(ext))
     clicks = digest.clicks
     vocabs = ext.vocabs
     max_len = model.cfg.max_len
@@ -333,6 +339,7 @@ def prepare(ext: LoadedExtractor, log: pd.DataFrame | LogDigest, *, source: Path
         item_ids=canonical_ids(vocabs.item.keys),
         uc_user_ids=canonical_ids(pairs["user_id"].to_numpy()),
         uc_category_ids=canonical_ids(pairs["category_id"].to_numpy()),
+        uc_user_places=pair_user - RESERVED,
         blocks={b.name: b for b in blocks},
         source={
             "extractor": str(ext.path.resolve()),

@@ -13,9 +13,10 @@ memory) or from many batches of the same log, it is the same digest, so both exp
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from contract.log import iter_log
@@ -28,6 +29,8 @@ CLICK_COLUMNS = ("user_id", "ts", "item_id", "category_id")
 PAIR_COLUMNS = ("user_id", "category_id")
 ITEM_COLUMNS = ("item_id", "category_id", "shop_id")
 READ_COLUMNS = ("user_id", "item_id", "category_id", "shop_id", "ts", "click")
+#: Given a batch's ``user_id`` column, which of its rows to keep.
+UserFilter = Callable[[np.ndarray], np.ndarray]
 
 
 class _Distinct:
@@ -71,16 +74,26 @@ class LogDigest:
     items: pd.DataFrame
 
     @classmethod
-    def of(cls, frames: Iterable[pd.DataFrame], last_day: int, compact_rows: int = COMPACT_ROWS) -> LogDigest:
+    def of(
+        cls,
+        frames: Iterable[pd.DataFrame],
+        last_day: int,
+        compact_rows: int = COMPACT_ROWS,
+        users: UserFilter | None = None,
+    ) -> LogDigest:
         """The digest of a log given as consecutive frames (one, or its batches in log order);
-        ``compact_rows``: the fewest pending rows worth de-duplicating again (tests force it low)."""
+        ``compact_rows``: the fewest pending rows worth de-duplicating again (tests force it low);
+        ``users``: keep the clicks and pairs of the users it selects alone (an export by user range; the
+        items are always kept whole)."""
         clicks: list[pd.DataFrame] = []
         pairs, items = _Distinct(None, compact_rows), _Distinct("item_id", compact_rows)
         for frame in frames:
             rows = frame[day_of(frame["ts"].to_numpy()) <= last_day]
+            items.add(rows[[c for c in ITEM_COLUMNS if c in rows.columns]])
+            if users is not None:
+                rows = rows[users(rows["user_id"].to_numpy())]
             clicks.append(rows.loc[rows["click"].to_numpy() == 1, list(CLICK_COLUMNS)])
             pairs.add(rows[list(PAIR_COLUMNS)])
-            items.add(rows[[c for c in ITEM_COLUMNS if c in rows.columns]])
         return cls(
             clicks=pd.concat(clicks, ignore_index=True),
             pairs=pairs.compact().reset_index(drop=True),
@@ -89,8 +102,12 @@ class LogDigest:
 
     @classmethod
     def scan(
-        cls, source: str | os.PathLike[str], last_day: int, batch_rows: int = SCAN_BATCH_ROWS
+        cls,
+        source: str | os.PathLike[str],
+        last_day: int,
+        batch_rows: int = SCAN_BATCH_ROWS,
+        users: UserFilter | None = None,
     ) -> LogDigest:
         """Stream ``source`` (a file or a dataset directory) in batches of ``batch_rows`` rows."""
         batches = (df for _, df in iter_log(source, READ_COLUMNS, batch_rows))
-        return cls.of(batches, last_day)
+        return cls.of(batches, last_day, users=users)

@@ -11,6 +11,7 @@ partial version becomes visible.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -50,27 +51,39 @@ def export_to_store(
     Every rank calls this with the same arguments; all return the same result or raise."""
     group = group or DataParallel()
     plan = prepare(ext, log, source=source)
-    spans = {n: group.span(b.n, batch_size) for n, b in plan.blocks.items()}
+    n_users = plan.blocks["users"].n
+    # This rank's users: all the plan has when ext holds only this rank's part of the user table (the
+    # CLI's way), else its span of them; the slices must split the users (gkc.publish_sharded).
+    users = (0, n_users) if ext.user_positions is not None else group.span(n_users, batch_size)
+    spans = {**plan.user_span(*users, batch_size), "items": group.span(plan.blocks["items"].n, batch_size)}
     shard: gkc_bundle.Bundle | None = None
     try:
         shard = plan.bundle(spans, batch_size, progress and group.is_writer, dtype)
-        mine: dict[str, str] | str = gkc_sharded.array_digests(shard)
+        mine: tuple[dict[str, str], gkc_bundle.Counts] | str = (
+            gkc_sharded.array_digests(shard),
+            shard.manifest.counts,
+        )
     except Exception as err:  # tell the others instead of leaving them waiting
         mine = f"rank {group.rank}: {type(err).__name__}: {err}"
-    digests = group.gather_objects(mine)
-    failed = [d for d in digests if isinstance(d, str)]
+    gathered = group.gather_objects(mine)
+    failed = [d for d in gathered if isinstance(d, str)]
     if failed:
         raise ShardedExportError("; ".join(failed))
+    digests = [d for d in gathered if not isinstance(d, str)]
     assert shard is not None
     model_dims = shard.manifest.dims
+    counts = [c for _, c in digests]  # what each rank computed, the whole version's together
+    total = gkc_bundle.Counts(
+        *(sum(getattr(c, f) for c in counts) for f in ("users", "items", "user_categories"))
+    )
     manifest = gkc_bundle.Manifest(
         dims=model_dims,
-        counts=plan.counts(),
+        counts=total,
         dtype=dtype,
         interaction=model_dims.user == model_dims.item,
         source={**plan.source, "sharded": {"ranks": group.world, "batch_size": batch_size}},
         metrics=plan.metrics,
-        checksums=gkc_sharded.shard_checksums(digests),
+        checksums=gkc_sharded.shard_checksums([d for d, _ in digests]),
         created=time.time(),
     )
     staging: Staging | str = ""
@@ -100,12 +113,12 @@ def export_to_store(
     outcome: gkc_publish.PublishResult | str = ""
     if group.is_writer:
         try:
-            outcome = gkc_sharded.finalise_shards(
-                store, staging, manifest, reports, plan.id_bundle(), max_ready=max_ready
-            )
+            outcome = gkc_sharded.finalise_shards(store, staging, manifest, reports, max_ready=max_ready)
         except Exception as err:
             outcome = f"version {staging.number} not published: {type(err).__name__}: {err}"
     outcome = group.broadcast_object(outcome)
     if isinstance(outcome, str):
         raise ShardedExportError(outcome)
-    return outcome, plan.stats
+    return outcome, replace(
+        plan.stats, users=total.users, items=total.items, user_categories=total.user_categories
+    )

@@ -160,17 +160,18 @@ def _export_to_store(cfg: ExportConfig, url: str) -> dict[str, Any]:
     """Every rank computes its span of the blocks and writes it; rank 0 begins and finalises the version."""
     from gkc.redis_store import RedisStore
     from trainer.distributed import from_env, shutdown
-    from trainer.export import check_exportable
+    from trainer.export import check_exportable, user_filter
     from trainer.export_scan import LogDigest
     from trainer.export_store import export_to_store
     from trainer.models.checkpoint import load_extractor
 
-    ext = load_extractor(cfg.extractor)
+    group = from_env()  # a no-op outside torchrun
+    # Each rank reads its range of users' rows of the user table and their clicks and pairs alone.
+    ext = load_extractor(cfg.extractor, user_part=lambda n: group.span(n, cfg.batch_size))
     check_exportable(ext)
     source = Path(cfg.super_path or ext.config.data.super)
-    digest = LogDigest.scan(source, ext.window[1])  # streamed: memory follows clicks + pairs + items
+    digest = LogDigest.scan(source, ext.window[1], users=user_filter(ext))  # streamed, this rank's users
     store = RedisStore(url, cluster=cfg.gkc_redis_cluster, timeout_s=10.0)
-    group = from_env()  # a no-op outside torchrun
     try:
         result, stats = export_to_store(
             ext,

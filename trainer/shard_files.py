@@ -128,16 +128,20 @@ def copy_region(target: torch.Tensor, table: Any, offsets: Sequence[int]) -> Non
         release(table)
 
 
-def readable(table: torch.Tensor | PiecedTable) -> torch.Tensor:
-    """The whole of ``table`` as one tensor to read from (inference): a tensor as it is; a table kept in
-    one piece, that piece memory-mapped (no copy: its pages are the page cache's, read as touched);
-    else (a table split by columns or rows) one copy, filled by :func:`copy_region`."""
+def readable(table: torch.Tensor | PiecedTable, rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """Rows ``rows`` = ``[lo, hi)`` of ``table`` (all of it by default) as one tensor to read from
+    (inference): a tensor, sliced; a table kept in one piece, that piece memory-mapped (no copy: its
+    pages are the page cache's, read as touched); else (a table split by columns or rows) one copy of
+    those rows alone, filled by :func:`copy_region`."""
+    lo, hi = rows if rows is not None else (0, table.shape[0])
+    if not 0 <= lo <= hi <= table.shape[0]:
+        raise ValueError(f"rows [{lo}, {hi}) are not within the table's {table.shape[0]}")
     if isinstance(table, torch.Tensor):
-        return table
+        return table[lo:hi]
     if len(table.pieces) == 1 and table.pieces[0].values.shape == table.size:
-        return torch.from_numpy(table.pieces[0].values)
-    out = torch.from_numpy(np.empty(table.size, dtype=table.dtype))
-    copy_region(out, table, [0] * len(table.size))
+        return torch.from_numpy(table.pieces[0].values[lo:hi])
+    out = torch.from_numpy(np.empty((hi - lo, *table.size[1:]), dtype=table.dtype))
+    copy_region(out, table, [lo] + [0] * (len(table.size) - 1))
     return out
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from contract.ids import RESERVED
 from contract.log import read_log
 from contract.schema import day_of
 from gkc import bundle as gkc_bundle
@@ -16,9 +17,10 @@ from gkc.bundle_writer import BundleWriter
 from services.errors import InvalidArgument
 from tests.support.stage1_data import DAY, EXPORT_SIZE, pretrained_serving, write_tiny
 from trainer.cli import main
-from trainer.export import export, export_loaded, prepare
+from trainer.export import export, export_loaded, prepare, user_filter
+from trainer.export_scan import LogDigest
 from trainer.knowledge_fn import KnowledgeFn
-from trainer.models.checkpoint import load_extractor
+from trainer.models.checkpoint import LoadedExtractor, load_extractor
 from trainer.pretrain import PretrainConfig, pretrain
 
 
@@ -116,6 +118,43 @@ def test_streamed_bundle_equals_the_in_memory_blocks(trained: tuple[Path, Path],
     for name, arr in whole.arrays().items():
         np.testing.assert_array_equal(getattr(streamed, name.removesuffix(".npy")), arr, err_msg=name)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["streamed"]
+
+
+def test_a_range_of_users_is_exported_from_their_rows_and_clicks_alone(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """An export by user range (a rank of ``keep export --gkc-redis``): the module holds that range's rows
+    of the user table, the digest keeps their clicks and pairs alone, and each entry equals the whole
+    export's."""
+    super_path, ckpt = trained
+    whole_ext = load_extractor(ckpt)
+    n_users = len(whole_ext.vocabs.user.keys)
+    lo, hi = n_users // 3, 2 * n_users // 3
+    part = load_extractor(ckpt, user_part=lambda n: (lo, hi))
+    assert part.user_positions == (lo, hi)
+    table = part.model.embeddings.table("user")
+    assert table.shape[0] == RESERVED + hi - lo and len(part.vocabs.user.keys) == hi - lo
+    np.testing.assert_array_equal(
+        table[RESERVED:].numpy(),
+        whole_ext.model.embeddings.table("user")[RESERVED + lo : RESERVED + hi].numpy(),
+    )
+    digest = LogDigest.scan(super_path, part.window[1], users=user_filter(part))
+    range_keys = set(whole_ext.vocabs.user.keys[lo:hi].tolist())
+    assert set(digest.clicks["user_id"].tolist()) <= range_keys
+    assert set(digest.pairs["user_id"].tolist()) <= range_keys and len(digest.pairs) > 0
+
+    def entries(ext: LoadedExtractor, log: pd.DataFrame | LogDigest) -> dict[tuple[str, ...], np.ndarray]:
+        plan = prepare(ext, log, source=super_path)
+        b = plan.bundle({n: (0, blk.n) for n, blk in plan.blocks.items()}, 16, progress=False)
+        users = {("u", u): v for u, v in zip(b.user_ids.tolist(), b.user_vectors, strict=True)}
+        pairs = zip(b.uc_user_ids.tolist(), b.uc_category_ids.tolist(), b.uc_vectors, strict=True)
+        return users | {("uc", u, c): v for u, c, v in pairs}
+
+    got, full = entries(part, digest), entries(whole_ext, read_log(super_path))
+    mine = {k for k in full if k[1] in {str(u) for u in range_keys}}
+    assert set(got) == mine and len(mine) < len(full)
+    for key in mine:
+        np.testing.assert_allclose(got[key], full[key], rtol=0, atol=1e-6, err_msg=str(key))
 
 
 def test_a_failed_streamed_export_leaves_nothing(

@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from contract.extractor import CheckpointConfig, ExtractorConfig
-from contract.ids import Vocabs
+from contract.ids import RESERVED, Vocab, Vocabs
 from services.errors import InvalidArgument, NotFound
 from trainer.models.extractor import Extractor
 from trainer.models.strategies import build_extractor
@@ -155,6 +156,10 @@ class LoadedExtractor(SavedRun):
     """An extractor restored for inference: the run plus its module (eval mode)."""
 
     model: Extractor
+    #: ``[lo, hi)``: this module holds the users at those positions of the run's user vocabulary alone,
+    #: and ``vocabs.user`` is theirs (the user at ``lo + k`` is row ``RESERVED + k`` of both; every
+    #: other user is OOV); ``None``: all of them.
+    user_positions: tuple[int, int] | None = None
 
     @property
     def strategy(self) -> str:
@@ -187,9 +192,12 @@ def _config(root: Path) -> CheckpointConfig:
         raise CheckpointError(str(err)) from err
 
 
-def inference_model(cfg: ExtractorConfig, model_state: dict[str, Any]) -> Extractor:
+def inference_model(
+    cfg: ExtractorConfig, model_state: dict[str, Any], user_rows: tuple[int, int] | None = None
+) -> Extractor:
     """The extractor for inference (eval mode, no gradients) from a checkpoint's ``model`` state whose
-    tables are whole tensors or :class:`~trainer.shard_files.PiecedTable`s.
+    tables are whole tensors or :class:`~trainer.shard_files.PiecedTable`s; ``user_rows``: hold only
+    those ``[lo, hi)`` rows of the user table (its lookups then take ``row - lo``).
 
     The tables are never allocated twice: the module is built with its tables on ``meta`` (no random
     initial values) and each table is :func:`~trainer.shard_files.readable`: a table kept in one piece
@@ -207,7 +215,8 @@ def inference_model(cfg: ExtractorConfig, model_state: dict[str, Any]) -> Extrac
             f"checkpoint state does not fit the extractor: missing {absent + wrong}, unexpected {unexpected}"
         )
     for key, name in tables.items():
-        model.embeddings.set_table(name, readable(model_state[key]))
+        rows = user_rows if name == "user" else None
+        model.embeddings.set_table(name, readable(model_state[key], rows), window=rows is not None)
     unset = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if unset:
         raise CheckpointError(f"checkpoint state leaves {unset} without values")
@@ -215,18 +224,32 @@ def inference_model(cfg: ExtractorConfig, model_state: dict[str, Any]) -> Extrac
     return model.eval()
 
 
-def load_extractor(path: str | os.PathLike[str]) -> LoadedExtractor:
+def load_extractor(
+    path: str | os.PathLike[str], user_part: Callable[[int], tuple[int, int]] | None = None
+) -> LoadedExtractor:
     """Load a checkpoint directory written by ``keep pretrain`` (complete or not) for inference: the
-    tables memory-mapped where the checkpoint allows (:func:`inference_model`)."""
+    tables memory-mapped where the checkpoint allows (:func:`inference_model`).
+
+    ``user_part``: given the number of users, the ``[lo, hi)`` of their positions this process needs;
+    only those rows of the user table are read (an export by user range: a rank of ``keep export
+    --gkc-redis`` holds its part of the table, not all of it)."""
     root = _root(path)
     config = _config(root)
     state = load_state(root, mmap=True, pieces=True)
-    model = inference_model(config.extractor, state["model"])
+    vocabs = load_vocabs(root)
+    positions = user_part(len(vocabs.user.keys)) if user_part is not None else None
+    rows = None
+    if positions is not None:  # the range's vocabulary (a hash of its keys alone) and rows
+        lo, hi = positions
+        vocabs = replace(vocabs, user=Vocab(keys=vocabs.user.keys[lo:hi]))
+        # table rows [lo, RESERVED + hi): the range's users behind RESERVED rows never looked up
+        rows = (lo, RESERVED + hi)
     return LoadedExtractor(
         path=root,
-        model=model,
-        vocabs=load_vocabs(root),
+        model=inference_model(config.extractor, state["model"], rows),
+        vocabs=vocabs,
         config=config,
         progress=dict(state["progress"]),
         metrics=_metrics(root),
+        user_positions=positions,
     )

@@ -191,12 +191,15 @@ class EmbeddingArch(nn.Module):
             raise RuntimeError(f"table {name!r} is sharded or not materialised; gather it first")
         return weight
 
-    def set_table(self, name: str, weight: torch.Tensor) -> None:
+    def set_table(self, name: str, weight: torch.Tensor, window: bool = False) -> None:
         """Make ``weight`` (``[rows, dim]`` of table ``name``, used as it is, not copied: a memory-mapped
-        checkpoint piece stays on disk) the table of an inference module."""
+        checkpoint piece stays on disk) the table of an inference module. ``window``: ``weight`` is a
+        contiguous range of the table's rows (fewer rows allowed); the caller then looks rows up by their
+        place in that range."""
         module = self.user_bags.embedding_bags[name] if name == "user" else self.ids.embeddings[name]
         want = tuple(module.weight.shape)
-        if tuple(weight.shape) != want:
+        fits = weight.shape[1:] == want[1:] and weight.shape[0] <= want[0] if window else weight.shape == want
+        if not fits:
             raise ValueError(f"table {name!r}: {tuple(weight.shape)} does not fit {want}")
         module.weight = nn.Parameter(weight, requires_grad=False)
 
