@@ -243,14 +243,7 @@ def load_child(way: str, users: int, root: str, out: str) -> None:
     with torch.inference_mode():
         checksum = sum(float(model.embeddings.table(name).sum()) for name in TABLES)
     after = procfs.status()
-    figures = {
-        "seconds": round(seconds, 2),
-        "added_peak_mib": round((after["VmHWM"] - before["VmRSS"]) / 2**20, 1),
-        "anon_mib": round((after["RssAnon"] - before["RssAnon"]) / 2**20, 1),
-        "file_mib": round((after["RssFile"] - before["RssFile"]) / 2**20, 1),
-        "checksum": checksum,
-    }
-    Path(out).write_text(json.dumps(figures))
+    _write_figures(out, seconds, before, after, checksum, kinds=True)
 
 
 def continue_child(way: str, users: int, root: str, out: str) -> None:
@@ -288,12 +281,29 @@ def continue_child(way: str, users: int, root: str, out: str) -> None:
         del state
         gathered = gather_state(sharded)  # after the measurement: to compare the two ways
     assert gathered is not None
+    checksum = sum(float(v.double().sum()) for v in gathered["model"].values() if v.is_floating_point())
+    _write_figures(out, seconds, before, after, checksum)
+
+
+def _write_figures(
+    out: str,
+    seconds: float,
+    before: dict[str, int],
+    after: dict[str, int],
+    checksum: float,
+    kinds: bool = False,
+) -> None:
+    """A child's figures into ``out``: its time, its peak RSS above ``before`` (and with ``kinds`` the
+    anonymous and file-backed memory it added) and the checksum of the tables it read."""
     figures = {
         "seconds": round(seconds, 2),
         "added_peak_mib": round((after["VmHWM"] - before["VmRSS"]) / 2**20, 1),
-        "checksum": sum(float(v.double().sum()) for v in gathered["model"].values() if v.is_floating_point()),
     }
-    Path(out).write_text(json.dumps(figures))
+    if kinds:
+        for kind in ("anon", "file"):
+            key = f"Rss{kind.capitalize()}"
+            figures[f"{kind}_mib"] = round((after[key] - before[key]) / 2**20, 1)
+    Path(out).write_text(json.dumps({**figures, "checksum": checksum}))
 
 
 def _both_ways(step: str, users: int, root: Path) -> dict[str, Any]:

@@ -66,7 +66,6 @@ from trainer.pretrain_steps import (
     train_step,
 )
 from trainer.sharded import (
-    USER_COLUMN_SHARDS,
     Sharded,
     checkpoint_state,
     local_shards,
@@ -169,7 +168,7 @@ def _plan(
         torch.manual_seed(cfg.seed)
         strategy = cfg.strategy or DEFAULT_STRATEGY
         model = build_extractor(extractor_config(vocabs, strategy, tasks, cfg.max_len), materialize=False)
-        user_shards = cfg.user_column_shards or USER_COLUMN_SHARDS
+        user_shards = cfg.fresh_user_shards
         sharded = shard(model, cfg.lr, sparse_lr_ratio=cfg.sparse_lr_ratio, user_shards=user_shards)
         model_tasks = tasks
         window_first = run_days[0]

@@ -123,7 +123,7 @@ def early_stopping(
     cfg: PretrainConfig, df: pd.DataFrame, train_days: list[int], tasks: tuple[str, ...]
 ) -> PassPlan:
     """Train on ``train_days[:-1]`` pass by pass, scoring ``train_days[-1]``; the best pass count."""
-    from trainer.sharded import USER_COLUMN_SHARDS, shard, unsharded
+    from trainer.sharded import shard, unsharded
 
     fit_days, val_day = train_days[:-1], train_days[-1]
     days = day_of(df["ts"].to_numpy())
@@ -135,7 +135,7 @@ def early_stopping(
         build_extractor(shape, materialize=False),
         cfg.lr,
         sparse_lr_ratio=cfg.sparse_lr_ratio,
-        user_shards=cfg.user_column_shards or USER_COLUMN_SHARDS,
+        user_shards=cfg.fresh_user_shards,
     )
     model, optimizer = sharded.module, sharded.optimizer
     encoded = EncodedLog.encode(fit, vocabs, history_from=df[days <= fit_days[-1]], max_len=cfg.max_len)

@@ -70,6 +70,13 @@ class PretrainConfig:
     min_delta: float = 0.001
     one_pass_rows: int = ONE_PASS_ROWS
 
+    @property
+    def fresh_user_shards(self) -> int:
+        """The user table's column shards of a model built from nothing (a new run, early stopping)."""
+        from trainer.sharded import USER_COLUMN_SHARDS  # torchrec: imported when a model is built
+
+        return self.user_column_shards or USER_COLUMN_SHARDS
+
 
 def day_batches(days: np.ndarray, seed: int, batch_size: int, epoch: int = 0) -> list[np.ndarray]:
     """Row-index batches: days ascending, each day permuted by ``rng(seed, day)`` (pass ``epoch`` > 0:
