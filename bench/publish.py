@@ -13,7 +13,9 @@ per dtype (float32, float16, int8) with the GKC's own publisher (``gkc.publish.p
   dict tables and the version's key log; the figure to size with); ``recorded_bytes``: what the
   version's record says (``GET /v1/versions/{v}``); ``keylog_bytes_per_key``: the key log's
   ``MEMORY USAGE`` per key of the version (deletion reads it);
-- ``publish_entries_per_s`` (one writer, pipelined batches of ``GKC_PUBLISH_BATCH``);
+- ``publish_entries_per_s`` (one writer, pipelined batches of ``GKC_PUBLISH_BATCH``) and ``streamed``:
+  the same bundle (float32, int8) published from the tar ``keep publish`` uploads, read as a stream as
+  ``POST /v1/versions`` does (:mod:`gkc.publish_stream`; ``spooled_members`` 0: nothing went to disk);
 - ``bulk``: the publisher's writes alone (``gkc.publish.write_data``: pipelined batches, the key log,
   no verification) into one staging version, from 1 or 2 processes x 1 or 2 writer threads each,
   entries/s from a common start (float32 and int8);
@@ -241,6 +243,31 @@ def _cluster_bulk(root: Path, size: str, shape: dict[str, int], batch: int) -> d
     }
 
 
+def streamed_publish(store: Any, path: Path, batch: int) -> dict[str, Any]:
+    """The bundle at ``path`` published from its upload tar read as a stream (:mod:`gkc.publish_stream`,
+    what ``POST /v1/versions`` runs), against the publisher reading the bundle's files."""
+    from gkc.client import tar_bundle
+    from gkc.publish_stream import StreamedPublish, StreamSettings
+
+    tar = tar_bundle(path, path.with_suffix(".tar"))
+    with tempfile.TemporaryDirectory(prefix="keep-bench-spool-") as spool, tar.open("rb") as src:
+        streamed = StreamedPublish(store, StreamSettings(batch=batch, max_ready=10), Path(spool))
+        t0 = time.perf_counter()
+        result = streamed.run(src)
+        seconds = time.perf_counter() - t0
+    tar.unlink()
+    t0 = time.perf_counter()
+    gkc_bundle.load(path, mmap=True)  # what the file path does before publishing (untimed there)
+    verify = time.perf_counter() - t0
+    return {
+        "seconds": round(seconds, 3),
+        "entries_per_s": round(result.entries / seconds),
+        "spooled_members": streamed.spooled_members,
+        # checksums and value checks are in the streamed seconds; the file path's are these
+        "file_verify_seconds": round(verify, 3),
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import os
 
@@ -292,6 +319,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "publish_seconds": round(seconds, 3),
                     "publish_entries_per_s": round(result.entries / seconds),
                 }
+            for dtype in ("float32", "int8"):  # POST /v1/versions' way, from the tar keep publish sends
+                out[dtype]["streamed"] = streamed_publish(store, root / dtype, batch)
             latency = read_latency(store, versions, _requests(base, shape["requests"]))
             for dtype, figures in latency.items():
                 out[dtype]["read"] = figures

@@ -71,6 +71,13 @@ BLOCK_FIELDS = {
 }
 
 
+def stream_order(names: list[str]) -> list[str]:
+    """The order of a bundle's files in an upload that GKC writes as it arrives, spooling nothing
+    (:mod:`gkc.publish_stream`): the manifest, the ids and scales, then the vectors."""
+    vectors = {BLOCK_FIELDS[b][0] + ".npy" for b in BLOCK_FIELDS}
+    return sorted(names, key=lambda n: (0 if n == MANIFEST else 2 if n in vectors else 1, n))
+
+
 def array_files(dtype: str) -> tuple[str, ...]:
     """The ``.npy`` files a bundle of this stored dtype has."""
     return ARRAY_FILES + SCALE_FILES if dtype == quant.INT8 else ARRAY_FILES
@@ -351,25 +358,30 @@ def expected_arrays(m: Manifest) -> dict[str, tuple[str | np.dtype[Any], tuple[i
 def check_npy_header(file: Path, kind: str | np.dtype[Any], shape: tuple[int, ...]) -> None:
     """Refuse an ``.npy`` file whose header is not what the manifest promises *before* loading it: a
     header may claim any shape (e.g. 128 GiB of rows), and ``np.load`` would allocate it."""
-    try:
-        with file.open("rb") as fh:
-            major, _ = np.lib.format.read_magic(fh)
-            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-            got_shape, fortran, dtype = read(fh)
-            offset = fh.tell()
-    except (ValueError, OSError, EOFError, SyntaxError) as err:
-        raise BundleError(f"{file.name}: not a valid .npy file ({err})") from err
-    if fortran or got_shape != shape:
-        raise BundleError(f"{file.name}: header says shape {got_shape}, the manifest says {shape}")
-    if kind != "U" and dtype != kind:
-        raise BundleError(f"{file.name}: dtype {dtype}, the manifest's dtype needs {np.dtype(kind)}")
-    if kind == "U" and (dtype.kind != "U" or dtype.itemsize > 4 * MAX_ID_CHARS):
-        raise BundleError(
-            f"{file.name}: dtype {dtype}, expected strings of at most {MAX_ID_CHARS} characters"
-        )
+    with file.open("rb") as fh:
+        dtype = read_npy_header(fh, file.name, kind, shape)
+        offset = fh.tell()
     size = math.prod(shape) * dtype.itemsize
     if file.stat().st_size != offset + size:
         raise BundleError(f"{file.name}: {file.stat().st_size - offset} data bytes, the header says {size}")
+
+
+def read_npy_header(fh: Any, name: str, kind: str | np.dtype[Any], shape: tuple[int, ...]) -> np.dtype[Any]:
+    """Read an ``.npy`` header from ``fh`` (a file or a stream) and check it against what the manifest
+    promises (``kind``: ``"U"`` for ids, else the values' dtype); the dtype of its data."""
+    try:
+        major, _ = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        got_shape, fortran, dtype = read(fh)
+    except (ValueError, OSError, EOFError, SyntaxError) as err:
+        raise BundleError(f"{name}: not a valid .npy file ({err})") from err
+    if fortran or got_shape != shape:
+        raise BundleError(f"{name}: header says shape {got_shape}, the manifest says {shape}")
+    if kind != "U" and dtype != kind:
+        raise BundleError(f"{name}: dtype {dtype}, the manifest's dtype needs {np.dtype(kind)}")
+    if kind == "U" and (dtype.kind != "U" or dtype.itemsize > 4 * MAX_ID_CHARS):
+        raise BundleError(f"{name}: dtype {dtype}, expected strings of at most {MAX_ID_CHARS} characters")
+    return dtype
 
 
 def load(path: str | os.PathLike[str], *, verify_checksums: bool = True, mmap: bool = False) -> Bundle:

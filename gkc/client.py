@@ -19,6 +19,7 @@ import grpc
 import httpx
 
 from contract.ids import canonical_ids
+from gkc import bundle as gkc_bundle
 from gkc.lookup import Lookup
 from gkc.wire import lookup_from_proto
 from protos import gkc_pb2, gkc_pb2_grpc
@@ -175,10 +176,9 @@ def tar_bundle(bundle_dir: str | os.PathLike[str], out: Path) -> Path:
     root = Path(bundle_dir)
     if not (root / "manifest.json").is_file():
         raise InvalidArgument(f"{root} is not a bundle directory (no manifest.json)")
-    with tarfile.open(out, "w") as tar:
-        for file in sorted(root.iterdir()):
-            if file.is_file():
-                tar.add(file, arcname=file.name)
+    with tarfile.open(out, "w") as tar:  # in the order GKC streams into its store without spooling
+        for name in gkc_bundle.stream_order([f.name for f in root.iterdir() if f.is_file()]):
+            tar.add(root / name, arcname=name)
     return out
 
 
@@ -256,11 +256,18 @@ class GkcOpsClient:
                 bar.set_description("publishing (server side)")
 
             try:
-                response = self.http.post(
-                    "/v1/versions" if dtype is None else f"/v1/versions?dtype={dtype}",
-                    content=chunks(),
-                    headers={"Content-Type": "application/x-tar", "Content-Length": str(size)},
-                )
+                # 503: the store failed mid-way and GKC removed the version; the upload (a stream GKC
+                # cannot read twice) is sent once more. Nothing else is retried: after a transport
+                # error the version may exist.
+                for attempt in (1, 2):
+                    bar.reset()
+                    response = self.http.post(
+                        "/v1/versions" if dtype is None else f"/v1/versions?dtype={dtype}",
+                        content=chunks(),
+                        headers={"Content-Type": "application/x-tar", "Content-Length": str(size)},
+                    )
+                    if response.status_code != 503 or attempt == 2:
+                        break
             except httpx.TransportError as err:
                 raise Unavailable(f"GKC at {self.base_url} unreachable: {err}") from err
             finally:

@@ -1,16 +1,19 @@
 """GKC's operations, transport-free: receive and publish a bundle upload, list, activate, delete, pin.
 
 The REST routes (:mod:`gkc.rest`) only convert HTTP to these calls. Upload format for a publish: the
-bundle directory as an uncompressed tar stream (files at the top level or under one folder). The body is
-streamed to a temp dir with a size cap, extracted with a whitelist of file names, then fully verified
-(:func:`gkc.bundle.load`: manifest, ``.npy`` headers, dims, dtypes, counts, checksums) before anything is
-written to Redis: a corrupt bundle is a 422 with the reason and leaves existing versions untouched.
-Publishes run one at a time.
+bundle directory as an uncompressed tar stream (files at the top level or under one folder), under a size
+cap. It is written into a staging version as it arrives (:mod:`gkc.publish_stream`: the ids in memory,
+the vectors batch by batch, each member checked against the manifest), or, to be stored at another
+dtype, spooled to a temp dir, extracted with a whitelist of file names and fully verified
+(:func:`gkc.bundle.load`) before anything is written. Either way a corrupt bundle is a 422 with the
+reason, never becomes visible, and leaves existing versions untouched. Publishes run one at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import logging
 import tarfile
 import tempfile
@@ -25,14 +28,14 @@ from gkc import bundle as gkc_bundle
 from gkc.bundle_writer import convert
 from gkc.integrity import Shadow
 from gkc.publish import PublishResult, PublishStore, publish
+from gkc.publish_stream import ALLOWED_FILES, BytesPipe, PipeClosed, StreamedPublish, StreamSettings
 from gkc.serving_view import ServingView
 from gkc.store import READY, STAGING, Pin
 from services.errors import InvalidArgument, NotFound, ResourceExhausted
 
 log = logging.getLogger(__name__)
 REQUIRED_FILES = {gkc_bundle.MANIFEST, *gkc_bundle.ARRAY_FILES}
-#: int8 bundles add their scales (whether they must be there is :func:`gkc.bundle.load`'s check).
-ALLOWED_FILES = REQUIRED_FILES | set(gkc_bundle.SCALE_FILES)
+EMPTY_UPLOAD = "empty upload: send the bundle directory as a tar stream"
 #: Longest pin holder name.
 MAX_HOLDER_CHARS = 200
 
@@ -79,6 +82,26 @@ def extract_bundle_tar(tar_path: Path, dest: Path) -> Path:
     return dest
 
 
+async def _hand_over(pipe: BytesPipe, chunk: bytes | Exception | None) -> bool:
+    """Give ``chunk`` to the publishing thread, waiting (without blocking the loop) while it is
+    behind; False once it has stopped."""
+    while (taken := pipe.offer(chunk)) is False:
+        await asyncio.sleep(0.002)
+    return bool(taken)
+
+
+def _settle(
+    future: asyncio.Future[PublishResult], result: PublishResult | None, err: BaseException | None
+) -> None:
+    if future.done():
+        return
+    if err is not None:
+        future.set_exception(err)
+    else:
+        assert result is not None
+        future.set_result(result)
+
+
 class VersionOps:
     def __init__(
         self,
@@ -100,8 +123,9 @@ class VersionOps:
     async def publish_upload(
         self, body: AsyncIterator[bytes], declared: str | None, dtype: str | None = None
     ) -> dict[str, Any]:
-        """Stream the upload to disk under the size cap, then verify and publish it (a thread), stored
-        at ``dtype`` when given (a float32 bundle converted first)."""
+        """Publish an upload under the size cap: streamed into the store as it arrives
+        (:mod:`gkc.publish_stream`), or, to store it at another ``dtype`` (a float32 bundle converted
+        first, which needs all of it), spooled to disk, verified and published (a thread)."""
         if dtype is not None:
             quant.check_dtype(dtype)
         cap = self.limits.max_upload_bytes
@@ -110,6 +134,9 @@ class VersionOps:
                 raise InvalidArgument(f"Content-Length {declared!r} is not a number")
             if int(declared) > cap:
                 raise ResourceExhausted(f"upload of {declared} bytes exceeds {cap}")
+        loop = asyncio.get_running_loop()
+        if dtype is None:
+            return (await self._publish_streamed(body, cap)).to_json()
         with tempfile.TemporaryDirectory(prefix="gkc-upload-") as tmp:
             tar_path = Path(tmp) / "bundle.tar"
             size = 0
@@ -120,10 +147,68 @@ class VersionOps:
                         raise ResourceExhausted(f"upload exceeds {cap} bytes")
                     out.write(chunk)
             if size == 0:
-                raise InvalidArgument("empty upload: send the bundle directory as a tar stream")
-            loop = asyncio.get_running_loop()
+                raise InvalidArgument(EMPTY_UPLOAD)
             result = await loop.run_in_executor(None, self.publish_tar, tar_path, Path(tmp) / "bundle", dtype)
         return result.to_json()
+
+    async def _publish_streamed(self, body: AsyncIterator[bytes], cap: int) -> PublishResult:
+        """Feed the upload to :meth:`publish_stream` on a thread of its own (it may wait for another
+        publish to finish; no pool thread is held meanwhile, and the receiving side only awaits)."""
+        loop = asyncio.get_running_loop()
+        pipe = BytesPipe()
+        done: asyncio.Future[PublishResult] = loop.create_future()
+
+        def work() -> None:
+            try:
+                result = self.publish_stream(pipe)
+            except BaseException as err:  # handed to the request, which answers with it
+                loop.call_soon_threadsafe(_settle, done, None, err)
+            else:
+                loop.call_soon_threadsafe(_settle, done, result, None)
+
+        threading.Thread(target=work, name="gkc-publish-stream", daemon=True).start()
+        size = 0
+        try:
+            async for chunk in body:
+                size += len(chunk)
+                if size > cap:
+                    raise ResourceExhausted(f"upload exceeds {cap} bytes")
+                if not await _hand_over(pipe, chunk):
+                    break  # the publish stopped early (a bad bundle): its error is the answer
+            await _hand_over(pipe, None)
+        except BaseException as err:  # too large, or the client went away: the publish is aborted
+            await _hand_over(pipe, PipeClosed(f"upload interrupted: {err}"))
+            with contextlib.suppress(Exception):
+                await done
+            raise
+        try:
+            return await done
+        except gkc_bundle.BundleError:
+            if size == 0:
+                raise InvalidArgument(EMPTY_UPLOAD) from None
+            raise
+
+    def publish_stream(self, pipe: BytesPipe) -> PublishResult:
+        """The publishing side of a streamed upload (a thread): one publish at a time."""
+        try:
+            with self._publish_lock, tempfile.TemporaryDirectory(prefix="gkc-stream-") as spool:
+                settings = StreamSettings(
+                    batch=self.limits.batch,
+                    max_ready=self.limits.max_ready,
+                    replica_timeout_s=self.limits.replica_timeout_s,
+                    floor=self.shadow.floor,
+                )
+                try:
+                    result = StreamedPublish(self.store, settings, Path(spool)).run(
+                        io.BufferedReader(pipe, 1 << 20)
+                    )
+                except BaseException:
+                    if self.janitor is not None:
+                        self.janitor.sweep_soon()
+                    raise
+        finally:
+            pipe.reader_gone.set()
+        return self._published(result)
 
     def publish_tar(self, tar_path: Path, dest: Path, dtype: str | None = None) -> PublishResult:
         bundle = gkc_bundle.load(extract_bundle_tar(tar_path, dest), mmap=True)
@@ -146,6 +231,9 @@ class VersionOps:
                 if self.janitor is not None:
                     self.janitor.sweep_soon()  # whatever the failed publish could not remove
                 raise
+        return self._published(result)
+
+    def _published(self, result: PublishResult) -> PublishResult:
         self.shadow.floor = max(self.shadow.floor, result.version)
         # known as ready from now on: if Redis later loses it, it is listed "lost", never silently gone
         self.shadow.observe(self.store.records()[0], None)

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ import pytest
 from gkc import bundle as gkc_bundle
 from gkc.bundle_reader import BundleReader
 from gkc.janitor import Janitor
-from gkc.local_redis import EmbeddedRedis, LocalCluster
+from gkc.local_redis import LocalCluster
 from gkc.lookup import Lookup
 from gkc.publish import publish
 from gkc.read_path import KnowledgeCenter
@@ -27,12 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[RedisStore]:
-    server = EmbeddedRedis(tmp_path / "redis", persistent=False).start()
-    st = RedisStore(server.url)
-    yield st
-    st.close()
-    server.stop()
+def store(private_store: RedisStore) -> RedisStore:
+    return private_store
 
 
 def ns_of(store: RedisStore, version: int) -> str:

