@@ -24,7 +24,6 @@ import queue
 import shutil
 import tarfile
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -96,12 +95,11 @@ class _Hashing:
     """A member's bytes, hashed as they are read."""
 
     def __init__(self, src: IO[bytes]) -> None:
-        self.src, self.digest, self.read_bytes = src, hashlib.sha256(), 0
+        self.src, self.digest = src, hashlib.sha256()
 
     def read(self, n: int = -1) -> bytes:
         data = self.src.read(n)
         self.digest.update(data)
-        self.read_bytes += len(data)
         return data
 
 
@@ -117,7 +115,7 @@ class StreamedPublish:
         #: Members that came before what they need and went to disk (0 in :func:`stream_order`).
         self.spooled_members = 0
 
-    def run(self, src: IO[bytes], on_begin: Callable[[], None] | None = None) -> PublishResult:
+    def run(self, src: IO[bytes]) -> PublishResult:
         try:
             try:
                 with tarfile.open(fileobj=src, mode="r|") as tar:
@@ -125,7 +123,9 @@ class StreamedPublish:
                         self._member(tar, member)
             except (tarfile.TarError, EOFError, UnicodeError) as err:
                 raise BundleError(f"the upload is not a readable tar stream: {err}") from err
-            missing = {gkc_bundle.MANIFEST, *gkc_bundle.ARRAY_FILES} - self.up.seen
+            m = self.up.manifest
+            needed = {f"{n}.npy" for n in gkc_bundle.expected_arrays(m)} if m else set(gkc_bundle.ARRAY_FILES)
+            missing = {gkc_bundle.MANIFEST, *needed} - self.up.seen
             if missing:
                 raise BundleError(f"the upload lacks {sorted(missing)} (truncated?)")
             self._drain()
@@ -195,7 +195,7 @@ class StreamedPublish:
         m = self.up.manifest
         if m is None:
             return False
-        needed = {f"{n}.npy" for n, (kind, _) in gkc_bundle.expected_arrays(m).items() if n not in _VECTORS}
+        needed = {f"{n}.npy" for n in gkc_bundle.expected_arrays(m) if n not in _VECTORS}
         return needed <= set(self.up.small)
 
     def _drain(self) -> None:

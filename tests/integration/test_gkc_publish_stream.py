@@ -190,3 +190,15 @@ def test_keep_publish_sends_the_upload_once_more_after_a_503(tmp_path: Path) -> 
     answers[:] = [503, 503]
     with pytest.raises(Unavailable):
         client.publish(path, progress=False)
+
+
+def test_an_int8_upload_without_its_scales_is_refused(private_store: RedisStore, tmp_path: Path) -> None:
+    path = convert(gkc_bundle.load(make_bundle(tmp_path / "b")), "int8", tmp_path / "int8")
+    names = [
+        n for n in gkc_bundle.stream_order(sorted(p.name for p in path.iterdir())) if n != "uc_scales.npy"
+    ]
+    with pytest.raises(gkc_bundle.BundleError, match=r"lacks \['uc_scales.npy'\]"):
+        StreamedPublish(private_store, StreamSettings(), tmp_path).run(
+            io.BufferedReader(io.BytesIO(tar_bytes(path, names)))
+        )
+    assert private_store.records()[0] == []
