@@ -18,7 +18,7 @@ import logging
 import tarfile
 import tempfile
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -191,21 +191,15 @@ class VersionOps:
     def publish_stream(self, pipe: BytesPipe) -> PublishResult:
         """The publishing side of a streamed upload (a thread): one publish at a time."""
         try:
-            with self._publish_lock, tempfile.TemporaryDirectory(prefix="gkc-stream-") as spool:
+            with self._publishing(), tempfile.TemporaryDirectory(prefix="gkc-stream-") as spool:
                 settings = StreamSettings(
                     batch=self.limits.batch,
                     max_ready=self.limits.max_ready,
                     replica_timeout_s=self.limits.replica_timeout_s,
                     floor=self.shadow.floor,
                 )
-                try:
-                    result = StreamedPublish(self.store, settings, Path(spool)).run(
-                        io.BufferedReader(pipe, 1 << 20)
-                    )
-                except BaseException:
-                    if self.janitor is not None:
-                        self.janitor.sweep_soon()
-                    raise
+                upload = io.BufferedReader(pipe, 1 << 20)
+                result = StreamedPublish(self.store, settings, Path(spool)).run(upload)
         finally:
             pipe.reader_gone.set()
         return self._published(result)
@@ -215,23 +209,29 @@ class VersionOps:
         if dtype is not None and dtype != bundle.manifest.dtype:
             converted = convert(bundle, dtype, dest.with_name(f"{dest.name}-{dtype}"))
             bundle = gkc_bundle.load(converted, mmap=True)
+        with self._publishing():
+            result = publish(
+                self.store,
+                bundle,
+                batch=self.limits.batch,
+                writers=self.limits.writers,
+                max_ready=self.limits.max_ready,
+                progress=False,
+                floor=self.shadow.floor,
+                replica_timeout_s=self.limits.replica_timeout_s,
+            )
+        return self._published(result)
+
+    @contextlib.contextmanager
+    def _publishing(self) -> Iterator[None]:
+        """One publish at a time; after a failed one the janitor sweeps what it could not remove."""
         with self._publish_lock:
             try:
-                result = publish(
-                    self.store,
-                    bundle,
-                    batch=self.limits.batch,
-                    writers=self.limits.writers,
-                    max_ready=self.limits.max_ready,
-                    progress=False,
-                    floor=self.shadow.floor,
-                    replica_timeout_s=self.limits.replica_timeout_s,
-                )
+                yield
             except BaseException:
                 if self.janitor is not None:
-                    self.janitor.sweep_soon()  # whatever the failed publish could not remove
+                    self.janitor.sweep_soon()
                 raise
-        return self._published(result)
 
     def _published(self, result: PublishResult) -> PublishResult:
         self.shadow.floor = max(self.shadow.floor, result.version)
