@@ -33,15 +33,14 @@ from ranker.knowledge import manifest_schema
 from services.errors import InvalidArgument
 from trainer.baselines.cross_domain import CrossDomainFit
 from trainer.baselines.methods import CROSS_DOMAIN_METHODS, BaselineMethods
-from trainer.data.synth_truth import read_oracle
 from trainer.experiment_methods import (
     EXTRACTORS,
     METHOD_NAMES,
     Method,
     method_table,
 )
+from trainer.experiment_results import aggregate, experiment_result
 from trainer.report import user_groups
-from trainer.stats import lift_stats
 from trainer.train import GkcKnowledge, TrainConfig, train
 
 
@@ -354,37 +353,6 @@ def open_bundle_reader(path: Path) -> Any:
     return BundleReader.open(path)
 
 
-def _nanmean(values: list[float]) -> float:
-    """Mean over the defined values; NaN (without numpy's empty-slice warning) when there are none,
-    e.g. a user group with no test user who has both labels (small real data)."""
-    arr = np.asarray(values, dtype=np.float64)
-    arr = arr[~np.isnan(arr)]
-    return float(arr.mean()) if len(arr) else float("nan")
-
-
-def aggregate(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    methods: dict[str, Any] = {}
-    groups: dict[str, dict[str, float]] = {}
-    groups_sub: dict[str, dict[str, float]] = {}
-    for name, rs in runs.items():
-        entry: dict[str, Any] = {}
-        for metric in ("gauc", "auc"):
-            values = [r[metric] for r in rs]
-            entry[metric] = {
-                "mean": float(np.mean(values)),
-                "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                "runs": values,
-            }
-        entry["epochs"] = [r["epochs"] for r in rs]
-        entry["seconds"] = float(sum(r["seconds"] for r in rs))
-        methods[name] = entry
-        names = rs[0]["groups"].keys()
-        groups[name] = {g: _nanmean([r["groups"][g] for r in rs]) for g in names}
-        names = rs[0].get("groups_sub", {}).keys()
-        groups_sub[name] = {g: _nanmean([r["groups_sub"][g] for r in rs]) for g in names}
-    return {"methods": methods, "groups": groups, "groups_sub": groups_sub}
-
-
 def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     """Run every selected method for every seed; write results.json, report.md and the plots."""
     from trainer.report import write_report
@@ -406,41 +374,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
                 f"[seed {seed + 1}/{cfg.seeds}] {name:<32} gauc {r['gauc']:.4f} auc {r['auc']:.4f} "
                 f"epochs {r['epochs']} ({r['seconds']:.1f}s)"
             )
-    aggregated = aggregate(runs)
-    result_methods = aggregated["methods"]
-    result: dict[str, Any] = {
-        "dataset": {
-            "super": {"rows": len(d.super), "users": int(d.super["user_id"].nunique())},
-            "train": {"rows": len(d.train), "users": int(d.train["user_id"].nunique())},
-            "test": {"rows": len(d.test), "users": int(d.test["user_id"].nunique())},
-            "files": {"super": str(cfg.super_path), "train": str(cfg.train_path), "test": str(cfg.test_path)},
-        },
-        **aggregated,
-        "group_edges": group_info,
-        #: Extra: the same split by the user's clicks in the downstream (sub-domain) training log.
-        "group_edges_sub": sub_info,
-        "seeds": cfg.seeds,
-        "setup": {
-            "max_epochs": cfg.max_epochs,
-            "reuse_extractors": cfg.reuse_extractors,
-            "separate_extractors": cfg.separate_extractors,
-            "sparse_lr_ratio": cfg.sparse_lr_ratio,
-            "batch_size": cfg.downstream.batch_size,
-            "lr": cfg.downstream.lr,
-        },
-        "pretrain_seconds": runner.timings,
-        #: Each extractor's held-out per-task GAUC/AUC and passes, per seed (trainer.extractor_metrics).
-        "extractor": runner.extractor_reports(),
-        #: Each method's lift over base, paired by seed (trainer.stats).
-        "stats": {
-            "reference": "base",
-            "gauc": lift_stats({m: r["gauc"]["runs"] for m, r in result_methods.items()}),
-            "auc": lift_stats({m: r["auc"]["runs"] for m, r in result_methods.items()}),
-        },
-        #: The true click model's test GAUC when the data is a synthetic world (its truth.json).
-        "oracle": read_oracle(cfg.test_path, len(d.test)),
-        "wall_seconds": time.perf_counter() - started,
-    }
+    edges = (group_info, sub_info)
+    result = experiment_result(cfg, d, runner, aggregate(runs), edges, time.perf_counter() - started)
     (cfg.out / "results.json").write_text(json.dumps(result, indent=2, sort_keys=True))
     write_report(result, cfg.out)
     return result

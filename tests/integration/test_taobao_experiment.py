@@ -27,7 +27,7 @@ METHODS = [m for m in ("base", "keep", "keep_zero") if m in method_table()]
 
 
 # A Table 7 user group can hold no test user with both labels on data this small; until
-# trainer.experiment.aggregate averages such all-NaN groups without numpy's warning, allow it.
+# trainer.experiment_results.aggregate averages such all-NaN groups without numpy's warning, allow it.
 @pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning")
 def test_taobao_experiment_end_to_end(tmp_path: Path) -> None:
     data, out = tmp_path / "data", tmp_path / "exp"

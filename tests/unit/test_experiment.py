@@ -124,6 +124,7 @@ def test_groups_keep_paper_edges_when_they_fit_and_use_weighted_quartiles_when_n
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # every method incl. the four Table 2 baselines: ~12 min on 2 cores
 def test_all_methods_on_small(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = _world(tmp_path, "small")
     out = tmp_path / "exp"
