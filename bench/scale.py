@@ -75,7 +75,8 @@ elif step.startswith("pretrain"):
         source = SequencedSource(Path(data))
         days = source.days()[:-1]
         stream = source.batches(days, Vocabs.load(cfg.out / VOCABS), seed=0, batch_size=cfg.batch_size,
-                                passes=1, max_len=cfg.max_len, group=DataParallel())
+                                passes=1, max_len=cfg.max_len, group=DataParallel(),
+                                rows_in_memory=cfg.rows_in_memory)
         rows = sum(len(b) for _, b in stream.iter_from(0))
 else:
     from contract.log import read_log

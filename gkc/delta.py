@@ -12,7 +12,10 @@ base's entry of the same key, an entry of the new export is in the delta when (:
 - ``seen``: its user or item occurs in the log days after the base's window (``seen_users`` /
   ``seen_items``; a seen user's K̂_u and all of their K̂_uc). Entries of users and items not seen keep
   the base's vectors even where the continued extractor would now give others: the union is *not* the
-  new export, but every entry in it was exported by the base's extractor or its continuation.
+  new export, but every entry in it was exported by the base's extractor or its continuation; or
+- ``seen-pairs``: as ``seen`` for K̂_u and K̂_i, but a K̂_uc only where its (user, category) pair occurs
+  in those days (``seen_pairs``): a seen user's other categories keep the base's K̂_uc too. K̂_uc is
+  most of a version; a day touches a few of a user's categories.
 
 A delta can never remove an entry: when the base holds a key the new export lacks, the delta is
 refused (a full version is the answer). Base and delta must agree on dims, dtype, layout and format;
@@ -40,15 +43,22 @@ CHUNK = 65_536
 class Rule:
     """What makes an entry *changed* (module docstring)."""
 
-    kind: str = "moved"  # "moved" | "seen"
+    kind: str = "moved"  # "moved" | "seen" | "seen-pairs"
     epsilon: float = 0.0
     seen_users: np.ndarray | None = None
     seen_items: np.ndarray | None = None
+    #: ``seen-pairs``: the (user, category) keys (:func:`pair_keys`) of the new days' rows.
+    seen_pairs: np.ndarray | None = None
 
     def describe(self) -> dict[str, Any]:
-        if self.kind == "seen":
-            return {"rule": "seen"}
+        if self.kind != "moved":
+            return {"rule": self.kind}
         return {"rule": "moved", "epsilon": self.epsilon}
+
+
+def pair_keys(users: np.ndarray, categories: np.ndarray) -> np.ndarray:
+    """A K̂_uc's key: ``user \x1f category`` (canonical ids)."""
+    return np.char.add(np.char.add(users, "\x1f"), categories)
 
 
 def keys(bundle: Bundle, block: str) -> np.ndarray:
@@ -57,7 +67,7 @@ def keys(bundle: Bundle, block: str) -> np.ndarray:
         return bundle.user_ids
     if block == "items":
         return bundle.item_ids
-    return np.char.add(np.char.add(bundle.uc_user_ids, "\x1f"), bundle.uc_category_ids)
+    return pair_keys(bundle.uc_user_ids, bundle.uc_category_ids)
 
 
 def align(new_keys: np.ndarray, base_keys: np.ndarray) -> np.ndarray:
@@ -135,19 +145,25 @@ def select(new: Bundle, base: Bundle, rule: Rule) -> dict[str, np.ndarray]:
 def select_seen(
     part: Bundle, base: Bundle, rule: Rule, users: np.ndarray, items: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """Masks of a ``seen`` delta computed from its entries alone: ``part`` is the new extractor's export
-    restricted to the rule's users and items (every new entry is one of theirs: new ids and pairs come
-    from the new days), so all of it goes in. ``users`` / ``items``: every id the new extractor exports.
-    Refuses what would leave a base entry the new export lacks: a base user or item not among those, or
-    a base (user, category) of a seen user that ``part`` lacks. (A base pair of a user not seen stays
-    the base's: the log up to the base's window, where it comes from, is the new export's too.)"""
-    if rule.kind != "seen" or rule.seen_users is None:
-        raise ValueError("select_seen() takes the seen rule with its users and items")
+    """Masks of a ``seen`` (or ``seen-pairs``) delta computed from its entries alone: ``part`` is the new
+    extractor's export restricted to the rule's users, items (and pairs) (every new entry is one of
+    theirs: new ids and pairs come from the new days), so all of it goes in. ``users`` / ``items``:
+    every id the new extractor exports. Refuses what would leave a base entry the new export lacks: a
+    base user or item not among those, or a base (user, category) of a seen user (a seen pair) that
+    ``part`` lacks. (A base pair not seen stays the base's: the log up to the base's window, where it
+    comes from, is the new export's too.)"""
+    if rule.kind not in ("seen", "seen-pairs") or rule.seen_users is None:
+        raise ValueError("select_seen() takes a seen rule with its users and items")
+    if rule.kind == "seen-pairs" and rule.seen_pairs is None:
+        raise ValueError("the seen-pairs rule needs its pairs")
     check_compatible(part.manifest, base.manifest)
     for block, known in (("users", users), ("items", items)):
         base_keys = keys(base, block)
         _refuse_removal(block, int(np.isin(base_keys, known).sum()), len(base_keys))
-    theirs = np.isin(base.uc_user_ids, rule.seen_users)
+    if rule.seen_pairs is not None:
+        theirs = np.isin(keys(base, "ucs"), rule.seen_pairs)
+    else:
+        theirs = np.isin(base.uc_user_ids, rule.seen_users)
     found = int((align(keys(base, "ucs")[theirs], keys(part, "ucs")) >= 0).sum())
     _refuse_removal("ucs", found, int(theirs.sum()))
     return {block: np.ones(len(keys(part, block)), dtype=bool) for block in BLOCKS}

@@ -37,6 +37,7 @@ from contract.knowledge import Dims
 from contract.schema import SECONDS_PER_DAY
 from gkc import bundle as gkc_bundle
 from gkc.bundle_writer import BundleWriter
+from gkc.delta import pair_keys
 from services.errors import Conflict, InvalidArgument
 from trainer.data.sequences import HistoryIndex
 from trainer.export_scan import SCAN_BATCH_ROWS, LogDigest
@@ -80,10 +81,12 @@ def _item_features(items: pd.DataFrame, ext: LoadedExtractor, n_items: int) -> t
 
 @dataclass(frozen=True)
 class Only:
-    """Export only these users (their K̂_u and all their K̂_uc) and items (canonical ids)."""
+    """Export only these users (their K̂_u and all their K̂_uc, or only the K̂_uc of ``pairs``: keys of
+    :func:`gkc.delta.pair_keys`, each of one of ``users``) and items (canonical ids)."""
 
     users: np.ndarray
     items: np.ndarray
+    pairs: np.ndarray | None = None
 
 
 def export(
@@ -208,7 +211,11 @@ class ExportPlan:
         rows = {
             "users": np.flatnonzero(np.isin(self.user_ids, only.users)),
             "items": np.flatnonzero(np.isin(self.item_ids, only.items)),
-            "user_categories": np.flatnonzero(np.isin(self.uc_user_ids, only.users)),
+            "user_categories": np.flatnonzero(
+                np.isin(self.uc_user_ids, only.users)
+                if only.pairs is None
+                else np.isin(pair_keys(self.uc_user_ids, self.uc_category_ids), only.pairs)
+            ),
         }
         blocks = {
             name: replace(block, n=len(rows[name]), vectors=_through(block.vectors, rows[name]))

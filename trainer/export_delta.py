@@ -5,7 +5,8 @@ computing costs what a full export costs; what the delta saves is what GKC write
 with the base version's bundle, and only the entries that are new or changed go into ``--out``.
 ``seen``: only the entries of the users and items seen in the new days are computed (an export
 restricted to them, :meth:`trainer.export.ExportPlan.restricted`), so the compute, too, follows what
-the new days touched. Either way the manifest names V's identity (number, publish id, checksum) as GKC
+the new days touched; ``seen-pairs`` narrows a seen user's K̂_uc to the (user, category) pairs of the
+new days' rows. Either way the manifest names V's identity (number, publish id, checksum) as GKC
 reports it. The base bundle must be V's content (its checksum is V's), else the export is refused: a
 delta computed against other knowledge would complete the wrong base.
 """
@@ -31,7 +32,7 @@ from trainer.export import ExportStats, Only, export
 from trainer.export_scan import SCAN_BATCH_ROWS
 from trainer.models.checkpoint import SavedRun, load_run
 
-RULES = ("moved", "seen")
+RULES = ("moved", "seen", "seen-pairs")
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def export_delta(
     """The delta of ``new``'s export over ``spec``'s base, written to ``out``; its summary."""
     if spec.rule not in RULES:
         raise InvalidArgument(f"--changed {spec.rule!r} is not one of {', '.join(RULES)}")
-    if spec.epsilon < 0 or (spec.rule == "seen" and spec.epsilon):
+    if spec.epsilon < 0 or (spec.rule != "moved" and spec.epsilon):
         raise InvalidArgument("--epsilon is a relative L2 distance >= 0, for --changed moved only")
     if out.exists():
         raise InvalidArgument(f"{out} already exists; refusing to overwrite a bundle")
@@ -108,11 +109,11 @@ def export_delta(
     if scratch.exists():
         shutil.rmtree(scratch)
     try:
-        if spec.rule == "seen":
+        if spec.rule != "moved":
             run = new.run()
-            rule = _seen_rule(run, new.super_path, base)
+            rule = _seen_rule(run, new.super_path, base, pairs=spec.rule == "seen-pairs")
             assert rule.seen_users is not None and rule.seen_items is not None
-            _, stats = new.write(scratch, Only(rule.seen_users, rule.seen_items))
+            _, stats = new.write(scratch, Only(rule.seen_users, rule.seen_items, rule.seen_pairs))
             part = gkc_bundle.load(scratch, verify_checksums=False, mmap=True)
             users, items = canonical_ids(run.vocabs.user.keys), canonical_ids(run.vocabs.item.keys)
             masks = gkc_delta.select_seen(part, base, rule, users, items)
@@ -142,9 +143,11 @@ def export_delta(
     }
 
 
-def _seen_rule(run: SavedRun, super_path: Path | None, base: gkc_bundle.Bundle) -> gkc_delta.Rule:
-    """The users and items of the log days after the base's window up to ``run``'s end (the log streams
-    past in batches: only the ids are kept)."""
+def _seen_rule(
+    run: SavedRun, super_path: Path | None, base: gkc_bundle.Bundle, pairs: bool = False
+) -> gkc_delta.Rule:
+    """The users and items (and with ``pairs`` the (user, category) pairs) of the log days after the
+    base's window up to ``run``'s end (the log streams past in batches: only the ids are kept)."""
     base_src = base.manifest.source
     init_from = run.config.data.init_from
     if not init_from or init_from != base_src.get("extractor"):
@@ -154,16 +157,24 @@ def _seen_rule(run: SavedRun, super_path: Path | None, base: gkc_bundle.Bundle) 
             f"the base was exported from {base_src.get('extractor')!r}; use --changed moved"
         )
     after, until = int(base_src["window"]["last_day"]), run.window[1]
-    users: list[np.ndarray] = []
-    items: list[np.ndarray] = []
+    seen: dict[str, list[np.ndarray]] = {"users": [], "items": [], "pairs": []}
     source = super_path or run.config.data.super
-    for _, df in iter_log(source, ("user_id", "item_id", "ts"), SCAN_BATCH_ROWS):
+    columns = ("user_id", "item_id", "category_id", "ts") if pairs else ("user_id", "item_id", "ts")
+    for _, df in iter_log(source, columns, SCAN_BATCH_ROWS):
         days = day_of(df["ts"].to_numpy())
         new = df[(days > after) & (days <= until)]
-        users.append(np.unique(new["user_id"].to_numpy()))
-        items.append(np.unique(new["item_id"].to_numpy()))
+        seen["users"].append(canonical_ids(np.unique(new["user_id"].to_numpy())))
+        seen["items"].append(canonical_ids(np.unique(new["item_id"].to_numpy())))
+        if pairs:
+            user, category = (canonical_ids(new[c].to_numpy()) for c in ("user_id", "category_id"))
+            seen["pairs"].append(np.unique(gkc_delta.pair_keys(user, category)))
+
+    def union(parts: list[np.ndarray]) -> np.ndarray:
+        return np.unique(np.concatenate(parts)) if parts else np.array([], dtype=str)
+
     return gkc_delta.Rule(
-        "seen",
-        seen_users=canonical_ids(np.unique(np.concatenate(users))) if users else np.array([], dtype=str),
-        seen_items=canonical_ids(np.unique(np.concatenate(items))) if items else np.array([], dtype=str),
+        "seen-pairs" if pairs else "seen",
+        seen_users=union(seen["users"]),
+        seen_items=union(seen["items"]),
+        seen_pairs=union(seen["pairs"]) if pairs else None,
     )

@@ -102,7 +102,8 @@ class ExportConfig:
     base: int | None = None
     #: The bundle ``base`` was published from (its checksum must be the version's).
     base_bundle: Path | None = None
-    #: What makes an entry changed: ``moved`` (by more than ``epsilon``, 0 = any bit) or ``seen``.
+    #: What makes an entry changed: ``moved`` (by more than ``epsilon``, 0 = any bit), ``seen`` or
+    #: ``seen-pairs`` (:mod:`trainer.export_delta`).
     changed: str = "moved"
     epsilon: float = 0.0
     #: GKC's REST API, where the base's identity is read.

@@ -256,6 +256,8 @@ def _pretrain(cfg: PretrainConfig, stop_after_batches: int | None, group: DataPa
     finished = _finished_run(cfg)
     if finished is not None:
         return finished
+    if cfg.rows_in_memory < 1:
+        raise InvalidArgument(f"--rows-in-memory must be >= 1, got {cfg.rows_in_memory}")
     data = open_source(cfg.super_path)  # a sequenced dataset streams day by day, else in memory
     train_days, holdout = split_days(data.days(), cfg.holdout_days, str(cfg.super_path))
     plan = _plan(cfg, data, train_days, holdout, writer=group.is_writer)
@@ -271,6 +273,7 @@ def _pretrain(cfg: PretrainConfig, stop_after_batches: int | None, group: DataPa
         passes=passes.passes,
         max_len=cfg.max_len,
         group=group,
+        rows_in_memory=cfg.rows_in_memory,
     )
     sizes = stream.sizes
     progress: dict[str, Any] = {
@@ -333,7 +336,9 @@ def _pretrain(cfg: PretrainConfig, stop_after_batches: int | None, group: DataPa
     final = unsharded(plan.sharded, load_state(cfg.out, mmap=True, pieces=True)) if wrote else None
     if final is not None:
         metrics = (
-            score_holdout(final, *data.holdout(plan.vocabs, holdout, cfg.max_len), tasks) if holdout else {}
+            score_holdout(final, data.holdout(plan.vocabs, holdout, cfg.max_len, cfg.rows_in_memory), tasks)
+            if holdout
+            else {}
         )
         metrics["passes"] = passes.to_json()
         if passes.validation:

@@ -116,7 +116,7 @@ def evaluate_holdout(
     For ``serving`` every form gets its own ``gauc_<form>``; ``gauc`` scores the mean of their logits.
     Click also gets ``gauc_popularity``: the items' click rate over the training rows, as a baseline.
     """
-    return score_holdout(model, *holdout_inputs(df, vocabs, holdout_days, max_len), tasks)
+    return score_holdout(model, [holdout_inputs(df, vocabs, holdout_days, max_len)], tasks)
 
 
 def early_stopping(

@@ -9,7 +9,7 @@ lazily (the loop imports them).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,9 @@ DEFAULT_STRATEGY = "serving"
 AUTO = 0
 #: At or above this many training rows, AUTO is the paper's one pass (see :mod:`trainer.pretrain_passes`).
 ONE_PASS_ROWS = 1_000_000
+#: The most rows of a day one rank of a streamed pre-training encodes at once (a day's own rows up to
+#: it; ``medium``'s days, ~0.77M rows, fit whole): what bounds the data path's memory on big days.
+ROWS_IN_MEMORY = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ class PretrainConfig:
     patience: int = 2
     min_delta: float = 0.001
     one_pass_rows: int = ONE_PASS_ROWS
+    #: Streamed sources only (``keep data sequences``): the most rows of a day this rank encodes at once.
+    rows_in_memory: int = ROWS_IN_MEMORY
 
     @property
     def fresh_user_shards(self) -> int:
@@ -171,33 +176,46 @@ def iter_scores(
 
 
 def score_holdout(
-    model: torch.nn.Module, log: EncodedLog, popularity: np.ndarray, tasks: Sequence[str]
+    model: torch.nn.Module, parts: Iterable[tuple[EncodedLog, np.ndarray]], tasks: Sequence[str]
 ) -> dict[str, Any]:
-    """Per-task GAUC of encoded held-out rows (:func:`trainer.pretrain_passes.evaluate_holdout` builds
-    them from a frame) and their items' popularity (click rate before the held-out days)."""
+    """Per-task GAUC of encoded held-out rows and their items' popularity (click rate before the
+    held-out days), given as parts (:meth:`trainer.data.source.LogSource.holdout`: a streamed source
+    encodes a bounded number of rows at a time); only ids, labels and scores of every part are kept."""
     scores: dict[str, list[np.ndarray]] = {}
-    for _, out in iter_scores(model, log, tasks):
-        for head, s in out.items():
-            scores.setdefault(head, []).append(s)
-    clicked = log.labels["click"] == 1
+    users: list[np.ndarray] = []
+    labels: dict[str, list[np.ndarray]] = {}
+    popularity: list[np.ndarray] = []
+    for log, part_popularity in parts:
+        for _, out in iter_scores(model, log, tasks):
+            for head, s in out.items():
+                scores.setdefault(head, []).append(s)
+        users.append(log.user)
+        popularity.append(part_popularity)
+        for task, values in log.labels.items():
+            labels.setdefault(task, []).append(values)
+    if not users:
+        return {}
+    user = np.concatenate(users)
+    label = {task: np.concatenate(values) for task, values in labels.items()}
+    clicked = label["click"] == 1
     metrics: dict[str, Any] = {}
     for task in tasks:
         heads = [h for h in scores if h.rsplit(":", 1)[-1] == task]
         if not heads:
             continue
-        sel = np.ones(len(log), bool) if task == "click" else clicked
-        users, labels = log.user[sel], log.labels[task][sel]
+        sel = np.ones(len(user), bool) if task == "click" else clicked
+        task_users, task_labels = user[sel], label[task][sel]
         per_head = {h: np.concatenate(scores[h]) for h in heads}
-        entry: dict[str, Any] = {"rows": int(sel.sum()), "positives": int(labels.sum())}
+        entry: dict[str, Any] = {"rows": int(sel.sum()), "positives": int(task_labels.sum())}
         mean_logit = np.mean(list(per_head.values()), axis=0)
-        entry["gauc"] = _safe_gauc(users, labels, mean_logit)
-        entry["auc"] = _safe_auc(labels, mean_logit)
+        entry["gauc"] = _safe_gauc(task_users, task_labels, mean_logit)
+        entry["auc"] = _safe_auc(task_labels, mean_logit)
         if len(heads) > 1:
             for h, s in per_head.items():
-                entry[f"gauc_{h.split(':')[0]}"] = _safe_gauc(users, labels, s)
+                entry[f"gauc_{h.split(':')[0]}"] = _safe_gauc(task_users, task_labels, s)
         metrics[task] = entry
     if "click" in metrics:
-        metrics["click"]["gauc_popularity"] = _safe_gauc(log.user, log.labels["click"], popularity)
+        metrics["click"]["gauc_popularity"] = _safe_gauc(user, label["click"], np.concatenate(popularity))
     return metrics
 
 

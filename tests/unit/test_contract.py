@@ -15,7 +15,7 @@ import pytest
 from contract import artifact as artifact_mod
 from contract.downstream import DownstreamConfig
 from contract.extractor import CheckpointConfig, ExtractorConfig, PretrainSettings, TrainingWindow
-from contract.ids import OOV, PAD, Vocab, Vocabs, canonical_ids
+from contract.ids import OOV, PAD, Vocab, Vocabs, canonical_ids, sorted_unique
 from contract.knowledge import GKC_BLOCKS, Dims, KnowledgeSchema, KnowledgeSpec
 from contract.log import DataError, read_log, write_log
 from contract.schema import TASKS
@@ -85,6 +85,22 @@ def test_vocabs_round_trip_as_memory_mapped_npy(tmp_path: Path, keys: np.ndarray
     (root / "item.npy").unlink()
     with pytest.raises(InvalidArgument, match=r"item\.npy"):
         Vocabs.load(root)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.random.default_rng(0).integers(-50, 50, 1000),
+        np.array([7], dtype=np.int32),
+        np.zeros(0, dtype=np.int64),
+        np.array(["b", "a", "b", "10"]),
+        np.array([3, 3, 3], dtype=np.uint8),
+    ],
+    ids=["ints", "one", "empty", "strings", "uint8"],
+)
+def test_sorted_unique_is_np_unique(values: np.ndarray) -> None:
+    got, want = sorted_unique(values), np.unique(values)
+    assert got.dtype == want.dtype and np.array_equal(got, want)
 
 
 def test_canonical_ids_refuse_floats() -> None:

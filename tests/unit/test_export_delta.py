@@ -129,3 +129,30 @@ def test_refusals(continued: dict[str, Path], capsys: pytest.CaptureFixture[str]
     sharded = ["export", "--extractor", str(continued["cont"]), "--gkc-redis", "redis://127.0.0.1:1/0"]
     assert main([*sharded, "--base", "4", "--base-bundle", str(continued["base_bundle"])]) == 2
     assert "--base with --gkc-redis is not supported" in capsys.readouterr().err
+
+
+def test_the_seen_pairs_rule_writes_only_the_pairs_the_new_day_touched(continued: dict[str, Path]) -> None:
+    out = continued["root"] / "seen_pairs"
+    summary = export_delta(_full(continued), out, _spec(continued, rule="seen-pairs"), _identity(continued))
+    delta, base = gkc_bundle.load(out), gkc_bundle.load(continued["base_bundle"])
+    df = read_log(continued["root"] / "super.parquet")
+    days = day_of(df["ts"].to_numpy())
+    new_day = df[days == days.min() + 2]
+    touched = {f"{u}\x1f{c}" for u, c in zip(new_day["user_id"], new_day["category_id"], strict=True)}
+    assert summary["rule"] == delta.manifest.source["delta"]["rule"] == "seen-pairs"
+    assert set(delta.user_ids.tolist()) == {str(u) for u in new_day["user_id"].unique()}
+    full = gkc_bundle.load(continued["full"])
+    pairs = set(gkc_delta.keys(delta, "ucs").tolist())
+    assert pairs == touched & set(gkc_delta.keys(full, "ucs").tolist()) and pairs
+    seen_users = set(delta.user_ids.tolist())
+    of_seen_users = [k for k in gkc_delta.keys(full, "ucs").tolist() if k.split("\x1f")[0] in seen_users]
+    assert len(pairs) < len(of_seen_users)  # the seen rule would take all of these
+    # Every pair of the full export is in the delta or in the base (nothing lost), and the pairs of seen
+    # users that the day did not touch read through to the base.
+    folded = gkc_delta.fold(base, delta)
+    assert set(gkc_delta.keys(folded, "ucs").tolist()) == set(gkc_delta.keys(full, "ucs").tolist())
+    kept = set(gkc_delta.keys(base, "ucs").tolist()) - pairs
+    assert any(k.split("\x1f")[0] in seen_users for k in kept)
+    want = dict(zip(gkc_delta.keys(full, "ucs").tolist(), full.rows("ucs"), strict=True))
+    for key, row in zip(gkc_delta.keys(delta, "ucs").tolist(), delta.rows("ucs"), strict=True):
+        np.testing.assert_allclose(row.view(np.float32), want[key].view(np.float32), rtol=1e-5, atol=1e-6)

@@ -93,6 +93,21 @@ def test_batches_follow_days_and_never_cross_them() -> None:
     assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))
 
 
+def test_pair_keys_pair_the_rows_of_one_user_and_day(tmp_path: Path) -> None:
+    """Pairs are drawn among rows with one key: one per (user, day) when the log has no sessions."""
+    from contract.ids import Vocabs
+
+    df = tiny_log(users=9, items=12, categories=3, days=3, rows_per_day=200).drop(
+        columns=["session_id"], errors="ignore"
+    )
+    log = EncodedLog.encode(df, Vocabs.build(df))
+    same_key = log.pair_key[:, None] == log.pair_key[None, :]
+    days = day_of(df["ts"].to_numpy())
+    users = df["user_id"].to_numpy()
+    assert np.array_equal(same_key, (users[:, None] == users[None, :]) & (days[:, None] == days[None, :]))
+    assert np.array_equal(np.unique(log.pair_key), np.arange(log.pair_key.max() + 1))  # dense codes
+
+
 @pytest.mark.parametrize("strategy", ["full", "serving"])
 def test_resume_after_a_kill_equals_one_uninterrupted_run(
     log_file: Path, tmp_path: Path, strategy: str

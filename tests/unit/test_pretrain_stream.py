@@ -66,9 +66,18 @@ def assert_same_batch(a: FeatureBatch, b: FeatureBatch) -> None:
 
 
 @pytest.mark.parametrize(
-    "group", [DataParallel(), DataParallel(rank=1, world=2)], ids=["1 rank", "rank 1 of 2"]
+    ("group", "budget"),
+    [
+        (DataParallel(), None),
+        (DataParallel(rank=1, world=2), None),
+        (DataParallel(), 600),
+        (DataParallel(), 1),
+    ],
+    ids=["1 rank", "rank 1 of 2", "600 rows in memory", "1 row in memory"],
 )
-def test_the_stream_gives_the_in_memory_batches(logs: tuple[Path, Path], group: DataParallel) -> None:
+def test_the_stream_gives_the_in_memory_batches(
+    logs: tuple[Path, Path], group: DataParallel, budget: int | None
+) -> None:
     plain, seq = logs
     memory: LogSource = InMemorySource(read_log(plain), str(plain))
     streamed: LogSource = SequencedSource(seq)
@@ -78,13 +87,16 @@ def test_the_stream_gives_the_in_memory_batches(logs: tuple[Path, Path], group: 
     vocabs = memory.vocabs(days)
     assert streamed.vocabs(days) == vocabs
     kw = {"seed": 3, "batch_size": 250, "passes": 2, "max_len": 12, "group": group}
-    a, b = memory.batches(days, vocabs, **kw), streamed.batches(days, vocabs, **kw)  # type: ignore[arg-type]
+    a = memory.batches(days, vocabs, **kw)  # type: ignore[arg-type]
+    b = streamed.batches(days, vocabs, **kw, rows_in_memory=budget)  # type: ignore[arg-type]
     assert a.sizes == b.sizes and len(a.sizes) == 2 * 4 * 5
     tasks = ("click", "conversion", "cart")
     pairs = zip(a.iter_from(0), b.iter_from(0), strict=True)
     for (log_a, rows_a), (log_b, rows_b) in pairs:
         if group.enabled:
             assert len(log_b) < len(log_a)  # this rank read only its shards' rows of the day
+        if budget is not None:  # a run of whole batches, no more rows than the budget unless one batch
+            assert len(log_b) <= max(budget, len(rows_b)) and len(log_b) < len(log_a)
         assert_same_batch(
             feature_batch(log_a, rows_a, tasks, with_pairs=True),
             feature_batch(log_b, rows_b, tasks, with_pairs=True),
@@ -93,11 +105,16 @@ def test_the_stream_gives_the_in_memory_batches(logs: tuple[Path, Path], group: 
     tail_a, tail_b = list(a.iter_from(23)), list(b.iter_from(23))
     assert len(tail_a) == len(tail_b) == len(a.sizes) - 23
     assert_same_batch(feature_batch(*tail_a[0], tasks), feature_batch(*tail_b[0], tasks))
-    log_a, pop_a = memory.holdout(vocabs, memory.days()[-1:], 12)
-    log_b, pop_b = streamed.holdout(vocabs, memory.days()[-1:], 12)
-    rows = np.arange(len(log_a))
-    assert_same_batch(feature_batch(log_a, rows, tasks), feature_batch(log_b, rows, tasks))
-    assert np.array_equal(pop_a, pop_b)
+    [(log_a, pop_a)] = memory.holdout(vocabs, memory.days()[-1:], 12)
+    parts = list(streamed.holdout(vocabs, memory.days()[-1:], 12, rows_in_memory=budget))
+    assert len(parts) == (1 if budget is None else -(-len(log_a) // budget))
+    start = 0
+    for log_b, pop_b in parts:  # the held-out day in parts of the budget, in file order
+        rows = np.arange(start, start + len(log_b))
+        assert_same_batch(feature_batch(log_a, rows, tasks), feature_batch(log_b, rows - start, tasks))
+        assert np.array_equal(pop_a[rows], pop_b)
+        start += len(log_b)
+    assert start == len(log_a)
 
 
 def test_streamed_pretraining_equals_the_in_memory_run(tmp_path: Path) -> None:
@@ -115,6 +132,11 @@ def test_streamed_pretraining_equals_the_in_memory_run(tmp_path: Path) -> None:
     assert pretrain(cfg(seq, tmp_path / "resumed")).batches == 9 - 4  # from the checkpoint at 4: mid day 2
     sr = load_state(tmp_path / "resumed")["model"]
     assert all(torch.equal(sr[k], sb["model"][k]) for k in sr)
+    # A day read in runs of batches (here 2 batches of 100 rows at a time) and the held-out day in parts.
+    budgeted = pretrain(cfg(seq, tmp_path / "budget", rows_in_memory=250))
+    assert budgeted.completed and load_extractor(tmp_path / "budget").metrics == a.metrics
+    sc = load_state(tmp_path / "budget")["model"]
+    assert all(torch.equal(sc[k], sb["model"][k]) for k in sc)
 
 
 def test_a_longer_window_than_sequenced_is_refused(logs: tuple[Path, Path], tmp_path: Path) -> None:

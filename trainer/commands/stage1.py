@@ -71,6 +71,13 @@ def register(sub: Any) -> None:
         default=1_000_000,
         help="training rows from which one pass is the default",
     )
+    p.add_argument(
+        "--rows-in-memory",
+        type=int,
+        default=1_000_000,
+        help="a sequenced dataset: the most rows of a day a rank encodes at once; a bigger day is read "
+        "in runs of batches (the same batches, more reads of its files)",
+    )
     p.add_argument("--checkpoint-every", type=int, default=200, help="batches between checkpoints")
     add_threads(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -108,10 +115,11 @@ def register(sub: Any) -> None:
     )
     e.add_argument(
         "--changed",
-        choices=["moved", "seen"],
+        choices=["moved", "seen", "seen-pairs"],
         default="moved",
         help="with --base: moved = the stored row differs (by more than --epsilon); seen = its user or item "
-        "occurs in the days after the base's window (default: moved)",
+        "occurs in the days after the base's window; seen-pairs = as seen, a K̂_uc only where its (user, "
+        "category) occurs in those days (default: moved)",
     )
     e.add_argument(
         "--epsilon",
@@ -155,6 +163,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
         max_passes=args.max_passes,
         patience=args.patience,
         one_pass_rows=args.one_pass_rows,
+        rows_in_memory=args.rows_in_memory,
     )
     summary = pretrain(config, threads=args.threads)
     if summary.get("already_done"):

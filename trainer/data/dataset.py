@@ -111,7 +111,11 @@ class EncodedLog:
         if "session_id" in df.columns:
             pair_key = pd.factorize(df["session_id"].astype(str))[0].astype(np.int64)
         else:
-            pair_key = pd.factorize(pd.Series(user).astype(str) + ":" + pd.Series(day_of(ts)).astype(str))[0]
+            # (user row, day) as one integer: the codes of the former "user:day" strings (factorize
+            # numbers keys by first appearance) without a Python string per row.
+            day = day_of(ts).astype(np.int64)
+            span = int(day.max() - day.min()) + 1 if len(day) else 1
+            pair_key = pd.factorize(np.asarray(user, dtype=np.int64) * span + (day - day.min(initial=0)))[0]
             pair_key = pair_key.astype(np.int64)
         return cls(
             user=user,

@@ -63,13 +63,18 @@ class LogSource(Protocol):
         passes: int,
         max_len: int,
         group: DataParallel,
-    ) -> BatchStream: ...
+        rows_in_memory: int | None = None,
+    ) -> BatchStream:
+        """``rows_in_memory``: the most rows of a day this rank encodes at once (``None``: a whole day);
+        the batches do not depend on it."""
+        ...
 
     def holdout(
-        self, vocabs: Vocabs, holdout_days: Sequence[int], max_len: int
-    ) -> tuple[EncodedLog, np.ndarray]:
+        self, vocabs: Vocabs, holdout_days: Sequence[int], max_len: int, rows_in_memory: int | None = None
+    ) -> Iterator[tuple[EncodedLog, np.ndarray]]:
         """The held-out rows (histories from every earlier click) and each row's popularity baseline:
-        its item's click rate over the rows before the first held-out day (0 for unseen items)."""
+        its item's click rate over the rows before the first held-out day (0 for unseen items), in
+        parts of at most ``rows_in_memory`` rows where the source reads by parts (else one)."""
         ...
 
     def frame(self) -> pd.DataFrame:
@@ -122,6 +127,7 @@ class InMemorySource:
         passes: int,
         max_len: int,
         group: DataParallel,
+        rows_in_memory: int | None = None,
     ) -> BatchStream:
         window = self.df[np.isin(self._days, list(days))].reset_index(drop=True)
         history = self.df[self._days <= max(days)]
@@ -129,9 +135,9 @@ class InMemorySource:
         return _ListStream(encoded, pass_batches(encoded.day, seed, batch_size, passes), group)
 
     def holdout(
-        self, vocabs: Vocabs, holdout_days: Sequence[int], max_len: int
-    ) -> tuple[EncodedLog, np.ndarray]:
-        return holdout_inputs(self.df, vocabs, holdout_days, max_len)
+        self, vocabs: Vocabs, holdout_days: Sequence[int], max_len: int, rows_in_memory: int | None = None
+    ) -> Iterator[tuple[EncodedLog, np.ndarray]]:
+        yield holdout_inputs(self.df, vocabs, holdout_days, max_len)  # the log is in memory already
 
     def frame(self) -> pd.DataFrame:
         return self.df

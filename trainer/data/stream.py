@@ -7,13 +7,16 @@ Memory is one day's rows (of this rank) plus the model, never the log:
 - **batches**: for each pass and each day, the day's batches are computed from its row count alone
   (``day_batches`` permutes ``range(rows)`` with ``rng(seed, day[, pass])``); this rank then reads
   only the rows of its shards of those batches, one Parquet row group at a time, and encodes them with
-  their stored windows (:meth:`EncodedLog.from_windows`). A day whose batches a resumed run already
-  holds is not read.
-- **hold-out**: the held-out days' rows, and the popularity baseline as click and row counts per item
-  summed day by day.
+  their stored windows (:meth:`EncodedLog.from_windows`). With ``rows_in_memory``, a day with more of
+  this rank's rows than that is read in *runs* of consecutive batches of at most that many rows, each
+  run reading the day's row groups again and keeping its own rows: memory follows the budget, not the
+  size of a day (a big day costs that many more reads of its files). Batches a resumed run already
+  holds are not read.
+- **hold-out**: the held-out days' rows in parts of at most ``rows_in_memory`` rows, and the popularity
+  baseline as click and row counts per item summed day by day.
 
 Rows of a day are in the order the stage wrote them (the input log's), so the batches are the
-in-memory path's, row for row (tested: same batches, same trained parameters).
+in-memory path's, row for row, whatever the budget (tested: same batches, same trained parameters).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from contract.ids import VOCAB_COLUMNS, Vocab, Vocabs
+from contract.ids import VOCAB_COLUMNS, Vocab, Vocabs, sorted_unique
 from contract.log import COLUMNS, DataError, read_log, validate
 from services.errors import InvalidArgument
 from trainer.data.dataset import EncodedLog
@@ -143,7 +146,9 @@ class SequencedSource:
             frame = self.read_day(day, columns=present).frame
             for column in present:
                 keys = Vocab.build(frame[column].to_numpy()).keys
-                seen[column] = keys if column not in seen else np.union1d(seen[column], keys)
+                if column in seen:
+                    keys = sorted_unique(np.concatenate([seen[column], keys]))
+                seen[column] = keys
 
         def vocab(name: str) -> Vocab | None:
             old: Vocab | None = getattr(init, name) if init is not None else None
@@ -173,38 +178,38 @@ class SequencedSource:
         passes: int,
         max_len: int,
         group: DataParallel,
+        rows_in_memory: int | None = None,
     ) -> _DayStream:
         self.check_max_len(max_len)
-        return _DayStream(self, list(days), vocabs, seed, batch_size, passes, max_len, group)
+        return _DayStream(self, list(days), vocabs, seed, batch_size, passes, max_len, group, rows_in_memory)
 
     def holdout(
-        self, vocabs: Vocabs, holdout_days: Sequence[int], max_len: int
-    ) -> tuple[EncodedLog, np.ndarray]:
+        self, vocabs: Vocabs, holdout_days: Sequence[int], max_len: int, rows_in_memory: int | None = None
+    ) -> Iterator[tuple[EncodedLog, np.ndarray]]:
         self.check_max_len(max_len)
-        parts = [self.read_day(day) for day in holdout_days]
-        frame = pd.concat([p.frame for p in parts], ignore_index=True)
-        starts = np.cumsum([0] + [int(p.offsets[-1]) for p in parts[:-1]])
-        offsets = np.concatenate([[0]] + [p.offsets[1:] + s for p, s in zip(parts, starts, strict=True)])
-        log = EncodedLog.from_windows(
-            frame,
-            vocabs,
-            offsets=offsets,
-            hist_item=np.concatenate([p.hist_item for p in parts]),
-            hist_category=np.concatenate([p.hist_category for p in parts]),
-            max_len=max_len,
-        )
+        rate = self._click_rate(min(holdout_days))
+        for day in holdout_days:
+            n = self._rows[day]
+            step = max(1, rows_in_memory or n)
+            for lo in range(0, n, step):
+                rows = np.arange(lo, min(n, lo + step)) if step < n else None
+                log = self.read_day(day, rows).encode(vocabs, max_len)
+                popularity = log.raw["item_id"].map(rate).fillna(0.0).to_numpy(np.float64)
+                yield log, popularity
+
+    def _click_rate(self, before: int) -> pd.Series:
+        """Each item's click rate over the rows of the days before ``before``, summed day by day."""
         clicks: pd.Series | None = None
         shown: pd.Series | None = None
-        for day in (d for d in self.meta.days if d < min(holdout_days)):
+        for day in (d for d in self.meta.days if d < before):
             day_frame = self.read_day(day, columns=["item_id", "click"]).frame
             by_item = day_frame.assign(click=day_frame["click"].astype(np.int64)).groupby("item_id")["click"]
             day_clicks, day_rows = by_item.sum(), by_item.size()
             clicks = day_clicks if clicks is None else clicks.add(day_clicks, fill_value=0)
             shown = day_rows if shown is None else shown.add(day_rows, fill_value=0)
         if clicks is None or shown is None:
-            return log, np.zeros(len(frame))
-        rate = clicks / shown
-        return log, frame["item_id"].map(rate).fillna(0.0).to_numpy(np.float64)
+            return pd.Series(dtype=np.float64)
+        return clicks / shown
 
     def frame(self) -> pd.DataFrame:
         return read_log(self.root)
@@ -220,6 +225,7 @@ class _DayStream:
     passes: int
     max_len: int
     group: DataParallel
+    rows_in_memory: int | None = None
 
     def _day_batches(self, day: int, epoch: int) -> list[np.ndarray]:
         n = self.source.rows([day])
@@ -244,12 +250,31 @@ class _DayStream:
                     index += count  # a resumed run already holds every batch of this day
                     continue
                 batches = [self.group.shard(rows) for rows in self._day_batches(day, epoch)]
-                mine = np.unique(np.concatenate(batches)) if batches else np.zeros(0, np.int64)
-                everything = len(mine) == n
-                log = self.source.read_day(day, None if everything else mine).encode(
-                    self.vocabs, self.max_len
-                )
-                for rows in batches:
-                    if index >= start:
-                        yield log, rows if everything else np.searchsorted(mine, rows)
-                    index += 1
+                for run in _runs(batches, self.rows_in_memory):
+                    if index + len(run) <= start:
+                        index += len(run)
+                        continue
+                    mine = np.unique(np.concatenate(run)) if run else np.zeros(0, np.int64)
+                    everything = len(mine) == n
+                    log = self.source.read_day(day, None if everything else mine).encode(
+                        self.vocabs, self.max_len
+                    )
+                    for rows in run:
+                        if index >= start:
+                            yield log, rows if everything else np.searchsorted(mine, rows)
+                        index += 1
+
+
+def _runs(batches: list[np.ndarray], budget: int | None) -> list[list[np.ndarray]]:
+    """Consecutive batches grouped into runs of at most ``budget`` rows (a bigger batch alone)."""
+    if budget is None:
+        return [batches]
+    runs: list[list[np.ndarray]] = []
+    rows = budget + 1
+    for batch in batches:
+        if rows + len(batch) > budget:
+            runs.append([])
+            rows = 0
+        runs[-1].append(batch)
+        rows += len(batch)
+    return runs
