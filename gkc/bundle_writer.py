@@ -23,10 +23,12 @@ from gkc.bundle import (
     Counts,
     Manifest,
     all_finite,
+    check_scales,
     seal,
     tmp_dir,
     validate_ids,
 )
+from gkc.store import VersionIdentity
 from services.errors import InvalidArgument
 
 VECTOR_FILES = {"users": "user_vectors.npy", "items": "item_vectors.npy", "uc": "uc_vectors.npy"}
@@ -77,6 +79,32 @@ class BundleWriter:
             self._scales[block].write(scales.tobytes())
         self.rows[block] += len(arr)
 
+    def append_stored(self, block: str, values: np.ndarray, scales: np.ndarray | None = None) -> None:
+        """The next rows of ``block`` already stored at the writer's dtype (``scales`` for int8), written
+        as they are: a delta copies a bundle's stored rows, and quantizing them again could change
+        them."""
+        n, dim = self.shapes[block]
+        values = np.ascontiguousarray(values)
+        if values.dtype != quant.STORAGE[self.dtype] or values.ndim != 2 or values.shape[1] != dim:
+            raise BundleError(f"{block}: rows {values.dtype} {values.shape}, not {self.dtype} (*, {dim})")
+        if self.rows[block] + len(values) > n:
+            raise BundleError(f"{block}: {len(values)} rows after {self.rows[block]} do not fit {n}")
+        if (scales is None) != (self.dtype != quant.INT8):
+            raise BundleError(f"{block}: int8 rows need their scales, other dtypes have none")
+        if scales is None and not all_finite(values):
+            raise BundleError(f"{block} vectors contain NaN or inf")
+        if scales is not None:
+            scales = np.ascontiguousarray(scales, dtype=quant.SCALE_DTYPE)
+            if scales.shape != (len(values),):
+                raise BundleError(f"{block}: {scales.shape} scales for {len(values)} rows")
+            check_scales(block, scales)
+            if bool((values == -128).any()):
+                raise BundleError(f"{block} int8 codes outside ±{quant.INT8_MAX}")
+        self._files[block].write(values.tobytes())
+        if scales is not None:
+            self._scales[block].write(scales.tobytes())
+        self.rows[block] += len(values)
+
     def finish(
         self,
         *,
@@ -88,7 +116,9 @@ class BundleWriter:
         source: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None,
         created: float | None = None,
+        base: VersionIdentity | None = None,
     ) -> Path:
+        """Seal the bundle (``base``: a delta's base version, :mod:`gkc.delta`)."""
         self._close()
         short = {b: (r, self.shapes[b][0]) for b, r in self.rows.items() if r != self.shapes[b][0]}
         if short:
@@ -102,6 +132,7 @@ class BundleWriter:
             source=dict(source or {}),
             metrics=dict(metrics or {}),
             created=time.time() if created is None else created,
+            base=base,
         )
         ids = {
             "user_ids": canonical_ids(user_ids),

@@ -24,13 +24,16 @@ the base must be a full version (chains are one delta deep). Numpy only (no torc
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from contract import quantize as quant
 from gkc.bundle import BLOCK_FIELDS, Bundle, validate
+from gkc.bundle_writer import BundleWriter
 from gkc.manifest import BundleError, Counts, Manifest
 from gkc.store import READY, IdentityMismatch, VersionIdentity, VersionRecord
 from services.errors import Conflict
@@ -207,47 +210,49 @@ def _rows_at(bundle: Bundle, block: str, rows: np.ndarray) -> np.ndarray:
     return quant.encode_rows(getattr(bundle, vectors)[rows], None if sc is None else sc[rows])
 
 
-def build(
+def write(
     new: Bundle,
     masks: dict[str, np.ndarray],
     base: VersionIdentity,
     rule: Rule,
+    out: str | os.PathLike[str],
     full_counts: Counts | None = None,
-) -> Bundle:
-    """The delta bundle: ``new``'s rows under ``masks``, its manifest naming ``base``; ``full_counts``:
-    the whole export's (default ``new``'s own, when ``new`` is the whole export)."""
-
-    def pick(name: str, block: str) -> Any:
-        arr = getattr(new, name)
-        return None if arr is None else np.ascontiguousarray(arr[masks[block]])
-
+) -> Path:
+    """Write the delta bundle to ``out``: ``new``'s stored rows under ``masks``, copied a chunk at a
+    time (a memory-mapped ``new`` is never held whole: K̂_uc is most of a version), its manifest naming
+    ``base``; ``full_counts``: the whole export's (default ``new``'s own, when ``new`` is the whole
+    export)."""
+    m = new.manifest
     counts = Counts(int(masks["users"].sum()), int(masks["items"].sum()), int(masks["ucs"].sum()))
-    full = full_counts or new.manifest.counts
-    manifest = replace(
-        new.manifest,
-        counts=counts,
-        base=base,
-        checksums={},
-        source={
-            **new.manifest.source,
-            "delta": {**rule.describe(), "full_counts": vars(full), "base": base.to_json()},
-        },
-    )
-    delta = Bundle(
-        manifest=manifest,
-        user_ids=pick("user_ids", "users"),
-        user_vectors=pick("user_vectors", "users"),
-        item_ids=pick("item_ids", "items"),
-        item_vectors=pick("item_vectors", "items"),
-        uc_user_ids=pick("uc_user_ids", "ucs"),
-        uc_category_ids=pick("uc_category_ids", "ucs"),
-        uc_vectors=pick("uc_vectors", "ucs"),
-        user_scales=pick("user_scales", "users"),
-        item_scales=pick("item_scales", "items"),
-        uc_scales=pick("uc_scales", "ucs"),
-    )
-    validate(delta)
-    return delta
+    full = full_counts or m.counts
+    delta_source = {**rule.describe(), "full_counts": vars(full), "base": base.to_json()}
+    writer = BundleWriter(out, counts, m.dims, m.dtype)
+    try:
+        for block, name in (("users", "users"), ("items", "items"), ("ucs", "uc")):
+            vectors, scales = (getattr(new, f) for f in BLOCK_FIELDS[block])
+            for start in range(0, len(vectors), CHUNK):
+                picked = np.flatnonzero(masks[block][start : start + CHUNK]) + start
+                if len(picked):
+                    writer.append_stored(name, vectors[picked], None if scales is None else scales[picked])
+                new.release(block, start, start + CHUNK)
+
+        def ids(name: str, block: str) -> np.ndarray:
+            return np.asarray(getattr(new, name))[masks[block]]
+
+        return writer.finish(
+            user_ids=ids("user_ids", "users"),
+            item_ids=ids("item_ids", "items"),
+            uc_user_ids=ids("uc_user_ids", "ucs"),
+            uc_category_ids=ids("uc_category_ids", "ucs"),
+            strategy=m.strategy,
+            source={**m.source, "delta": delta_source},
+            metrics=m.metrics,
+            created=m.created,
+            base=base,
+        )
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def fold(base: Bundle, delta: Bundle) -> Bundle:

@@ -32,6 +32,7 @@ import numpy as np
 
 from contract import quantize as quant
 from gkc import bundle as gkc_bundle
+from gkc import npy_files
 from gkc.bundle import Bundle, BundleError, Manifest
 from gkc.delta import check_base
 from gkc.publish import (
@@ -124,7 +125,7 @@ class StreamedPublish:
             except (tarfile.TarError, EOFError, UnicodeError) as err:
                 raise BundleError(f"the upload is not a readable tar stream: {err}") from err
             m = self.up.manifest
-            needed = {f"{n}.npy" for n in gkc_bundle.expected_arrays(m)} if m else set(gkc_bundle.ARRAY_FILES)
+            needed = {f"{n}.npy" for n in npy_files.expected_arrays(m)} if m else set(gkc_bundle.ARRAY_FILES)
             missing = {gkc_bundle.MANIFEST, *needed} - self.up.seen
             if missing:
                 raise BundleError(f"the upload lacks {sorted(missing)} (truncated?)")
@@ -166,7 +167,7 @@ class StreamedPublish:
 
     def _expected(self, name: str) -> tuple[str | np.dtype[Any], tuple[int, ...]]:
         assert self.up.manifest is not None
-        expected = gkc_bundle.expected_arrays(self.up.manifest)
+        expected = npy_files.expected_arrays(self.up.manifest)
         stem = name.removesuffix(".npy")
         if stem not in expected:
             raise BundleError(f"{name}: not part of a {self.up.manifest.dtype} bundle")
@@ -185,7 +186,7 @@ class StreamedPublish:
     def _small(self, name: str, raw: IO[bytes]) -> None:
         kind, shape = self._expected(name)
         src = _Hashing(raw)
-        dtype = gkc_bundle.read_npy_header(src, name, kind, shape)
+        dtype = npy_files.read_npy_header(src, name, kind, shape)
         data = _read_exact(src, math.prod(shape) * dtype.itemsize, name)
         self._checked(name, src)
         self.up.small[name] = np.frombuffer(data, dtype=dtype).reshape(shape)
@@ -195,7 +196,7 @@ class StreamedPublish:
         m = self.up.manifest
         if m is None:
             return False
-        needed = {f"{n}.npy" for n in gkc_bundle.expected_arrays(m) if n not in _VECTORS}
+        needed = {f"{n}.npy" for n in npy_files.expected_arrays(m) if n not in _VECTORS}
         return needed <= set(self.up.small)
 
     def _drain(self) -> None:
@@ -242,7 +243,7 @@ class StreamedPublish:
         block, id_file, scale_file = VECTOR_FILES[name]
         kind, shape = self._expected(name)
         src = _Hashing(raw)
-        dtype = gkc_bundle.read_npy_header(src, name, kind, shape)
+        dtype = npy_files.read_npy_header(src, name, kind, shape)
         ids = self.up.small[id_file]
         scales = self.up.small.get(scale_file)
         row_bytes = shape[1] * dtype.itemsize

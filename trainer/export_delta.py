@@ -118,23 +118,23 @@ def export_delta(
             users, items = canonical_ids(run.vocabs.user.keys), canonical_ids(run.vocabs.item.keys)
             masks = gkc_delta.select_seen(part, base, rule, users, items)
             full_counts = Counts(**part.manifest.source["subset"]["of_counts"])
-            delta = gkc_delta.build(part, masks, identity, rule, full_counts)
+            gkc_delta.write(part, masks, identity, rule, out, full_counts)
         else:
             _, stats = new.write(scratch)
             full = gkc_bundle.load(scratch, verify_checksums=False, mmap=True)
             rule = gkc_delta.Rule("moved", spec.epsilon)
-            delta = gkc_delta.build(full, gkc_delta.select(full, base, rule), identity, rule)
+            gkc_delta.write(full, gkc_delta.select(full, base, rule), identity, rule, out)
             full_counts = full.manifest.counts
-        gkc_bundle.save(delta, out)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    written, total = gkc_delta.entries(delta.manifest.counts), gkc_delta.entries(full_counts)
+    delta = gkc_bundle.read_manifest(out)
+    written, total = gkc_delta.entries(delta.counts), gkc_delta.entries(full_counts)
     return {
         "bundle": str(out),
         "base": identity.to_json(),
         **rule.describe(),
-        "dtype": delta.manifest.dtype,
-        "delta_counts": vars(delta.manifest.counts),
+        "dtype": delta.dtype,
+        "delta_counts": vars(delta.counts),
         "full_counts": vars(full_counts),
         "entries": written,
         "full_entries": total,

@@ -5,6 +5,7 @@ refused; deleting a delta touches only its own keys."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -56,7 +57,9 @@ def _continued(base: gkc_bundle.Bundle, seed: int = 5) -> gkc_bundle.Bundle:
 
 def _delta(new: gkc_bundle.Bundle, base: gkc_bundle.Bundle, identity: VersionIdentity) -> gkc_bundle.Bundle:
     rule = gkc_delta.Rule()
-    return gkc_delta.build(new, gkc_delta.select(new, base, rule), identity, rule)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = gkc_delta.write(new, gkc_delta.select(new, base, rule), identity, rule, Path(tmp) / "delta")
+        return gkc_bundle.load(path, mmap=False)
 
 
 def _identity(record: dict[str, object]) -> VersionIdentity:

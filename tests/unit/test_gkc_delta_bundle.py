@@ -12,7 +12,7 @@ import pytest
 from gkc import bundle as gkc_bundle
 from gkc import delta as gkc_delta
 from gkc.bundle_reader import BundleReader
-from gkc.bundle_writer import convert
+from gkc.bundle_writer import BundleWriter, convert
 from gkc.manifest import BundleError, Counts, Manifest
 from gkc.store import VersionIdentity
 from services.errors import Conflict, InvalidArgument
@@ -57,11 +57,14 @@ def _rows_by_key(b: gkc_bundle.Bundle, block: str) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "int8"])
-def test_a_moved_delta_holds_new_and_changed_rows_and_folds_back_to_the_new_export(dtype: str) -> None:
+def test_a_moved_delta_holds_new_and_changed_rows_and_folds_back_to_the_new_export(
+    dtype: str, tmp_path: Any
+) -> None:
     base = _bundle(10, 20, dtype=dtype)
     new = _continued(base, dtype)
     rule = gkc_delta.Rule()
-    delta = gkc_delta.build(new, gkc_delta.select(new, base, rule), BASE_ID, rule)
+    path = gkc_delta.write(new, gkc_delta.select(new, base, rule), BASE_ID, rule, tmp_path / "d")
+    delta = gkc_bundle.load(path)  # written a chunk at a time, checksummed
     assert delta.user_ids.tolist() == ["u1", "u10", "u11"]
     assert delta.item_ids.tolist() == ["i4", "i20", "i21", "i22"]
     assert sorted(set(delta.uc_user_ids.tolist())) == ["u10", "u11", "u5"]
@@ -144,8 +147,7 @@ def test_a_delta_manifest_names_its_base_in_its_identity_and_is_parsed_strictly(
     base = _bundle(6, 8)
     new = _continued(base)
     rule = gkc_delta.Rule()
-    delta = gkc_delta.build(new, gkc_delta.select(new, base, rule), BASE_ID, rule)
-    path = gkc_bundle.save(delta, tmp_path / "d")
+    path = gkc_delta.write(new, gkc_delta.select(new, base, rule), BASE_ID, rule, tmp_path / "d")
     loaded = gkc_bundle.load(path)
     assert loaded.manifest.base == BASE_ID
     other = replace(loaded.manifest, base=replace(BASE_ID, publish_id="ff" * 8))
@@ -158,3 +160,36 @@ def test_a_delta_manifest_names_its_base_in_its_identity_and_is_parsed_strictly(
         BundleReader(loaded)  # alone it would answer "not found" for everything its base holds
     with pytest.raises(BundleError, match="base's dtype"):  # converted, it would lose its base
         convert(loaded, "int8", tmp_path / "d8")
+
+
+def test_stored_rows_are_copied_as_they_are_and_bad_ones_refused(tmp_path: Any) -> None:
+    """A delta copies stored rows (int8 codes and scales) without quantizing them again."""
+    src = _bundle(6, 8, dtype="int8")
+    writer = BundleWriter(tmp_path / "copy", src.manifest.counts, src.manifest.dims, "int8")
+    for block, name in (("users", "users"), ("items", "items"), ("ucs", "uc")):
+        vectors, scales = (getattr(src, f) for f in gkc_bundle.BLOCK_FIELDS[block])
+        writer.append_stored(name, vectors[:2], scales[:2])
+        writer.append_stored(name, vectors[2:], scales[2:])
+    copied = gkc_bundle.load(
+        writer.finish(
+            user_ids=src.user_ids,
+            item_ids=src.item_ids,
+            uc_user_ids=src.uc_user_ids,
+            uc_category_ids=src.uc_category_ids,
+        )
+    )
+    for block in gkc_delta.BLOCKS:
+        assert np.array_equal(copied.rows(block), src.rows(block)), block
+    bad = BundleWriter(tmp_path / "bad", src.manifest.counts, src.manifest.dims, "int8")
+    assert src.user_scales is not None
+    codes, scales = src.user_vectors[:1].copy(), src.user_scales[:1].copy()
+    with pytest.raises(BundleError, match="not int8"):
+        bad.append_stored("users", codes.astype(np.float32), scales)
+    with pytest.raises(BundleError, match="need their scales"):
+        bad.append_stored("users", codes)
+    codes[0, 0] = -128
+    with pytest.raises(BundleError, match="outside"):
+        bad.append_stored("users", codes, scales)
+    with pytest.raises(BundleError, match="negative"):
+        bad.append_stored("users", src.user_vectors[:1], -scales)
+    bad.abort()
