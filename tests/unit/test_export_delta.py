@@ -156,3 +156,19 @@ def test_the_seen_pairs_rule_writes_only_the_pairs_the_new_day_touched(continued
     want = dict(zip(gkc_delta.keys(full, "ucs").tolist(), full.rows("ucs"), strict=True))
     for key, row in zip(gkc_delta.keys(delta, "ucs").tolist(), delta.rows("ucs"), strict=True):
         np.testing.assert_allclose(row.view(np.float32), want[key].view(np.float32), rtol=1e-5, atol=1e-6)
+
+
+def test_the_seen_keys_are_as_narrow_as_the_ids(
+    continued: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Log blocks before the new days hold none of their rows; their (empty) ids must not widen the
+    keys' dtype (they did: <U32 ids, <U65 pairs, every key then 3-5x its bytes in the pair lookups)."""
+    from trainer import export_delta as module
+
+    monkeypatch.setattr(module, "SCAN_BATCH_ROWS", 100)  # blocks of days 0-1 hold no new-day row
+    run = _full(continued).run()
+    base = gkc_bundle.load(continued["base_bundle"], mmap=True)
+    rule = module._seen_rule(run, continued["root"] / "super.parquet", base, pairs=True)
+    for keys in (rule.seen_users, rule.seen_items, rule.seen_pairs):
+        assert keys is not None and len(keys)
+        assert keys.dtype.itemsize == 4 * int(np.char.str_len(keys).max())
