@@ -57,8 +57,8 @@ def sorted_unique(values: Any) -> np.ndarray:
 def canonical_ids(values: Any) -> np.ndarray:
     """Raw ids (ints or strings) as a unicode array, the one spelling used for keys and the wire."""
     arr = np.asarray(values)
-    if arr.size == 0:  # ``[]`` arrives as float64; an empty block is legal
-        return arr.astype(str).reshape(0)
+    if arr.size == 0:  # ``[]`` arrives as float64; an empty block is legal, and as narrow as can be
+        return np.zeros(0, dtype="<U1")  # (``astype(str)``: <U32, widening whatever it is joined to)
     if _is_int(arr):  # as narrow as the longest id (``astype(str)`` would give <U21)
         ints = arr.astype(np.int64)
         width = max(len(str(int(ints.min()))), len(str(int(ints.max()))))

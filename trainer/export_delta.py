@@ -163,8 +163,6 @@ def _seen_rule(
     for _, df in iter_log(source, columns, SCAN_BATCH_ROWS):
         days = day_of(df["ts"].to_numpy())
         new = df[(days > after) & (days <= until)]
-        if not len(new):  # (an empty block's canonical ids are <U32: they would widen every key)
-            continue
         seen["users"].append(canonical_ids(np.unique(new["user_id"].to_numpy())))
         seen["items"].append(canonical_ids(np.unique(new["item_id"].to_numpy())))
         if pairs:

@@ -107,6 +107,9 @@ def test_canonical_ids_refuse_floats() -> None:
     assert canonical_ids(np.array([7, 42])).tolist() == ["7", "42"]
     with pytest.raises(InvalidArgument, match="floats"):
         canonical_ids(np.array([1.5]))
+    empties: list[object] = [[], np.zeros(0, np.int64), np.zeros(0, "<U40")]
+    for empty in empties:  # joined to other ids, they widen nothing
+        assert canonical_ids(empty).dtype == np.dtype("<U1") and canonical_ids(empty).shape == (0,)
 
 
 def _artifact(max_len: int) -> artifact_mod.Artifact:

@@ -162,7 +162,7 @@ def test_the_seen_keys_are_as_narrow_as_the_ids(
     continued: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Log blocks before the new days hold none of their rows; their (empty) ids must not widen the
-    keys' dtype (they did: <U32 ids, <U65 pairs, every key then 3-5x its bytes in the pair lookups)."""
+    keys' dtype (they did: canonical ids of an empty array were <U32, every key then 3x its bytes)."""
     from trainer import export_delta as module
 
     monkeypatch.setattr(module, "SCAN_BATCH_ROWS", 100)  # blocks of days 0-1 hold no new-day row
