@@ -44,7 +44,7 @@ load: $(STAMP) ## Locust load test against a local suite (127.0.0.1); report und
 	$(PY) -m pip install -q -e '.[load]'
 	$(PY) loadtests/run.py $(LOAD_ARGS)
 
-BENCH_TARGETS ?= metrics train gkc publish ranker scale
+BENCH_TARGETS ?= metrics train gkc publish delta ranker scale
 BENCH_DIR ?= results/bench
 
 bench: $(STAMP) ## benchmarks (GAUC, training, GKC, ranker, data-path scale): one JSON object each, also under results/bench/

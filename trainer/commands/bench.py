@@ -1,4 +1,4 @@
-"""``keep bench gkc|publish|ranker|train|metrics|scale``: one JSON object on stdout per run.
+"""``keep bench gkc|publish|delta|ranker|train|metrics|scale``: one JSON object on stdout per run.
 
 Each target is a module of the top-level ``bench`` package, imported only when it runs: no runtime
 package imports ``bench``. This module only dispatches.
@@ -18,6 +18,7 @@ TARGETS: dict[str, str] = {
     "metrics": "bench.metrics:run",
     "gkc": "bench.gkc:run",
     "publish": "bench.publish:run",
+    "delta": "bench.delta:run",
     "ranker": "bench.ranker:run",
     "scale": "bench.scale:run",
 }
