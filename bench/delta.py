@@ -13,14 +13,13 @@ the entries, bit-exact (``moved``) and at all (any rule).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.scale import child_result
 
 _CHILD = r"""
 import json, resource, sys, time
@@ -73,12 +72,7 @@ def _setup(root: Path, scale: str) -> dict[str, float]:
 
 
 def _delta(root: Path, rule: str) -> dict[str, Any]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(root), rule], check=True, capture_output=True, text=True, env=env
-    )
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+    return child_result(_CHILD, str(root), rule)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

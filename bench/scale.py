@@ -106,17 +106,19 @@ STEPS = (
 PRETRAIN_STEPS = 20
 
 
-def _step(step: str, path: Path, scale: str) -> dict[str, Any]:
+def child_result(code: str, *args: str) -> dict[str, Any]:
+    """Run ``code`` in a fresh interpreter (1 thread) with ``args``; its last stdout line, as JSON: a
+    step measured alone (its peak RSS is its own)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD, step, str(path), scale, str(PRETRAIN_STEPS)],
-        check=True,
-        capture_output=True,
-        text=True,
-        env=env,
+        [sys.executable, "-c", code, *args], check=True, capture_output=True, text=True, env=env
     )
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
+
+
+def _step(step: str, path: Path, scale: str) -> dict[str, Any]:
+    return child_result(_CHILD, step, str(path), scale, str(PRETRAIN_STEPS))
 
 
 #: The steps that hold one day (one fragment) at a time: the only ones run on ``large``.
