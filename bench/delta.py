@@ -8,6 +8,11 @@ bit-exact; ``seen``; ``seen-pairs``), each in a process of its own for its peak 
 is made up (no GKC: the delta's entries do not depend on it). Per rule: the delta's entries per block,
 ``share`` of a full version's entries, wall time and peak RSS; ``targets_met``: a delta within 30 % of
 the entries, bit-exact (``moved``) and at all (any rule).
+
+``store``: the same ``seen-pairs`` delta written straight into GKC's store (``keep export --base V
+--gkc-redis``, no bundle of the base) by 1 process and by 2 torchrun ranks, against the base published
+into a private embedded Redis: wall time, peak RSS (the largest rank's), entries, and the bytes each
+version takes in Redis as GKC measured them.
 """
 
 from __future__ import annotations
@@ -42,6 +47,55 @@ print(json.dumps(out))
 """
 
 RULES = ("moved", "seen", "seen-pairs")
+
+#: ``keep export --gkc-redis`` with ``ranks`` processes (torchrun for 2), its largest process's peak RSS.
+_STORE_CHILD = r"""
+import json, resource, subprocess, sys, time
+root, url, base, ranks = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+args = ["export", "--extractor", f"{root}/cont", "--super", f"{root}/world/super.parquet",
+        "--gkc-redis", url, "--base", base, "--changed", "seen-pairs", "--threads", "1", "--no-progress"]
+launch = [sys.executable, "-m", "trainer"]
+if ranks > 1:
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+              "--master_addr", "127.0.0.1", "--master_port", sys.argv[5], "-m", "trainer"]
+t0 = time.perf_counter()
+done = subprocess.run([*launch, *args], capture_output=True, text=True)
+if done.returncode:
+    sys.exit(done.stderr[-3000:])
+summary = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+keep = ("version", "entries", "full_entries", "share", "delta_counts", "world_size")
+out = {k: summary[k] for k in keep}
+out["seconds"] = round(time.perf_counter() - t0, 1)
+out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+print(json.dumps(out))
+"""
+
+
+def _store(root: Path) -> dict[str, Any]:
+    """The base published into a private Redis, then the seen-pairs delta straight into it, 1 and 2
+    ranks (module docstring)."""
+    from gkc import bundle as gkc_bundle
+    from gkc.local_redis import EmbeddedRedis, free_port
+    from gkc.publish import publish
+    from gkc.redis_store import RedisStore
+
+    server = EmbeddedRedis(root / "redis", persistent=False).start()
+    store = RedisStore(server.url, timeout_s=10.0)
+    try:
+        t0 = time.perf_counter()
+        base = publish(store, gkc_bundle.load(root / "base_bundle", mmap=True), progress=False).version
+        out: dict[str, Any] = {"publish_base_seconds": round(time.perf_counter() - t0, 1)}
+        for ranks in (1, 2):
+            got = child_result(_STORE_CHILD, str(root), server.url, str(base), str(ranks), str(free_port()))
+            out[f"ranks_{ranks}"] = got
+        sizes = {r.version: r.size_bytes for r in store.records()[0]}
+        out["base_bytes"] = sizes[base]
+        for ranks in (1, 2):
+            out[f"ranks_{ranks}"]["bytes"] = sizes[out[f"ranks_{ranks}"]["version"]]
+        return out
+    finally:
+        store.close()
+        server.stop()
 
 
 def _setup(root: Path, scale: str) -> dict[str, float]:
@@ -81,10 +135,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         root = Path(tmp)
         setup = _setup(root, scale)
         rules = {rule: _delta(root, rule) for rule in RULES}
+        store = _store(root)
     return {
         "scale": scale,
         "setup_seconds": setup,
         "rules": rules,
+        "store": store,
         "targets_met": {
             "delta_le_30pct_bit_exact": rules["moved"]["share"] <= 0.3,
             "delta_le_30pct_any_rule": min(r["share"] for r in rules.values()) <= 0.3,

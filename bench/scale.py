@@ -110,9 +110,9 @@ def child_result(code: str, *args: str) -> dict[str, Any]:
     """Run ``code`` in a fresh interpreter (1 thread) with ``args``; its last stdout line, as JSON: a
     step measured alone (its peak RSS is its own)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [sys.executable, "-c", code, *args], check=True, capture_output=True, text=True, env=env
-    )
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
+    if out.returncode:
+        raise RuntimeError(f"a bench step failed (exit {out.returncode}): {out.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 

@@ -224,8 +224,7 @@ def write(
     export)."""
     m = new.manifest
     counts = Counts(int(masks["users"].sum()), int(masks["items"].sum()), int(masks["ucs"].sum()))
-    full = full_counts or m.counts
-    delta_source = {**rule.describe(), "full_counts": vars(full), "base": base.to_json()}
+    delta_source = source_of(rule, full_counts or m.counts, base)
     writer = BundleWriter(out, counts, m.dims, m.dtype)
     try:
         for block, name in (("users", "users"), ("items", "items"), ("ucs", "uc")):
@@ -253,6 +252,11 @@ def write(
     except BaseException:
         writer.abort()
         raise
+
+
+def source_of(rule: Rule, full_counts: Counts, base: VersionIdentity) -> dict[str, Any]:
+    """A delta manifest's ``source.delta``: its rule, the whole export's counts and its base."""
+    return {**rule.describe(), "full_counts": vars(full_counts), "base": base.to_json()}
 
 
 def fold(base: Bundle, delta: Bundle) -> Bundle:

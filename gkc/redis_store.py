@@ -38,34 +38,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
 from gkc.cluster_route import Command, NodeRouter
+from gkc.redis_keys import KEYLOG, USER_FIELD, item_key, keylog_key, uc_field, user_key
 from gkc.redis_registry import RedisRegistry, guard, namespace
+from gkc.redis_version_keys import VersionKeyReads
 from gkc.store import MemoryInfo, RawRead
 from services.errors import Unavailable
 
-USER_FIELD = "u"
 
-
-def user_key(ns: str, user_id: str) -> str:
-    return f"{ns}u:{user_id}"
-
-
-def item_key(ns: str, item_id: str) -> str:
-    return f"{ns}i:{item_id}"
-
-
-def uc_field(category_id: str) -> str:
-    return f"c:{category_id}"
-
-
-def keylog_key(ns: str) -> str:
-    """The version's key log (see the module docstring)."""
-    return f"{ns}{KEYLOG}"
-
-
-KEYLOG = "keys"
-
-
-class RedisStore(RedisRegistry):
+class RedisStore(VersionKeyReads, RedisRegistry):
     """Thread-safe (redis-py pools connections). ``cluster=True`` uses redis-py's RedisCluster.
 
     The registry methods (:class:`gkc.store.VersionRegistry`) are :class:`RedisRegistry`'s."""
@@ -394,4 +374,14 @@ def _replica_offsets(info: dict[str, Any]) -> list[int]:
     return out
 
 
-__all__ = ["RedisStore", "guard", "item_key", "namespace", "user_key"]
+__all__ = [
+    "KEYLOG",
+    "USER_FIELD",
+    "RedisStore",
+    "guard",
+    "item_key",
+    "keylog_key",
+    "namespace",
+    "uc_field",
+    "user_key",
+]

@@ -52,6 +52,8 @@ class ExportStats:
     items: int = 0
     user_categories: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    #: A delta written into GKC's store: its base, rule and share of the whole export.
+    delta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def users_per_s(self) -> float:
@@ -64,6 +66,7 @@ class ExportStats:
             "items": self.items,
             "user_categories": self.user_categories,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            **self.delta,
         }
 
 

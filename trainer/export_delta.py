@@ -111,7 +111,7 @@ def export_delta(
     try:
         if spec.rule != "moved":
             run = new.run()
-            rule = _seen_rule(run, new.super_path, base, pairs=spec.rule == "seen-pairs")
+            rule = seen_rule(run, new.super_path, base.manifest.source, pairs=spec.rule == "seen-pairs")
             assert rule.seen_users is not None and rule.seen_items is not None
             _, stats = new.write(scratch, Only(rule.seen_users, rule.seen_items, rule.seen_pairs))
             part = gkc_bundle.load(scratch, verify_checksums=False, mmap=True)
@@ -143,12 +143,12 @@ def export_delta(
     }
 
 
-def _seen_rule(
-    run: SavedRun, super_path: Path | None, base: gkc_bundle.Bundle, pairs: bool = False
+def seen_rule(
+    run: SavedRun, super_path: Path | None, base_src: dict[str, Any], pairs: bool = False
 ) -> gkc_delta.Rule:
     """The users and items (and with ``pairs`` the (user, category) pairs) of the log days after the
-    base's window up to ``run``'s end (the log streams past in batches: only the ids are kept)."""
-    base_src = base.manifest.source
+    window of the base (``base_src``: its manifest's source) up to ``run``'s end (the log streams past
+    in batches: only the ids are kept)."""
     init_from = run.config.data.init_from
     if not init_from or init_from != base_src.get("extractor"):
         raise Conflict(

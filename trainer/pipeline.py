@@ -119,10 +119,6 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
     from trainer.distributed import set_threads
 
     set_threads(cfg.threads)
-    if cfg.base is not None and cfg.gkc_redis is not None:
-        raise InvalidArgument(
-            "--base with --gkc-redis is not supported: export the delta with --out and `keep publish` it"
-        )
     if cfg.gkc_redis is not None:
         return _export_to_store(cfg, cfg.gkc_redis)
     assert cfg.out is not None
@@ -158,22 +154,45 @@ def _export_delta(cfg: ExportConfig, out: Path, new: NewExport) -> dict[str, Any
 
 
 def _export_to_store(cfg: ExportConfig, url: str) -> dict[str, Any]:
-    """Every rank computes its span of the blocks and writes it; rank 0 begins and finalises the version."""
+    """Every rank computes its span of the blocks and writes it; rank 0 begins and finalises the version.
+    With ``base``: a delta of the rule's entries over that version (:mod:`trainer.export_store_delta`)."""
     from gkc.redis_store import RedisStore
     from trainer.distributed import from_env, shutdown
     from trainer.export import check_exportable, user_filter
     from trainer.export_scan import LogDigest
     from trainer.export_store import export_to_store
+    from trainer.export_store_delta import StoreDelta, store_delta
     from trainer.models.checkpoint import load_extractor
 
     group = from_env()  # a no-op outside torchrun
-    # Each rank reads its range of users' rows of the user table and their clicks and pairs alone.
-    ext = load_extractor(cfg.extractor, user_part=lambda n: group.span(n, cfg.batch_size))
-    check_exportable(ext)
-    source = Path(cfg.super_path or ext.config.data.super)
-    digest = LogDigest.scan(source, ext.window[1], users=user_filter(ext))  # streamed, this rank's users
     store = RedisStore(url, cluster=cfg.gkc_redis_cluster, timeout_s=10.0)
     try:
+        delta: StoreDelta | None = None
+        if cfg.base is not None:
+            if cfg.base_bundle is not None or cfg.epsilon:
+                raise InvalidArgument(
+                    "--base with --gkc-redis reads the base from GKC's store (no --base-bundle) and takes "
+                    "--changed seen or seen-pairs (no --epsilon)"
+                )
+            delta = store_delta(
+                cfg.extractor,
+                store,
+                store,
+                base=cfg.base,
+                rule=cfg.changed,
+                super_path=cfg.super_path,
+                group=group,
+                batch_size=cfg.batch_size,
+            )
+        # Each rank reads its range of users' rows of the user table and their clicks and pairs alone
+        # (a delta's: its share of the seen users, trainer.export_store_delta.user_range).
+        span = delta.positions if delta is not None else None
+        ext = load_extractor(
+            cfg.extractor, user_part=lambda n: span if span is not None else group.span(n, cfg.batch_size)
+        )
+        check_exportable(ext)
+        source = Path(cfg.super_path or ext.config.data.super)
+        digest = LogDigest.scan(source, ext.window[1], users=user_filter(ext))  # streamed, this rank's users
         result, stats = export_to_store(
             ext,
             digest,
@@ -184,6 +203,7 @@ def _export_to_store(cfg: ExportConfig, url: str) -> dict[str, Any]:
             max_ready=cfg.max_ready,
             progress=cfg.progress,
             dtype=cfg.dtype,
+            delta=delta,
         )
     finally:
         store.close()

@@ -25,12 +25,13 @@ from contract import quantize as quant
 from contract.log import read_log
 from gkc import bundle as gkc_bundle
 from gkc.janitor import Janitor
-from gkc.local_redis import EmbeddedRedis, free_port
+from gkc.local_redis import free_port
 from gkc.publish import publish
 from gkc.redis_store import RedisStore
 from gkc.store import READY, RETIRING, STAGING
 from services.errors import Unavailable
 from tests.support.stage1_data import write_tiny
+from tests.support.version_dump import dump
 from trainer.cli import main
 from trainer.export import export
 from trainer.export_store import ShardedExportError, export_to_store
@@ -71,10 +72,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), persistent=False).start()
-    yield server.url
-    server.stop()
+def redis_url(module_redis: str) -> str:
+    return module_redis
 
 
 @pytest.fixture
@@ -90,20 +89,6 @@ def torchrun(args: list[str], script: Path | None = None) -> subprocess.Complete
     cmd += ["--master_addr", "127.0.0.1", "--master_port", str(free_port()), *entry, *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-
-
-def dump(store: RedisStore, version: int) -> dict[bytes, object]:
-    """Every key of a version (without its namespace) and its value: hash fields or bytes."""
-    records, _ = store.records()
-    prefix = next((r.namespace for r in records if r.version == version), "gone:").encode()
-    out: dict[bytes, object] = {}
-    for key in store.client.scan_iter(match=prefix + b"*", count=1000):
-        if key == prefix + b"keys":  # the version's key log (its order depends on the writers)
-            continue
-        kind = store.client.type(key)
-        value = store.client.hgetall(key) if kind == b"hash" else store.client.get(key)
-        out[key[len(prefix) :]] = value
-    return out
 
 
 def state_of(store: RedisStore, version: int) -> str | None:

@@ -31,6 +31,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a redis-server of the test module's own: its versions count toward no other module's
+    limit of ready versions, and its numbers start at 1."""
+    server = EmbeddedRedis(tmp_path_factory.mktemp("module-redis"), persistent=False).start()
+    yield server.url
+    server.stop()
+
+
 @pytest.fixture
 def private_store(tmp_path: Path) -> Iterator[RedisStore]:
     server = EmbeddedRedis(tmp_path / "private-redis", persistent=False).start()

@@ -76,3 +76,43 @@ def pretrained_serving(root: Path) -> tuple[Path, Path]:
         )
     )
     return path, root / "serving"
+
+
+def continued_world(root: Path) -> dict[str, Path]:
+    """A base extractor on days 0-1 of a tiny log and its one-day continuation (day 2; each log's last
+    day is held out), with their full bundles (keys ``root``, ``super``, ``base``, ``base_bundle``,
+    ``cont``, ``full``). On the new day only half of the users are active (every user is, every day, in
+    this tiny world otherwise)."""
+    from contract.log import read_log
+    from contract.schema import day_of
+    from trainer.export import export
+    from trainer.pretrain import PretrainConfig, pretrain
+
+    df = read_log(write_tiny(root / "all.parquet", **EXPORT_SIZE))
+    days = day_of(df["ts"].to_numpy())
+    users = np.unique(df["user_id"].to_numpy())
+    idle = np.isin(df["user_id"].to_numpy(), users[::2]) & (days == days.min() + 2)
+    path = write_log(df[~idle].reset_index(drop=True), root / "super.parquet")
+    df = read_log(path)
+    days = day_of(df["ts"].to_numpy())
+    first = write_log(df[days <= days.min() + 2], root / "first.parquet")
+
+    def run(super_path: Path, out: Path, init: Path | None = None) -> None:
+        pretrain(
+            PretrainConfig(
+                super_path=super_path, out=out, strategy="serving", batch_size=200, progress=False, init=init
+            )
+        )
+
+    run(first, root / "base")
+    run(path, root / "cont", init=root / "base")
+    export(root / "base", root / "base_bundle", progress=False)
+    export(root / "cont", root / "full", progress=False)
+    return {
+        "root": root,
+        "super": path,
+        "base": root / "base",
+        "base_bundle": root / "base_bundle",
+        "cont": root / "cont",
+        "full": root / "full",
+    }

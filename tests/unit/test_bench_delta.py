@@ -1,4 +1,5 @@
-"""``keep bench delta --quick`` prints one JSON object: a one-day delta's entries under each rule."""
+"""``keep bench delta --quick`` prints one JSON object: a one-day delta's entries under each rule, and
+the seen-pairs delta written straight into GKC's store."""
 
 from __future__ import annotations
 
@@ -25,5 +26,14 @@ def test_bench_delta_quick_prints_one_json_object(capsys: pytest.CaptureFixture[
     # seen-pairs: the seen users and items, fewer K̂_uc (only the pairs the new day touched)
     assert (pairs["users"], pairs["items"]) == (seen["users"], seen["items"])
     assert pairs["user_categories"] < seen["user_categories"]
+    # the same delta straight into GKC's store, by 1 process and by 2 torchrun ranks
+    store = result["store"]
+    for ranks in (1, 2):
+        got = store[f"ranks_{ranks}"]
+        assert got["world_size"] == ranks and got["delta_counts"] == pairs
+        assert (
+            got["entries"] == rules["seen-pairs"]["entries"] and got["share"] == rules["seen-pairs"]["share"]
+        )
+        assert 0 < got["bytes"] < store["base_bytes"] and got["peak_rss_mib"] > 0
     met = result["targets_met"]
     assert met["delta_le_30pct_any_rule"] == (min(r["share"] for r in rules.values()) <= 0.3)

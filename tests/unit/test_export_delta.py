@@ -9,47 +9,23 @@ from typing import Any
 import numpy as np
 import pytest
 
-from contract.log import read_log, write_log
+from contract.log import read_log
 from contract.schema import day_of
 from gkc import bundle as gkc_bundle
 from gkc import delta as gkc_delta
 from gkc.store import VersionIdentity
 from services.errors import Conflict
-from tests.support.stage1_data import write_tiny
+from tests.support.stage1_data import continued_world
 from trainer.cli import main
-from trainer.export import export
 from trainer.export_delta import DeltaSpec, NewExport, export_delta
-from trainer.pretrain import PretrainConfig, pretrain
 
 SIZE = {"users": 40, "items": 60, "categories": 5, "days": 4, "rows_per_day": 800}
 
 
 @pytest.fixture(scope="module")
 def continued(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A base extractor on days 0-1 and its one-day continuation (day 2), with their full bundles. On
-    day 2 only half of the users are active (every user is, every day, in this tiny world otherwise)."""
-    root = tmp_path_factory.mktemp("delta")
-    df = read_log(write_tiny(root / "all.parquet", **SIZE))
-    days = day_of(df["ts"].to_numpy())
-    users = np.unique(df["user_id"].to_numpy())
-    idle = np.isin(df["user_id"].to_numpy(), users[::2]) & (days == days.min() + 2)
-    path = write_log(df[~idle].reset_index(drop=True), root / "super.parquet")
-    df = read_log(path)
-    days = day_of(df["ts"].to_numpy())
-    first = write_log(df[days <= days.min() + 2], root / "first.parquet")
-
-    def run(super_path: Path, out: Path, init: Path | None = None) -> None:
-        pretrain(
-            PretrainConfig(
-                super_path=super_path, out=out, strategy="serving", batch_size=200, progress=False, init=init
-            )
-        )
-
-    run(first, root / "base")
-    run(path, root / "cont", init=root / "base")
-    export(root / "base", root / "base_bundle", progress=False)
-    export(root / "cont", root / "full", progress=False)
-    return {"root": root, "base_bundle": root / "base_bundle", "cont": root / "cont", "full": root / "full"}
+    """A base extractor on days 0-1 and its one-day continuation (day 2), with their full bundles."""
+    return continued_world(tmp_path_factory.mktemp("delta"))
 
 
 def _spec(paths: dict[str, Path], **kw: Any) -> DeltaSpec:
@@ -128,7 +104,7 @@ def test_refusals(continued: dict[str, Path], capsys: pytest.CaptureFixture[str]
     assert "--base-bundle" in capsys.readouterr().err
     sharded = ["export", "--extractor", str(continued["cont"]), "--gkc-redis", "redis://127.0.0.1:1/0"]
     assert main([*sharded, "--base", "4", "--base-bundle", str(continued["base_bundle"])]) == 2
-    assert "--base with --gkc-redis is not supported" in capsys.readouterr().err
+    assert "reads the base from GKC's store (no --base-bundle)" in capsys.readouterr().err
 
 
 def test_the_seen_pairs_rule_writes_only_the_pairs_the_new_day_touched(continued: dict[str, Path]) -> None:
@@ -168,7 +144,7 @@ def test_the_seen_keys_are_as_narrow_as_the_ids(
     monkeypatch.setattr(module, "SCAN_BATCH_ROWS", 100)  # blocks of days 0-1 hold no new-day row
     run = _full(continued).run()
     base = gkc_bundle.load(continued["base_bundle"], mmap=True)
-    rule = module._seen_rule(run, continued["root"] / "super.parquet", base, pairs=True)
+    rule = module.seen_rule(run, continued["root"] / "super.parquet", base.manifest.source, pairs=True)
     for keys in (rule.seen_users, rule.seen_items, rule.seen_pairs):
         assert keys is not None and len(keys)
         assert keys.dtype.itemsize == 4 * int(np.char.str_len(keys).max())

@@ -108,10 +108,14 @@ def register(sub: Any) -> None:
         default=None,
         metavar="V",
         help="write a delta over GKC version V: only the entries that are new or changed (docs/gkc.md, "
-        "Delta versions); needs --base-bundle",
+        "Delta versions); with --out it needs --base-bundle, with --gkc-redis the base is read from "
+        "GKC's store (--changed seen or seen-pairs)",
     )
     e.add_argument(
-        "--base-bundle", default=None, metavar="DIR", help="the bundle version V was published from"
+        "--base-bundle",
+        default=None,
+        metavar="DIR",
+        help="with --out: the bundle version V was published from",
     )
     e.add_argument(
         "--changed",
