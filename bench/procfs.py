@@ -61,3 +61,16 @@ def tree(pid: int) -> list[int]:
         out.append(one)
         todo += children(one)
     return out
+
+
+def rollup(pid: int) -> tuple[int, int]:
+    """``(Rss, Pss)`` of ``pid`` in bytes from ``/proc/<pid>/smaps_rollup`` (zeros when gone). PSS
+    shares each shared page among the processes that map it (Ray's object store, fork copies)."""
+    rss = pss = 0
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1]) * 1024
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1]) * 1024
+    return rss, pss
