@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from gkc.delta import pair_keys
-from gkc.store import READY, VersionIdentity, VersionRecord
+from gkc.store import READY, VersionRecord
 from services.errors import Conflict, NotFound
 
 #: Seen users whose base fields are asked per round trip.
@@ -109,11 +109,6 @@ def check_base_pairs(
             f"in this export (e.g. {example}); a delta cannot remove entries: export a full version"
         )
     return compared
-
-
-def same_base(record: VersionRecord, identity: VersionIdentity) -> None:
-    if record.identity != identity:
-        raise Conflict(f"the base changed while the delta was made: {identity} is now {record.identity}")
 
 
 def _among(values: np.ndarray, ordered: np.ndarray) -> np.ndarray:
