@@ -8,6 +8,10 @@ and tested as paired samples:
   the lifts' distribution, but with 3 seeds its smallest p-value is 0.25, with 5 seeds 0.0625.
 - **paired t-test** (two-sided, ``n − 1`` degrees of freedom): assumes roughly normal lifts; the only
   one of the two that can say anything with 3 seeds.
+- **95% confidence interval** of the mean lift (``mean ± t₀.₉₇₅,ₙ₋₁ · std / √n``, the same assumption):
+  what the seeds can claim about the size, e.g. whether a control (``keep_zero``) is within ±0.003 of
+  base or only not shown to differ (an interval wider than the band says the latter). It excludes 0
+  exactly when the t-test's p < 0.05.
 
 ``sign_disagrees`` flags a method whose per-seed lifts have both signs: its mean lift is not a
 direction the seeds agree on, whatever its size.
@@ -92,6 +96,34 @@ def paired_t(lifts: Sequence[float]) -> tuple[float | None, float | None]:
     return t, t_two_sided_p(t, n - 1)
 
 
+def t_quantile(q: float, df: int) -> float:
+    """The ``q`` quantile (``0.5 < q < 1``) of Student's t with ``df`` degrees of freedom, by bisection
+    on :func:`t_two_sided_p` (which falls monotonically in ``t >= 0``)."""
+    if not 0.5 < q < 1.0 or df < 1:
+        raise ValueError(f"t_quantile takes 0.5 < q < 1 and df >= 1, not q={q}, df={df}")
+    target = 2.0 * (1.0 - q)
+    lo, hi = 0.0, 1.0
+    while t_two_sided_p(hi, df) > target:
+        hi *= 2.0
+    for _ in range(200):
+        mid = (lo + hi) / 2.0
+        lo, hi = (mid, hi) if t_two_sided_p(mid, df) > target else (lo, mid)
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return (lo + hi) / 2.0
+
+
+def mean_ci(lifts: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
+    """The two-sided ``level`` confidence interval of the mean lift; None below two seeds."""
+    n = len(lifts)
+    if n < 2:
+        return None
+    mean = sum(lifts) / n
+    se = math.sqrt(sum((x - mean) ** 2 for x in lifts) / (n - 1) / n)
+    half = t_quantile(0.5 + level / 2.0, n - 1) * se
+    return mean - half, mean + half
+
+
 def lift_stats(runs: Mapping[str, Sequence[float]], reference: str = "base") -> dict[str, Any]:
     """Per method (not the reference): per-seed lifts, mean, std, sign test and paired t.
 
@@ -110,6 +142,7 @@ def lift_stats(runs: Mapping[str, Sequence[float]], reference: str = "base") -> 
         mean = sum(lifts) / n
         std = math.sqrt(sum((x - mean) ** 2 for x in lifts) / (n - 1)) if n > 1 else 0.0
         t, p_t = paired_t(lifts)
+        ci = mean_ci(lifts)
         out[name] = {
             "lifts": lifts,
             "mean": mean,
@@ -120,6 +153,7 @@ def lift_stats(runs: Mapping[str, Sequence[float]], reference: str = "base") -> 
             "sign_test_p": sign_test_p(lifts),
             "t": t,
             "t_test_p": p_t,
+            "ci95": None if ci is None else [ci[0], ci[1]],
         }
     return out
 
@@ -132,10 +166,12 @@ def stats_section(stats: dict[str, Any], reference: str = "base") -> list[str]:
         f"## Lift over {reference}, paired by seed",
         "",
         "Per-seed lifts share the seed with the reference run. Sign test: exact, two-sided (3 seeds "
-        "cannot go below p = 0.25, 5 seeds below 0.0625); paired t: two-sided, n − 1 degrees of freedom.",
+        "cannot go below p = 0.25, 5 seeds below 0.0625); paired t: two-sided, n − 1 degrees of freedom; "
+        "95% CI: of the mean lift, by the same t (it holds 0 when the seeds cannot tell the lift from none).",
         "",
-        "| method | lift mean | std | per-seed lifts | + / − | sign test p | paired t | t-test p | |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | lift mean | std | 95% CI | per-seed lifts | + / − | sign test p | paired t | t-test p | |"
+        "",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def num(x: float | None, fmt: str) -> str:
@@ -144,9 +180,12 @@ def stats_section(stats: dict[str, Any], reference: str = "base") -> list[str]:
     for name, s in stats.items():
         per = ", ".join(f"{x:+.4f}" for x in s["lifts"])
         flag = "**seeds disagree in sign**" if s["sign_disagrees"] else ""
+        ci = s.get("ci95")  # results.json written before the interval existed has none
+        band = "–" if ci is None else f"{ci[0]:+.4f} .. {ci[1]:+.4f}"
         lines.append(
-            f"| {name} | {s['mean']:+.4f} | {s['std']:.4f} | {per} | {s['positive']} / {s['negative']} | "
-            f"{num(s['sign_test_p'], '.3f')} | {num(s['t'], '+.2f')} | {num(s['t_test_p'], '.3f')} | {flag} |"
+            f"| {name} | {s['mean']:+.4f} | {s['std']:.4f} | {band} | {per} | "
+            f"{s['positive']} / {s['negative']} | {num(s['sign_test_p'], '.3f')} | {num(s['t'], '+.2f')} | "
+            f"{num(s['t_test_p'], '.3f')} | {flag} |"
         )
     flagged = [n for n, s in stats.items() if s["sign_disagrees"]]
     if flagged:

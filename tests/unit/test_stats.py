@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from trainer.report import render
-from trainer.stats import lift_stats, paired_t, sign_test_p, t_two_sided_p
+from trainer.stats import lift_stats, mean_ci, paired_t, sign_test_p, t_quantile, t_two_sided_p
 
 
 def test_sign_test_is_the_exact_binomial() -> None:
@@ -29,6 +29,30 @@ def test_t_distribution_matches_closed_forms() -> None:
         assert t_two_sided_p(-t, 2) == pytest.approx(1 - t / math.sqrt(t * t + 2), abs=1e-10)
     # A textbook quantile: t = 2.776 is the two-sided 5% point for df = 4.
     assert t_two_sided_p(2.776, 4) == pytest.approx(0.05, abs=1e-3)
+
+
+def test_t_quantiles_are_the_textbook_ones() -> None:
+    # two-sided 5 % points: df 1 (Cauchy: tan(0.475 pi)), 2 (closed form 4.3027), 4 (2.7764), 30 (2.0423)
+    assert t_quantile(0.975, 1) == pytest.approx(math.tan(0.475 * math.pi), rel=1e-9)
+    assert t_quantile(0.975, 2) == pytest.approx(4.302653, abs=1e-6)
+    assert t_quantile(0.975, 4) == pytest.approx(2.776445, abs=1e-6)
+    assert t_quantile(0.975, 30) == pytest.approx(2.042272, abs=1e-6)
+    with pytest.raises(ValueError):
+        t_quantile(0.4, 3)
+
+
+def test_the_interval_excludes_zero_exactly_when_the_t_test_rejects() -> None:
+    lo, hi = mean_ci([1.0, 2.0, 3.0]) or (0.0, 0.0)
+    assert (lo, hi) == pytest.approx((2 - 4.302653 / math.sqrt(3), 2 + 4.302653 / math.sqrt(3)), abs=1e-6)
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n = int(rng.integers(2, 8))
+        lifts = list(rng.normal(0.005, 0.01, size=n))
+        ci, (_, p) = mean_ci(lifts), paired_t(lifts)
+        assert ci is not None and p is not None
+        if abs(p - 0.05) > 1e-6:
+            assert (ci[0] > 0 or ci[1] < 0) == (p < 0.05)
+    assert mean_ci([0.01]) is None
 
 
 def test_paired_t_on_lifts() -> None:
@@ -56,6 +80,9 @@ def test_lift_stats_pairs_by_seed_and_flags_sign_disagreement() -> None:
     assert keep["t_test_p"] == pytest.approx(1 - 4 / math.sqrt(18))  # df 2 closed form: 0.057
     assert noisy["sign_disagrees"] and (noisy["positive"], noisy["negative"]) == (2, 1)
     assert noisy["t_test_p"] > 0.3
+    # p 0.057 > 0.05: the interval just holds 0 (0.0133 ± 4.3027 · 0.00577 / √3)
+    assert keep["ci95"] == pytest.approx([0.04 / 3 - 4.302653 * 0.01 / 3, 0.04 / 3 + 4.302653 * 0.01 / 3])
+    assert noisy["ci95"][0] < -0.05 and noisy["ci95"][1] > 0.07
     # Pairing matters: the same values unpaired (sorted) would give other lifts.
     shuffled = lift_stats({"base": [0.58, 0.60, 0.62], "keep": [0.62, 0.63, 0.59]})["keep"]
     assert shuffled["sign_disagrees"]
@@ -84,6 +111,7 @@ def test_report_shows_the_lift_table_and_flags_disagreeing_seeds() -> None:
     assert "## Lift over base, paired by seed" in report
     keep_row = next(line for line in report.splitlines() if line.startswith("| keep | +0.0133"))
     assert "+0.0200, +0.0100, +0.0100" in keep_row and "disagree" not in keep_row
+    assert "-0.0010 .. +0.0277" in keep_row  # 0.0133 ± 4.3027 · 0.00577 / √3
     noisy_row = next(line for line in report.splitlines() if line.startswith("| noisy | +0.0133"))
     assert "**seeds disagree in sign**" in noisy_row
     assert "disagree on the sign of the lift of noisy" in report
