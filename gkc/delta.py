@@ -200,6 +200,11 @@ def _moved(new: Bundle, base: Bundle, block: str, at: np.ndarray, epsilon: float
             b = quant.dequantize(theirs, m.dtype, dim)
             changed = np.linalg.norm(a - b, axis=1) > epsilon * np.linalg.norm(b, axis=1)
         out[start + have[changed]] = True
+        # Both bundles are read through once: their pages go as they are compared, else a memory-mapped
+        # pair of K̂_uc blocks (most of two versions) stays resident (a base row touched again is read
+        # back from the file).
+        new.release(block, start, stop)
+        base.release(block, int(where[have].min()), int(where[have].max()) + 1)
     return out
 
 
