@@ -212,7 +212,7 @@ def validate(bundle: Bundle) -> None:
             got = None if scales is None else (scales.dtype, scales.shape)
             raise BundleError(f"{name} scales are {got}, expected float32 ({count},)")
         check_scales(name, scales)
-        if any(bool((vectors[i : i + 65_536] == -128).any()) for i in range(0, len(vectors), 65_536)):
+        if not codes_in_range(vectors):
             raise BundleError(f"{name} int8 codes outside ±{quant.INT8_MAX}")
     validate_ids(m, bundle.user_ids, bundle.item_ids, bundle.uc_user_ids, bundle.uc_category_ids)
 
@@ -268,6 +268,15 @@ def all_finite(vectors: np.ndarray, rows: int = 65_536) -> bool:
         if not np.isfinite(vectors[i : i + rows]).all():
             return False
         drop_pages(vectors, i, i + rows)
+    return True
+
+
+def codes_in_range(codes: np.ndarray, rows: int = 65_536) -> bool:
+    """No int8 code is -128 (stored codes are within ±127), scanned like :func:`all_finite`."""
+    for i in range(0, len(codes), rows):
+        if bool((codes[i : i + rows] == -128).any()):
+            return False
+        drop_pages(codes, i, i + rows)
     return True
 
 

@@ -226,3 +226,20 @@ def test_comparing_memory_mapped_bundles_leaves_their_pages_behind(tmp_path: Any
     for where in (base_dir, new_dir):
         resident = _resident_kib(where / "uc_vectors.npy")
         assert resident < block_kib // 10, f"{where.name}: {resident} KiB of {block_kib} still resident"
+
+
+@pytest.mark.skipif(not hasattr(__import__("mmap"), "MADV_DONTNEED"), reason="needs madvise")
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_loading_a_memory_mapped_bundle_checks_it_without_keeping_it_resident(
+    dtype: str, tmp_path: Any
+) -> None:
+    """``load(mmap=True)`` scans every vector (finite floats, int8 codes within ±127) and lets the pages
+    go behind the scan; the int8 code check kept them (the float check did not)."""
+    users = 60_000
+    ucs = np.random.default_rng(1).normal(size=(2 * users, 256)).astype(np.float32)
+    path = gkc_bundle.save(_bundle(users, 8, dtype=dtype, vectors={"ucs": ucs}), tmp_path / "b")
+    size_kib = (path / "uc_vectors.npy").stat().st_size // 1024
+    loaded = gkc_bundle.load(path, mmap=True)
+    assert loaded.uc_vectors.shape == (2 * users, 256)
+    resident = _resident_kib(path / "uc_vectors.npy")
+    assert resident < size_kib // 10, f"{resident} KiB of {size_kib} still resident"
