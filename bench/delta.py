@@ -27,8 +27,9 @@ from typing import Any
 from bench.scale import child_result
 
 _CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
+from bench.procfs import own_peak_rss
 from gkc import bundle as gkc_bundle
 from gkc.store import VersionIdentity
 from trainer.export_delta import DeltaSpec, NewExport, export_delta
@@ -42,7 +43,7 @@ s = export_delta(NewExport(root / "cont", super_path=root / "world" / "super.par
 keep = ("entries", "full_entries", "share", "delta_counts", "full_counts")
 out = {k: s[k] for k in keep}
 out["seconds"] = round(time.perf_counter() - t0, 1)
-out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+out["peak_rss_mib"] = round(own_peak_rss() / 2**20, 1)
 print(json.dumps(out))
 """
 

@@ -24,6 +24,16 @@ def status(pid: int | str = "self") -> dict[str, int]:
     return out
 
 
+def own_peak_rss(pid: int | str = "self") -> int:
+    """Peak RSS in bytes of the process's own memory since it started its program (``VmHWM``).
+
+    Not ``getrusage().ru_maxrss``: Linux keeps that across ``execve``, and a child started with fork or
+    vfork (``subprocess``) begins at its parent's RSS or peak, so a step run in a child of a big parent
+    reported the parent's peak (``keep bench delta``'s children all read 2,525 MiB: the parent's
+    pre-training)."""
+    return status(pid)["VmHWM"]
+
+
 def cpu_ticks(pid: int) -> int:
     """User + system CPU time so far, in clock ticks (0 when gone)."""
     fields = stat(pid)

@@ -4,7 +4,7 @@ For each scale (``small`` and ``medium``; ``tiny`` and ``small`` with ``--quick`
 ``large`` with ``--large``, where ``large`` runs only the steps that stream: its log does not fit the
 in-memory ones, which is the point) the world is written
 as day partitions (``keep data synth --partitioned``), then each step runs in a child process of its
-own, so its peak RSS (``ru_maxrss``) is that step's alone:
+own, so its peak RSS (``VmHWM``, :func:`bench.procfs.own_peak_rss`) is that step's alone:
 
 - ``synth``: writing the partitioned world (one day in memory at a time);
 - ``check``: ``keep data check`` over the super-domain dataset (one fragment at a time);
@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 _CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
+from bench.procfs import own_peak_rss
 step, path, scale = sys.argv[1], sys.argv[2], sys.argv[3]
 t0 = time.perf_counter()
 rows = None
@@ -87,7 +88,7 @@ else:
         from trainer.data.dataset import EncodedLog
         EncodedLog.encode(df, Vocabs.build(df))
 seconds = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = own_peak_rss()
 print(json.dumps({"rows": rows, "seconds": round(seconds, 2), "peak_rss_mib": round(peak / 2**20, 1)}))
 """
 

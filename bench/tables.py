@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -164,7 +163,7 @@ def child(kind: str, users: int, out: str, user_shards: int = 2) -> None:
             result["allreduce_share"] = round(max(0.0, 1 - sum(unsynced) / sum(synced)), 3)
         elif kind == "dense" and group.enabled:
             result["allreduce_share"] = round(reduce_s / sum(synced), 3)
-        result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        result["peak_rss_mib"] = round(procfs.own_peak_rss() / 2**20, 1)
         if kind == "sharded":
             result["checkpoint"] = _checkpoint_cost(sharded, Path(out, "checkpoint"), group.rank)
         Path(out, f"{group.rank}.json").write_text(json.dumps(result))
