@@ -71,14 +71,9 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def redis_url(module_redis: str) -> str:
-    return module_redis
-
-
 @pytest.fixture
-def store(redis_url: str) -> Iterator[RedisStore]:
-    s = RedisStore(redis_url, timeout_s=5.0)
+def store(module_redis: str) -> Iterator[RedisStore]:
+    s = RedisStore(module_redis, timeout_s=5.0)
     yield s
     s.close()
 
@@ -106,9 +101,9 @@ class Published:
 
 @pytest.fixture(scope="module")
 def published(
-    checkpoint: Path, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    checkpoint: Path, module_redis: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Published]:
-    store = RedisStore(redis_url, timeout_s=5.0)
+    store = RedisStore(module_redis, timeout_s=5.0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the ranks run one thread each: same kernels, same bits
     try:
@@ -119,7 +114,7 @@ def published(
         torch.set_num_threads(threads)
     single = publish(store, gkc_bundle.load(path), progress=False).version
     store.close()
-    done = torchrun(["export", "--extractor", str(checkpoint), "--gkc-redis", redis_url, *EXPORT_ARGS])
+    done = torchrun(["export", "--extractor", str(checkpoint), "--gkc-redis", module_redis, *EXPORT_ARGS])
     assert done.returncode == 0, done.stderr[-4000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1, done.stdout  # rank 0 finalises and reports
@@ -131,7 +126,7 @@ def test_two_ranks_publish_the_same_bytes_as_one_process(
     published: Published,
     checkpoint: Path,
     store: RedisStore,
-    redis_url: str,
+    module_redis: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     summary, sharded, single = published.summary, published.sharded, published.single
@@ -151,7 +146,7 @@ def test_two_ranks_publish_the_same_bytes_as_one_process(
     assert {k.split("/")[0] for k in got["checksums"]} == {"shard0", "shard1"}
 
     # One process through the same command (no torchrun): the same bytes again.
-    assert main(["export", "--extractor", str(checkpoint), "--gkc-redis", redis_url, *EXPORT_ARGS]) == 0
+    assert main(["export", "--extractor", str(checkpoint), "--gkc-redis", module_redis, *EXPORT_ARGS]) == 0
     alone = json.loads(capsys.readouterr().out)
     assert alone["world_size"] == 1 and dump(store, alone["version"]) == expected
 
@@ -159,14 +154,14 @@ def test_two_ranks_publish_the_same_bytes_as_one_process(
 def test_two_rank_training_through_gkc_matches_one_process_on_the_bundle(
     published: Published,
     checkpoint: Path,
-    redis_url: str,
+    module_redis: str,
     start_gkc: Callable[..., Any],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """``keep train`` under torchrun, each rank fetching its rows' K̂ from a real GKC (gRPC) serving the
     sharded version, equals one process reading the single-process bundle (same bytes)."""
-    svc = start_gkc(redis_url)
+    svc = start_gkc(module_redis)
     log = str(checkpoint.parent / "super.parquet")
     common = ["--train", log, "--knowledge-version", str(published.sharded), *TRAIN_ARGS]
     done = torchrun(["train", "--gkc", svc.grpc_addr, "--out", str(tmp_path / "two"), *common])
@@ -184,13 +179,13 @@ def test_two_rank_training_through_gkc_matches_one_process_on_the_bundle(
 
 
 def test_a_killed_rank_leaves_no_visible_version_and_a_rerun_publishes(
-    checkpoint: Path, store: RedisStore, redis_url: str, tmp_path: Path
+    checkpoint: Path, store: RedisStore, module_redis: str, tmp_path: Path
 ) -> None:
     records, active = store.records()
     ready_before = {r.version for r in records if r.state == READY}
     script = tmp_path / "kill_rank_1.py"
     script.write_text(KILL_RANK_1)
-    args = ["export", "--extractor", str(checkpoint), "--gkc-redis", redis_url, *EXPORT_ARGS]
+    args = ["export", "--extractor", str(checkpoint), "--gkc-redis", module_redis, *EXPORT_ARGS]
     done = torchrun(args, script)
     assert done.returncode != 0
     records, active_after = store.records()
@@ -243,7 +238,7 @@ def test_two_ranks_at_int8_publish_the_bytes_of_the_bundle_stored_at_int8(
     published: Published,
     checkpoint: Path,
     store: RedisStore,
-    redis_url: str,
+    module_redis: str,
     tmp_path: Path,
 ) -> None:
     """``keep export --gkc-redis --dtype int8`` under torchrun stores what publishing the float32 bundle
@@ -251,7 +246,16 @@ def test_two_ranks_at_int8_publish_the_bytes_of_the_bundle_stored_at_int8(
     from gkc.bundle_writer import convert
 
     done = torchrun(
-        ["export", "--extractor", str(checkpoint), "--gkc-redis", redis_url, "--dtype", "int8", *EXPORT_ARGS]
+        [
+            "export",
+            "--extractor",
+            str(checkpoint),
+            "--gkc-redis",
+            module_redis,
+            "--dtype",
+            "int8",
+            *EXPORT_ARGS,
+        ]
     )
     assert done.returncode == 0, done.stderr[-4000:]
     sharded = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("{")))["version"]

@@ -43,14 +43,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return continued_world(tmp_path_factory.mktemp("store_delta"))
 
 
-@pytest.fixture(scope="module")
-def redis_url(module_redis: str) -> str:
-    return module_redis
-
-
 @pytest.fixture
-def store(redis_url: str) -> Iterator[RedisStore]:
-    s = RedisStore(redis_url, timeout_s=5.0)
+def store(module_redis: str) -> Iterator[RedisStore]:
+    s = RedisStore(module_redis, timeout_s=5.0)
     yield s
     s.close()
 
@@ -75,14 +70,14 @@ def bundle_delta(
     return publish(store, gkc_bundle.load(out), progress=False).version
 
 
-def store_delta_cli(redis_url: str, world: dict[str, Path], base: int, *extra: str) -> list[str]:
+def store_delta_cli(module_redis: str, world: dict[str, Path], base: int, *extra: str) -> list[str]:
     cont = str(world["cont"])
-    return ["export", "--extractor", cont, "--gkc-redis", redis_url, "--base", str(base), *extra]
+    return ["export", "--extractor", cont, "--gkc-redis", module_redis, "--base", str(base), *extra]
 
 
 @pytest.fixture(scope="module")
-def base_version(world: dict[str, Path], redis_url: str) -> int:
-    s = RedisStore(redis_url, timeout_s=5.0)
+def base_version(world: dict[str, Path], module_redis: str) -> int:
+    s = RedisStore(module_redis, timeout_s=5.0)
     try:
         return publish(s, gkc_bundle.load(world["base_bundle"]), progress=False).version
     finally:
@@ -92,7 +87,7 @@ def base_version(world: dict[str, Path], redis_url: str) -> int:
 @pytest.mark.parametrize("rule", ["seen-pairs", "seen"])
 def test_a_store_delta_is_the_bundle_delta_key_for_key(
     world: dict[str, Path],
-    redis_url: str,
+    module_redis: str,
     store: RedisStore,
     base_version: int,
     rule: str,
@@ -103,7 +98,9 @@ def test_a_store_delta_is_the_bundle_delta_key_for_key(
     capsys.readouterr()
     threads = torch.get_num_threads()
     try:
-        assert main([*store_delta_cli(redis_url, world, base_version, "--changed", rule), *EXPORT_ARGS]) == 0
+        assert (
+            main([*store_delta_cli(module_redis, world, base_version, "--changed", rule), *EXPORT_ARGS]) == 0
+        )
     finally:
         torch.set_num_threads(threads)
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -148,7 +145,7 @@ def _base_with(world: dict[str, Path], out: Path, *, user: bool, pair_of_seen_us
 
 def test_refusals_read_the_base_from_the_store(
     world: dict[str, Path],
-    redis_url: str,
+    module_redis: str,
     store: RedisStore,
     base_version: int,
     tmp_path: Path,
@@ -158,7 +155,7 @@ def test_refusals_read_the_base_from_the_store(
 
     def refused(base: int, *extra: str) -> str:
         capsys.readouterr()
-        assert main([*store_delta_cli(redis_url, world, base, *extra), *EXPORT_ARGS]) == 2
+        assert main([*store_delta_cli(module_redis, world, base, *extra), *EXPORT_ARGS]) == 2
         return capsys.readouterr().err
 
     assert "takes --changed seen or seen-pairs" in refused(base_version, "--changed", "moved")
@@ -180,7 +177,7 @@ def test_refusals_read_the_base_from_the_store(
     assert f"{seen_user} / ghost-category" in refused(odd, "--changed", "seen")
     assert {r.version for r in store.records()[0]} == before | {other, ghost, odd}  # nothing begun
     capsys.readouterr()
-    assert main([*store_delta_cli(redis_url, world, odd, "--changed", "seen-pairs"), *EXPORT_ARGS]) == 0
+    assert main([*store_delta_cli(module_redis, world, odd, "--changed", "seen-pairs"), *EXPORT_ARGS]) == 0
     made = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["version"]
     for version in (made, other, ghost, odd):
         store.retire(version, "test done")
@@ -218,14 +215,19 @@ def same_to_rounding(got: dict[bytes, object], want: dict[bytes, object]) -> Non
 @pytest.mark.slow
 @pytest.mark.parametrize("batch", [BATCH, 64])
 def test_two_ranks_write_the_same_delta(
-    world: dict[str, Path], redis_url: str, store: RedisStore, base_version: int, tmp_path: Path, batch: int
+    world: dict[str, Path],
+    module_redis: str,
+    store: RedisStore,
+    base_version: int,
+    tmp_path: Path,
+    batch: int,
 ) -> None:
     """Batch 16: each rank computes some of the 20 seen users; batch 64: rank 0 none (it still writes
     its share of nothing and takes part in the version)."""
     reference = bundle_delta(store, world, base_version, "seen-pairs", tmp_path / "delta", batch)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr"]
     cmd += ["127.0.0.1", "--master_port", str(free_port()), "-m", "trainer"]
-    cmd += [*store_delta_cli(redis_url, world, base_version, "--changed", "seen-pairs")]
+    cmd += [*store_delta_cli(module_redis, world, base_version, "--changed", "seen-pairs")]
     cmd += ["--batch-size", str(batch), "--threads", "1", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
