@@ -169,8 +169,8 @@ def stats_section(stats: dict[str, Any], reference: str = "base") -> list[str]:
         "cannot go below p = 0.25, 5 seeds below 0.0625); paired t: two-sided, n − 1 degrees of freedom; "
         "95% CI: of the mean lift, by the same t (it holds 0 when the seeds cannot tell the lift from none).",
         "",
-        "| method | lift mean | std | 95% CI | per-seed lifts | + / − | sign test p | paired t | t-test p | |"
-        "",
+        "| method | lift mean | std | 95% CI | per-seed lifts | + / − | sign test p | paired t | t-test p "
+        "| |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
