@@ -28,6 +28,7 @@ from tests.support.faultkit import (
     USERS,
     BackgroundUpload,
     ReadLoad,
+    UploadEnded,
     publish_tagged,
     random_request,
     response_tags,
@@ -247,8 +248,22 @@ def test_cluster_failover_under_read_load_and_during_a_publish(tmp_path: Path) -
         body = tar_bundle(
             tagged_bundle(tmp_path / "big", 2.0, items=30_000), tmp_path / "big.tar"
         ).read_bytes()
-        upload = BackgroundUpload(svc, body)
-        wait_staging(ops)
+        # The cluster may still be settling from step 2: a publish refused before it began (503, never
+        # 500) is sent again; the failover this step is about must meet a publish that is writing.
+        refused: list[int] = []
+        for _ in range(10):
+            upload = BackgroundUpload(svc, body)
+            try:
+                wait_staging(ops, upload=upload)
+                break
+            except UploadEnded as ended:
+                answer = ended.outcome
+                assert isinstance(answer, httpx.Response) and answer.status_code == 503, ended
+                refused.append(answer.status_code)
+                time.sleep(1.0)
+        else:
+            raise AssertionError(f"every publish was refused before it began: {refused}")
+        figures["publishes_refused_before_staging"] = len(refused)
         _kill(last)
         answer = upload.result()
         assert isinstance(answer, httpx.Response) and answer.status_code in (201, 503), answer

@@ -271,13 +271,30 @@ class BackgroundUpload:
         return self.outcome[0]
 
 
-def wait_staging(ops: Any, timeout_s: float = 60.0) -> int:
-    """The number of the version being published, once the registry lists it as staging."""
+class UploadEnded(AssertionError):
+    """The upload was answered before its version was seen staging (``outcome``: what it got)."""
+
+    def __init__(self, outcome: httpx.Response | Exception) -> None:
+        text = (
+            f"{outcome.status_code} {outcome.text[:300]}"
+            if isinstance(outcome, httpx.Response)
+            else repr(outcome)
+        )
+        super().__init__(f"the upload ended before its version was seen staging: {text}")
+        self.outcome = outcome
+
+
+def wait_staging(ops: Any, timeout_s: float = 60.0, upload: BackgroundUpload | None = None) -> int:
+    """The number of the version being published, once the registry lists it as staging. With
+    ``upload``: :class:`UploadEnded` as soon as that upload has its answer without a staging version seen
+    (it was refused before it began, or ended between two looks), instead of waiting out the timeout."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         staging = next((v["version"] for v in ops.versions(True) if v["state"] == "staging"), None)
         if staging is not None:
             return int(staging)
+        if upload is not None and upload.outcome:
+            raise UploadEnded(upload.outcome[0])
         time.sleep(0.01)
     raise AssertionError("the publish never reached the staging state")
 
