@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from contract.log import COLUMNS
+from contract.log import COLUMNS, log_fragments
 from contract.schema import DEFAULT_MAX_LEN, SECONDS_PER_DAY
 from trainer.data.sequence_stage import (
     HIST_CATEGORY,
@@ -45,9 +45,9 @@ _DAY, _FILE, _ROW = "__keep_day", "__keep_file", "__keep_row"
 
 
 def _row_groups(src: Path) -> list[dict[str, Any]]:
-    files = (
-        [src] if src.is_file() else sorted(p for p in src.rglob("*.parquet") if not p.name.startswith("_"))
-    )
+    """Every row group of the log, files in the order the in-process stage reads them (``log_fragments``:
+    day partition, then path), so arrival numbers match."""
+    files = [src] if src.is_file() else [f.path for f in log_fragments(src)]
     out = []
     for fid, path in enumerate(files):
         meta = pq.ParquetFile(path).metadata
@@ -68,11 +68,16 @@ def _read_group(batch: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def _by_time(clicks: pd.DataFrame) -> pd.DataFrame:
+    """Clicks in ``(ts, arrival)`` order, the stage's order."""
+    return clicks.iloc[
+        np.lexsort((clicks[_ROW].to_numpy(), clicks[_FILE].to_numpy(), clicks["ts"].to_numpy()))
+    ]
+
+
 def _windows(max_len: int) -> Any:
     def per_user(rows: pd.DataFrame) -> pa.Table:
-        clicks = rows[rows["click"].astype(int) == 1]
-        order = np.lexsort((clicks[_ROW].to_numpy(), clicks[_FILE].to_numpy(), clicks["ts"].to_numpy()))
-        clicks = clicks.iloc[order]
+        clicks = _by_time(rows[rows["click"].astype(int) == 1])
         ts = clicks["ts"].to_numpy(np.int64)
         hi = np.searchsorted(ts, rows["ts"].to_numpy(np.int64), side="left")  # strictly before ts
         lo = np.maximum(hi - max_len, 0)
@@ -89,8 +94,7 @@ def _windows(max_len: int) -> Any:
 
 def _tails(max_len: int) -> Any:
     def per_user(clicks: pd.DataFrame) -> pd.DataFrame:
-        order = np.lexsort((clicks[_ROW].to_numpy(), clicks[_FILE].to_numpy(), clicks["ts"].to_numpy()))
-        last = clicks.iloc[order[-max_len:]]
+        last = _by_time(clicks).iloc[-max_len:]
         return last[["user_id", "item_id", "category_id", "ts"]].reset_index(drop=True)
 
     return per_user
