@@ -13,6 +13,8 @@ measured, including the levers that were not kept.
   :meth:`ranker.model.SoftmaxTargetAttention.shared` and :class:`ranker.model.CoAction`).
 - ``int8_dynamic``: ``torch.ao.quantization.quantize_dynamic`` of every ``nn.Linear`` (int8 weights,
   activations quantized per batch), on top of ``eager``.
+- ``torchscript``: the served default, :mod:`ranker.scripted`'s TorchScript graph of the ``eager``
+  path (the same operations in the same order, run without the interpreter lock).
 - ``compile``: ``torch.compile(dynamic=True)`` (Inductor, C++ codegen on the CPU); the first calls pay
   the compilation, reported as ``setup_s``. Not measured by default.
 """
@@ -30,12 +32,13 @@ import numpy as np
 import torch
 
 from ranker import model as model_mod
+from ranker import scripted
 from ranker.model import Batch, DownstreamModel
 
 MAX_SCORE_ERROR = 1e-3
 #: Measured by default. ``compile`` works through :func:`apply` but is left out: on the shared 2-core
 #: machine its compilation did not finish within 8 minutes (docs/ranker.md, "Speed levers").
-LEVERS = ("reference", "eager", "int8_dynamic")
+LEVERS = ("reference", "eager", "torchscript", "int8_dynamic")
 #: Rounds in which the levers take turns.
 ROUNDS = 5
 
@@ -63,10 +66,26 @@ def apply(model: DownstreamModel, lever: str) -> Forward:
                 model, {torch.nn.Linear}, dtype=torch.qint8
             )
         return quantized
+    if lever == "torchscript":
+        return _scripted(model)
     if lever == "compile":
         compiled: Forward = torch.compile(model, dynamic=True)
         return compiled
-    raise ValueError(f"unknown lever {lever!r}; expected reference, eager, int8_dynamic or compile")
+    raise ValueError(
+        f"unknown lever {lever!r}; expected reference, eager, torchscript, int8_dynamic or compile"
+    )
+
+
+def _scripted(model: DownstreamModel) -> Forward:
+    graph = scripted.script(model)
+    name = next(iter(model.cfg.plugins), None)
+
+    def forward(b: Batch) -> torch.Tensor:
+        with scripted.run():
+            h_m = graph.before(b.user, b.item, b.category, b.shop, b.hist_item, b.hist_category)
+            return graph.after(h_m, b.knowledge[name] if name is not None else None)
+
+    return forward
 
 
 def _faults() -> int:

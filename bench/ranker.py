@@ -14,8 +14,10 @@ model only after GKC answers (``RANKER_OVERLAP_KNOWLEDGE=false``; concurrency 1 
 variants take turns, ``bench.ranker_load.turns``) and a fourth serving from two processes
 (``RANKER_GRPC_PROCESSES=2``, one model thread each; 16 clients over 4 connections) and a fifth
 like the fourth with knowledge on the wire as float16 (``RANKER_GKC_FLOAT16=true``: its throughput and
-its largest score difference from the fourth's on the same requests), the model
-alone (encode + forward) and per speed lever (``bench.levers``: the per-row reference, the served
+its largest score difference from the fourth's on the same requests) and a sixth scoring with the eager
+model instead of the TorchScript graph (``RANKER_TORCHSCRIPT=false``; concurrency 1 and 16, and its
+largest score difference from the first's), the model alone (encode + forward, as served) and per speed
+lever (``bench.levers``: the per-row reference, the served
 shared-history path, int8 dynamic quantization, each with its largest score difference from the
 reference), the same with glibc's default malloc in a fresh process, the bound on per-user caching,
 and how fast a click recorded through ``POST /v1/events`` or the Redis Stream becomes visible to the
@@ -44,7 +46,7 @@ from bench import levers, ranker_world
 from bench.ranker_load import load, turns
 from gkc.local_redis import EmbeddedRedis, free_port
 from gkc.settings import gkc_env
-from ranker.settings import ranker_env
+from ranker.settings import RankerSettings, ranker_env
 from services import launch
 
 CANDIDATES = 500
@@ -111,7 +113,8 @@ def model_alone(
 
     torch.set_num_threads(1)
     tuned = keep_freed_memory() if tune_malloc else False
-    scorer = Scorer(artifact_mod.load(artifact_dir))
+    served = bool(RankerSettings.model_fields["torchscript"].default)
+    scorer = Scorer(artifact_mod.load(artifact_dir), torchscript=served)
     assert scorer.knowledge is not None
     reqs = _requests(cfg, 20, seed=3)
     dim = scorer.knowledge[1].schema.dim
@@ -149,6 +152,7 @@ def model_alone(
         "samples_per_s": round(n * CANDIDATES / elapsed, 1),
         "ms_per_request": round(elapsed / n * 1000, 3),
         "torch_threads": 1,
+        "torchscript": scorer.graph is not None,
         "malloc_tuned": tuned,
         "history_len": scorer.max_len,
         "levers": levers.measure(scorer.model, batches, seconds / 2, lever_names),
@@ -232,7 +236,11 @@ def _start_ranker(
         RANKER_EVENTS_TOKEN=events_token,
         RANKER_EVENTS_STREAM=stream,
     )
-    procs.append(launch.start([sys.executable, "-m", "ranker"], ranker_vars | extra))
+    procs.append(
+        launch.start(
+            [sys.executable, "-m", "ranker"], ranker_vars | extra, log_path=tmp / f"ranker-{grpc_port}.log"
+        )
+    )
     http_url = f"http://127.0.0.1:{http_port}"
     launch.wait_healthy(procs[-1], "ranker", f"{http_url}/healthz", timeout_s=90)
     return f"127.0.0.1:{grpc_port}", http_url, procs[-1].pid
@@ -271,6 +279,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             {"RANKER_OVERLAP_KNOWLEDGE": "false"},
             {"RANKER_GRPC_PROCESSES": "2", "RANKER_MODEL_WORKERS": "1"},
             {"RANKER_GRPC_PROCESSES": "2", "RANKER_MODEL_WORKERS": "1", "RANKER_GKC_FLOAT16": "true"},
+            {"RANKER_TORCHSCRIPT": "false"},
         ]
         rankers = [
             _start_ranker(procs, tmp, gkc_grpc, features.url, events_token, extra, f"keep:events{i or ''}")
@@ -283,16 +292,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         main = rankers[0]
         # the variants take turns in halves, so each sees the same load
         others = {"gkc": procs[0].pid, "gkc_redis": redis.pid, "features_redis": features.pid}
-        c1 = turns([rankers[0], rankers[2]], requests, cfg["c1"], 1, others)
-        result["c1"], result["c1_sequential"] = c1
+        c1 = turns([rankers[0], rankers[2], rankers[5]], requests, cfg["c1"], 1, others)
+        result["c1"], result["c1_sequential"], result["c1_eager"] = c1
         # 16 clients over 4 connections (as several callers; one connection reaches one process)
         c16 = turns(rankers, requests, cfg["c16"], 16, others, channels=C16_CHANNELS)
-        names = ("c16", "c16_no_backpressure", "c16_sequential", "c16_processes2", "c16_processes2_float16")
+        names = (
+            "c16",
+            "c16_no_backpressure",
+            "c16_sequential",
+            "c16_processes2",
+            "c16_processes2_float16",
+            "c16_eager",
+        )
         result.update(zip(names, c16, strict=True))
         result["overlap_knowledge"] = {
             "c1_p50_speedup": round(c1[1]["p50_ms"] / c1[0]["p50_ms"], 3),
             "c1_p99_speedup": round(c1[1]["p99_ms"] / c1[0]["p99_ms"], 3),
             "c16_rps_ratio": round(c16[0]["rps"] / c16[2]["rps"], 3),
+        }
+        result["torchscript"] = {
+            "c1_p50_speedup": round(c1[2]["p50_ms"] / c1[0]["p50_ms"], 3),
+            "c1_model_step_speedup": round(c1[2]["model_ms_mean"] / c1[0]["model_ms_mean"], 3),
+            "c16_rps_ratio": round(c16[0]["rps"] / c16[5]["rps"], 3),
+            "max_abs_score_diff": asyncio.run(_score_diff(rankers[0][0], rankers[5][0], requests[:50])),
         }
         result["grpc_processes2_c16_rps_ratio"] = round(c16[3]["rps"] / c16[0]["rps"], 3)
         result["float16_wire"] = {

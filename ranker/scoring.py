@@ -24,6 +24,7 @@ from contract.artifact import Artifact, ArtifactError
 from contract.ids import OOV, IdEncoder
 from contract.knowledge import GKC_KIND, KnowledgeSpec
 from gkc.lookup import Lookup
+from ranker import scripted
 from ranker.history import EMPTY_HISTORY, History
 from ranker.knowledge import assemble
 from ranker.model import Batch, DownstreamModel, build_model
@@ -47,9 +48,11 @@ class Encoded:
 class Scorer:
     """A loaded model plus its id maps, history length and (at most one) GKC knowledge plug-in."""
 
-    def __init__(self, artifact: Artifact) -> None:
+    def __init__(self, artifact: Artifact, *, torchscript: bool = False) -> None:
         self.artifact = artifact
         self.model: DownstreamModel = build_model(artifact)
+        #: The TorchScript serving graph (:mod:`ranker.scripted`), used for two candidates or more.
+        self.graph = scripted.script(self.model) if torchscript else None
         self.max_len = artifact.max_len
         vocabs = artifact.vocabs
         self.items, self.categories = vocabs.item.encoder(), vocabs.category.encoder()
@@ -109,12 +112,19 @@ class Scorer:
 
     def prepare(self, encoded: Encoded) -> torch.Tensor:
         """``h_m``: the part of the forward that needs no knowledge (serving runs it while GKC answers)."""
+        if self.graph is not None and encoded.n > 1:
+            b = encoded.batch
+            with scripted.run():
+                return self.graph.before(b.user, b.item, b.category, b.shop, b.hist_item, b.hist_category)
         with torch.inference_mode():
             return self.model.before_plugins(encoded.batch)
 
     def finish(self, h_m: torch.Tensor, knowledge: np.ndarray | None) -> torch.Tensor:
         """Logits [n] from :meth:`prepare`'s ``h_m``; ``knowledge=None`` on a plugged model runs the
         base model (the plug-in's output zeroed)."""
+        if self.graph is not None and len(h_m) > 1:
+            with scripted.run():
+                return self.graph.after(h_m, None if knowledge is None else torch.from_numpy(knowledge))
         with torch.inference_mode():
             if self.knowledge is not None and knowledge is not None:
                 return self.model.after_plugins(h_m, {self.knowledge[0]: torch.from_numpy(knowledge)})

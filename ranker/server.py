@@ -105,6 +105,7 @@ async def build_core(
         settings.model_dir,
         default_model=settings.default_model,
         features_max_len=settings.features_max_len,
+        torchscript=settings.torchscript,
         on_change=on_change,
         on_load=lambda result: metrics.reloads.labels(result).inc(),
     )

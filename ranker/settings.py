@@ -97,6 +97,9 @@ class RankerSettings(ServiceSettings):
     #: answers, then the plug-in and the rest: latency ≈ max(GKC, that part) + the rest, not the sum.
     #: Only while no request is queued for admission (under saturation the extra hand-off costs).
     overlap_knowledge: bool = True
+    #: Score through the TorchScript serving graph (``ranker.scripted``: the same operations, the same
+    #: scores, run without the interpreter lock); false: eager PyTorch.
+    torchscript: bool = True
     max_queue: int = 64
     queue_timeout_s: float = 1.0
     #: GKC's REST URL: each loaded model holds a lease (pin) there on its knowledge version, so GKC never

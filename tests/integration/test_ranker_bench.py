@@ -21,7 +21,15 @@ def test_quick_bench_prints_one_json_object() -> None:
     lines = [line for line in out.stdout.splitlines() if line.strip()]
     assert len(lines) == 1, out.stdout
     result = json.loads(lines[0])
-    for key in ("c1", "c16", "c1_sequential", "c16_sequential", "c16_no_backpressure"):
+    for key in (
+        "c1",
+        "c16",
+        "c1_sequential",
+        "c16_sequential",
+        "c16_no_backpressure",
+        "c1_eager",
+        "c16_eager",
+    ):
         run = result[key]
         assert run["requests"] > 0 and run["rps"] > 0
         assert 0 < run["p50_ms"] <= run["p99_ms"]
@@ -39,6 +47,11 @@ def test_quick_bench_prints_one_json_object() -> None:
     assert reference["samples_per_s"] > 0 and reference["max_abs_score_diff"] == 0.0
     eager = alone["levers"]["eager"]  # the served path: float rounding away from the reference
     assert eager["samples_per_s"] > 0 and eager["max_abs_score_diff"] <= 1e-6 and eager["within_error"]
+    scripted = alone["levers"]["torchscript"]  # the served default: the eager path's operations, in C++
+    assert scripted["samples_per_s"] > 0 and scripted["max_abs_score_diff"] == eager["max_abs_score_diff"]
+    assert alone["torchscript"] is True
+    # two rankers, TorchScript and eager, answered the same requests with the same scores
+    assert result["torchscript"]["max_abs_score_diff"] == 0.0 and result["torchscript"]["c16_rps_ratio"] > 0
     int8 = alone["levers"]["int8_dynamic"]
     assert 0 < int8["max_abs_score_diff"] < 0.5  # quantized: close to float32, not equal
     assert set(alone["malloc_default"]["levers"]) == {"reference", "eager"}
