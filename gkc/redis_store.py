@@ -37,6 +37,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
+from gkc import redis_packed
 from gkc.cluster_route import Command, NodeRouter
 from gkc.redis_keys import KEYLOG, USER_FIELD, item_key, keylog_key, uc_field, user_key
 from gkc.redis_registry import RedisRegistry, guard, namespace
@@ -109,17 +110,11 @@ class RedisStore(VersionKeyReads, RedisRegistry):
         with guard():
             if self.cluster_reads is not None:
                 replies = self.cluster_reads.run(_read_commands(layers, user_id, fields, item_ids))
-            elif not item_ids and fallback is None:  # every item came from the cache: one plain command
-                user_side = self.client.hmget(user_key(ns, user_id), fields)
-                return RawRead(user=user_side[0], ucs=user_side[1:], items=[])
-            else:
-                pipe = self.client.pipeline(transaction=False)
-                for layer in layers:
-                    pipe.hmget(user_key(layer, user_id), fields)
-                for layer in layers:
-                    if item_ids:
-                        pipe.mget([f"{layer}i:{i}" for i in item_ids])
-                replies = pipe.execute()
+            else:  # one round trip, packed in C (gkc.redis_packed); without items: the HMGETs alone
+                commands = [("HMGET", user_key(layer, user_id), *fields) for layer in layers]
+                if item_ids:
+                    commands += [("MGET", *[item_key(layer, i) for i in item_ids]) for layer in layers]
+                replies = redis_packed.round_trip(self.client, commands)
         user_side = replies[0]
         if self.cluster:
             items = replies[len(layers) : len(layers) + len(item_ids)]
