@@ -115,20 +115,46 @@ class SoftmaxTargetAttention(nn.Module):
         Wk[h, d] + q[b, d] Wp[h, d]``, written straight into the ``[L, B, H]`` hidden layer: no
         ``[B, L, D]`` product temporary and three fewer passes over ``[B, L, H]``. Float rounding differs
         from :meth:`forward` by ~1e-8 (tests/unit/test_ranker_speed.py)."""
-        n, d = query.shape
-        h = self.key_proj.weight.shape[0]
-        m = torch.addcmul(
-            self.key_proj.weight.t().unsqueeze(1),  # [D, 1, H]
-            query.t().unsqueeze(2),  # [D, B, 1]
-            self.prod_proj.weight.t().unsqueeze(1),  # [D, 1, H]
+        return shared_history_attention(
+            query,
+            keys,
+            mask,
+            self.query_proj.weight,
+            self.query_proj.bias,
+            self.key_proj.weight,
+            self.prod_proj.weight,
+            self.out.weight,
+            self.out.bias,
         )
-        hidden = (keys @ m.view(d, n * h)).view(-1, n, h)  # [L, B, H]
-        hidden += self.query_proj(query)
-        hidden.relu_()
-        scores = (hidden @ self.out.weight[0]).t() + self.out.bias  # [B, L]
-        scores = scores.masked_fill(~mask, -1e9)
-        weights = torch.softmax(scores, dim=-1) * mask
-        return weights @ keys
+
+
+def shared_history_attention(
+    query: Tensor,
+    keys: Tensor,
+    mask: Tensor,
+    query_w: Tensor,
+    query_b: Tensor,
+    key_w: Tensor,
+    prod_w: Tensor,
+    out_w: Tensor,
+    out_b: Tensor,
+) -> Tensor:
+    """:meth:`SoftmaxTargetAttention.shared` over its weights: a plain function, so that the TorchScript
+    serving graph (:mod:`ranker.scripted`) runs this same code."""
+    n, d = query.shape[0], query.shape[1]
+    h = key_w.shape[0]
+    m = torch.addcmul(
+        key_w.t().unsqueeze(1),  # [D, 1, H]
+        query.t().unsqueeze(2),  # [D, B, 1]
+        prod_w.t().unsqueeze(1),  # [D, 1, H]
+    )
+    hidden = (keys @ m.view(d, n * h)).view(-1, n, h)  # [L, B, H]
+    hidden += nn.functional.linear(query, query_w, query_b)
+    hidden.relu_()
+    scores = (hidden @ out_w[0]).t() + out_b  # [B, L]
+    scores = scores.masked_fill(~mask, -1e9)
+    weights = torch.softmax(scores, dim=-1) * mask
+    return weights @ keys
 
 
 class CoAction(nn.Module):
@@ -150,18 +176,38 @@ class CoAction(nn.Module):
     def forward(self, item: Tensor, hist_item: Tensor) -> Tensor:
         """item [B], hist_item [b, L] → masked mean over history of the item-parameterised MLP, [B, h2]."""
         params = self.weights(item)
-        w1 = params[:, : self.d_in * self.h1].view(-1, self.d_in, self.h1)
-        w2 = params[:, self.d_in * self.h1 :].view(-1, self.h1, self.h2)
         if hist_item.shape[0] == 1 and len(item) > 1 and shared_path(params):
             # one history for all candidates (serving): the first layer of every candidate is one GEMM
-            n, length = len(item), hist_item.shape[1]
-            x1 = self.inputs(hist_item[0]) @ w1.permute(1, 0, 2).reshape(self.d_in, n * self.h1)
-            h = torch.tanh(torch.tanh(x1.view(length, n, self.h1).transpose(0, 1)) @ w2)  # [B, L, h2]
-        else:
-            x = self.inputs(hist_item)  # [b, L, d_in]
-            h = torch.tanh(torch.tanh(x @ w1) @ w2)  # [B, L, h2]
-        mask = (hist_item > 0).to(h.dtype).unsqueeze(-1)
-        return (h * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            return shared_history_coaction(
+                params, self.inputs(hist_item[0]), hist_item, self.d_in, self.h1, self.h2
+            )
+        w1, w2 = coaction_weights(params, self.d_in, self.h1, self.h2)
+        x = self.inputs(hist_item)  # [b, L, d_in]
+        return masked_history_mean(torch.tanh(torch.tanh(x @ w1) @ w2), hist_item)  # of [B, L, h2]
+
+
+def coaction_weights(params: Tensor, d_in: int, h1: int, h2: int) -> tuple[Tensor, Tensor]:
+    """Each candidate's two co-action layers, ``[B, d_in, h1]`` and ``[B, h1, h2]``, from its embedding."""
+    return params[:, : d_in * h1].view(-1, d_in, h1), params[:, d_in * h1 :].view(-1, h1, h2)
+
+
+def masked_history_mean(h: Tensor, hist_item: Tensor) -> Tensor:
+    """Mean of ``h`` [B, L, k] over the real clicks of ``hist_item`` [b, L] (padding 0), [B, k]."""
+    mask = (hist_item > 0).to(h.dtype).unsqueeze(-1)
+    return (h * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def shared_history_coaction(
+    params: Tensor, hist_inputs: Tensor, hist_item: Tensor, d_in: int, h1: int, h2: int
+) -> Tensor:
+    """:class:`CoAction` for one history shared by every candidate: ``params`` [B, ...] the candidates'
+    co-action embeddings, ``hist_inputs`` [L, d_in] the history's inputs, ``hist_item`` [1, L]. A plain
+    function, so that the TorchScript serving graph (:mod:`ranker.scripted`) runs this same code."""
+    w1, w2 = coaction_weights(params, d_in, h1, h2)
+    n, length = params.shape[0], hist_item.shape[1]
+    x1 = hist_inputs @ w1.permute(1, 0, 2).reshape(d_in, n * h1)
+    h = torch.tanh(torch.tanh(x1.view(length, n, h1).transpose(0, 1)) @ w2)  # [B, L, h2]
+    return masked_history_mean(h, hist_item)
 
 
 class OverArch(nn.Module):
@@ -224,6 +270,26 @@ class PlugIn(nn.Module):
         return self.out(torch.relu(self.hidden((knowledge - self.mean) / self.scale)))
 
 
+def joined_features(
+    query: Tensor,
+    keys: Tensor,
+    mask: Tensor,
+    attended: Tensor,
+    shop: Tensor,
+    coaction: Tensor,
+    user: Tensor | None,
+) -> Tensor:
+    """The over-arch input: candidate ``[item, category]``, shop, attended history, mean history,
+    co-action (and the user id's embedding), broadcast over the candidates."""
+    n = query.shape[0]
+    m = mask.to(keys.dtype).unsqueeze(-1)
+    mean_hist = ((keys * m).sum(1) / m.sum(1).clamp(min=1.0)).expand(n, -1)
+    parts = [query, shop, attended, mean_hist, coaction]
+    if user is not None:
+        parts.append(user.expand(n, -1))
+    return torch.cat(parts, dim=-1)
+
+
 class DownstreamModel(nn.Module):
     def __init__(self, cfg: DownstreamConfig) -> None:
         super().__init__()
@@ -246,14 +312,16 @@ class DownstreamModel(nn.Module):
         sp = self.sparse
         query = sp.query(batch)
         keys, mask = sp.keys(batch)
-        n = len(query)
         attended = self.attention(query, keys, mask)
-        m = mask.to(keys.dtype).unsqueeze(-1)
-        mean_hist = ((keys * m).sum(1) / m.sum(1).clamp(min=1.0)).expand(n, -1)
-        parts = [query, sp.shop(batch.shop), attended, mean_hist, self.coaction(batch.item, batch.hist_item)]
-        if sp.user is not None:
-            parts.append(sp.user(batch.user).expand(n, -1))
-        return torch.cat(parts, dim=-1)
+        return joined_features(
+            query,
+            keys,
+            mask,
+            attended,
+            sp.shop(batch.shop),
+            self.coaction(batch.item, batch.hist_item),
+            sp.user(batch.user) if sp.user is not None else None,
+        )
 
     def forward(self, batch: Batch) -> Tensor:
         """Logits [B]. Every plug-in in ``cfg.plugins`` needs its knowledge in ``batch.knowledge``."""

@@ -6,12 +6,13 @@ the model waited on the event loop and the event loop on the model (docs/ranker.
 TorchScript method runs its whole graph with the lock released, and its interpreter dispatches each
 operation without Python in between.
 
-:class:`ServingGraph` is :class:`ranker.model.DownstreamModel`'s serving path written once more for
-the TorchScript compiler: one user's history shared by every candidate (the fast paths of
-:meth:`ranker.model.SoftmaxTargetAttention.shared` and :class:`ranker.model.CoAction`), split at the
-plug-in layer like ``before_plugins`` / ``after_plugins``. It holds the eager model's own modules (the
-same parameter tensors, nothing copied) and runs their operations in the same order, so its scores
-equal the eager model's (tests/unit/test_ranker_scripted.py compares them on every shape the ranker
+:class:`ServingGraph` is :class:`ranker.model.DownstreamModel`'s serving path arranged for
+the TorchScript compiler: one user's history shared by every candidate, split at the plug-in layer
+like ``before_plugins`` / ``after_plugins``. The arithmetic is the eager fast paths' own functions
+(:func:`ranker.model.shared_history_attention`, :func:`ranker.model.shared_history_coaction`,
+:func:`ranker.model.joined_features`), compiled; it holds the eager model's own modules (the same
+parameter tensors, nothing copied) and runs their operations in the same order, so its scores equal
+the eager model's (tests/unit/test_ranker_scripted.py compares them on every shape the ranker
 serves). Graph optimisation is off (:func:`run`): no fusion that would change float rounding, and no
 profiling runs whose results depend on the first shapes seen.
 (No ``from __future__ import annotations`` here: TorchScript reads this module's annotations at run time.)
@@ -24,7 +25,13 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from ranker.model import DownstreamModel, PlugIn
+from ranker.model import (
+    DownstreamModel,
+    PlugIn,
+    joined_features,
+    shared_history_attention,
+    shared_history_coaction,
+)
 
 
 class _Over(nn.Module):
@@ -91,33 +98,6 @@ class ServingGraph(nn.Module):
         self.plugins = nn.ModuleList([_PlugIn(p) for p in model.plugins.values() if isinstance(p, PlugIn)])
         self.has_plugins = len(model.plugins) > 0
 
-    def _attention(self, query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
-        n, d = query.shape[0], query.shape[1]
-        h = self.key_proj.weight.shape[0]
-        m = torch.addcmul(
-            self.key_proj.weight.t().unsqueeze(1),
-            query.t().unsqueeze(2),
-            self.prod_proj.weight.t().unsqueeze(1),
-        )
-        hidden = (keys @ m.view(d, n * h)).view(-1, n, h)
-        hidden += self.query_proj(query)
-        hidden.relu_()
-        scores = (hidden @ self.att_out.weight[0]).t() + self.att_out.bias
-        scores = scores.masked_fill(~mask, -1e9)
-        weights = torch.softmax(scores, dim=-1) * mask
-        return weights @ keys
-
-    def _coaction(self, item: Tensor, hist_item: Tensor) -> Tensor:
-        params = self.co_weights(item)
-        cut = self.d_in * self.h1
-        w1 = params[:, :cut].view(-1, self.d_in, self.h1)
-        w2 = params[:, cut:].view(-1, self.h1, self.h2)
-        n, length = item.shape[0], hist_item.shape[1]
-        x1 = self.co_inputs(hist_item[0]) @ w1.permute(1, 0, 2).reshape(self.d_in, n * self.h1)
-        h = torch.tanh(torch.tanh(x1.view(length, n, self.h1).transpose(0, 1)) @ w2)
-        mask = (hist_item > 0).to(h.dtype).unsqueeze(-1)
-        return (h * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-
     @torch.jit.export
     def before(
         self,
@@ -131,14 +111,25 @@ class ServingGraph(nn.Module):
         query = torch.cat([self.item(item), self.category(category)], dim=-1)
         keys = torch.cat([self.item(hist_item), self.category(hist_category)], dim=-1)
         mask = hist_item > 0
-        n = query.shape[0]
-        attended = self._attention(query, keys[0], mask)
-        m = mask.to(keys.dtype).unsqueeze(-1)
-        mean_hist = ((keys * m).sum(1) / m.sum(1).clamp(min=1.0)).expand(n, -1)
-        parts = [query, self.shop(shop), attended, mean_hist, self._coaction(item, hist_item)]
+        attended = shared_history_attention(
+            query,
+            keys[0],
+            mask,
+            self.query_proj.weight,
+            self.query_proj.bias,
+            self.key_proj.weight,
+            self.prod_proj.weight,
+            self.att_out.weight,
+            self.att_out.bias,
+        )
+        coaction = shared_history_coaction(
+            self.co_weights(item), self.co_inputs(hist_item[0]), hist_item, self.d_in, self.h1, self.h2
+        )
+        user_emb: Tensor | None = None
         if self.has_user:
-            parts.append(self.user(user).expand(n, -1))
-        return self.over.until(torch.cat(parts, dim=-1))
+            user_emb = self.user(user)
+        features = joined_features(query, keys, mask, attended, self.shop(shop), coaction, user_emb)
+        return self.over.until(features)
 
     @torch.jit.export
     def after(self, h_m: Tensor, knowledge: Tensor | None) -> Tensor:
