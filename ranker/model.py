@@ -227,7 +227,7 @@ class OverArch(nn.Module):
 
     def until(self, x: Tensor, m: int) -> Tensor:
         """The m-th layer's output after its activation, before any addend: ``forward``'s first half."""
-        for layer in self.layers[:m]:
+        for layer in itertools.islice(self.layers, m):  # (slicing a ModuleList builds a new one per call)
             x = torch.relu(layer(x))
         return x
 
@@ -236,7 +236,7 @@ class OverArch(nn.Module):
         ``after(until(x, m), m, a)`` equals ``forward(x, {m: a})`` bit for bit."""
         if addend is not None:
             h = h + addend
-        for layer in self.layers[m:]:
+        for layer in itertools.islice(self.layers, m, None):
             h = torch.relu(layer(h))
         return self.logit(h).squeeze(-1)
 
