@@ -65,8 +65,10 @@ class _PlugIn(nn.Module):
     mean: Tensor
     scale: Tensor
 
-    def __init__(self, plugin: PlugIn) -> None:
+    def __init__(self, plugin: nn.Module) -> None:
         super().__init__()
+        if not isinstance(plugin, PlugIn):
+            raise TypeError(f"the scripted serving graph knows PlugIn plug-ins, not {type(plugin).__name__}")
         self.register_buffer("mean", plugin.mean)
         self.register_buffer("scale", plugin.scale)
         self.hidden, self.out = plugin.hidden, plugin.out
@@ -95,8 +97,7 @@ class ServingGraph(nn.Module):
         self.co_weights, self.co_inputs = co.weights, co.inputs
         self.d_in, self.h1, self.h2 = co.d_in, co.h1, co.h2
         self.over = _Over(model)
-        self.plugins = nn.ModuleList([_PlugIn(p) for p in model.plugins.values() if isinstance(p, PlugIn)])
-        self.has_plugins = len(model.plugins) > 0
+        self.plugins = nn.ModuleList([_PlugIn(p) for p in model.plugins.values()])
 
     @torch.jit.export
     def before(
@@ -135,8 +136,8 @@ class ServingGraph(nn.Module):
     def after(self, h_m: Tensor, knowledge: Tensor | None) -> Tensor:
         """``knowledge=None``: the base model (no addend); a model without plug-ins ignores it."""
         addend: Tensor | None = None
-        if knowledge is not None and self.has_plugins:
-            for plugin in self.plugins:
+        if knowledge is not None:
+            for plugin in self.plugins:  # none: the model has no plug-in
                 h = plugin(knowledge)
                 addend = h if addend is None else addend + h
         return self.over.after(h_m, addend)
